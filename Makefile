@@ -1,0 +1,29 @@
+# Two commands do all the set-up and work on a fresh clone:
+#   make demo   build the generated paired benchmark, train and evaluate the embedded default
+#   make test   run the whole test suite
+# Both create the virtual environment .venv (python3 -m venv) and install the package into it
+# when it is missing or setup.py changed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+WORKDIR ?= workdir/demo
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test venv clean
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m fognet_jax.main --config=configs/synthetic.py --workdir=$(WORKDIR)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+clean:
+	rm -rf $(VENV) workdir *.egg-info

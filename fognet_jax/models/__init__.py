@@ -1,0 +1,1 @@
+"""Model definitions: CLIP towers and FogNet."""

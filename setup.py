@@ -1,0 +1,37 @@
+"""fognet_jax: fog-invariant video action recognition (FogNet) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.7",
+    "flax>=0.11",
+    "optax",
+    "orbax-checkpoint",
+    "ml-collections",
+    "absl-py",
+    "einops",
+    "numpy",
+    "transformers",
+    "safetensors",
+    "tensorflow-cpu",
+    "tensorflow-datasets",
+    "array-record",
+    "importlib_resources",
+    "pillow",
+    "av",
+    "tensorboard",
+    "matplotlib",
+]
+
+setup(
+    name="fognet_jax",
+    version="0.1.0",
+    description="FogNet: fog-invariant action recognition with two-stream CLIP, in JAX/Flax",
+    packages=find_packages(include=["fognet_jax", "fognet_jax.*", "tfds_fogact", "tfds_fogact.*"]),
+    package_data={"tfds_fogact": ["**/*.txt", "**/*.tsv", "**/dummy_data/**/*", "**/checksums.tsv"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0"],
+    },
+)
