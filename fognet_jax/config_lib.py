@@ -32,7 +32,7 @@ def _model_block() -> ml_collections.ConfigDict:
   """The `model` block: `fognet.get_config()` (single source of truth)."""
   try:
     from fognet_jax.models import fognet  # pylint: disable=g-import-not-at-top
-  except ModuleNotFoundError:
+  except ImportError:
     return _fallback_model_block()
   return fognet.get_config()
 
@@ -40,7 +40,7 @@ def _model_block() -> ml_collections.ConfigDict:
 def _loss_block() -> ml_collections.ConfigDict:
   try:
     from fognet_jax import losses  # pylint: disable=g-import-not-at-top
-  except ModuleNotFoundError:
+  except ImportError:
     c = ml_collections.ConfigDict()
     c.lambda_clean, c.beta_temp, c.temp_tau = 0.4, 0.1, 1.0
     return c
@@ -50,7 +50,7 @@ def _loss_block() -> ml_collections.ConfigDict:
 def _data_block() -> ml_collections.ConfigDict:
   try:
     from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  except ModuleNotFoundError:
+  except ImportError:
     return _fallback_data_block()
   return input_pipeline.get_config()
 
