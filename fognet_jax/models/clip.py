@@ -1,0 +1,482 @@
+"""OpenAI CLIP (vision + text transformers) in Flax NNX.
+
+The architecture follows OpenAI's reference exactly, so that the published weights
+load without change:
+
+* vision: patch convolution without bias, class token, learned position embeddings,
+  ``ln_pre``, pre-LayerNorm residual blocks, ``ln_post`` on the class token, bias-free
+  projection ``proj``;
+* text: token + learned position embeddings, causal pre-LayerNorm residual blocks,
+  ``ln_final``, pooling at the end-of-text token (the largest token id of each row,
+  ``argmax``), bias-free ``text_projection``;
+* QuickGELU (``x * sigmoid(1.702 x)``) in the MLPs, LayerNorm epsilon 1e-5, a learned
+  ``logit_scale`` (log scale, initialised to ``log(1 / 0.07)``).
+
+Mixed precision: parameters are always float32. With ``dtype=jnp.bfloat16`` the matmuls
+and the convolution run in bfloat16, while LayerNorm, the attention softmax (inside
+``jax.nn.dot_product_attention``) and the residual stream stay in float32; the encoders
+always return float32.
+
+Typical use::
+
+    from fognet_jax.models import clip
+    model = clip.from_pretrained('/path/to/clip-vit-base-patch16')  # HF dir, OpenAI .pt, Orbax
+    img = model.encode_image(pixels)      # (N, H, W, 3) CLIP-normalised -> (N, D)
+    txt = model.encode_text(token_ids)    # (N, 77) int32 -> (N, D)
+    small = clip.create('tiny', image_size=64, seed=0)   # random initialisation
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import einops
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# OpenAI's image normalisation (RGB, for pixel values scaled to [0, 1]).
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+LAYER_NORM_EPS = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+  """Hyper-parameters of a CLIP model (names follow OpenAI's ``build_model``).
+
+  Attributes:
+    embed_dim: width of the joint image/text embedding space.
+    image_size: input resolution the position embeddings are laid out for.
+    patch_size: side of the square patches of the vision transformer.
+    vision_width / vision_layers / vision_heads: vision transformer size.
+    context_length: number of text tokens (77 for all OpenAI models).
+    vocab_size: text vocabulary size (49408 for CLIP's BPE).
+    text_width / text_layers / text_heads: text transformer size.
+    vision_mlp_dim / text_mlp_dim: MLP hidden width; ``None`` means 4 * width.
+    activation: 'quick_gelu' (OpenAI) or 'gelu' (exact erf GELU).
+  """
+  embed_dim: int = 512
+  image_size: int = 224
+  patch_size: int = 16
+  vision_width: int = 768
+  vision_layers: int = 12
+  vision_heads: int = 12
+  context_length: int = 77
+  vocab_size: int = 49408
+  text_width: int = 512
+  text_layers: int = 12
+  text_heads: int = 8
+  vision_mlp_dim: int | None = None
+  text_mlp_dim: int | None = None
+  activation: str = 'quick_gelu'
+
+  def __post_init__(self):
+    for name in ('embed_dim', 'image_size', 'patch_size', 'vision_width', 'vision_layers',
+                 'vision_heads', 'context_length', 'vocab_size', 'text_width', 'text_layers',
+                 'text_heads'):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f'CLIPConfig.{name} must be a positive integer, got {value!r}')
+    if self.vision_width % self.vision_heads:
+      raise ValueError(f'CLIPConfig.vision_width={self.vision_width} is not divisible by '
+                       f'vision_heads={self.vision_heads}')
+    if self.text_width % self.text_heads:
+      raise ValueError(f'CLIPConfig.text_width={self.text_width} is not divisible by '
+                       f'text_heads={self.text_heads}')
+    if self.image_size % self.patch_size:
+      raise ValueError(f'CLIPConfig.image_size={self.image_size} is not a multiple of '
+                       f'patch_size={self.patch_size}')
+    if self.activation not in _ACTIVATIONS:
+      raise ValueError(f'CLIPConfig.activation must be one of {sorted(_ACTIVATIONS)}, '
+                       f'got {self.activation!r}')
+
+  @property
+  def grid_size(self) -> int:
+    """Patches per side at ``image_size``."""
+    return self.image_size // self.patch_size
+
+  @property
+  def vision_mlp(self) -> int:
+    return self.vision_mlp_dim or 4 * self.vision_width
+
+  @property
+  def text_mlp(self) -> int:
+    return self.text_mlp_dim or 4 * self.text_width
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """OpenAI's GELU approximation ``x * sigmoid(1.702 x)``."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+_ACTIVATIONS = {
+    'quick_gelu': quick_gelu,
+    'gelu': functools.partial(jax.nn.gelu, approximate=False),
+}
+
+CONFIGS: dict[str, CLIPConfig] = {
+    'ViT-B/32': CLIPConfig(embed_dim=512, image_size=224, patch_size=32, vision_width=768,
+                           vision_layers=12, vision_heads=12, text_width=512, text_layers=12,
+                           text_heads=8),
+    'ViT-B/16': CLIPConfig(embed_dim=512, image_size=224, patch_size=16, vision_width=768,
+                           vision_layers=12, vision_heads=12, text_width=512, text_layers=12,
+                           text_heads=8),
+    'ViT-L/14': CLIPConfig(embed_dim=768, image_size=224, patch_size=14, vision_width=1024,
+                           vision_layers=24, vision_heads=16, text_width=768, text_layers=12,
+                           text_heads=12),
+    'ViT-L/14@336': CLIPConfig(embed_dim=768, image_size=336, patch_size=14, vision_width=1024,
+                               vision_layers=24, vision_heads=16, text_width=768,
+                               text_layers=12, text_heads=12),
+    # Small model for tests and from-scratch experiments (full BPE vocabulary and context).
+    'tiny': CLIPConfig(embed_dim=32, image_size=32, patch_size=8, vision_width=64,
+                       vision_layers=2, vision_heads=4, text_width=64, text_layers=2,
+                       text_heads=4),
+}
+
+
+def get_config(name_or_config: str | CLIPConfig, **overrides: Any) -> CLIPConfig:
+  """Returns the named config (or the given one) with ``overrides`` applied.
+
+  Raises:
+    ValueError: unknown config name or unknown override key (named in the message).
+  """
+  if isinstance(name_or_config, CLIPConfig):
+    config = name_or_config
+  elif isinstance(name_or_config, str):
+    if name_or_config not in CONFIGS:
+      raise ValueError(f'Unknown CLIP config {name_or_config!r}; known: {sorted(CONFIGS)}')
+    config = CONFIGS[name_or_config]
+  else:
+    raise TypeError(f'Expected a config name or CLIPConfig, got {type(name_or_config)}')
+  fields = {f.name for f in dataclasses.fields(CLIPConfig)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f'Unknown CLIPConfig key(s) {unknown}; known keys: {sorted(fields)}')
+  return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def canonical_dtype(dtype: Any) -> jnp.dtype:
+  """Accepts jnp dtypes or the strings 'float32' / 'bfloat16' / 'float16'."""
+  if isinstance(dtype, str):
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+      raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}")
+  return jnp.dtype(dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Building blocks.
+# --------------------------------------------------------------------------------------
+
+
+def _layer_norm(width: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  # float32 statistics and output whatever the compute dtype; two-pass variance as torch.
+  return nnx.LayerNorm(width, epsilon=LAYER_NORM_EPS, dtype=jnp.float32,
+                       param_dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
+
+
+def _normal(std: float):
+  return nnx.initializers.normal(stddev=std)
+
+
+class MultiHeadAttention(nnx.Module):
+  """Self-attention with separate q/k/v projections (OpenAI's fused in_proj, split)."""
+
+  def __init__(self, width: int, heads: int, *, dtype, rngs: nnx.Rngs,
+               in_std: float, out_std: float):
+    self.heads = heads
+    linear = functools.partial(nnx.Linear, width, width, dtype=dtype, param_dtype=jnp.float32,
+                               rngs=rngs)
+    self.q_proj = linear(kernel_init=_normal(in_std))
+    self.k_proj = linear(kernel_init=_normal(in_std))
+    self.v_proj = linear(kernel_init=_normal(in_std))
+    self.out_proj = linear(kernel_init=_normal(out_std))
+
+  def __call__(self, x: jax.Array, *, causal: bool) -> jax.Array:
+    # x: (N, L, width) -> q/k/v: (N, L, heads, head_dim)
+    split = lambda t: einops.rearrange(t, 'n l (h d) -> n l h d', h=self.heads)
+    q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+    # Softmax runs in float32 inside dot_product_attention; fused kernel on GPU.
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+    out = einops.rearrange(out, 'n l h d -> n l (h d)')
+    return self.out_proj(out)
+
+
+class MLP(nnx.Module):
+  """``c_fc`` -> activation -> ``c_proj``."""
+
+  def __init__(self, width: int, hidden: int, activation: str, *, dtype, rngs: nnx.Rngs,
+               fc_std: float, proj_std: float):
+    self.activation = activation
+    self.c_fc = nnx.Linear(width, hidden, dtype=dtype, param_dtype=jnp.float32,
+                           kernel_init=_normal(fc_std), rngs=rngs)
+    self.c_proj = nnx.Linear(hidden, width, dtype=dtype, param_dtype=jnp.float32,
+                             kernel_init=_normal(proj_std), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.c_proj(_ACTIVATIONS[self.activation](self.c_fc(x)))
+
+
+class ResidualAttentionBlock(nnx.Module):
+  """Pre-LayerNorm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+
+  def __init__(self, width: int, heads: int, mlp_dim: int, activation: str, *, layers: int,
+               dtype, rngs: nnx.Rngs):
+    # OpenAI's initialisation (CLIP.initialize_parameters).
+    attn_std = width**-0.5
+    proj_std = width**-0.5 * (2 * layers)**-0.5
+    fc_std = (2 * width)**-0.5
+    self.ln_1 = _layer_norm(width, rngs)
+    self.attn = MultiHeadAttention(width, heads, dtype=dtype, rngs=rngs, in_std=attn_std,
+                                   out_std=proj_std)
+    self.ln_2 = _layer_norm(width, rngs)
+    self.mlp = MLP(width, mlp_dim, activation, dtype=dtype, rngs=rngs, fc_std=fc_std,
+                   proj_std=proj_std)
+
+  def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+    # The residual stream stays float32; sub-layer outputs are added in float32.
+    x = x + self.attn(self.ln_1(x), causal=causal).astype(x.dtype)
+    x = x + self.mlp(self.ln_2(x)).astype(x.dtype)
+    return x
+
+
+class Transformer(nnx.Module):
+  """A stack of residual attention blocks, optionally rematerialised block by block."""
+
+  def __init__(self, width: int, layers: int, heads: int, mlp_dim: int, activation: str, *,
+               dtype, remat: bool, rngs: nnx.Rngs):
+    self.remat = remat
+    self.resblocks = nnx.List([
+        ResidualAttentionBlock(width, heads, mlp_dim, activation, layers=layers, dtype=dtype,
+                               rngs=rngs) for _ in range(layers)
+    ])
+
+  def __call__(self, x: jax.Array, *, causal: bool = False) -> jax.Array:
+    for block in self.resblocks:
+      if self.remat:
+        x = nnx.remat(_apply_block, static_argnums=(2,))(block, x, causal)
+      else:
+        x = block(x, causal)
+    return x
+
+
+def _apply_block(block: ResidualAttentionBlock, x: jax.Array, causal: bool) -> jax.Array:
+  return block(x, causal)
+
+
+# --------------------------------------------------------------------------------------
+# Position-embedding interpolation (matches torch bicubic, align_corners=False).
+# --------------------------------------------------------------------------------------
+
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+  """Keys cubic convolution weights for offsets -1, 0, 1, 2 at fractional position t."""
+  def near(x):  # |x| <= 1
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+  def far(x):  # 1 < |x| < 2
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+  return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """(out_size, in_size) matrix of torch's bicubic resize (align_corners=False, a=-0.75).
+
+  Source index ``(i + 0.5) * in / out - 0.5``, border samples clamped, no antialiasing:
+  the same operation as ``torch.nn.functional.interpolate(mode='bicubic')`` used by
+  Hugging Face's ``interpolate_pos_encoding``.
+  """
+  scale = in_size / out_size
+  src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+  floor = np.floor(src)
+  weights = _cubic_weights(src - floor)  # (out, 4)
+  matrix = np.zeros((out_size, in_size), np.float64)
+  for k in range(4):
+    idx = np.clip(floor.astype(np.int64) - 1 + k, 0, in_size - 1)
+    np.add.at(matrix, (np.arange(out_size), idx), weights[:, k])
+  return matrix.astype(np.float32)
+
+
+def interpolate_pos_embed(pos_embed: jax.Array, grid_in: tuple[int, int],
+                          grid_out: tuple[int, int]) -> jax.Array:
+  """Resizes vision position embeddings ``(1 + gh*gw, C)`` to a new patch grid.
+
+  The class-token row is kept; the patch rows are resized with bicubic interpolation
+  (separable, the same as torch's ``interpolate(mode='bicubic', align_corners=False)``).
+  """
+  if tuple(grid_in) == tuple(grid_out):
+    return pos_embed
+  cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
+  # (gh*gw, C) -> (gh, gw, C)
+  patch_pos = einops.rearrange(patch_pos, '(h w) c -> h w c', h=grid_in[0], w=grid_in[1])
+  mh = jnp.asarray(bicubic_matrix(grid_in[0], grid_out[0]))
+  mw = jnp.asarray(bicubic_matrix(grid_in[1], grid_out[1]))
+  patch_pos = jnp.einsum('Hh,hwc,Ww->HWc', mh, patch_pos.astype(jnp.float32), mw,
+                         precision=jax.lax.Precision.HIGHEST)
+  patch_pos = einops.rearrange(patch_pos, 'h w c -> (h w) c')
+  return jnp.concatenate([cls_pos, patch_pos.astype(pos_embed.dtype)], axis=0)
+
+
+# --------------------------------------------------------------------------------------
+# The two towers and the model.
+# --------------------------------------------------------------------------------------
+
+
+class VisionTransformer(nnx.Module):
+  """CLIP image tower: (N, H, W, 3) CLIP-normalised pixels -> (N, embed_dim)."""
+
+  def __init__(self, config: CLIPConfig, *, dtype, remat: bool, rngs: nnx.Rngs):
+    width, p = config.vision_width, config.patch_size
+    self.config = config
+    self.dtype = dtype
+    scale = width**-0.5
+    self.conv1 = nnx.Conv(3, width, kernel_size=(p, p), strides=(p, p), padding='VALID',
+                          use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    self.class_embedding = nnx.Param(scale * jax.random.normal(rngs.params(), (width,)))
+    self.positional_embedding = nnx.Param(
+        scale * jax.random.normal(rngs.params(), (config.grid_size**2 + 1, width)))
+    self.ln_pre = _layer_norm(width, rngs)
+    self.transformer = Transformer(width, config.vision_layers, config.vision_heads,
+                                   config.vision_mlp, config.activation, dtype=dtype,
+                                   remat=remat, rngs=rngs)
+    self.ln_post = _layer_norm(width, rngs)
+    self.proj = nnx.Param(scale * jax.random.normal(rngs.params(), (width, config.embed_dim)))
+
+  def tokens(self, pixels: jax.Array) -> jax.Array:
+    """Final-layer tokens before ``ln_post``: (N, H, W, 3) -> (N, 1 + gh*gw, width)."""
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+      raise ValueError(f'encode_image expects (N, H, W, 3) pixels, got shape {pixels.shape}')
+    p = self.config.patch_size
+    if pixels.shape[1] < p or pixels.shape[2] < p:
+      raise ValueError(f'Image {pixels.shape[1]}x{pixels.shape[2]} is smaller than the '
+                       f'patch size {p}')
+    x = self.conv1(pixels.astype(self.dtype))  # (N, gh, gw, width)
+    n, gh, gw, _ = x.shape
+    x = einops.rearrange(x, 'n h w c -> n (h w) c').astype(jnp.float32)
+    cls = jnp.broadcast_to(self.class_embedding[...].astype(jnp.float32), (n, 1, x.shape[-1]))
+    x = jnp.concatenate([cls, x], axis=1)  # (N, 1 + gh*gw, width)
+    g = self.config.grid_size
+    x = x + interpolate_pos_embed(self.positional_embedding[...], (g, g), (gh, gw))[None]
+    x = self.ln_pre(x)
+    return self.transformer(x, causal=False)
+
+  def __call__(self, pixels: jax.Array) -> jax.Array:
+    x = self.ln_post(self.tokens(pixels)[:, 0])  # (N, width) class token
+    return jnp.dot(x.astype(self.dtype), self.proj[...].astype(self.dtype),
+                   preferred_element_type=jnp.float32).astype(jnp.float32)
+
+
+class TextTransformer(nnx.Module):
+  """CLIP text tower: (N, L<=context_length) int32 token ids -> (N, embed_dim).
+
+  Causal attention; the output is read at each row's largest token id (end-of-text).
+  """
+
+  def __init__(self, config: CLIPConfig, *, dtype, remat: bool, rngs: nnx.Rngs):
+    width = config.text_width
+    self.config = config
+    self.dtype = dtype
+    self.token_embedding = nnx.Embed(config.vocab_size, width, dtype=jnp.float32,
+                                     param_dtype=jnp.float32, embedding_init=_normal(0.02),
+                                     rngs=rngs)
+    self.positional_embedding = nnx.Param(
+        0.01 * jax.random.normal(rngs.params(), (config.context_length, width)))
+    self.transformer = Transformer(width, config.text_layers, config.text_heads,
+                                   config.text_mlp, config.activation, dtype=dtype,
+                                   remat=remat, rngs=rngs)
+    self.ln_final = _layer_norm(width, rngs)
+    self.text_projection = nnx.Param(
+        width**-0.5 * jax.random.normal(rngs.params(), (width, config.embed_dim)))
+
+  def tokens(self, token_ids: jax.Array) -> jax.Array:
+    """Final-layer token features after ``ln_final``: (N, L) -> (N, L, width)."""
+    if token_ids.ndim != 2 or token_ids.shape[1] > self.config.context_length:
+      raise ValueError(f'encode_text expects (N, L<={self.config.context_length}) token ids, '
+                       f'got shape {token_ids.shape}')
+    length = token_ids.shape[1]
+    x = self.token_embedding(token_ids)  # (N, L, width)
+    x = x + self.positional_embedding[...][:length].astype(jnp.float32)[None]
+    x = self.transformer(x, causal=True)
+    return self.ln_final(x)
+
+  def __call__(self, token_ids: jax.Array) -> jax.Array:
+    x = self.tokens(token_ids)
+    eot = jnp.argmax(token_ids, axis=-1)  # (N,) end-of-text = largest id
+    x = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]  # (N, width)
+    return jnp.dot(x.astype(self.dtype), self.text_projection[...].astype(self.dtype),
+                   preferred_element_type=jnp.float32).astype(jnp.float32)
+
+
+class CLIP(nnx.Module):
+  """OpenAI CLIP: ``.visual`` image tower, ``.text`` text tower, ``.logit_scale``.
+
+  Args:
+    config: the model's :class:`CLIPConfig`.
+    dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); params stay float32.
+    remat: rematerialise each residual block in the backward pass (saves memory).
+    rngs: random streams for the initialisation.
+  """
+
+  def __init__(self, config: CLIPConfig, *, dtype=jnp.float32, remat: bool = False,
+               rngs: nnx.Rngs):
+    dtype = canonical_dtype(dtype)
+    self.config = config
+    self.dtype = dtype
+    self.remat = remat
+    self.visual = VisionTransformer(config, dtype=dtype, remat=remat, rngs=rngs)
+    self.text = TextTransformer(config, dtype=dtype, remat=remat, rngs=rngs)
+    self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
+
+  def encode_image(self, pixels: jax.Array) -> jax.Array:
+    """(N, H, W, 3) CLIP-normalised float pixels -> (N, embed_dim) float32, unnormalised."""
+    return self.visual(pixels)
+
+  def encode_text(self, token_ids: jax.Array) -> jax.Array:
+    """(N, context_length) int32 token ids -> (N, embed_dim) float32, unnormalised."""
+    return self.text(token_ids)
+
+  def __call__(self, pixels: jax.Array, token_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(logits_per_image (N_img, N_txt), logits_per_text (N_txt, N_img))``."""
+    img = self.encode_image(pixels)
+    txt = self.encode_text(token_ids)
+    img = img / jnp.linalg.norm(img, axis=-1, keepdims=True)
+    txt = txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
+    logits_per_image = jnp.exp(self.logit_scale[...]) * img @ txt.T
+    return logits_per_image, logits_per_image.T
+
+
+def create(name_or_config: str | CLIPConfig = 'ViT-B/16', *, dtype=jnp.float32,
+           remat: bool = False, seed: int = 0, **overrides: Any) -> CLIP:
+  """Builds a randomly initialised CLIP from a config name (or config) plus overrides.
+
+  Example: ``clip.create('tiny', image_size=64, seed=1)``.
+  """
+  config = get_config(name_or_config, **overrides)
+  return CLIP(config, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of scalar parameters (``nnx.Param`` leaves) of a module."""
+  state = nnx.state(model, nnx.Param)
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
+
+
+def from_pretrained(path_or_name: str, *, dtype=jnp.float32, remat: bool = False) -> CLIP:
+  """Loads CLIP with weights: a Hugging Face directory (``config.json`` + safetensors or
+  ``pytorch_model.bin``), an OpenAI ``.pt`` archive, an Orbax checkpoint written by
+  :func:`save`, or a hub name such as ``'openai/clip-vit-base-patch16'`` (needs network).
+
+  See ``fognet_jax/clip_weights.py`` for the formats and the errors raised.
+  """
+  from fognet_jax import clip_weights  # pylint: disable=g-import-not-at-top
+  return clip_weights.load(path_or_name, dtype=dtype, remat=remat)
+
+
+def save(model: CLIP, path: str) -> None:
+  """Saves a CLIP model (config + float32 params) as an Orbax checkpoint directory."""
+  from fognet_jax import clip_weights  # pylint: disable=g-import-not-at-top
+  clip_weights.save(model, path)
