@@ -1,0 +1,470 @@
+"""FogNet (two-stream CLIP with FAS, ME, CSA) and the single-stream ActionCLIP baseline.
+
+Section 4 of "Seeing Through Fog: Towards Fog-Invariant Action Recognition". Every module
+here acts on per-frame CLIP image embeddings ``v`` of shape (B, T, D): a clip of T frames
+goes through the CLIP image tower frame by frame (frames folded into the batch).
+
+Training (``FogNet.train_outputs``), ``arch='fognet'``::
+
+    v_c, v_f            = CLIP image tower on the clean / foggy clip          (B, T, D) each
+    v_c^A, v_f^A        = FAS([v_c ; v_f])   self-attention over 2T tokens     eqs. 1-2
+    v_f^D               = Attn(Q = v_c^A Wq, K = v_f^A Wk, V = v_f^A Wv) + v_f^A   eqs. 3-4
+    v_c^D               = Attn(Q = v_f^A Wq, K = v_c^A Wk, V = v_c^A Wv) + v_c^A   eq. 5
+    L_temp              = CSA on (v_f^D, v_c^D)  (in ``losses``)                eqs. 6-7
+    video_f / video_c   = temporal fusion (mean over T) of v_f^D / v_c^D
+    logits              = exp(logit_scale) * cos(video, text embedding of each class)
+
+Inference (``FogNet.predict``) takes the foggy clip only: FAS runs over the T foggy tokens,
+ME uses the foggy stream as query, key and value, there is no CSA.
+
+Readings of the paper (the alternative is a config switch; the default is listed first):
+
+* FAS (``model.fas``). Default ``parameter_free=False``: multi-head self-attention with
+  learned q/k/v/out projections and a residual, ``v + Wo MHA(v Wq, v Wk, v Wv)``. With
+  ``parameter_free=True``: eq. 1 literally, ``v_att[i] = sum_j softmax_j(cos(v_i, v_j) /
+  temperature) v_j`` over all 2T tokens (eq. 1 writes the sums to T; the concatenation has
+  2T elements), no parameters, no residual.
+* ME (``model.me``). Default ``shared_weights=True``: one set Wq, Wk, Wv used in both
+  directions (the paper's notation); ``False`` gives each direction its own set, and
+  inference then uses the set of the direction producing ``v_f^D``. ``num_heads`` (default
+  1, the paper's single attention) splits the projections into heads; there is no output
+  projection (eqs. 3-5 have none). ``Attn(Q, K, V) = softmax(Q K^T / sqrt(d_head)) V``.
+* Switches for Table 5a with two streams: a module that is off is the identity
+  (``v^A = v`` without FAS, ``v^D = v^A`` without ME), CSA off drops L_temp. So
+  "FAS only" = joint attention over both streams, then mean; "ME only" = cross-attention
+  between the raw CLIP frame embeddings; "CSA only" = L_temp on the raw frame embeddings.
+  With all three off and ``arch='fognet'`` the model is a two-stream CLIP whose clean
+  stream still gives L_c. The paper's baseline row is ``arch='actionclip'`` (one stream).
+* ActionCLIP baseline (``arch='actionclip'``): the same CLIP towers, one stream, no
+  FAS/ME/CSA, ``temporal_fusion='mean'`` or ``'transformer'`` (ActionCLIP's "Transf": frame
+  position embeddings, a small transformer, a residual, then the mean over T). What it is
+  trained on is ``train_stream``: 'foggy' (default; Table 5a baseline), 'clean', or
+  'clean+foggy' (both streams stacked into one batch of 2B single-stream videos;
+  Table 5b). ``temporal_fusion='transformer'`` also works for ``arch='fognet'`` (applied to
+  v^D of each stream).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import einops
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from fognet_jax import losses
+from fognet_jax.models import clip
+
+Array = jax.Array
+
+ARCHS = ("fognet", "actionclip")
+FUSIONS = ("mean", "transformer")
+TRAIN_STREAMS = ("foggy", "clean", "clean+foggy")
+# CLIPConfig fields that may be overridden from the config (None = keep the backbone's).
+_CLIP_OVERRIDE_KEYS = ("embed_dim", "image_size", "patch_size", "vision_width", "vision_layers",
+                       "vision_heads", "context_length", "vocab_size", "text_width",
+                       "text_layers", "text_heads")
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The ``config.model`` block with its defaults.
+
+  Keys:
+    backbone: CLIP config name ('ViT-B/32', 'ViT-B/16', 'ViT-L/14', 'ViT-L/14@336', 'tiny').
+    init_from: None = random initialisation; else a path or hub name for
+      ``clip.from_pretrained`` (the backbone's config then comes from the weights).
+    dtype: compute dtype of the towers and heads, 'float32' or 'bfloat16' (params fp32,
+      losses always fp32).
+    remat: rematerialise the transformer blocks of the towers in the backward pass.
+    clip_overrides: CLIPConfig fields replacing the backbone's (from-scratch models only),
+      e.g. ``image_size=64, patch_size=8, vision_width=128``; None entries are ignored.
+    arch: 'fognet' (two streams, training with clean + foggy clips) or 'actionclip'.
+    fas.enabled / fas.parameter_free / fas.num_heads / fas.temperature / fas.init_scale:
+      Fog-Aware Selection (see the module docstring). ``temperature`` only for
+      ``parameter_free``; ``init_scale`` scales the init of the out projection so that the
+      residual branch starts small.
+    me.enabled / me.shared_weights / me.num_heads / me.init_scale: Mutual Enhancement;
+      ``init_scale`` scales the init of Wv (the branch added to the residual).
+    csa.enabled: Cross-Stream Alignment loss L_temp (its τ is ``loss.temp_temperature``).
+    temporal_fusion: 'mean' or 'transformer'.
+    temporal_layers / temporal_heads / max_frames: the temporal transformer
+      (ActionCLIP: 6 layers; heads None = embed_dim // 64, at least 1).
+    train_stream: baseline only: 'foggy', 'clean' or 'clean+foggy'.
+    tokenizer.kind / tokenizer.path: 'clip' (BPE; path None = bundled vocabulary) or
+      'byte' (no files; for from-scratch models).
+  """
+  c = ml_collections.ConfigDict()
+  c.backbone = "ViT-B/16"
+  c.init_from = ml_collections.config_dict.placeholder(str)
+  c.dtype = "float32"
+  c.remat = False
+  c.clip_overrides = ml_collections.ConfigDict(
+      {k: ml_collections.config_dict.placeholder(int) for k in _CLIP_OVERRIDE_KEYS})
+  c.arch = "fognet"
+  c.fas = ml_collections.ConfigDict(dict(enabled=True, parameter_free=False, num_heads=8,
+                                         temperature=1.0, init_scale=0.1))
+  c.me = ml_collections.ConfigDict(dict(enabled=True, shared_weights=True, num_heads=1,
+                                        init_scale=0.1))
+  c.csa = ml_collections.ConfigDict(dict(enabled=True))
+  c.temporal_fusion = "mean"
+  c.temporal_layers = 6
+  c.temporal_heads = ml_collections.config_dict.placeholder(int)
+  c.max_frames = 32
+  c.train_stream = "foggy"
+  c.tokenizer = ml_collections.ConfigDict(dict(kind="clip", path=None))
+  return c
+
+
+def clip_overrides(model_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The non-None entries of ``model.clip_overrides`` as a plain dict."""
+  ov = model_cfg.get("clip_overrides") or {}
+  return {k: v for k, v in dict(ov).items() if v is not None}
+
+
+def validate_config(model_cfg: ml_collections.ConfigDict) -> None:
+  """Raises ``ValueError`` naming the ``model.*`` key that is wrong (cheap, no arrays)."""
+  def fail(key, msg):
+    raise ValueError(f"config key model.{key}: {msg}")
+
+  if model_cfg.arch not in ARCHS:
+    fail("arch", f"must be one of {ARCHS}, got {model_cfg.arch!r}")
+  if model_cfg.temporal_fusion not in FUSIONS:
+    fail("temporal_fusion", f"must be one of {FUSIONS}, got {model_cfg.temporal_fusion!r}")
+  if model_cfg.get("train_stream", "foggy") not in TRAIN_STREAMS:
+    fail("train_stream", f"must be one of {TRAIN_STREAMS}, got {model_cfg.train_stream!r}")
+  if model_cfg.get("init_from") is None and model_cfg.backbone not in clip.CONFIGS:
+    fail("backbone", f"unknown backbone {model_cfg.backbone!r}; known: {sorted(clip.CONFIGS)}")
+  if model_cfg.dtype not in ("float32", "bfloat16", "float16"):
+    fail("dtype", f"must be 'float32' or 'bfloat16', got {model_cfg.dtype!r}")
+  for name in ("fas", "me", "csa"):
+    if "enabled" not in model_cfg[name]:
+      fail(f"{name}.enabled", "missing")
+  if model_cfg.fas.get("temperature", 1.0) <= 0:
+    fail("fas.temperature", f"must be > 0, got {model_cfg.fas.temperature}")
+  for key in ("fas.num_heads", "me.num_heads", "temporal_layers", "max_frames"):
+    block, _, leaf = key.rpartition(".")
+    value = (model_cfg[block] if block else model_cfg).get(leaf, 1)
+    if not isinstance(value, int) or value < (0 if leaf == "temporal_layers" else 1):
+      fail(key, f"must be a positive integer, got {value!r}")
+
+
+def _normal(std: float):
+  return nnx.initializers.normal(stddev=std)
+
+
+def attention(q: Array, k: Array, v: Array, num_heads: int) -> Array:
+  """``softmax(Q K^T / sqrt(d_head)) V`` per head; softmax in float32.
+
+  Args:
+    q: (B, N, D) projected queries; k, v: (B, M, D) projected keys / values.
+    num_heads: number of heads, must divide D.
+
+  Returns:
+    (B, N, D) in the dtype of ``v``.
+  """
+  split = lambda t: einops.rearrange(t, "b n (h d) -> b h n d", h=num_heads)
+  qh, kh, vh = split(q), split(k), split(v)
+  scale = 1.0 / math.sqrt(qh.shape[-1])
+  logits = jnp.einsum("bhnd,bhmd->bhnm", qh, kh, preferred_element_type=jnp.float32) * scale
+  weights = jax.nn.softmax(logits, axis=-1).astype(vh.dtype)  # (B, H, N, M)
+  out = jnp.einsum("bhnm,bhmd->bhnd", weights, vh)
+  return einops.rearrange(out, "b h n d -> b n (h d)")
+
+
+class FogAwareSelection(nnx.Module):
+  """Fog-Aware Selection (eqs. 1-2): self-attention over a set of frame tokens.
+
+  ``__call__(x)`` maps (B, N, D) -> (B, N, D). Training calls it on the 2T tokens
+  ``[v_c ; v_f]`` and splits the output (``select_pair``); inference on the T foggy tokens.
+
+  Args:
+    dim: embedding width D.
+    parameter_free: False (default): ``x + Wo MHA(x Wq, x Wk, x Wv)`` with learned
+      projections (biases included). True: eq. 1 literally,
+      ``sum_j softmax_j(cos(x_i, x_j) / temperature) x_j``, no parameters, no residual.
+    num_heads: heads of the learned variant (must divide D).
+    temperature: softmax temperature of the parameter-free variant (eq. 1: 1.0).
+    init_scale: the out projection starts with std ``init_scale / sqrt(D)`` (residual
+      branch small at first: the pretrained CLIP embedding passes nearly unchanged).
+  """
+
+  def __init__(self, dim: int, *, parameter_free: bool = False, num_heads: int = 8,
+               temperature: float = 1.0, init_scale: float = 0.1, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.parameter_free = bool(parameter_free)
+    self.temperature = float(temperature)
+    self.num_heads = int(num_heads)
+    self.dtype = dtype
+    if self.parameter_free:
+      return
+    if dim % self.num_heads:
+      raise ValueError(f"config key model.fas.num_heads: {self.num_heads} does not divide the "
+                       f"embedding width {dim}")
+    linear = functools.partial(nnx.Linear, dim, dim, dtype=dtype, param_dtype=jnp.float32,
+                               rngs=rngs)
+    self.q = linear(kernel_init=_normal(dim**-0.5))
+    self.k = linear(kernel_init=_normal(dim**-0.5))
+    self.v = linear(kernel_init=_normal(dim**-0.5))
+    self.out = linear(kernel_init=_normal(init_scale * dim**-0.5))
+
+  def __call__(self, x: Array) -> Array:
+    if self.parameter_free:
+      xf = x.astype(jnp.float32)
+      xn = losses.l2_normalize(xf)
+      sim = jnp.einsum("bnd,bmd->bnm", xn, xn) / self.temperature  # (B, N, N) cosines
+      weights = jax.nn.softmax(sim, axis=-1)
+      return jnp.einsum("bnm,bmd->bnd", weights, xf).astype(x.dtype)
+    h = x.astype(self.dtype)
+    out = self.out(attention(self.q(h), self.k(h), self.v(h), self.num_heads))
+    return x + out.astype(x.dtype)
+
+  def select_pair(self, v_c: Array, v_f: Array) -> tuple[Array, Array]:
+    """Training: eq. 1 over ``[v_c ; v_f]`` (B, 2T, D), eq. 2 chunk -> (v_c^A, v_f^A)."""
+    t = v_c.shape[1]
+    v_att = self(jnp.concatenate([v_c, v_f], axis=1))  # (B, 2T, D)
+    return v_att[:, :t], v_att[:, t:]
+
+
+class CrossAttention(nnx.Module):
+  """``Attn(x_q Wq, x_kv Wk, x_kv Wv)`` without bias or output projection (eq. 3)."""
+
+  def __init__(self, dim: int, *, num_heads: int = 1, init_scale: float = 0.1,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    if dim % num_heads:
+      raise ValueError(f"config key model.me.num_heads: {num_heads} does not divide the "
+                       f"embedding width {dim}")
+    self.num_heads = int(num_heads)
+    self.dtype = dtype
+    linear = functools.partial(nnx.Linear, dim, dim, use_bias=False, dtype=dtype,
+                               param_dtype=jnp.float32, rngs=rngs)
+    self.wq = linear(kernel_init=_normal(dim**-0.5))
+    self.wk = linear(kernel_init=_normal(dim**-0.5))
+    self.wv = linear(kernel_init=_normal(init_scale * dim**-0.5))
+
+  def __call__(self, x_q: Array, x_kv: Array) -> Array:
+    q = self.wq(x_q.astype(self.dtype))
+    kv = x_kv.astype(self.dtype)
+    return attention(q, self.wk(kv), self.wv(kv), self.num_heads)
+
+
+class MutualEnhancement(nnx.Module):
+  """Mutual Enhancement (eqs. 3-5): bidirectional cross-attention with residuals.
+
+  ``__call__(v_c^A, v_f^A) -> (v_c^D, v_f^D)`` with
+  ``v_f^D = Attn(Q_c, K_f, V_f) + v_f^A`` and ``v_c^D = Attn(Q_f, K_c, V_c) + v_c^A``.
+  ``infer(v_f^A) = Attn(Q_f, K_f, V_f) + v_f^A`` (inference, foggy stream only).
+
+  Args:
+    shared_weights: True (default, the paper's notation): one Wq/Wk/Wv for both directions.
+      False: ``to_foggy`` (produces v_f^D, also used at inference) and ``to_clean`` own
+      separate sets.
+  """
+
+  def __init__(self, dim: int, *, shared_weights: bool = True, num_heads: int = 1,
+               init_scale: float = 0.1, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.shared_weights = bool(shared_weights)
+    make = functools.partial(CrossAttention, dim, num_heads=num_heads, init_scale=init_scale,
+                             dtype=dtype, rngs=rngs)
+    self.to_foggy = make()
+    self.to_clean = None if self.shared_weights else make()
+
+  def __call__(self, v_c: Array, v_f: Array) -> tuple[Array, Array]:
+    to_clean = self.to_foggy if self.shared_weights else self.to_clean
+    v_f_d = self.to_foggy(v_c, v_f).astype(v_f.dtype) + v_f  # eq. 4: clean queries foggy
+    v_c_d = to_clean(v_f, v_c).astype(v_c.dtype) + v_c  # eq. 5: foggy queries clean
+    return v_c_d, v_f_d
+
+  def infer(self, v_f: Array) -> Array:
+    return self.to_foggy(v_f, v_f).astype(v_f.dtype) + v_f
+
+
+class TemporalTransformer(nnx.Module):
+  """ActionCLIP's temporal fusion "Transf": ``mean_T(x + Transformer(x + pos))``.
+
+  Frame position embeddings (``max_frames`` rows), a stack of CLIP residual attention
+  blocks (``clip.Transformer``), a residual around it, then the mean over T.
+  """
+
+  def __init__(self, dim: int, *, layers: int, heads: int, max_frames: int,
+               dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+    self.max_frames = int(max_frames)
+    self.frame_position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_frames, dim)))
+    self.transformer = clip.Transformer(dim, layers, heads, 4 * dim, "quick_gelu", dtype=dtype,
+                                        remat=remat, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    t = x.shape[1]
+    if t > self.max_frames:
+      raise ValueError(f"clip has {t} frames but config key model.max_frames is "
+                       f"{self.max_frames}")
+    xf = x.astype(jnp.float32)
+    h = self.transformer(xf + self.frame_position[...][:t][None])
+    return jnp.mean(xf + h.astype(jnp.float32), axis=1)
+
+
+class FogNet(nnx.Module):
+  """FogNet / ActionCLIP video classifier on top of a CLIP model.
+
+  Args:
+    model_cfg: ``get_config()`` block.
+    clip_model: the CLIP towers (``clip.CLIP``).
+    rngs: random streams for the FAS / ME / temporal parameters.
+  """
+
+  def __init__(self, model_cfg: ml_collections.ConfigDict, clip_model: clip.CLIP, *,
+               rngs: nnx.Rngs):
+    validate_config(model_cfg)
+    self.clip = clip_model
+    dtype = clip.canonical_dtype(model_cfg.dtype)
+    dim = clip_model.config.embed_dim
+    self.arch = str(model_cfg.arch)
+    two = self.arch == "fognet"
+    self.train_stream = str(model_cfg.get("train_stream", "foggy"))
+    self.use_fas = two and bool(model_cfg.fas.enabled)
+    self.use_me = two and bool(model_cfg.me.enabled)
+    self.use_csa = two and bool(model_cfg.csa.enabled)
+    self.fas = FogAwareSelection(
+        dim, parameter_free=model_cfg.fas.parameter_free, num_heads=model_cfg.fas.num_heads,
+        temperature=model_cfg.fas.temperature, init_scale=model_cfg.fas.init_scale,
+        dtype=dtype, rngs=rngs) if self.use_fas else None
+    self.me = MutualEnhancement(
+        dim, shared_weights=model_cfg.me.shared_weights, num_heads=model_cfg.me.num_heads,
+        init_scale=model_cfg.me.init_scale, dtype=dtype,
+        rngs=rngs) if self.use_me else None
+    if model_cfg.temporal_fusion == "transformer":
+      heads = model_cfg.get("temporal_heads") or max(1, dim // 64)
+      if dim % heads:
+        raise ValueError(f"config key model.temporal_heads: {heads} does not divide {dim}")
+      self.temporal = TemporalTransformer(dim, layers=model_cfg.temporal_layers, heads=heads,
+                                          max_frames=model_cfg.max_frames, dtype=dtype,
+                                          remat=bool(model_cfg.remat), rngs=rngs)
+    else:
+      self.temporal = None
+
+  # ---------------------------------------------------------------- towers
+  @property
+  def logit_scale(self) -> Array:
+    return self.clip.logit_scale[...]
+
+  def encode_text(self, tokens: Array) -> Array:
+    """(N, context_length) int32 -> (N, D) float32 text embeddings (unnormalised)."""
+    return self.clip.encode_text(tokens)
+
+  def encode_frames(self, video: Array) -> Array:
+    """(B, T, H, W, 3) CLIP-normalised frames -> (B, T, D) per-frame image embeddings."""
+    if video.ndim != 5 or video.shape[-1] != 3:
+      raise ValueError(f"video clips must be (B, T, H, W, 3), got shape {video.shape}")
+    b = video.shape[0]
+    frames = einops.rearrange(video, "b t h w c -> (b t) h w c")  # (B*T, H, W, 3)
+    emb = self.clip.encode_image(frames)  # (B*T, D)
+    return einops.rearrange(emb, "(b t) d -> b t d", b=b)
+
+  def fuse(self, frames: Array) -> Array:
+    """Temporal fusion (B, T, D) -> (B, D): mean over T or the temporal transformer."""
+    if self.temporal is None:
+      return jnp.mean(frames.astype(jnp.float32), axis=1)
+    return self.temporal(frames)
+
+  # ---------------------------------------------------------------- training
+  def two_stream(self, v_c: Array, v_f: Array) -> tuple[Array, Array]:
+    """FAS then ME on frame embeddings (training): (B,T,D) x2 -> (v_c^D, v_f^D)."""
+    if self.fas is not None:
+      v_c, v_f = self.fas.select_pair(v_c, v_f)
+    if self.me is not None:
+      v_c, v_f = self.me(v_c, v_f)
+    return v_c, v_f
+
+  def train_outputs(self, clean: Array, foggy: Array, text_emb: Array, *,
+                    train: bool = True) -> dict[str, Array]:
+    """Everything ``losses.fognet_loss`` needs for one batch.
+
+    Args:
+      clean, foggy: (B, T, H, W, 3) paired CLIP-normalised clips.
+      text_emb: (C, D) class prompt embeddings (``encode_text`` of one prompt per class).
+      train: unused (no dropout); kept for the agreed signature.
+
+    Returns:
+      dict with 'video_f' (B or 2B, D), 'video_c' (B, D) or None, 'frames_f' / 'frames_c'
+      (B, T, D) (``v_f^D``, ``v_c^D``; None for the baseline), 'text' (C, D) and
+      'logit_scale' (scalar, log scale).
+    """
+    del train
+    if clean.shape != foggy.shape:
+      raise ValueError(f"clean and foggy clips differ in shape: {clean.shape} vs {foggy.shape}")
+    out = {"text": text_emb, "logit_scale": self.logit_scale, "video_c": None,
+           "frames_f": None, "frames_c": None}
+    if self.arch == "actionclip":
+      video = {"foggy": foggy, "clean": clean}.get(self.train_stream)
+      if video is None:  # 'clean+foggy': one batch of 2B single-stream videos.
+        video = jnp.concatenate([foggy, clean], axis=0)  # (2B, T, H, W, 3)
+      out["video_f"] = self.fuse(self.encode_frames(video))
+      return out
+    b = clean.shape[0]
+    both = self.encode_frames(jnp.concatenate([clean, foggy], axis=0))  # (2B, T, D), one pass
+    v_c, v_f = both[:b], both[b:]
+    v_c_d, v_f_d = self.two_stream(v_c, v_f)
+    out.update(video_f=self.fuse(v_f_d), video_c=self.fuse(v_c_d), frames_f=v_f_d,
+               frames_c=v_c_d)
+    return out
+
+  # ---------------------------------------------------------------- inference
+  def foggy_frames(self, foggy: Array) -> Array:
+    """Inference path on the foggy clip alone: (B,T,H,W,3) -> v_f^D (B,T,D)."""
+    v_f = self.encode_frames(foggy)
+    if self.fas is not None:
+      v_f = self.fas(v_f)  # FAS over the T foggy tokens
+    if self.me is not None:
+      v_f = self.me.infer(v_f)  # foggy stream is query, key and value
+    return v_f
+
+  def video_embedding(self, foggy: Array) -> Array:
+    """(B, T, H, W, 3) foggy clips -> (B, D) float32 video embeddings (unnormalised)."""
+    return self.fuse(self.foggy_frames(foggy))
+
+  def predict(self, foggy: Array, text_emb: Array) -> Array:
+    """Class probabilities of foggy clips (no clean clip is used or accepted).
+
+    Args:
+      foggy: (B, T, H, W, 3) CLIP-normalised foggy clips.
+      text_emb: (C, D) class prompt embeddings, or (K, C, D) for K templates; with K
+        templates the per-template class probabilities are averaged.
+
+    Returns:
+      (B, C) float32 probabilities.
+    """
+    logits = losses.similarity_logits(self.video_embedding(foggy), text_emb, self.logit_scale)
+    probs = jax.nn.softmax(logits, axis=-1)  # (B, C) or (B, K, C)
+    return probs if probs.ndim == 2 else jnp.mean(probs, axis=1)
+
+
+def create_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> FogNet:
+  """Builds FogNet / ActionCLIP from the ``model`` config block.
+
+  With ``model_cfg.init_from`` set the CLIP towers are loaded with
+  ``clip.from_pretrained`` (and ``clip_overrides`` must be empty); otherwise a randomly
+  initialised CLIP ``backbone`` (+ ``clip_overrides``) is built from ``rngs``.
+  """
+  validate_config(model_cfg)
+  dtype = clip.canonical_dtype(model_cfg.dtype)
+  overrides = clip_overrides(model_cfg)
+  if model_cfg.get("init_from"):
+    if overrides:
+      raise ValueError(f"config keys model.clip_overrides {sorted(overrides)} cannot be "
+                       f"combined with model.init_from={model_cfg.init_from!r}")
+    clip_model = clip.from_pretrained(model_cfg.init_from, dtype=dtype,
+                                      remat=bool(model_cfg.remat))
+  else:
+    try:
+      clip_cfg = clip.get_config(model_cfg.backbone, **overrides)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"config keys model.backbone / model.clip_overrides: {e}") from e
+    clip_model = clip.CLIP(clip_cfg, dtype=dtype, remat=bool(model_cfg.remat), rngs=rngs)
+  return FogNet(model_cfg, clip_model, rngs=rngs)
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of trainable scalars (``nnx.Param`` leaves, shared ones counted once)."""
+  return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
