@@ -145,8 +145,8 @@ def iter_frames(path, *, fps: float | None = None, short_side: int | None = None
 
   Args:
     path: video file (any container/codec FFmpeg reads: mp4, avi, mov, mkv, ...).
-    fps: target frame rate; frames are dropped (nearest-earlier selection on the frame
-      index) to reach it. None, or a rate >= the source rate, keeps every frame.
+    fps: target frame rate; source frames floor(k * source_fps / fps), k = 0, 1, ... are
+      kept (never duplicated). None, or a rate >= the source rate, keeps every frame.
     short_side / size: see `output_size`.
     max_frames: stop after this many output frames (no truncation check then).
 
@@ -164,10 +164,12 @@ def iter_frames(path, *, fps: float | None = None, short_side: int | None = None
   try:
     src_fps = _stream_fps(stream)
     declared = _declared_frames(container, stream, src_fps)
-    # Exact rational ratio, so the selection never depends on float rounding.
-    ratio = (fractions.Fraction(1) if (fps is None or not src_fps or fps >= src_fps) else
-             fractions.Fraction(fps).limit_denominator(1001)
-             / fractions.Fraction(src_fps).limit_denominator(1001))
+    # Kept source frames: floor(k * src_fps / fps) for k = 0, 1, ... (the rule of
+    # `tfds_fogact.common.VideoBuilderConfig.frame_indices`), in exact rational arithmetic.
+    step = (None if (fps is None or not src_fps or fps >= src_fps) else
+            fractions.Fraction(src_fps).limit_denominator(1001)
+            / fractions.Fraction(fps).limit_denominator(1001))
+    next_k = 0
     stream.thread_type = "AUTO"
     out_hw = None
     n_decoded = 0
@@ -176,11 +178,10 @@ def iter_frames(path, *, fps: float | None = None, short_side: int | None = None
       for frame in container.decode(stream):
         index = n_decoded
         n_decoded += 1
-        # Keep frame i when floor(i * ratio) steps up: an evenly spaced subset whose
-        # first frame is frame 0.
-        if (ratio < 1 and index > 0
-            and math.floor(index * ratio) == math.floor((index - 1) * ratio)):
-          continue
+        if step is not None:
+          if index != math.floor(next_k * step):
+            continue
+          next_k += 1
         if out_hw is None:
           out_hw = output_size(frame.height, frame.width, short_side=short_side,
                                size=size)

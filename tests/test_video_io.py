@@ -62,17 +62,12 @@ def test_round_trip_every_container(clips, ext):
 
 
 @pytest.mark.parametrize("target_fps", [8, 10, 12.5, 24])
-def test_fps_subsampling_picks_evenly_spaced_frames(clips, target_fps):
+def test_fps_subsampling_keeps_floor_k_step_frames(clips, target_fps):
   _, paths = clips
   decoded, fps = video_io.read_video(paths["mp4"], fps=target_fps)
-  ratio = target_fps / FPS
-  # Independent selection rule: the first source frame at or after each output time k / fps.
-  expected = []
-  for k in range(NUM_FRAMES):
-    i = math.ceil(k / ratio - 1e-9)
-    if i >= NUM_FRAMES:
-      break
-    expected.append(i)
+  # Independent rule: output frame k is source frame floor(k * FPS / fps).
+  expected = [int(np.floor(k * FPS / target_fps + 1e-9)) for k in range(NUM_FRAMES)]
+  expected = [i for i in expected if i < NUM_FRAMES]
   assert fps == target_fps
   np.testing.assert_array_equal(_decoded_indices(decoded), expected)
 
