@@ -1,0 +1,253 @@
+"""Evaluation on the foggy test split: Top-1/Top-5 over views, per-class accuracy, reports.
+
+Each test video comes as V = num_clips x num_crops views of foggy frames only (the clean
+stream is never read). For every view the model returns class probabilities averaged over
+the K prompt templates (`model.predict` with (K, C, D) text embeddings); the video's
+prediction is the mean of its views' probabilities. Outputs in the run directory:
+
+  results.json           top1, top5, per-class accuracy, counts, views, checkpoint step
+  confusion_matrix.png   rows = true class, columns = predicted, row-normalised (Figure 7)
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Optional
+
+from absl import logging
+import einops
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fognet_jax import sharding as sharding_lib
+
+RESULTS_FILE = 'results.json'
+CONFUSION_FILE = 'confusion_matrix.png'
+
+
+# ------------------------------------------------------------------------------ metrics
+
+def topk_correct(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+  """(N,) bool: label among the k highest probabilities (ties broken by class index)."""
+  k = min(k, probs.shape[1])
+  order = np.argsort(-probs, axis=1, kind='stable')[:, :k]
+  return np.any(order == labels[:, None], axis=1)
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """(C, C) counts, rows = true class, columns = predicted class."""
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(cm, (labels, pred), 1)
+  return cm
+
+
+def summarize(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+  """Top-1, Top-5, per-class accuracy and the confusion matrix from video probabilities."""
+  num_classes = len(class_names)
+  pred = np.argmax(probs, axis=1)
+  top1 = topk_correct(probs, labels, 1)
+  top5 = topk_correct(probs, labels, 5)
+  cm = confusion_matrix(pred, labels, num_classes)
+  per_class = {}
+  for c, name in enumerate(class_names):
+    n = int(cm[c].sum())
+    per_class[name] = float(cm[c, c] / n) if n else None
+  valid = [v for v in per_class.values() if v is not None]
+  return {
+      'top1': float(top1.mean()) if len(labels) else 0.0,
+      'top5': float(top5.mean()) if len(labels) else 0.0,
+      'mean_class_accuracy': float(np.mean(valid)) if valid else 0.0,
+      'num_videos': int(len(labels)),
+      'num_classes': num_classes,
+      'chance': 1.0 / max(num_classes, 1),
+      'per_class_accuracy': per_class,
+      'confusion_matrix': cm.tolist(),
+  }
+
+
+def plot_confusion(cm: np.ndarray, class_names: list[str], path: str, title: str = '') -> None:
+  """Row-normalised confusion matrix as a PNG (matplotlib, Agg backend)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  cm = np.asarray(cm, np.float64)
+  norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+  n = len(class_names)
+  size = min(max(4.0, 0.28 * n + 2.5), 30.0)
+  fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+  im = ax.imshow(norm, cmap='Blues', vmin=0.0, vmax=1.0)
+  ax.set_xticks(range(n))
+  ax.set_yticks(range(n))
+  fs = max(4, min(9, int(300 / max(n, 1))))
+  ax.set_xticklabels(class_names, rotation=90, fontsize=fs)
+  ax.set_yticklabels(class_names, fontsize=fs)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  if n <= 20:
+    for i in range(n):
+      for j in range(n):
+        if cm[i, j]:
+          ax.text(j, i, f'{norm[i, j]:.2f}', ha='center', va='center', fontsize=fs,
+                  color='white' if norm[i, j] > 0.5 else 'black')
+  ax.set_title(title)
+  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ model side
+
+def make_text_encoder(graphdef, mesh):
+  """jit: (params, rest, tokens (K, C, L)) -> (K, C, D) text embeddings."""
+  rep = sharding_lib.replicated(mesh)
+
+  def encode(params, rest, tokens):
+    model = nnx.merge(graphdef, params, rest)
+    if callable(getattr(model, 'eval', None)):
+      model.eval()
+    k, c, l = tokens.shape
+    emb = model.encode_text(tokens.reshape(k * c, l))  # (K*C, D)
+    return emb.reshape(k, c, emb.shape[-1])
+
+  return jax.jit(encode, out_shardings=rep)
+
+
+def make_predict_step(graphdef, mesh):
+  """jit: (params, rest, foggy (B, V, T, H, W, 3), text (K, C, D)) -> (B, C) view-mean probs."""
+  data = sharding_lib.batch_sharding(mesh)
+  rep = sharding_lib.replicated(mesh)
+
+  def predict(params, rest, foggy, text_emb):
+    model = nnx.merge(graphdef, params, rest)
+    if callable(getattr(model, 'eval', None)):
+      model.eval()
+    v = foggy.shape[1]
+    x = einops.rearrange(foggy, 'b v t h w c -> (b v) t h w c')
+    probs = model.predict(x, text_emb)  # (B*V, C), averaged over the K templates
+    probs = einops.rearrange(probs, '(b v) c -> b v c', v=v)
+    return jnp.mean(probs.astype(jnp.float32), axis=1)  # (B, C)
+
+  return jax.jit(predict, out_shardings=data)
+
+
+def _gather(x: np.ndarray) -> np.ndarray:
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def run_eval(graphdef, params, rest, *, mesh, batches: Iterable[dict], prompt_tokens: np.ndarray,
+             num_templates: int = -1) -> tuple[np.ndarray, np.ndarray]:
+  """(probs (N, C), labels (N,)) over all unpadded test videos of all processes."""
+  tokens = np.asarray(prompt_tokens, np.int32)
+  if num_templates and num_templates > 0:
+    tokens = tokens[:num_templates]
+  rep = sharding_lib.replicated(mesh)
+  text_emb = make_text_encoder(graphdef, mesh)(params, rest, jax.device_put(tokens, rep))
+  predict = make_predict_step(graphdef, mesh)
+  all_probs, all_labels = [], []
+  for batch in batches:
+    arrays = sharding_lib.put_global_batch({'foggy': np.asarray(batch['foggy'])}, mesh)
+    probs = predict(params, rest, arrays['foggy'], text_emb)  # global (B_global, C)
+    if jax.process_count() == 1:
+      probs = np.asarray(jax.device_get(probs))
+    else:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      probs = np.asarray(multihost_utils.process_allgather(probs, tiled=True))
+    labels = np.asarray(batch['label']).astype(np.int64)
+    mask = np.asarray(batch['mask'], bool) if 'mask' in batch else np.ones(len(labels), bool)
+    labels, mask = _gather(labels), _gather(mask)  # process order = row order of `probs`
+    all_probs.append(probs[mask])
+    all_labels.append(labels[mask])
+  if not all_probs:
+    raise ValueError('the evaluation split yielded no batches')
+  probs = np.concatenate(all_probs)
+  labels = np.concatenate(all_labels)
+  return probs, labels
+
+
+def evaluate_state(config: ml_collections.ConfigDict, graphdef, state, *, setup=None,
+                   workdir: Optional[str] = None, batches: Optional[Iterable[dict]] = None) -> dict:
+  """Evaluates a train state on `config.eval.split` and returns the results dict."""
+  from fognet_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  setup = setup or train_lib.setup_run(config)
+  if batches is None:
+    from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    batches = input_pipeline.eval_iterator(
+        config.data, split=config.eval.split,
+        batch_size=sharding_lib.local_batch_size(config.eval.batch_size))
+  probs, labels = run_eval(graphdef, state.params, state.rest, mesh=setup.mesh, batches=batches,
+                           prompt_tokens=setup.prompt_tokens,
+                           num_templates=config.eval.get('num_templates', -1))
+  results = summarize(probs, labels, setup.class_names)
+  step = int(jax.device_get(state.step))
+  results.update({
+      'step': step,
+      'split': config.eval.split,
+      'dataset': config.data.dataset,
+      'views': f"{config.data.get('num_clips', 1)}x{config.data.get('num_crops', 1)}",
+      'num_frames': int(config.data.num_frames),
+  })
+  logging.info('Evaluation at step %d on %s/%s: Top-1 %.4f Top-5 %.4f (%d videos, chance %.4f)',
+               step, config.data.dataset, config.eval.split, results['top1'], results['top5'],
+               results['num_videos'], results['chance'])
+  if workdir and jax.process_index() == 0 and config.eval.get('confusion_matrix', True):
+    os.makedirs(workdir, exist_ok=True)
+    plot_confusion(np.asarray(results['confusion_matrix']), setup.class_names,
+                   os.path.join(workdir, CONFUSION_FILE),
+                   title=f"{config.data.dataset} {config.eval.split} step {step}: "
+                         f"Top-1 {100 * results['top1']:.1f}%")
+  return results
+
+
+def write_results(results: dict, directory: str) -> str:
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, RESULTS_FILE)
+  with open(path, 'w') as f:
+    json.dump(results, f, indent=2)
+  return path
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: Optional[str] = None,
+             output_dir: Optional[str] = None) -> dict:
+  """Evaluates the latest checkpoint of `workdir` (or `checkpoint`: a step number or a path
+  to `<run>/checkpoints[/<step>]`) and writes results.json + confusion_matrix.png to
+  `output_dir` (default: `workdir`)."""
+  from fognet_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from fognet_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  run_dir, step = workdir, None
+  if checkpoint:
+    ck = str(checkpoint).rstrip('/')
+    if ck.isdigit():
+      step = int(ck)
+    else:
+      base = os.path.basename(ck)
+      if base.isdigit():
+        step, ck = int(base), os.path.dirname(ck)
+      if os.path.basename(ck) == checkpointing.CHECKPOINT_DIR:
+        ck = os.path.dirname(ck)
+      run_dir = ck
+  ckpt_dir = os.path.join(run_dir, checkpointing.CHECKPOINT_DIR)
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f'no checkpoints directory {ckpt_dir} (--checkpoint / --workdir)')
+  setup = train_lib.setup_run(config)
+  schedule = train_lib.make_schedule(config.train, setup.total_steps, setup.warmup_steps)
+  model = train_lib.create_model(config)
+  graphdef, state, _, _ = train_lib.build_state(config, setup.mesh, model, schedule)
+  del model
+  ckpt = checkpointing.Checkpointer(run_dir, async_save=False)
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f'no checkpoint in {ckpt_dir}')
+    state = ckpt.restore(state, step)
+  finally:
+    ckpt.close()
+  results = evaluate_state(config, graphdef, state, setup=setup, workdir=output_dir or workdir)
+  if jax.process_index() == 0:
+    write_results(results, output_dir or workdir)
+  return results
