@@ -465,15 +465,18 @@ def count_params(model: nnx.Module) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
 
 
-def from_pretrained(path_or_name: str, *, dtype=jnp.float32, remat: bool = False) -> CLIP:
+def from_pretrained(path_or_name: str, *, dtype=jnp.float32, remat: bool = False,
+                    config: CLIPConfig | str | None = None) -> CLIP:
   """Loads CLIP with weights: a Hugging Face directory (``config.json`` + safetensors or
   ``pytorch_model.bin``), an OpenAI ``.pt`` archive, an Orbax checkpoint written by
   :func:`save`, or a hub name such as ``'openai/clip-vit-base-patch16'`` (needs network).
 
-  See ``fognet_jax/clip_weights.py`` for the formats and the errors raised.
+  ``config`` (name or CLIPConfig) is only needed for OpenAI ``.pt`` files whose attention
+  heads are not 64 wide (the head count is not stored in them). See
+  ``fognet_jax/clip_weights.py`` for the formats and the errors raised.
   """
   from fognet_jax import clip_weights  # pylint: disable=g-import-not-at-top
-  return clip_weights.load(path_or_name, dtype=dtype, remat=remat)
+  return clip_weights.load(path_or_name, dtype=dtype, remat=remat, config=config)
 
 
 def save(model: CLIP, path: str) -> None:
