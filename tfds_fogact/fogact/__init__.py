@@ -1,0 +1,2 @@
+"""FogAct builder (``fogact``): real paired clean/foggy videos, manual download."""
+from tfds_fogact.fogact.fogact_dataset_builder import Builder, FogActConfig  # noqa: F401
