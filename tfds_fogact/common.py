@@ -29,6 +29,7 @@ SPLITS: tuple[str, ...] = ("train", "test")
 
 DEFAULT_FILE_FORMAT = "tfrecord"
 RANDOM_ACCESS_FILE_FORMAT = "array_record"
+ALTERNATIVE_FILE_FORMATS = (RANDOM_ACCESS_FILE_FORMAT,)
 
 
 def paired_features(class_names: Sequence[str],
@@ -188,44 +189,57 @@ def _split_shards(builder: tfds.core.DatasetBuilder, split: str, file_format: st
 
 
 def has_random_access(builder: tfds.core.DatasetBuilder) -> bool:
-  """Whether the prepared dataset has its ArrayRecord copy."""
-  formats = {f.value for f in builder.info.available_file_formats()}
-  return RANDOM_ACCESS_FILE_FORMAT in formats
+  """Whether every ArrayRecord shard of the prepared dataset exists."""
+  if not builder.info.splits:
+    return False
+  return all(os.path.exists(f) for split in builder.info.splits
+             for f in _split_shards(builder, split, RANDOM_ACCESS_FILE_FORMAT))
+
+
+def _register_alternative(builder: tfds.core.DatasetBuilder) -> None:
+  # TFDS 4.9 restores `alternative_file_formats` from dataset_info.json into the proto only,
+  # not into the list `available_file_formats()` reads, so builders also declare it in code
+  # (ALTERNATIVE_FILE_FORMATS); this covers builders that do not.
+  if RANDOM_ACCESS_FILE_FORMAT not in {f.value for f in builder.info.alternative_file_formats}:
+    builder.info.add_alternative_file_format(RANDOM_ACCESS_FILE_FORMAT)
 
 
 def add_array_record(builder: tfds.core.DatasetBuilder) -> None:
   """Copies the TFRecord shards of a prepared dataset into ArrayRecord shards.
 
   Records are copied byte for byte in shard order, so the ArrayRecord copy holds
-  the same examples in the same order; 'array_record' is then added to the
-  dataset's ``alternative_file_formats`` (``dataset_info.json``), which is what
-  ``tfds.data_source`` looks for. Idempotent.
+  the same examples in the same order; 'array_record' is then listed in the
+  dataset's ``alternative_file_formats`` (``dataset_info.json`` and the in-memory
+  info), which is what ``tfds.data_source`` looks for. Shards already converted
+  are kept (idempotent; an interrupted conversion resumes).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
-  if has_random_access(builder):
-    return
   if builder.info.file_format is None or builder.info.file_format.value != DEFAULT_FILE_FORMAT:
     raise ValueError(
         f"add_array_record: {builder.data_dir} is stored as {builder.info.file_format}, expected"
         f" {DEFAULT_FILE_FORMAT}")
-  for split in builder.info.splits:
-    src = _split_shards(builder, split, DEFAULT_FILE_FORMAT)
-    dst = _split_shards(builder, split, RANDOM_ACCESS_FILE_FORMAT)
-    lengths = builder.info.splits[split].shard_lengths
-    for s, d, n in zip(src, dst, lengths):
-      tmp = d + ".incomplete"
-      writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
-      count = 0
-      for record in tf.data.TFRecordDataset(s).as_numpy_iterator():
-        writer.write(record)
-        count += 1
-      writer.close()
-      if count != n:
-        raise IOError(f"add_array_record: {s} holds {count} records, dataset_info says {n}")
-      os.replace(tmp, d)
-  builder.info.add_alternative_file_format(RANDOM_ACCESS_FILE_FORMAT)
+  if not has_random_access(builder):
+    for split in builder.info.splits:
+      src = _split_shards(builder, split, DEFAULT_FILE_FORMAT)
+      dst = _split_shards(builder, split, RANDOM_ACCESS_FILE_FORMAT)
+      lengths = builder.info.splits[split].shard_lengths
+      for s, d, n in zip(src, dst, lengths):
+        if os.path.exists(d):
+          continue
+        tmp = d + ".incomplete"
+        writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+        count = 0
+        for record in tf.data.TFRecordDataset(s).as_numpy_iterator():
+          writer.write(record)
+          count += 1
+        writer.close()
+        if count != n:
+          os.remove(tmp)
+          raise IOError(f"add_array_record: {s} holds {count} records, dataset_info says {n}")
+        os.replace(tmp, d)
+  _register_alternative(builder)
   builder.info.write_to_directory(builder.data_dir)
 
 
@@ -235,8 +249,38 @@ def prepare(builder: tfds.core.DatasetBuilder,
 
   After this both ``builder.as_dataset(...)`` / ``tfds.load(...)`` and
   ``builder.as_data_source(...)`` / ``tfds.data_source(...)`` work on the same
-  data directory.
+  data directory. Builders should pass ``alternative_file_formats=
+  ALTERNATIVE_FILE_FORMATS`` to their DatasetInfo so a fresh ``tfds.data_source``
+  call finds the ArrayRecord copy.
   """
   builder.download_and_prepare(file_format=DEFAULT_FILE_FORMAT, download_config=download_config)
   add_array_record(builder)
   return builder
+
+
+def data_source(builder: tfds.core.DatasetBuilder, split: str, decoders=None):
+  """Random-access source (ArrayRecord) of a prepared split; converts if needed."""
+  if not has_random_access(builder):
+    add_array_record(builder)
+  _register_alternative(builder)
+  return builder.as_data_source(split=split, decoders=decoders, file_format=RANDOM_ACCESS_FILE_FORMAT)
+
+
+def main(argv=None):
+  """CLI: ``python -m tfds_fogact.common NAME[/CONFIG] [--data_dir D] [--manual_dir M]``."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import tfds_fogact  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  parser = argparse.ArgumentParser(description="Prepare a tfds_fogact dataset (TFRecord + ArrayRecord).")
+  parser.add_argument("name", help="dataset name, e.g. synthetic_fog_act or synthetic_fog_act/bench224")
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--manual_dir", default=None)
+  args = parser.parse_args(argv)
+  builder = tfds.builder(args.name, data_dir=args.data_dir)
+  cfg = tfds.download.DownloadConfig(manual_dir=args.manual_dir) if args.manual_dir else None
+  prepare(builder, cfg)
+  print(f"prepared {args.name} in {builder.data_dir}: "
+        + ", ".join(f"{k}={v.num_examples}" for k, v in builder.info.splits.items()))
+
+
+if __name__ == "__main__":
+  main()
