@@ -32,6 +32,6 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0"],
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "dill"],  # dill: tfds.testing
     },
 )
