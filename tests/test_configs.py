@@ -1,0 +1,82 @@
+"""Config files, variants, overrides and start-up validation."""
+import os
+
+from absl import flags
+from ml_collections import config_flags
+import pytest
+
+from fognet_jax import config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = ['fogact', 'ucf101_fog', 'hmdb51_fog', 'kinetics100_fog', 'synthetic']
+
+
+def _parse(*args):
+  argv = ['prog', *args]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'cfg', flag_values=fv, lock_config=True,
+                                  sys_argv=argv)
+  fv(argv)
+  return fv.config
+
+
+@pytest.mark.parametrize('name', FILES)
+def test_config_files_load_and_validate(name):
+  cfg = _parse(f'--config={ROOT}/configs/{name}.py')
+  for block in ('data', 'model', 'loss', 'train', 'eval', 'mesh'):
+    assert block in cfg
+  config_lib.validate(cfg, num_devices=8)
+
+
+def test_paper_setting():
+  cfg = _parse(f'--config={ROOT}/configs/fogact.py')
+  assert cfg.model.backbone == 'ViT-B/16' and cfg.model.init_from == 'openai/clip-vit-base-patch16'
+  assert (cfg.data.num_frames, cfg.data.image_size) == (8, 224)
+  assert (cfg.train.batch_size, cfg.train.num_epochs, cfg.train.learning_rate,
+          cfg.train.warmup_epochs) == (128, 30, 5e-5, 5)
+  assert (cfg.loss.lambda_clean, cfg.loss.beta_temp) == (0.4, 0.1)
+  assert cfg.model.fas.enabled and cfg.model.me.enabled and cfg.model.csa.enabled
+
+
+def test_variants_and_overrides():
+  cfg = _parse(f'--config={ROOT}/configs/fogact.py:b32,frames=4,views=4x1,dense,modules=fas+csa',
+               '--config.train.grad_accum_steps=4')
+  assert cfg.model.backbone == 'ViT-B/32'
+  assert cfg.model.init_from == 'openai/clip-vit-base-patch32'
+  assert cfg.data.num_frames == 4 and (cfg.data.num_clips, cfg.data.num_crops) == (4, 1)
+  assert cfg.data.fog == 'dense'
+  assert (cfg.model.fas.enabled, cfg.model.me.enabled, cfg.model.csa.enabled) == (True, False, True)
+  assert cfg.train.grad_accum_steps == 4
+  base = _parse(f'--config={ROOT}/configs/fogact.py:baseline')
+  assert base.model.arch == 'actionclip' and not base.model.fas.enabled
+  single = _parse(f'--config={ROOT}/configs/fogact.py:single_persp,l14,fsdp')
+  assert single.data.perspective == 'front' and single.model.backbone == 'ViT-L/14'
+  assert single.mesh.fsdp
+
+
+def test_unknown_variant_and_unknown_key_fail():
+  with pytest.raises(Exception, match='nonsense'):
+    _parse(f'--config={ROOT}/configs/fogact.py:nonsense')
+  with pytest.raises(Exception, match='no_such_key'):
+    _parse(f'--config={ROOT}/configs/synthetic.py', '--config.train.no_such_key=1')
+
+
+@pytest.mark.parametrize('key,value,devices,match', [
+    ('train.batch_size', 100, 8, 'train.batch_size'),
+    ('train.grad_accum_steps', 3, 8, 'train.grad_accum_steps'),
+    ('data.num_frames', 0, 1, 'data.num_frames'),
+    ('model.backbone', 'ViT-H/99', 1, 'model.backbone'),
+    ('data.manual_dir', '/no/such/dir', 1, 'data.manual_dir'),
+    ('eval.batch_size', 12, 8, 'eval.batch_size'),
+    ('train.learning_rate', -1.0, 1, 'train.learning_rate'),
+    ('model.dtype', 'int8', 1, 'model.dtype'),
+])
+def test_validation_names_the_key(key, value, devices, match):
+  cfg = _parse(f'--config={ROOT}/configs/synthetic.py')
+  block, name = key.split('.')
+  with cfg.unlocked():
+    if key == 'train.grad_accum_steps':
+      cfg.train.batch_size = 32
+    cfg[block][name] = value
+  with pytest.raises(config_lib.ConfigError, match=match.replace('.', r'\.')):
+    config_lib.validate(cfg, num_devices=devices)
