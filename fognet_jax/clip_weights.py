@@ -398,6 +398,12 @@ def convert_state_dict(tensors: dict[str, np.ndarray], config: clip_lib.CLIPConf
 # --------------------------------------------------------------------------------------
 
 
+def _mlp_dim(cfg: dict) -> int | None:
+  # None (the default 4 * width) keeps configs equal to the named ones.
+  mlp = int(cfg['intermediate_size'])
+  return None if mlp == 4 * int(cfg['hidden_size']) else mlp
+
+
 def config_from_hf(config_json: dict, source: str) -> clip_lib.CLIPConfig:
   """CLIPConfig from a Hugging Face ``CLIPModel`` ``config.json`` (missing keys = HF defaults)."""
   model_type = config_json.get('model_type', 'clip')
@@ -431,10 +437,10 @@ def config_from_hf(config_json: dict, source: str) -> clip_lib.CLIPConfig:
         image_size=int(vision['image_size']), patch_size=int(vision['patch_size']),
         vision_width=int(vision['hidden_size']), vision_layers=int(vision['num_hidden_layers']),
         vision_heads=int(vision['num_attention_heads']),
-        vision_mlp_dim=int(vision['intermediate_size']),
+        vision_mlp_dim=_mlp_dim(vision),
         context_length=int(text['max_position_embeddings']), vocab_size=int(text['vocab_size']),
         text_width=int(text['hidden_size']), text_layers=int(text['num_hidden_layers']),
-        text_heads=int(text['num_attention_heads']), text_mlp_dim=int(text['intermediate_size']),
+        text_heads=int(text['num_attention_heads']), text_mlp_dim=_mlp_dim(text),
         activation=text['hidden_act'])
   except ValueError as e:
     raise ValueError(f'{source}: {e}') from e
