@@ -258,12 +258,18 @@ def prepare(builder: tfds.core.DatasetBuilder,
   return builder
 
 
-def data_source(builder: tfds.core.DatasetBuilder, split: str, decoders=None):
-  """Random-access source (ArrayRecord) of a prepared split; converts if needed."""
+def data_source(builder: tfds.core.DatasetBuilder, split: str, *, decoders=None, deserialize_method=None):
+  """Random-access source (ArrayRecord) of a prepared split; converts first if needed.
+
+  `deserialize_method` (a ``tfds.decode.DeserializeMethod``) defaults to
+  DESERIALIZE_AND_DECODE; DESERIALIZE_NO_DECODE returns parsed ``tf.train.Example``s.
+  """
   if not has_random_access(builder):
     add_array_record(builder)
   _register_alternative(builder)
-  return builder.as_data_source(split=split, decoders=decoders, file_format=RANDOM_ACCESS_FILE_FORMAT)
+  kwargs = {} if deserialize_method is None else {"deserialize_method": deserialize_method}
+  return builder.as_data_source(split=split, decoders=decoders, file_format=RANDOM_ACCESS_FILE_FORMAT,
+                                **kwargs)
 
 
 def main(argv=None):
