@@ -106,7 +106,7 @@ def train_block() -> ml_collections.ConfigDict:
   t.grad_clip_norm = 0.0        # > 0: clip the global gradient norm
   t.grad_accum_steps = 1        # micro-batches per step; batch_size stays the effective batch
   t.freeze_text = False         # True: the text tower gets no updates (and no backward pass)
-  t.freeze_text_pattern = r'(^|/)(text|token_embedding|text_projection|positional_embedding|ln_final)(/|$)'
+  t.freeze_text_pattern = r'(^|/)text(/|$)'  # parameter paths of the text tower
   t.log_every_steps = 50
   t.checkpoint_every_steps = 500
   t.keep_checkpoints = 3
