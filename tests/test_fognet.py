@@ -1,0 +1,286 @@
+"""FogNet modules against NumPy code written from eqs. 1-5, foggy-only inference, the
+Table 5a switch combinations (one loss step each), gradients, batch-order invariance."""
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fognet_jax import losses
+from fognet_jax.models import fognet
+
+B, T, H, C = 4, 3, 32, 5
+LABELS = np.array([1, 4, 1, 0], np.int32)
+TINY = dict(image_size=32, patch_size=8, context_length=16, vocab_size=256, vision_layers=1,
+            text_layers=1)
+
+
+def tiny_cfg(**changes):
+  cfg = fognet.get_config()
+  cfg.backbone = "tiny"
+  for k, v in TINY.items():
+    cfg.clip_overrides[k] = v
+  cfg.temporal_layers = 1
+  cfg.fas.num_heads = 2
+  for key, value in changes.items():
+    block, _, leaf = key.rpartition(".")
+    (cfg[block] if block else cfg)[leaf] = value
+  return cfg
+
+
+def batch(seed=0):
+  rng = np.random.default_rng(seed)
+  clean = rng.normal(size=(B, T, H, H, 3)).astype(np.float32)
+  foggy = (0.5 * clean + 0.5 * rng.normal(size=clean.shape)).astype(np.float32)
+  tokens = rng.integers(1, 200, size=(C, TINY["context_length"])).astype(np.int32)
+  tokens[:, 6] = 255  # end-of-text = largest id
+  return jnp.asarray(clean), jnp.asarray(foggy), jnp.asarray(tokens)
+
+
+# ------------------------------------------------------------------ NumPy references
+def np_softmax(x, axis=-1):
+  x = x - x.max(axis=axis, keepdims=True)
+  e = np.exp(x)
+  return e / e.sum(axis=axis, keepdims=True)
+
+
+def np_attention(q, k, v, heads):
+  """softmax(Q K^T / sqrt(d)) V per head, plain loops over batch and heads."""
+  bsz, n, d = q.shape
+  dh = d // heads
+  out = np.zeros((bsz, n, d))
+  for b in range(bsz):
+    for h in range(heads):
+      sl = slice(h * dh, (h + 1) * dh)
+      w = np_softmax(q[b, :, sl] @ k[b, :, sl].T / np.sqrt(dh))
+      out[b, :, sl] = w @ v[b, :, sl]
+  return out
+
+
+def p(linear, name):
+  return np.asarray(getattr(linear, name)[...], np.float64)
+
+
+def np_fas(mod, x):
+  x = np.asarray(x, np.float64)
+  if mod.parameter_free:  # eq. 1 literally
+    out = np.zeros_like(x)
+    for b in range(x.shape[0]):
+      xn = x[b] / np.linalg.norm(x[b], axis=-1, keepdims=True)
+      for i in range(x.shape[1]):
+        w = np_softmax(np.array([xn[i] @ xn[j] for j in range(x.shape[1])]) / mod.temperature)
+        out[b, i] = sum(w[j] * x[b, j] for j in range(x.shape[1]))
+    return out
+  lin = lambda m, h: h @ p(m, "kernel") + p(m, "bias")
+  att = np_attention(lin(mod.q, x), lin(mod.k, x), lin(mod.v, x), mod.num_heads)
+  return x + lin(mod.out, att)
+
+
+def np_cross(mod, x_q, x_kv):
+  x_q, x_kv = np.asarray(x_q, np.float64), np.asarray(x_kv, np.float64)
+  return np_attention(x_q @ p(mod.wq, "kernel"), x_kv @ p(mod.wk, "kernel"),
+                      x_kv @ p(mod.wv, "kernel"), mod.num_heads)
+
+
+def np_me(mod, v_c, v_f):
+  """Eqs. 3-5: v_f^D = Attn(Q_c, K_f, V_f) + v_f ; v_c^D = Attn(Q_f, K_c, V_c) + v_c."""
+  to_clean = mod.to_foggy if mod.shared_weights else mod.to_clean
+  return np_cross(to_clean, v_f, v_c) + v_c, np_cross(mod.to_foggy, v_c, v_f) + v_f
+
+
+# ------------------------------------------------------------------ equation tests
+@pytest.mark.parametrize("parameter_free", [False, True])
+def test_fas_matches_numpy(parameter_free):
+  mod = fognet.FogAwareSelection(16, parameter_free=parameter_free, num_heads=4,
+                                 temperature=0.3, init_scale=1.0, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  v_c, v_f = rng.normal(size=(2, 3, 4, 16))
+  a_c, a_f = mod.select_pair(jnp.asarray(v_c, jnp.float32), jnp.asarray(v_f, jnp.float32))
+  ref = np_fas(mod, np.concatenate([v_c, v_f], axis=1))  # over the 2T tokens
+  np.testing.assert_allclose(a_c, ref[:, :4], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(a_f, ref[:, 4:], rtol=1e-4, atol=1e-5)
+  # The streams really interact: changing the clean tokens changes the foggy output.
+  _, a_f2 = mod.select_pair(jnp.asarray(v_c + 1.0, jnp.float32), jnp.asarray(v_f, jnp.float32))
+  assert float(jnp.max(jnp.abs(a_f2 - a_f))) > 1e-3
+  # Inference: the same module over the T foggy tokens only.
+  np.testing.assert_allclose(mod(jnp.asarray(v_f, jnp.float32)), np_fas(mod, v_f),
+                             rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("heads", [1, 2])
+def test_me_matches_numpy_both_directions(shared, heads):
+  mod = fognet.MutualEnhancement(16, shared_weights=shared, num_heads=heads, init_scale=1.0,
+                                 rngs=nnx.Rngs(1))
+  rng = np.random.default_rng(1)
+  v_c, v_f = rng.normal(size=(2, 3, 4, 16))
+  d_c, d_f = mod(jnp.asarray(v_c, jnp.float32), jnp.asarray(v_f, jnp.float32))
+  ref_c, ref_f = np_me(mod, v_c, v_f)
+  np.testing.assert_allclose(d_f, ref_f, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(d_c, ref_c, rtol=1e-4, atol=1e-5)
+  # Inference: foggy stream is query, key and value.
+  np.testing.assert_allclose(mod.infer(jnp.asarray(v_f, jnp.float32)),
+                             np_cross(mod.to_foggy, v_f, v_f) + v_f, rtol=1e-4, atol=1e-5)
+  n_sets = len([m for m in (mod.to_foggy, mod.to_clean) if m is not None])
+  assert n_sets == (1 if shared else 2)
+
+
+def _grad_fn(graphdef, loss_cfg, model_cfg):
+  @jax.jit
+  def loss_and_grad(state, clean, foggy, tokens, labels):
+    def loss_fn(state):
+      model = nnx.merge(graphdef, state)
+      text = model.encode_text(tokens)
+      out = model.train_outputs(clean, foggy, text)
+      return losses.fognet_loss(out, labels, loss_cfg, model_cfg)
+    return jax.value_and_grad(loss_fn, has_aux=True)(state)
+  return loss_and_grad
+
+
+@pytest.fixture(scope="module")
+def default_model():
+  cfg = tiny_cfg(**{"fas.init_scale": 1.0, "me.init_scale": 1.0, "me.shared_weights": False})
+  return cfg, fognet.create_model(cfg, rngs=nnx.Rngs(0))
+
+
+def test_train_outputs_and_predict_match_numpy_pipeline(default_model):
+  cfg, model = default_model
+  clean, foggy, tokens = batch()
+  out = model.train_outputs(clean, foggy, model.encode_text(tokens))
+  v_c = np.asarray(model.encode_frames(clean), np.float64)
+  v_f = np.asarray(model.encode_frames(foggy), np.float64)
+  cat = np_fas(model.fas, np.concatenate([v_c, v_f], axis=1))
+  ref_c, ref_f = np_me(model.me, cat[:, :T], cat[:, T:])
+  np.testing.assert_allclose(out["frames_f"], ref_f, rtol=2e-3, atol=2e-4)
+  np.testing.assert_allclose(out["frames_c"], ref_c, rtol=2e-3, atol=2e-4)
+  np.testing.assert_allclose(out["video_f"], ref_f.mean(1), rtol=2e-3, atol=2e-4)
+  np.testing.assert_allclose(out["video_c"], ref_c.mean(1), rtol=2e-3, atol=2e-4)
+
+  # predict: foggy-only FAS + ME, mean over T, per-template probabilities averaged.
+  text_k = jnp.stack([model.encode_text(tokens), model.encode_text(tokens[::-1])])  # (2, C, D)
+  inf = np_cross(model.me.to_foggy, np_fas(model.fas, v_f), np_fas(model.fas, v_f))
+  video = (inf + np_fas(model.fas, v_f)).mean(1)
+  scale = min(np.exp(float(model.logit_scale)), 100.0)
+  norm = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  probs = np.mean([np_softmax(scale * norm(video) @ norm(np.asarray(t, np.float64)).T)
+                   for t in text_k], axis=0)
+  np.testing.assert_allclose(model.predict(foggy, text_k), probs, rtol=2e-3, atol=1e-5)
+  np.testing.assert_allclose(model.predict(foggy, text_k[0]).sum(-1), np.ones(B), rtol=1e-5)
+
+
+def _all_shapes(jaxpr, acc):
+  for eqn in jaxpr.eqns:
+    acc.extend(tuple(getattr(v.aval, "shape", ())) for v in eqn.outvars)
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (list, tuple)) else [param]):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          _all_shapes(inner, acc)
+  return acc
+
+
+def test_predict_takes_foggy_clips_only(default_model):
+  cfg, model = default_model
+  assert list(inspect.signature(model.predict).parameters) == ["foggy", "text_emb"]
+  _, foggy, tokens = batch()
+  text = model.encode_text(tokens)
+  graphdef, state = nnx.split(model)
+  jaxpr = jax.make_jaxpr(lambda s, x, t: nnx.merge(graphdef, s).predict(x, t))(state, foggy, text)
+  in_shapes = [tuple(v.aval.shape) for v in jaxpr.jaxpr.invars]
+  assert in_shapes.count(foggy.shape) == 1 and sum(len(s) == 5 for s in in_shapes) == 1
+  shapes = _all_shapes(jaxpr.jaxpr, [])
+  d = model.clip.config.embed_dim
+  # No clean stand-in anywhere: no doubled clip / frame batch, no 2T token set.
+  for bad in [(2 * B, T, H, H, 3), (B, 2 * T, H, H, 3), (2 * B * T, H, H, 3), (B, 2 * T, d),
+              (2 * B, T, d)]:
+    assert bad not in shapes, bad
+  assert (B * T, d) in shapes  # the image tower ran on the B*T foggy frames
+  # Clean-direction ME weights play no part at inference.
+  before = model.predict(foggy, text)
+  kernel = model.me.to_clean.wq.kernel
+  kernel[...] = kernel[...] + 1.0
+  np.testing.assert_array_equal(model.predict(foggy, text), before)
+  kernel[...] = kernel[...] - 1.0
+
+
+# Table 5a rows (+ the single-stream variants of Table 5b and the non-default switches).
+COMBOS = {
+    "baseline_actionclip": dict(arch="actionclip"),
+    "baseline_transf_clean+foggy": dict(arch="actionclip", temporal_fusion="transformer",
+                                        train_stream="clean+foggy"),
+    "fognet_none": {"fas.enabled": False, "me.enabled": False, "csa.enabled": False},
+    "fas": {"me.enabled": False, "csa.enabled": False},
+    "me": {"fas.enabled": False, "csa.enabled": False},
+    "csa": {"fas.enabled": False, "me.enabled": False},
+    "fas+me": {"csa.enabled": False},
+    "fas+me+csa": {},
+    "param_free_fas+separate_me+transf": {"fas.parameter_free": True,
+                                          "me.shared_weights": False,
+                                          "temporal_fusion": "transformer"},
+}
+
+
+@pytest.mark.parametrize("name", list(COMBOS))
+def test_switch_combination_one_loss_step(name):
+  cfg = tiny_cfg(**COMBOS[name])
+  model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  step = _grad_fn(graphdef, losses.get_config(), cfg)
+  clean, foggy, tokens = batch()
+
+  def loss_grad(params):
+    return step(nnx.merge_state(params, rest), clean, foggy, tokens, LABELS)
+
+  (loss, metrics), grads = loss_grad(params)
+  assert {"loss", "loss_f", "loss_c", "loss_temp"} <= set(metrics)
+  two = cfg.arch == "fognet"
+  assert (float(metrics["loss_c"]) > 0) == two
+  assert (float(metrics["loss_temp"]) > 0) == (two and cfg.csa.enabled)
+  # Every trainable parameter gets a finite, non-zero gradient.
+  leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
+  assert len(leaves) == len(jax.tree.leaves(params))
+  for path, g in leaves:
+    g = np.asarray(g)
+    assert np.all(np.isfinite(g)), path
+    assert np.any(g != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"
+  # Module presence follows the switches.
+  assert (model.fas is not None) == (two and cfg.fas.enabled)
+  assert (model.me is not None) == (two and cfg.me.enabled)
+  # One normalised gradient step lowers the loss.
+  gnorm = global_norm(grads)
+  new = jax.tree.map(lambda p_, g_: p_ - 1e-3 * g_ / gnorm, params, grads)
+  (loss2, _), _ = loss_grad(new)
+  assert float(loss2) < float(loss)
+
+
+def global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def test_loss_invariant_to_batch_order(default_model):
+  cfg, model = default_model
+  graphdef, state = nnx.split(model)
+  step = _grad_fn(graphdef, losses.get_config(), cfg)
+  clean, foggy, tokens = batch(1)
+  perm = np.array([2, 0, 3, 1])
+  (_, m), _ = step(state, clean, foggy, tokens, LABELS)
+  (_, m_p), _ = step(state, clean[perm], foggy[perm], tokens, LABELS[perm])
+  for key in ("loss", "loss_f", "loss_c", "loss_temp"):
+    np.testing.assert_allclose(m_p[key], m[key], rtol=1e-5, err_msg=key)
+
+
+def test_config_errors_name_the_key():
+  with pytest.raises(ValueError, match="model.arch"):
+    fognet.create_model(tiny_cfg(arch="x3d"), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="model.fas.num_heads"):
+    fognet.create_model(tiny_cfg(**{"fas.num_heads": 5}), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="model.temporal_fusion"):
+    fognet.validate_config(tiny_cfg(temporal_fusion="lstm"))
+  with pytest.raises(ValueError, match="model.clip_overrides"):
+    fognet.create_model(tiny_cfg(init_from="/nonexistent"), rngs=nnx.Rngs(0))
+  cfg = tiny_cfg(temporal_fusion="transformer", max_frames=2)
+  model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="model.max_frames"):
+    model.predict(batch()[1], jnp.ones((C, model.clip.config.embed_dim)))
