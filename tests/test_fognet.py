@@ -284,3 +284,36 @@ def test_config_errors_name_the_key():
   model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="model.max_frames"):
     model.predict(batch()[1], jnp.ones((C, model.clip.config.embed_dim)))
+
+
+def test_model_cost_tool_prints_one_json_line(tmp_path, default_model):
+  import json
+  import os
+  import subprocess
+  import sys
+  cfg, model = default_model
+  cfg_file = tmp_path / "cost_config.py"
+  cfg_file.write_text(
+      "import json\nimport ml_collections\n\n\ndef get_config():\n"
+      "  c = ml_collections.ConfigDict()\n"
+      f"  c.model = ml_collections.ConfigDict(json.loads({cfg.to_json()!r}))\n"
+      "  return c\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="",
+             PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run(
+      [sys.executable, "-m", "fognet_jax.tools.model_cost", f"--config={cfg_file}",
+       f"--frames={T}", f"--image_size={H}", "--num_classes=3"],
+      capture_output=True, text=True, env=env, cwd=root, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1
+  result = json.loads(lines[0])
+  assert result["params_trainable"] == fognet.count_params(model)
+  assert result["params_fognet_modules"] == sum(
+      fognet.count_params(m) for m in (model.fas, model.me))
+  # XLA counts a multiply-add as 2 flops: the hand count of the image tower's
+  # multiply-adds, doubled, is close to (and below) XLA's total for the whole inference.
+  ratio = result["gflops_inference"] / (2 * result["gmacs_vision_analytic"])
+  assert 1.0 <= ratio < 1.3, result
+  assert result["input"] == [1, T, H, H, 3]

@@ -1,0 +1,143 @@
+r"""Parameter count and inference FLOPs of the model of a config, as one JSON line.
+
+  python -m fognet_jax.tools.model_cost --config=configs/fogact.py
+  python -m fognet_jax.tools.model_cost --config=configs/fogact.py:baseline --frames=8
+
+The model is built abstractly (``nnx.eval_shape``: no weights are loaded or allocated; the
+architecture is ``model.backbone`` + ``model.clip_overrides``, ``model.init_from`` is not
+read). FLOPs come from XLA's cost analysis of the compiled foggy-only inference function
+``model.predict(foggy (1, frames, size, size, 3), text_emb (C, D))``
+(``jax.jit(f).lower(...).compile().cost_analysis()['flops']``). XLA counts a
+multiply-add as **2** FLOPs (and element-wise ops as 1 each); most papers (fvcore / thop
+counts, as in Table 3 of the paper) count a multiply-add as 1, so ``gmacs_inference``
+(= flops / 2) is the number to put beside them. The class text embeddings are precomputed
+at inference and are an input of ``predict``; the text tower's cost is reported separately
+per prompt. ``*_analytic`` fields are a hand count of the image tower's multiply-adds (a
+cross-check of XLA's number).
+
+Fields: params_trainable (all ``nnx.Param`` scalars: both towers, logit scale, FogNet
+modules), params_visual, params_text (incl. token_embedding, also given alone),
+params_fognet_modules (FAS + ME + temporal transformer), gflops_inference (XLA, multiply-add
+= 2), gmacs_inference, gflops_text_per_prompt, gmacs_vision_analytic, plus the shape used.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from fognet_jax.models import fognet  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with a `model` block).",
+                                          lock_config=False)
+_FRAMES = flags.DEFINE_integer("frames", 8, "Frames of the inference clip.")
+_SIZE = flags.DEFINE_integer("image_size", 224, "Frame side of the inference clip.")
+_CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes in the text-embedding input.")
+
+
+def _param_count(tree) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older JAX: one dict per computation
+    analysis = analysis[0]
+  if not analysis or "flops" not in analysis:
+    raise RuntimeError("XLA cost analysis returned no 'flops' entry on this backend")
+  return float(analysis["flops"])
+
+
+def vision_macs_analytic(clip_cfg, frames: int, image_size: int) -> float:
+  """Multiply-adds of the CLIP image tower on ``frames`` images (matmuls and patch conv)."""
+  g = image_size // clip_cfg.patch_size
+  n, w = g * g + 1, clip_cfg.vision_width
+  per_layer = 4 * n * w * w + 2 * n * n * w + 2 * n * w * clip_cfg.vision_mlp
+  per_image = (g * g * clip_cfg.patch_size**2 * 3 * w + clip_cfg.vision_layers * per_layer
+               + w * clip_cfg.embed_dim)
+  return float(frames * per_image)
+
+
+def measure(model_cfg, *, frames: int = 8, image_size: int = 224,
+            num_classes: int = 10) -> dict[str, Any]:
+  """Parameter counts and XLA FLOPs of one foggy-only inference (see module docstring)."""
+  cfg = model_cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.init_from = None  # cost of the architecture; weights are not needed
+  fognet.validate_config(cfg)
+  if image_size <= 0 or frames <= 0 or num_classes <= 0:
+    raise ValueError("--frames, --image_size and --num_classes must be positive")
+  model = nnx.eval_shape(lambda: fognet.create_model(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  params = nnx.state(model, nnx.Param)
+  clip_cfg = model.clip.config
+  if image_size % clip_cfg.patch_size:
+    raise ValueError(f"--image_size={image_size} is not a multiple of the patch size "
+                     f"{clip_cfg.patch_size} of model.backbone={cfg.backbone!r}")
+  n_visual = _param_count(nnx.state(model.clip.visual, nnx.Param))
+  n_text = _param_count(nnx.state(model.clip.text, nnx.Param))
+  n_tok = _param_count(nnx.state(model.clip.text.token_embedding, nnx.Param))
+  n_total = _param_count(params)
+  n_heads = sum(_param_count(nnx.state(m, nnx.Param))
+                for m in (model.fas, model.me, model.temporal) if m is not None)
+
+  d = clip_cfg.embed_dim
+  foggy = jax.ShapeDtypeStruct((1, frames, image_size, image_size, 3), jnp.float32)
+  text = jax.ShapeDtypeStruct((num_classes, d), jnp.float32)
+  tokens = jax.ShapeDtypeStruct((1, clip_cfg.context_length), jnp.int32)
+
+  def predict(state, foggy, text):
+    return nnx.merge(graphdef, state).predict(foggy, text)
+
+  def encode_text(state, tokens):
+    return nnx.merge(graphdef, state).encode_text(tokens)
+
+  flops = _flops(jax.jit(predict).lower(state, foggy, text).compile())
+  text_flops = _flops(jax.jit(encode_text).lower(state, tokens).compile())
+  return {
+      "backbone": cfg.backbone,
+      "arch": cfg.arch,
+      "fas": bool(cfg.fas.enabled), "me": bool(cfg.me.enabled), "csa": bool(cfg.csa.enabled),
+      "temporal_fusion": cfg.temporal_fusion,
+      "input": [1, frames, image_size, image_size, 3],
+      "num_classes": num_classes,
+      "params_trainable": n_total,
+      "params_visual": n_visual,
+      "params_text": n_text,
+      "params_text_token_embedding": n_tok,
+      "params_fognet_modules": n_heads,
+      "gflops_inference": round(flops / 1e9, 3),
+      "gmacs_inference": round(flops / 2e9, 3),
+      "gflops_text_per_prompt": round(text_flops / 1e9, 3),
+      "gmacs_vision_analytic": round(vision_macs_analytic(clip_cfg, frames, image_size) / 1e9, 3),
+      "flops_convention": "XLA cost analysis; multiply-add = 2 flops; gmacs = gflops / 2",
+      "backend": jax.default_backend(),
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required (a file whose get_config() has a `model` block)")
+  if "model" not in config:
+    raise ValueError(f"config {flags.FLAGS['config'].config_filename!r} has no `model` block")
+  result = measure(config.model, frames=_FRAMES.value, image_size=_SIZE.value,
+                   num_classes=_CLASSES.value)
+  result["config"] = flags.FLAGS["config"].config_filename
+  sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
