@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -151,14 +151,13 @@ class SyntheticFogAct(tfds.core.GeneratorBasedBuilder):
       manual = dl_manager.manual_dir
     except AssertionError:  # no manual dir given (the normal case): nothing to override
       return {}
-    path = os.path.join(os.fspath(manual), GENERATION_FILE)
-    if not os.path.isfile(path):
+    path = epath.Path(manual) / GENERATION_FILE
+    if not path.exists():
       return {}
-    with open(path) as f:
-      try:
-        spec = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    try:
+      spec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from e
     unknown = sorted(set(spec) - set(_OVERRIDABLE))
     if unknown:
       raise ValueError(f"{path}: unknown keys {unknown}; allowed: {list(_OVERRIDABLE)}")
