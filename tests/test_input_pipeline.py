@@ -1,0 +1,266 @@
+"""Tests of the paired input pipeline (fognet_jax/input_pipeline.py)."""
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fognet_jax import input_pipeline as ip
+
+T_SRC, H, W = 12, 40, 56
+
+
+def _png(frame):
+  buf = io.BytesIO()
+  Image.fromarray(frame).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _clean_clip(index):
+  """Smooth but frame-specific content: every frame and position looks different."""
+  rng = np.random.default_rng(index)
+  yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+  frames = []
+  for t in range(T_SRC):
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    img = np.stack([127 + 120 * np.sin(xx / (3 + c) + yy / (5 + t) + phase[c]) for c in range(3)], -1)
+    frames.append(np.clip(img, 0, 255).astype(np.uint8))
+  return np.stack(frames)
+
+
+def _foggy_of(clean):
+  # a pixelwise affine map (ASM with constant t = 0.5, A = 200/255): foggy = clean / 2 + 100
+  return (clean.astype(np.int32) // 2 + 100).astype(np.uint8)
+
+
+class _Example(dict):
+  """Example whose 'clean' access can be forbidden."""
+
+  def __init__(self, *args, forbid_clean=False, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.forbid_clean = forbid_clean
+
+  def __getitem__(self, key):
+    if key == "clean" and self.forbid_clean:
+      raise AssertionError("the clean stream was read")
+    return super().__getitem__(key)
+
+
+class _Source:
+  def __init__(self, n, identical=False, forbid_clean=False):
+    self.items = []
+    for i in range(n):
+      clean = _clean_clip(i)
+      foggy = clean if identical else _foggy_of(clean)
+      self.items.append(_Example(clean=[_png(f) for f in clean], foggy=[_png(f) for f in foggy],
+                                 label=i, forbid_clean=forbid_clean))
+    self.reads = []
+
+  def __len__(self):
+    return len(self.items)
+
+  def __getitem__(self, i):
+    self.reads.append(int(i))
+    return self.items[int(i)]
+
+
+@pytest.fixture(scope="module")
+def source():
+  return _Source(12)
+
+
+def _cfg(**kw):
+  c = ip.get_config()
+  c.num_frames = 4
+  c.image_size = 16
+  c.num_workers = 2
+  for k, v in kw.items():
+    if k.startswith("augment_"):
+      c.augment[k[len("augment_"):]] = v
+    else:
+      c[k] = v
+  return c
+
+
+def _unnorm(x):
+  return x * ip.IMAGE_STD + ip.IMAGE_MEAN
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def test_paired_geometric_augmentation_keeps_streams_aligned(source):
+  cfg = _cfg(augment_color_jitter_prob=0.0, augment_grayscale_prob=0.0)
+  it = ip.train_iterator(cfg, batch_size=4, seed=3, source=source, process_index=0, process_count=1)
+  for batch in _take(it, 3):
+    clean, foggy = _unnorm(batch["clean"]), _unnorm(batch["foggy"])
+    assert clean.shape == foggy.shape == (4, 4, 16, 16, 3)
+    # the same frames, crop and flip on both sides: the pixelwise relation survives
+    err = np.abs(foggy - (clean / 2 + 100 / 255))
+    assert err.max() < 2.5 / 255
+    # a mismatch would be visible: frames / flips of the clean stream do not fit
+    assert np.abs(foggy - (clean[:, ::-1] / 2 + 100 / 255)).mean() > 10 / 255
+    assert np.abs(foggy - (clean[..., ::-1, :] / 2 + 100 / 255)).mean() > 10 / 255
+
+
+def test_all_augmentations_are_identical_on_both_streams():
+  src = _Source(6, identical=True)
+  cfg = _cfg(augment_color_jitter_prob=1.0, augment_grayscale_prob=0.5)
+  batch = next(ip.train_iterator(cfg, batch_size=6, seed=0, source=src, process_index=0, process_count=1))
+  np.testing.assert_array_equal(batch["clean"], batch["foggy"])
+  # and the augmentation does something: the 6 clips' colour statistics differ from no-augment ones
+  plain = next(ip.train_iterator(_cfg(augment_enabled=False), batch_size=6, seed=0, source=src,
+                                 process_index=0, process_count=1))
+  assert np.abs(batch["clean"].mean(axis=(1, 2, 3)) - plain["clean"].mean(axis=(1, 2, 3))).max() > 0.05
+
+
+def test_color_ops_are_pixelwise_and_bounded():
+  x = np.random.default_rng(0).uniform(0, 1, (5, 7, 3)).astype(np.float32)
+  cj = ip.ColorJitter(apply=True, brightness=1.3, contrast=0.7, saturation=1.2, hue=0.05, order=(3, 1, 0, 2))
+  y = ip.apply_color(x, cj)
+  assert y.min() >= 0 and y.max() <= 1
+  # per-pixel: applying to a single pixel gives the same value
+  np.testing.assert_allclose(ip.apply_color(x[2:3, 4:5], cj), y[2:3, 4:5], atol=1e-6)
+  g = ip.apply_color(x, ip.ColorJitter(grayscale=True))
+  np.testing.assert_allclose(g[..., 0], x @ np.array([0.299, 0.587, 0.114]), atol=1e-5)
+  np.testing.assert_array_equal(ip.apply_color(x, ip.ColorJitter()), x)
+
+
+def test_deterministic_and_seed_dependent(source):
+  cfg = _cfg()
+  a = _take(ip.train_iterator(cfg, batch_size=3, seed=1, source=source, process_index=0, process_count=1), 2)
+  b = _take(ip.train_iterator(cfg, batch_size=3, seed=1, source=source, process_index=0, process_count=1), 2)
+  c = _take(ip.train_iterator(cfg, batch_size=3, seed=2, source=source, process_index=0, process_count=1), 2)
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert any(np.abs(x["clean"] - z["clean"]).max() > 0 for x, z in zip(a, c))
+
+
+def test_resume_at_start_step_equals_uninterrupted_run(source):
+  cfg = _cfg()
+  full = _take(ip.train_iterator(cfg, batch_size=5, seed=4, source=source, process_index=0, process_count=1), 5)
+  src = _Source(12)
+  resumed = _take(ip.train_iterator(cfg, batch_size=5, seed=4, start_step=3, source=src,
+                                    process_index=0, process_count=1), 2)
+  for x, y in zip(full[3:], resumed):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  # without replaying: only the examples of batches >= 3 (plus prefetch) were read
+  assert len(src.reads) <= 5 * (2 + cfg.prefetch + 1)
+
+
+def test_process_split_is_disjoint_and_covers_every_epoch(source):
+  cfg = _cfg(augment_enabled=False)
+  n, b, p = 12, 3, 2
+  steps = 4  # 4 steps x 6 global = 2 epochs
+  labels = {pi: [next_batch["label"] for next_batch in _take(
+      ip.train_iterator(cfg, batch_size=b, seed=0, source=source, process_index=pi, process_count=p), steps)]
+            for pi in range(p)}
+  for step in range(steps):
+    assert not set(labels[0][step]) & set(labels[1][step])
+  for epoch in range(2):
+    seen = np.concatenate([labels[pi][s] for pi in range(p) for s in (2 * epoch, 2 * epoch + 1)])
+    assert sorted(seen.tolist()) == list(range(n))
+  # the pure index function agrees and differs between epochs
+  _, pos0 = ip.train_sample_ids(n, batch_size=6, seed=0, step=0, process_index=0, process_count=1)
+  _, pos2 = ip.train_sample_ids(n, batch_size=6, seed=0, step=2, process_index=0, process_count=1)
+  assert not np.array_equal(pos0, pos2)
+
+
+def test_eval_never_touches_clean_and_pads_last_batch():
+  src = _Source(5, forbid_clean=True)
+  cfg = _cfg(num_clips=2, num_crops=3)
+  batches = list(ip.eval_iterator(cfg, split="test", batch_size=2, source=src, process_index=0,
+                                  process_count=1))
+  assert len(batches) == 3
+  assert batches[0]["foggy"].shape == (2, 6, 4, 16, 16, 3)
+  assert "clean" not in batches[0]
+  np.testing.assert_array_equal(batches[-1]["mask"], [True, False])
+  np.testing.assert_array_equal(np.concatenate([x["label"][x["mask"]] for x in batches]), np.arange(5))
+  # two processes: same number of batches, disjoint examples covering the split
+  per = [list(ip.eval_iterator(cfg, batch_size=2, source=src, process_index=pi, process_count=2))
+         for pi in range(2)]
+  assert len(per[0]) == len(per[1]) == 2
+  got = [np.concatenate([x["label"][x["mask"]] for x in batches]) for batches in per]
+  assert sorted(np.concatenate(got).tolist()) == list(range(5)) and not set(got[0]) & set(got[1])
+
+
+def test_eval_views_crops_and_clips():
+  frame = np.broadcast_to(np.linspace(0, 255, W).astype(np.uint8)[None, :, None], (H, W, 3)).copy()
+  frames = [np.clip(frame.astype(int) + t, 0, 255).astype(np.uint8) for t in range(T_SRC)]
+  ex = {"foggy": [_png(f) for f in frames], "label": 0}
+  views = _unnorm(ip.make_eval_views(ex, _cfg(num_clips=2, num_crops=3)))  # (6, T, S, S, 3)
+  means = views.reshape(2, 3, -1).mean(-1)                       # (clips, crops)
+  assert np.all(means[:, 0] < means[:, 1]) and np.all(means[:, 1] < means[:, 2])  # left < centre < right
+  assert np.all(means[1] > means[0])                              # the later clip: later (brighter) frames
+  boxes = ip.eval_crop_boxes(H, W, 3)
+  assert boxes[0][0] == 0 and boxes[-1][2] == W and boxes[1][0] == pytest.approx((W - H) / 2)
+  assert ip.eval_crop_boxes(W, H, 1) == [(0.0, (W - H) / 2, float(H), (W - H) / 2 + H)]
+
+
+def test_frame_sampling_indices():
+  np.testing.assert_array_equal(ip.eval_frame_indices(16, 8), [1, 3, 5, 7, 9, 11, 13, 15])
+  np.testing.assert_array_equal(ip.eval_frame_indices(16, 8, clip=0, num_clips=2), [0, 2, 4, 6, 8, 10, 12, 14])
+  np.testing.assert_array_equal(ip.eval_frame_indices(3, 6), [0, 0, 1, 1, 2, 2])
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    idx = ip.train_frame_indices(20, 8, rng)
+    seg = np.floor(np.arange(8) * 20 / 8)
+    assert np.all(idx >= seg) and np.all(idx < np.floor((np.arange(8) + 1) * 20 / 8) + 1)
+    assert np.all(np.diff(idx) >= 0) and idx.max() < 20
+  short = ip.train_frame_indices(3, 8, rng)
+  assert short.min() >= 0 and short.max() <= 2
+
+
+def test_multiscale_crop_box():
+  rng = np.random.default_rng(0)
+  sizes = set()
+  for _ in range(50):
+    l, t, r, b = ip.multiscale_crop_box(H, W, rng, (1.0, 0.875, 0.75, 0.66))
+    assert 0 <= l < r <= W and 0 <= t < b <= H
+    sizes.add((r - l, b - t))
+  allowed = {int(H * s) for s in (1.0, 0.875, 0.75, 0.66)}
+  assert all(w in allowed and h in allowed for w, h in sizes) and len(sizes) > 3
+
+
+def test_normalisation_matches_clip_constants():
+  from fognet_jax.models import clip  # pylint: disable=g-import-not-at-top
+  np.testing.assert_allclose(ip.IMAGE_MEAN, clip.IMAGE_MEAN, rtol=1e-6)
+  np.testing.assert_allclose(ip.IMAGE_STD, clip.IMAGE_STD, rtol=1e-6)
+  x = np.full((1, 2, 2, 3), 200, np.uint8)
+  np.testing.assert_allclose(ip.normalize(x)[0, 0, 0], (200 / 255 - ip.IMAGE_MEAN) / ip.IMAGE_STD, rtol=1e-5)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("fog", "foggy", "config.data.fog"),
+    ("perspective", "front,top", "config.data.perspective"),
+    ("num_frames", 0, "config.data.num_frames"),
+    ("augment_scales", (1.0, 1.5), "config.data.augment.scales"),
+])
+def test_validation_names_the_key(key, value, match):
+  with pytest.raises(ValueError, match=match):
+    ip.validate(_cfg(**{key: value}))
+
+
+def test_prepared_generated_dataset_with_filters(tmp_path):
+  """End to end on a miniature synthetic_fog_act: build, filter, train and eval batches."""
+  (tmp_path / "manual").mkdir()
+  (tmp_path / "manual" / "generation.json").write_text(
+      json.dumps({"train_per_group": 1, "test_per_group": 1, "num_frames": 3}))
+  cfg = _cfg(data_dir=str(tmp_path / "data"), manual_dir=str(tmp_path / "manual"), fog="dense",
+             perspective="front,left")
+  info = ip.prepare(cfg)
+  assert len(info.class_names) == 14
+  assert info.num_examples["train"] == 14  # 14 classes x 2 perspectives, half of them dense
+  batch = next(ip.train_iterator(cfg, batch_size=4, seed=0, process_index=0, process_count=1))
+  assert batch["clean"].shape == (4, 4, 16, 16, 3) and batch["label"].dtype == np.int32
+  src = ip._source(cfg, "test")  # pylint: disable=protected-access
+  keep = ip._indices(cfg, "test")  # pylint: disable=protected-access
+  assert all(src[i]["fog"] == 1 and src[i]["perspective"] in (0, 2) for i in keep)
+  ev = list(ip.eval_iterator(cfg, split="test", batch_size=8, process_index=0, process_count=1))
+  assert sum(int(b["mask"].sum()) for b in ev) == info.num_examples["test"]
+  with pytest.raises(ValueError, match="config.data.dataset"):
+    ip.prepare(_cfg(dataset="no_such_dataset", data_dir=str(tmp_path / "data")))
