@@ -177,20 +177,17 @@ def default_depth(height: int, width: int, horizon: float = 0.35, near: float = 
   return np.broadcast_to(d[:, None], (height, width)).copy()
 
 
-def _interp_matrix(coords: np.ndarray, size: int) -> np.ndarray:
-  """Interpolation weights (..., N, size) for float grid coordinates (..., N), wrapping.
+def _interp_weights(coords: np.ndarray, size: int):
+  """Cell indices (i0, i1) and weights (w0, w1) for float grid coordinates, wrapping.
 
   Smoothstep-weighted linear interpolation (C1-continuous field, no visible grid
-  lines). Each row has two non-zero weights summing to 1.
+  lines); w0 + w1 = 1.
   """
   i0 = np.floor(coords)
   f = (coords - i0).astype(np.float32)
   f = f * f * (3 - 2 * f)
   i0 = i0.astype(np.int64) % size
-  i1 = (i0 + 1) % size
-  cells = np.arange(size)
-  return ((i0[..., None] == cells) * (1 - f)[..., None]
-          + (i1[..., None] == cells) * f[..., None]).astype(np.float32)
+  return i0, (i0 + 1) % size, 1 - f, f
 
 
 def noise_field(num_frames: int, height: int, width: int, *, seed: int,
@@ -202,7 +199,7 @@ def noise_field(num_frames: int, height: int, width: int, *, seed: int,
   `drift_per_frame` (fraction of the longer side) per frame in a random direction,
   so frame t+1 is frame t shifted by a few pixels: the field changes slowly and
   coherently over time. Because the window is a translation, the interpolation is
-  separable: field[t] = Wy[t] @ grid @ Wx[t]^T, computed with two small matmuls.
+  separable: interpolate the grid rows first (T, H, cells), then gather columns.
   """
   rng = _rng(seed, 2)
   side = max(height, width)
@@ -218,9 +215,13 @@ def noise_field(num_frames: int, height: int, width: int, *, seed: int,
     g = int(np.ceil(c)) + 6
     grid = rng.standard_normal((g, g)).astype(np.float32)
     oy, ox = rng.uniform(0, g, size=2)
-    wy = _interp_matrix((ys + vy * drift_per_frame * t) * c + oy, g)  # (T, H, g)
-    wx = _interp_matrix((xs + vx * drift_per_frame * t) * c + ox, g)  # (T, W, g)
-    out += amp * ((wy @ grid) @ np.swapaxes(wx, 1, 2))               # (T, H, W)
+    y0, y1, wy0, wy1 = _interp_weights((ys + vy * drift_per_frame * t) * c + oy, g)  # (T, H)
+    x0, x1, wx0, wx1 = _interp_weights((xs + vx * drift_per_frame * t) * c + ox, g)  # (T, W)
+    rows = grid[y0] * wy0[..., None] + grid[y1] * wy1[..., None]                     # (T, H, g)
+    cols0 = np.broadcast_to(x0[:, None, :], (num_frames, height, width))
+    cols1 = np.broadcast_to(x1[:, None, :], (num_frames, height, width))
+    out += amp * (np.take_along_axis(rows, cols0, axis=2) * wx0[:, None, :]
+                  + np.take_along_axis(rows, cols1, axis=2) * wx1[:, None, :])      # (T, H, W)
     total_var += amp * amp
   # smoothstep interpolation of unit Gaussians has std ~0.7; renormalise roughly
   return out / np.float32(0.7 * np.sqrt(total_var))
@@ -280,11 +281,13 @@ def apply_fog(frames: np.ndarray, *, intensity: Union[str, FogPreset, FogParams]
                    heterogeneous=heterogeneous)[..., None]  # (T|1, H, W, 1)
   a = params.airlight_rgb()
   if x.dtype == np.uint8:
-    j = x.astype(np.float32) * np.float32(1 / 255)
-    out = j * t + a * (1 - t)
-    out = np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
+    # I = J t + A (1 - t) = (J - A) t + A, computed in [0, 255]
+    a255 = a * np.float32(255)
+    out = (x.astype(np.float32) - a255) * t
+    out += a255 + np.float32(0.5)
+    out = np.clip(out, 0, 255, out=out).astype(np.uint8)
   elif np.issubdtype(x.dtype, np.floating):
-    out = (x.astype(np.float32) * t + a * (1 - t)).astype(x.dtype)
+    out = ((x.astype(np.float32) - a) * t + a).astype(x.dtype)
   else:
     raise TypeError(f"apply_fog: frames must be uint8 or float, got {x.dtype}")
   return out[0] if single else out
