@@ -72,8 +72,9 @@ class Builder(video_pairs.ReportingBuilderMixin, tfds.core.GeneratorBasedBuilder
   DEFAULT_BUILDER_CONFIG_NAME = "default"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   FogAct cannot be downloaded automatically. Put the videos in the manual directory
-  (`--manual_dir`, `download_config=tfds.download.DownloadConfig(manual_dir=...)`, default
-  ~/tensorflow_datasets/downloads/manual/fogact) in one of two layouts:
+  (`download_config=tfds.download.DownloadConfig(manual_dir=...)`, `tfds build
+  --manual_dir=...`, or data.manual_dir in the training config; TFDS default:
+  <data_dir>/downloads/manual) in one of two layouts:
 
   1. Annotated (all metadata):
        classes.txt       one class name a line; line order = label id

@@ -114,7 +114,8 @@ class _FoggedPublicBuilder(video_pairs.ReportingBuilderMixin, tfds.core.Generato
 
 _INSTRUCTIONS = """
   {name} cannot be downloaded automatically. Put the original videos and the official split
-  files in the manual directory (default ~/tensorflow_datasets/downloads/manual/{name}):
+  files in the manual directory (DownloadConfig(manual_dir=...) or data.manual_dir; TFDS
+  default: <data_dir>/downloads/manual):
 {layout}
   The foggy stream is synthesised at build time with the atmospheric scattering model.
   Unreadable videos stop the build unless skip_bad_videos=True (or FOGACT_SKIP_BAD=1).
