@@ -53,6 +53,8 @@ def main(argv=None):
   parser.add_argument('--reps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--attention', default='auto', choices=['auto', 'xla', 'cudnn'],
+                      help='JAX attention implementation (auto: cuDNN on GPU for bf16)')
   parser.add_argument('--no-torch', action='store_true', help='time only the JAX model')
   parser.add_argument('--threads', type=int, default=None,
                       help='CPU threads for both frameworks (default: their own choice)')
@@ -80,7 +82,8 @@ def main(argv=None):
   hf = _hf_model(cfg, args.seed)
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)
-    model = clip.from_pretrained(d, dtype=args.dtype)
+    model = clip.from_pretrained(
+        d, dtype=args.dtype, attention_impl=None if args.attention == 'auto' else args.attention)
   graphdef, state = nnx.split(model)
 
   @jax.jit
@@ -96,7 +99,9 @@ def main(argv=None):
   def jax_forward():
     return forward(state, x_jax).block_until_ready()
 
-  fns = {f'JAX/Flax NNX ({jax.devices()[0].platform}, jit)': jax_forward}
+  impl = clip._resolve_attention(model.visual.transformer.resblocks[0].attn.attention_impl,
+                                 model.dtype)  # pylint: disable=protected-access
+  fns = {f'JAX/Flax NNX ({jax.devices()[0].platform}, jit, {impl})': jax_forward}
   if not args.no_torch:
     hf = hf.to(device=torch_device, dtype=torch_dtype)
     x_t = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch_device, torch_dtype)  # NCHW

@@ -340,8 +340,9 @@ _OPENAI_IGNORED = re.compile(
     r'^(input_resolution|context_length|vocab_size)$|(^|\.)attn_mask$|^visual\.attnpool\.')
 
 
-def _abstract_model(config, dtype, remat):
+def _abstract_model(config, dtype, remat, attention_impl=None):
   return nnx.eval_shape(lambda: clip_lib.CLIP(config, dtype=dtype, remat=remat,
+                                              attention_impl=attention_impl,
                                               rngs=nnx.Rngs(0)))
 
 
@@ -352,14 +353,14 @@ def _path_str(path: tuple) -> str:
 def convert_state_dict(tensors: dict[str, np.ndarray], config: clip_lib.CLIPConfig,
                        key_map: dict[str, tuple[str, Transform]], *, source: str,
                        ignored: re.Pattern | None = None, dtype=jnp.float32,
-                       remat: bool = False) -> clip_lib.CLIP:
+                       remat: bool = False, attention_impl: str | None = None) -> clip_lib.CLIP:
   """Builds a :class:`clip.CLIP` from a flat tensor dict through a key map.
 
   Every model parameter must be provided, every checkpoint tensor must be used (except
   known buffers matched by ``ignored``), and every shape must agree; otherwise a single
   :class:`CheckpointMismatchError` lists all problems.
   """
-  abstract = _abstract_model(config, dtype, remat)
+  abstract = _abstract_model(config, dtype, remat, attention_impl)
   graphdef, state = nnx.split(abstract)
   flat = nnx.to_flat_state(state)
   expected = {_path_str(p): v for p, v in flat}
@@ -504,7 +505,8 @@ def _hf_tensors(directory: str) -> dict[str, np.ndarray]:
                           'model.safetensors.index.json or pytorch_model.bin')
 
 
-def load_hf(directory: str, *, dtype=jnp.float32, remat: bool = False) -> clip_lib.CLIP:
+def load_hf(directory: str, *, dtype=jnp.float32, remat: bool = False,
+            attention_impl: str | None = None) -> clip_lib.CLIP:
   """Loads a Hugging Face ``CLIPModel`` checkpoint directory."""
   cfg_path = os.path.join(directory, 'config.json')
   try:
@@ -515,11 +517,13 @@ def load_hf(directory: str, *, dtype=jnp.float32, remat: bool = False) -> clip_l
   config = config_from_hf(config_json, cfg_path)
   tensors = _hf_tensors(directory)
   return convert_state_dict(tensors, config, hf_key_map(config), source=directory,
-                            ignored=_HF_IGNORED, dtype=dtype, remat=remat)
+                            ignored=_HF_IGNORED, dtype=dtype, remat=remat,
+                            attention_impl=attention_impl)
 
 
 def load_openai(path: str, *, dtype=jnp.float32, remat: bool = False,
-                config: clip_lib.CLIPConfig | str | None = None) -> clip_lib.CLIP:
+                config: clip_lib.CLIPConfig | str | None = None,
+                attention_impl: str | None = None) -> clip_lib.CLIP:
   """Loads an OpenAI CLIP ``.pt`` (TorchScript archive or plain state dict).
 
   The config is inferred from the tensor shapes with 64-dimensional attention heads (true
@@ -531,7 +535,8 @@ def load_openai(path: str, *, dtype=jnp.float32, remat: bool = False,
   else:
     config = clip_lib.get_config(config)
   return convert_state_dict(tensors, config, openai_key_map(config), source=path,
-                            ignored=_OPENAI_IGNORED, dtype=dtype, remat=remat)
+                            ignored=_OPENAI_IGNORED, dtype=dtype, remat=remat,
+                            attention_impl=attention_impl)
 
 
 def save(model: clip_lib.CLIP, path: str) -> None:
@@ -550,7 +555,8 @@ def save(model: clip_lib.CLIP, path: str) -> None:
     json.dump(meta, f, indent=2)
 
 
-def load_orbax(path: str, *, dtype=jnp.float32, remat: bool = False) -> clip_lib.CLIP:
+def load_orbax(path: str, *, dtype=jnp.float32, remat: bool = False,
+               attention_impl: str | None = None) -> clip_lib.CLIP:
   """Loads a model written by :func:`save`."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
@@ -564,7 +570,7 @@ def load_orbax(path: str, *, dtype=jnp.float32, remat: bool = False) -> clip_lib
   if unknown:
     raise ValueError(f'{meta_path}: unknown config keys {unknown}')
   config = clip_lib.CLIPConfig(**meta['config'])
-  abstract = _abstract_model(config, dtype, remat)
+  abstract = _abstract_model(config, dtype, remat, attention_impl)
   graphdef, state = nnx.split(abstract)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
   with ocp.StandardCheckpointer() as ckptr:
@@ -607,7 +613,8 @@ def download_hub(name: str) -> str:
 
 
 def load(path_or_name: str, *, dtype=jnp.float32, remat: bool = False,
-         config: clip_lib.CLIPConfig | str | None = None) -> clip_lib.CLIP:
+         config: clip_lib.CLIPConfig | str | None = None,
+         attention_impl: str | None = None) -> clip_lib.CLIP:
   """Dispatches on what ``path_or_name`` is; see the module docstring.
 
   ``config`` only applies to OpenAI ``.pt`` files (whose head count is not stored); the
@@ -616,17 +623,18 @@ def load(path_or_name: str, *, dtype=jnp.float32, remat: bool = False,
   path = os.fspath(path_or_name)
   if config is not None and not os.path.isfile(path):
     raise ValueError(f'{path}: config= is only accepted for OpenAI .pt files')
+  kw = dict(dtype=dtype, remat=remat, attention_impl=attention_impl)
   if os.path.isdir(path):
     if os.path.exists(os.path.join(path, ORBAX_CONFIG_FILE)):
-      return load_orbax(path, dtype=dtype, remat=remat)
+      return load_orbax(path, **kw)
     if os.path.exists(os.path.join(path, 'config.json')):
-      return load_hf(path, dtype=dtype, remat=remat)
+      return load_hf(path, **kw)
     raise FileNotFoundError(
         f'{path}: directory has neither config.json (Hugging Face CLIPModel) nor '
         f'{ORBAX_CONFIG_FILE} (saved with clip.save)')
   if os.path.isfile(path):
-    return load_openai(path, dtype=dtype, remat=remat, config=config)
+    return load_openai(path, config=config, **kw)
   if _HUB_NAME.match(path) and not path.startswith(('.', '/')):
-    return load_hf(download_hub(path), dtype=dtype, remat=remat)
+    return load_hf(download_hub(path), **kw)
   raise FileNotFoundError(f'{path}: no such checkpoint file or directory (and not a hub '
                           "name like 'openai/clip-vit-base-patch16')")

@@ -183,12 +183,25 @@ def _normal(std: float):
   return nnx.initializers.normal(stddev=std)
 
 
+ATTENTION_IMPLS = (None, 'xla', 'cudnn')
+
+
+def _resolve_attention(impl: str | None, dtype) -> str:
+  """None (auto): cuDNN's fused kernel on GPU for 16-bit inputs, else XLA's."""
+  if impl is not None:
+    return impl
+  if jax.default_backend() == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return 'cudnn'
+  return 'xla'
+
+
 class MultiHeadAttention(nnx.Module):
   """Self-attention with separate q/k/v projections (OpenAI's fused in_proj, split)."""
 
   def __init__(self, width: int, heads: int, *, dtype, rngs: nnx.Rngs,
-               in_std: float, out_std: float):
+               in_std: float, out_std: float, attention_impl: str | None = None):
     self.heads = heads
+    self.attention_impl = attention_impl
     linear = functools.partial(nnx.Linear, width, width, dtype=dtype, param_dtype=jnp.float32,
                                rngs=rngs)
     self.q_proj = linear(kernel_init=_normal(in_std))
@@ -200,8 +213,10 @@ class MultiHeadAttention(nnx.Module):
     # x: (N, L, width) -> q/k/v: (N, L, heads, head_dim)
     split = lambda t: einops.rearrange(t, 'n l (h d) -> n l h d', h=self.heads)
     q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-    # Softmax runs in float32 inside dot_product_attention; fused kernel on GPU.
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+    # Softmax runs in float32 inside dot_product_attention (fused cuDNN kernel on GPU).
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                       implementation=_resolve_attention(self.attention_impl,
+                                                                         q.dtype))
     out = einops.rearrange(out, 'n l h d -> n l (h d)')
     return self.out_proj(out)
 
@@ -225,14 +240,14 @@ class ResidualAttentionBlock(nnx.Module):
   """Pre-LayerNorm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
 
   def __init__(self, width: int, heads: int, mlp_dim: int, activation: str, *, layers: int,
-               dtype, rngs: nnx.Rngs):
+               dtype, rngs: nnx.Rngs, attention_impl: str | None = None):
     # OpenAI's initialisation (CLIP.initialize_parameters).
     attn_std = width**-0.5
     proj_std = width**-0.5 * (2 * layers)**-0.5
     fc_std = (2 * width)**-0.5
     self.ln_1 = _layer_norm(width, rngs)
     self.attn = MultiHeadAttention(width, heads, dtype=dtype, rngs=rngs, in_std=attn_std,
-                                   out_std=proj_std)
+                                   out_std=proj_std, attention_impl=attention_impl)
     self.ln_2 = _layer_norm(width, rngs)
     self.mlp = MLP(width, mlp_dim, activation, dtype=dtype, rngs=rngs, fc_std=fc_std,
                    proj_std=proj_std)
@@ -248,11 +263,12 @@ class Transformer(nnx.Module):
   """A stack of residual attention blocks, optionally rematerialised block by block."""
 
   def __init__(self, width: int, layers: int, heads: int, mlp_dim: int, activation: str, *,
-               dtype, remat: bool, rngs: nnx.Rngs):
+               dtype, remat: bool, rngs: nnx.Rngs, attention_impl: str | None = None):
     self.remat = remat
     self.resblocks = nnx.List([
         ResidualAttentionBlock(width, heads, mlp_dim, activation, layers=layers, dtype=dtype,
-                               rngs=rngs) for _ in range(layers)
+                               rngs=rngs, attention_impl=attention_impl)
+        for _ in range(layers)
     ])
 
   def __call__(self, x: jax.Array, *, causal: bool = False) -> jax.Array:
@@ -329,7 +345,8 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid_in: tuple[int, int],
 class VisionTransformer(nnx.Module):
   """CLIP image tower: (N, H, W, 3) CLIP-normalised pixels -> (N, embed_dim)."""
 
-  def __init__(self, config: CLIPConfig, *, dtype, remat: bool, rngs: nnx.Rngs):
+  def __init__(self, config: CLIPConfig, *, dtype, remat: bool, rngs: nnx.Rngs,
+               attention_impl: str | None = None):
     width, p = config.vision_width, config.patch_size
     self.config = config
     self.dtype = dtype
@@ -342,7 +359,7 @@ class VisionTransformer(nnx.Module):
     self.ln_pre = _layer_norm(width, rngs)
     self.transformer = Transformer(width, config.vision_layers, config.vision_heads,
                                    config.vision_mlp, config.activation, dtype=dtype,
-                                   remat=remat, rngs=rngs)
+                                   remat=remat, rngs=rngs, attention_impl=attention_impl)
     self.ln_post = _layer_norm(width, rngs)
     self.proj = nnx.Param(scale * jax.random.normal(rngs.params(), (width, config.embed_dim)))
 
@@ -376,7 +393,8 @@ class TextTransformer(nnx.Module):
   Causal attention; the output is read at each row's largest token id (end-of-text).
   """
 
-  def __init__(self, config: CLIPConfig, *, dtype, remat: bool, rngs: nnx.Rngs):
+  def __init__(self, config: CLIPConfig, *, dtype, remat: bool, rngs: nnx.Rngs,
+               attention_impl: str | None = None):
     width = config.text_width
     self.config = config
     self.dtype = dtype
@@ -387,7 +405,7 @@ class TextTransformer(nnx.Module):
         0.01 * jax.random.normal(rngs.params(), (config.context_length, width)))
     self.transformer = Transformer(width, config.text_layers, config.text_heads,
                                    config.text_mlp, config.activation, dtype=dtype,
-                                   remat=remat, rngs=rngs)
+                                   remat=remat, rngs=rngs, attention_impl=attention_impl)
     self.ln_final = _layer_norm(width, rngs)
     self.text_projection = nnx.Param(
         width**-0.5 * jax.random.normal(rngs.params(), (width, config.embed_dim)))
@@ -418,17 +436,23 @@ class CLIP(nnx.Module):
     config: the model's :class:`CLIPConfig`.
     dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); params stay float32.
     remat: rematerialise each residual block in the backward pass (saves memory).
+    attention_impl: ``jax.nn.dot_product_attention`` implementation: None (auto: cuDNN's
+      fused kernel on GPU with a 16-bit dtype, XLA otherwise), 'xla' or 'cudnn'.
     rngs: random streams for the initialisation.
   """
 
   def __init__(self, config: CLIPConfig, *, dtype=jnp.float32, remat: bool = False,
-               rngs: nnx.Rngs):
+               attention_impl: str | None = None, rngs: nnx.Rngs):
     dtype = canonical_dtype(dtype)
+    if attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}')
     self.config = config
     self.dtype = dtype
     self.remat = remat
-    self.visual = VisionTransformer(config, dtype=dtype, remat=remat, rngs=rngs)
-    self.text = TextTransformer(config, dtype=dtype, remat=remat, rngs=rngs)
+    self.visual = VisionTransformer(config, dtype=dtype, remat=remat, rngs=rngs,
+                                    attention_impl=attention_impl)
+    self.text = TextTransformer(config, dtype=dtype, remat=remat, rngs=rngs,
+                                attention_impl=attention_impl)
     self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
 
   def encode_image(self, pixels: jax.Array) -> jax.Array:
@@ -450,13 +474,15 @@ class CLIP(nnx.Module):
 
 
 def create(name_or_config: str | CLIPConfig = 'ViT-B/16', *, dtype=jnp.float32,
-           remat: bool = False, seed: int = 0, **overrides: Any) -> CLIP:
+           remat: bool = False, seed: int = 0, attention_impl: str | None = None,
+           **overrides: Any) -> CLIP:
   """Builds a randomly initialised CLIP from a config name (or config) plus overrides.
 
   Example: ``clip.create('tiny', image_size=64, seed=1)``.
   """
   config = get_config(name_or_config, **overrides)
-  return CLIP(config, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))
+  return CLIP(config, dtype=dtype, remat=remat, attention_impl=attention_impl,
+              rngs=nnx.Rngs(seed))
 
 
 def count_params(model: nnx.Module) -> int:
@@ -466,7 +492,8 @@ def count_params(model: nnx.Module) -> int:
 
 
 def from_pretrained(path_or_name: str, *, dtype=jnp.float32, remat: bool = False,
-                    config: CLIPConfig | str | None = None) -> CLIP:
+                    config: CLIPConfig | str | None = None,
+                    attention_impl: str | None = None) -> CLIP:
   """Loads CLIP with weights: a Hugging Face directory (``config.json`` + safetensors or
   ``pytorch_model.bin``), an OpenAI ``.pt`` archive, an Orbax checkpoint written by
   :func:`save`, or a hub name such as ``'openai/clip-vit-base-patch16'`` (needs network).
@@ -476,7 +503,8 @@ def from_pretrained(path_or_name: str, *, dtype=jnp.float32, remat: bool = False
   ``fognet_jax/clip_weights.py`` for the formats and the errors raised.
   """
   from fognet_jax import clip_weights  # pylint: disable=g-import-not-at-top
-  return clip_weights.load(path_or_name, dtype=dtype, remat=remat, config=config)
+  return clip_weights.load(path_or_name, dtype=dtype, remat=remat, config=config,
+                           attention_impl=attention_impl)
 
 
 def save(model: CLIP, path: str) -> None:
