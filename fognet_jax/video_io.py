@@ -30,6 +30,8 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
 # timestamps are rounded, a cut file loses the whole tail.
 _TRUNCATION_SLACK = 0.02
 
+_MAX_PREALLOCATED_FRAMES = 1 << 14
+
 log = logging.getLogger(__name__)
 
 
@@ -214,11 +216,29 @@ def read_video(path, *, fps: float | None = None, short_side: int | None = None,
   """
   if fps is not None and fps <= 0:
     raise ValueError(f"fps must be positive, got {fps}.")
-  src_fps = probe(path).fps
-  frames = list(iter_frames(path, fps=fps, short_side=short_side, size=size,
-                            max_frames=max_frames))
-  out_fps = float(fps) if (fps is not None and src_fps and fps < src_fps) else src_fps
-  return np.stack(frames), out_fps
+  info = probe(path)
+  src_fps = info.fps
+  subsampled = fps is not None and bool(src_fps) and fps < src_fps
+  # Frames are written into one array sized from the container's frame count (no list +
+  # stack copy, which would double the peak); it grows if the count was low.
+  estimate = info.num_frames
+  if subsampled:
+    estimate = math.ceil(estimate * fps / src_fps) + 1
+  if max_frames is not None:
+    estimate = min(estimate, max_frames)
+  estimate = min(estimate, _MAX_PREALLOCATED_FRAMES)  # A corrupt header may claim anything.
+  buf, n = None, 0
+  for frame in iter_frames(path, fps=fps, short_side=short_side, size=size,
+                           max_frames=max_frames):
+    if buf is None:
+      buf = np.empty((max(estimate, 1),) + frame.shape, np.uint8)
+    elif n == len(buf):
+      buf = np.concatenate([buf, np.empty((max(len(buf) // 4, 8),) + frame.shape, np.uint8)])
+    buf[n] = frame
+    n += 1
+  frames = buf[:n] if n > 0.9 * len(buf) else buf[:n].copy()
+  out_fps = float(fps) if subsampled else src_fps
+  return frames, out_fps
 
 
 def trim_pair(clean: np.ndarray, foggy: np.ndarray, *,

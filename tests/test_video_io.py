@@ -1,4 +1,5 @@
 """Tests for fognet_jax.video_io: round trips, frame-rate subsampling, resizing, bad files."""
+import dataclasses
 import logging
 import math
 import os
@@ -86,6 +87,17 @@ def test_resize_while_decoding(clips):
   np.testing.assert_array_equal(_decoded_indices(fixed), [0, 5, 10, 15])
   up, _ = video_io.read_video(paths["avi"], short_side=48, max_frames=2)
   assert up.shape == (2, 48, 64, 3)
+
+
+@pytest.mark.parametrize("declared", [0, 3, 10_000])
+def test_read_video_with_wrong_declared_count(clips, monkeypatch, declared):
+  """The output array is sized from the container's count; a wrong count changes nothing."""
+  real_probe = video_io.probe
+  monkeypatch.setattr(video_io, "probe", lambda p: dataclasses.replace(
+      real_probe(p), num_frames=declared))
+  decoded, _ = video_io.read_video(clips[1]["mp4"], fps=10)
+  assert len(decoded) == 20 and decoded.flags.c_contiguous
+  np.testing.assert_array_equal(_decoded_indices(decoded), np.floor(np.arange(20) * 2.5))
 
 
 def test_output_size():

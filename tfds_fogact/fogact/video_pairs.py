@@ -178,7 +178,8 @@ class ReportingBuilderMixin:
     self.build_report = BuildReport()
     super()._download_and_prepare(dl_manager, download_config)
     self.info.metadata.update(self.build_report.to_metadata())
-    path = self.build_report.write(self.data_dir)
+    self.build_report.write(self.data_dir)  # The temporary dir, renamed when done.
     if self.build_report.skipped:
-      log.warning("%s: skipped %d pair(s) with unreadable videos; see %s", self.name,
-                  len(self.build_report.skipped), path)
+      log.warning("%s: skipped %d pair(s) with unreadable videos; they are listed in %s in "
+                  "the dataset directory.", self.name, len(self.build_report.skipped),
+                  REPORT_FILE)
