@@ -18,7 +18,7 @@ import fractions
 import logging
 import math
 import os
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -241,9 +241,10 @@ def read_video(path, *, fps: float | None = None, short_side: int | None = None,
   return frames, out_fps
 
 
-def trim_pair(clean: np.ndarray, foggy: np.ndarray, *,
-              name: str = "") -> tuple[np.ndarray, np.ndarray, int]:
-  """Trims two frame arrays to their common length, warning how much was dropped.
+def trim_pair(clean: Sequence, foggy: Sequence, *,
+              name: str = "") -> tuple[Sequence, Sequence, int]:
+  """Trims two frame sequences (arrays, or lists of encoded frames) to their common
+  length, logging a warning that says how much was dropped.
 
   Returns (clean, foggy, frames_dropped) where frames_dropped is |len(clean) - len(foggy)|
   (the tail of the longer stream is dropped, so frame i of one still matches frame i of

@@ -1,8 +1,10 @@
 """Turning annotated clips into paired TFDS examples, shared by the real-video builders.
 
-* `read_clip` decodes one video under a `common.VideoBuilderConfig` (frame-rate subsampling
-  and resizing happen while decoding, see `fognet_jax.video_io`), so memory stays bounded
-  by one reduced example whatever the source resolution.
+* `read_clip` / `read_clip_jpeg` decode one video under a `common.VideoBuilderConfig`
+  (frame-rate subsampling and resizing happen while decoding, see `fognet_jax.video_io`);
+  recorded pairs are JPEG-encoded frame by frame as they are decoded, so a build holds one
+  encoded example (and, for the fogged public datasets, one reduced decoded clip) whatever
+  the source resolution.
 * `generate_examples` yields (clip_id, example) for every clip. A clip whose clean or foggy
   video cannot be decoded stops the build with a `VideoError` naming the file and the
   reason, unless bad videos are skipped (builder kwarg ``skip_bad_videos=True`` or the
@@ -67,6 +69,13 @@ class BuildReport:
     return path
 
 
+def _output_size(path, config: common.VideoBuilderConfig) -> tuple[int, int]:
+  info = video_io.probe(path)
+  if info.width <= 0 or info.height <= 0:
+    raise VideoError(path, f"video stream has no frame size ({info.width}×{info.height})")
+  return tuple(config.output_size(info.height, info.width))
+
+
 def read_clip(path, config: common.VideoBuilderConfig,
               size: Optional[tuple[int, int]] = None) -> np.ndarray:
   """Decodes `path` to (T, H, W, 3) uint8 frames at the config's rate and size.
@@ -74,21 +83,35 @@ def read_clip(path, config: common.VideoBuilderConfig,
   `size` forces (height, width) (used to give the foggy stream the clean stream's size);
   otherwise it is `config.output_size` of the source. Raises VideoError.
   """
-  if size is None:
-    info = video_io.probe(path)
-    if info.width <= 0 or info.height <= 0:
-      raise VideoError(path, f"video stream has no frame size ({info.width}×{info.height})")
-    size = config.output_size(info.height, info.width)
-  frames, _ = video_io.read_video(path, fps=config.fps, size=tuple(size),
+  size = tuple(size) if size is not None else _output_size(path, config)
+  frames, _ = video_io.read_video(path, fps=config.fps, size=size,
                                   max_frames=config.max_frames)
   return frames
 
 
+def read_clip_jpeg(path, config: common.VideoBuilderConfig,
+                   size: Optional[tuple[int, int]] = None) -> tuple[list[bytes], tuple]:
+  """Like `read_clip`, but JPEG-encodes each frame as it is decoded.
+
+  Returns (JPEG bytes per frame, (height, width)). Only the encoded clip is held, so the
+  memory of a recorded pair is bounded by its serialised size (plus one decoded frame).
+  """
+  size = tuple(size) if size is not None else _output_size(path, config)
+  jpegs = [common.encode_jpeg(f, config.jpeg_quality)
+           for f in video_io.iter_frames(path, fps=config.fps, size=size,
+                                         max_frames=config.max_frames)]
+  return jpegs, size
+
+
 def read_pair(clip: Clip, config: common.VideoBuilderConfig,
-              report: Optional[BuildReport] = None) -> tuple[np.ndarray, np.ndarray]:
-  """Clean and foggy frames of `clip`, same size, trimmed to the common length."""
-  clean = read_clip(clip.clean, config)
-  foggy = read_clip(clip.foggy, config, size=clean.shape[1:3])
+              report: Optional[BuildReport] = None) -> tuple[list[bytes], list[bytes]]:
+  """JPEG frames of the clean and foggy videos of `clip`: same size, same length.
+
+  The foggy video is resized to the clean video's output size; streams of different
+  lengths are trimmed to the common length (logged, and recorded in `report`).
+  """
+  clean, size = read_clip_jpeg(clip.clean, config)
+  foggy, _ = read_clip_jpeg(clip.foggy, config, size=size)
   n_clean, n_foggy = len(clean), len(foggy)
   clean, foggy, dropped = video_io.trim_pair(clean, foggy, name=f"clip {clip.clip_id!r}")
   if dropped and report is not None:
@@ -125,12 +148,15 @@ def generate_examples(clips: Iterable[Clip], config: common.VideoBuilderConfig, 
   with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
     for clip in clips:
       try:
-        if make_foggy is None:
+        if make_foggy is None:  # Recorded pair: JPEG-encoded while decoding.
           clean, foggy = read_pair(clip, config, report)
           fog = clip.fog
-        else:
-          clean = read_clip(clip.clean, config)
-          foggy, fog = make_foggy(clip, clean)
+        else:  # Fog made from the whole decoded clip (temporally coherent fog field).
+          frames = read_clip(clip.clean, config)
+          foggy_frames, fog = make_foggy(clip, frames)
+          clean = common.encode_jpeg_frames(frames, config.jpeg_quality, pool)
+          foggy = common.encode_jpeg_frames(foggy_frames, config.jpeg_quality, pool)
+          del frames, foggy_frames
       except VideoError as e:
         if not skip_bad:
           raise VideoError(e.path, f"{e.reason} (clip {clip.clip_id!r}, {clip.source}). "
@@ -140,8 +166,8 @@ def generate_examples(clips: Iterable[Clip], config: common.VideoBuilderConfig, 
                                "clean": clip.clean, "foggy": clip.foggy or ""})
         continue
       example = {
-          "clean": common.encode_jpeg_frames(clean, config.jpeg_quality, pool),
-          "foggy": common.encode_jpeg_frames(foggy, config.jpeg_quality, pool),
+          "clean": clean,
+          "foggy": foggy,
           "label": clip.label,
           "clip_id": clip.clip_id,
           "scene": clip.scene,
@@ -150,7 +176,6 @@ def generate_examples(clips: Iterable[Clip], config: common.VideoBuilderConfig, 
           "num_people": np.int32(clip.num_people),
           "num_frames": np.int32(len(clean)),
       }
-      del clean, foggy  # Only the JPEG bytes of this example stay alive.
       yield clip.clip_id, example
 
 
