@@ -310,7 +310,7 @@ def test_model_cost_tool_prints_one_json_line(tmp_path, default_model):
   assert len(lines) == 1
   result = json.loads(lines[0])
   assert result["params_trainable"] == fognet.count_params(model)
-  assert result["params_fognet_modules"] == sum(
+  assert result["params_heads"] == sum(
       fognet.count_params(m) for m in (model.fas, model.me))
   # XLA counts a multiply-add as 2 flops: the hand count of the image tower's
   # multiply-adds, doubled, is close to (and below) XLA's total for the whole inference.

@@ -79,6 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
     dtype: compute dtype of the towers and heads, 'float32' or 'bfloat16' (params fp32,
       losses always fp32).
     remat: rematerialise the transformer blocks of the towers in the backward pass.
+    attention_impl: ``jax.nn.dot_product_attention`` implementation of the CLIP towers and
+      the temporal transformer: None (CLIP's automatic choice), 'xla' or 'cudnn'.
     clip_overrides: CLIPConfig fields replacing the backbone's (from-scratch models only),
       e.g. ``image_size=64, patch_size=8, vision_width=128``; None entries are ignored.
     arch: 'fognet' (two streams, training with clean + foggy clips) or 'actionclip'.
@@ -93,7 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
     temporal_layers / temporal_heads / max_frames: the temporal transformer
       (ActionCLIP: 6 layers; heads None = embed_dim // 64, at least 1).
     train_stream: baseline only: 'foggy', 'clean' or 'clean+foggy'.
-    tokenizer.kind / tokenizer.path: 'clip' (BPE; path None = bundled vocabulary) or
+    tokenizer.kind / tokenizer.path: 'clip' (BPE vocabulary files at path) or
       'byte' (no files; for from-scratch models).
   """
   c = ml_collections.ConfigDict()
@@ -101,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_from = ml_collections.config_dict.placeholder(str)
   c.dtype = "float32"
   c.remat = False
+  c.attention_impl = ml_collections.config_dict.placeholder(str)
   c.clip_overrides = ml_collections.ConfigDict(
       {k: ml_collections.config_dict.placeholder(int) for k in _CLIP_OVERRIDE_KEYS})
   c.arch = "fognet"
@@ -137,6 +140,8 @@ def validate_config(model_cfg: ml_collections.ConfigDict) -> None:
     fail("train_stream", f"must be one of {TRAIN_STREAMS}, got {model_cfg.train_stream!r}")
   if model_cfg.get("init_from") is None and model_cfg.backbone not in clip.CONFIGS:
     fail("backbone", f"unknown backbone {model_cfg.backbone!r}; known: {sorted(clip.CONFIGS)}")
+  if model_cfg.get("attention_impl") not in (None, "xla", "cudnn"):
+    fail("attention_impl", f"must be None, 'xla' or 'cudnn', got {model_cfg.attention_impl!r}")
   if model_cfg.dtype not in ("float32", "bfloat16", "float16"):
     fail("dtype", f"must be 'float32' or 'bfloat16', got {model_cfg.dtype!r}")
   for name in ("fas", "me", "csa"):
@@ -289,11 +294,12 @@ class TemporalTransformer(nnx.Module):
   """
 
   def __init__(self, dim: int, *, layers: int, heads: int, max_frames: int,
-               dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+               dtype=jnp.float32, remat: bool = False, attention_impl: str | None = None,
+               rngs: nnx.Rngs):
     self.max_frames = int(max_frames)
     self.frame_position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_frames, dim)))
     self.transformer = clip.Transformer(dim, layers, heads, 4 * dim, "quick_gelu", dtype=dtype,
-                                        remat=remat, rngs=rngs)
+                                        remat=remat, rngs=rngs, attention_impl=attention_impl)
 
   def __call__(self, x: Array) -> Array:
     t = x.shape[1]
@@ -340,7 +346,9 @@ class FogNet(nnx.Module):
         raise ValueError(f"config key model.temporal_heads: {heads} does not divide {dim}")
       self.temporal = TemporalTransformer(dim, layers=model_cfg.temporal_layers, heads=heads,
                                           max_frames=model_cfg.max_frames, dtype=dtype,
-                                          remat=bool(model_cfg.remat), rngs=rngs)
+                                          remat=bool(model_cfg.remat),
+                                          attention_impl=model_cfg.get("attention_impl"),
+                                          rngs=rngs)
     else:
       self.temporal = None
 
@@ -455,13 +463,15 @@ def create_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Fog
       raise ValueError(f"config keys model.clip_overrides {sorted(overrides)} cannot be "
                        f"combined with model.init_from={model_cfg.init_from!r}")
     clip_model = clip.from_pretrained(model_cfg.init_from, dtype=dtype,
-                                      remat=bool(model_cfg.remat))
+                                      remat=bool(model_cfg.remat),
+                                      attention_impl=model_cfg.get("attention_impl"))
   else:
     try:
       clip_cfg = clip.get_config(model_cfg.backbone, **overrides)
     except (ValueError, TypeError) as e:
       raise ValueError(f"config keys model.backbone / model.clip_overrides: {e}") from e
-    clip_model = clip.CLIP(clip_cfg, dtype=dtype, remat=bool(model_cfg.remat), rngs=rngs)
+    clip_model = clip.CLIP(clip_cfg, dtype=dtype, remat=bool(model_cfg.remat),
+                           attention_impl=model_cfg.get("attention_impl"), rngs=rngs)
   return FogNet(model_cfg, clip_model, rngs=rngs)
 
 
