@@ -25,15 +25,16 @@ def get_config(variant=None):
   config.model.init_from = None
   config.model.dtype = 'float32'
   config.model.clip_overrides.image_size = 64
+  config.model.clip_overrides.patch_size = 16  # 4x4 patches per frame: CPU-sized
   config.model.tokenizer.kind = 'byte'
 
   config.train.batch_size = 32
-  config.train.num_epochs = 10.0
+  config.train.num_epochs = 20.0
   config.train.learning_rate = 1e-3
   config.train.warmup_epochs = 1.0
   config.train.weight_decay = 0.05
   config.train.log_every_steps = 10
-  config.train.checkpoint_every_steps = 100
+  config.train.checkpoint_every_steps = 60
   config.train.keep_checkpoints = 2
   config.eval.batch_size = 32
   return config_lib.apply_variants(config, variant)
