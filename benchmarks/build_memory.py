@@ -16,6 +16,8 @@ increase over the RSS before it, and, for the Python/NumPy side, the tracemalloc
   example       one example as the builder makes it (decode both streams, JPEG-encode,
                 serialise with the TFDS feature spec), fogact/default (256 px, 8 fps)
   example_full  the same at the source frame rate (fogact/full_fps: 256 px, 25 fps)
+  example_fogged  one fogged-public example (kinetics100_fog/default) from the clean
+                video: decode at 256 px / 8 fps, ASM fog of the whole reduced clip, JPEG
   build         common.prepare (tfds download_and_prepare + the ArrayRecord copy) of a
                 manual dir holding just this pair, fogact/default
 
@@ -32,7 +34,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-MODES = ("baseline", "naive_decode", "stream_read", "example", "example_full", "build")
+MODES = ("baseline", "naive_decode", "stream_read", "example", "example_full",
+         "example_fogged", "build")
 
 
 def make_pair(workdir: str, seconds: float, fps: int = 25) -> tuple[str, str]:
@@ -143,6 +146,18 @@ def _child(mode: str, workdir: str) -> dict:
     features["label"].names = ["walk"]
     for _, ex in video_pairs.generate_examples(clips, config, skip_bad=False,
                                                report=video_pairs.BuildReport()):
+      serialized = features.serialize_example(ex)
+      out["frames"] = int(ex["num_frames"])
+      out["example_mib"] = len(serialized) / 2**20
+  elif mode == "example_fogged":
+    from tfds_fogact.fogged_public import fogged_public
+    config = fogged_public.Kinetics100Fog.BUILDER_CONFIGS[0]  # default: 256 px, 8 fps
+    clip = annotations.Clip(clip_id="walk/pair0", label="walk", clean=clean, foggy=None)
+    features = fogact_dataset_builder.features_without_label_names(config.frame_shape)
+    features["label"].names = ["walk"]
+    for _, ex in video_pairs.generate_examples(
+        [clip], config, skip_bad=False, report=video_pairs.BuildReport(),
+        make_foggy=fogged_public.make_foggy(config)):
       serialized = features.serialize_example(ex)
       out["frames"] = int(ex["num_frames"])
       out["example_mib"] = len(serialized) / 2**20
