@@ -390,8 +390,8 @@ def render_clip(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
   hr = _SCENE_STYLE[spec.scene][3] * h
   # per-clip variation
   body_h = rng.uniform(1.5, 1.95)
-  z0 = rng.uniform(3.5, 11.0)
-  x0 = rng.uniform(-0.25, 0.25) * z0 / FOCAL
+  z0 = rng.uniform(3.0, 8.0)
+  x0 = rng.uniform(-0.15, 0.15) * z0 / FOCAL
   start = rng.uniform(0.0, 0.25)
   duration = rng.uniform(0.65, 1.0) * (1 - start)
   cycles = rng.uniform(1.5, 2.5)
