@@ -4,8 +4,8 @@ Importing this package registers the builders with TFDS:
 
 * ``synthetic_fog_act``: generated paired benchmark (no download).
 * ``fogact`` (``tfds_fogact/fogact/``): FogAct, manual download.
-* fogged public datasets (``tfds_fogact/fogged_public/``): UCF-101, HMDB-51,
-  Kinetics-100 fogged at build time.
+* ``ucf101_fog``, ``hmdb51_fog``, ``kinetics100_fog`` (``tfds_fogact/fogged_public/``):
+  UCF-101, HMDB-51, Kinetics-100 fogged at build time, manual download.
 
 A builder package is imported when its folder exists; each package's
 ``__init__`` imports its builder module(s), which registers them.
