@@ -27,7 +27,7 @@ class FogActDummyDataTest(tfds.testing.DatasetBuilderTestCase):
   SKIP_CHECKSUMS = True
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- utilities
 
 
 def _header():
@@ -132,6 +132,20 @@ def test_plain_layout_unpaired_files_listed(tmp_path, no_decoding):
   assert len(problems) == 2
   assert "clean/run/y.avi has no foggy partner" in problems[0]
   assert "foggy/sit/z.mov has no clean partner" in problems[1]
+
+
+def test_plain_layout_with_classes_file(tmp_path, no_decoding):
+  for cls in ("run", "sit"):
+    _video(tmp_path / "clean" / cls / "x.mp4")
+    _video(tmp_path / "foggy" / cls / "x.mp4")
+  (tmp_path / "classes.txt").write_text("sit\nrun\n")
+  classes, clips = annotations.load_manual_dir(tmp_path)
+  assert classes == ["sit", "run"]  # classes.txt order, not sorted
+  assert [c.clip_id for c in clips] == ["run/x", "sit/x"]
+  assert all(c.split == "" and c.perspective == "" and c.num_people == -1 for c in clips)
+  (tmp_path / "classes.txt").write_text("sit\n")
+  with pytest.raises(annotations.AnnotationError, match="class folder 'run' is not in"):
+    annotations.load_manual_dir(tmp_path)
 
 
 def _splits(clips):

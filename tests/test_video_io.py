@@ -1,7 +1,6 @@
 """Tests for fognet_jax.video_io: round trips, frame-rate subsampling, resizing, bad files."""
 import dataclasses
 import logging
-import math
 import os
 
 import numpy as np
