@@ -216,9 +216,10 @@ COMBOS = {
     "csa": {"fas.enabled": False, "me.enabled": False},
     "fas+me": {"csa.enabled": False},
     "fas+me+csa": {},
-    "param_free_fas+separate_me+transf": {"fas.parameter_free": True,
-                                          "me.shared_weights": False,
-                                          "temporal_fusion": "transformer"},
+    "param_free_fas+separate_me+transf+bf16": {"fas.parameter_free": True,
+                                               "me.shared_weights": False,
+                                               "temporal_fusion": "transformer",
+                                               "dtype": "bfloat16"},
 }
 
 
@@ -235,6 +236,7 @@ def test_switch_combination_one_loss_step(name):
 
   (loss, metrics), grads = loss_grad(params)
   assert {"loss", "loss_f", "loss_c", "loss_temp"} <= set(metrics)
+  assert loss.dtype == jnp.float32 and np.isfinite(float(loss))  # fp32 also with bf16 towers
   two = cfg.arch == "fognet"
   assert (float(metrics["loss_c"]) > 0) == two
   assert (float(metrics["loss_temp"]) > 0) == (two and cfg.csa.enabled)
