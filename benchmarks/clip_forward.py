@@ -53,8 +53,8 @@ def main(argv=None):
   parser.add_argument('--reps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--attention', default='auto', choices=['auto', 'xla', 'cudnn'],
-                      help='JAX attention implementation (auto: cuDNN on GPU for bf16)')
+  parser.add_argument('--attention', default='xla', choices=['xla', 'cudnn'],
+                      help="JAX attention implementation ('cudnn': GPU, bfloat16 only)")
   parser.add_argument('--no-torch', action='store_true', help='time only the JAX model')
   parser.add_argument('--threads', type=int, default=None,
                       help='CPU threads for both frameworks (default: their own choice)')
@@ -83,7 +83,7 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)
     model = clip.from_pretrained(
-        d, dtype=args.dtype, attention_impl=None if args.attention == 'auto' else args.attention)
+        d, dtype=args.dtype, attention_impl=args.attention)
   graphdef, state = nnx.split(model)
 
   @jax.jit
@@ -99,8 +99,7 @@ def main(argv=None):
   def jax_forward():
     return forward(state, x_jax).block_until_ready()
 
-  impl = clip._resolve_attention(model.visual.transformer.resblocks[0].attn.attention_impl,
-                                 model.dtype)  # pylint: disable=protected-access
+  impl = model.visual.transformer.resblocks[0].attn.attention_impl or 'xla'
   fns = {f'JAX/Flax NNX ({jax.devices()[0].platform}, jit, {impl})': jax_forward}
   if not args.no_torch:
     hf = hf.to(device=torch_device, dtype=torch_dtype)

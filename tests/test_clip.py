@@ -109,3 +109,12 @@ def test_pos_embed_interpolation():
   # The model accepts other resolutions.
   img = model.encode_image(jnp.zeros((1, 48, 64, 3)))
   assert img.shape == (1, 32) and bool(jnp.all(jnp.isfinite(img)))
+
+
+def test_attention_impl_option():
+  with pytest.raises(ValueError, match='attention_impl'):
+    clip.create('tiny', attention_impl='flash')
+  pixels = jax.random.normal(jax.random.key(4), (1, 32, 32, 3))
+  a = clip.create('tiny', seed=3).encode_image(pixels)
+  b = clip.create('tiny', seed=3, attention_impl='xla').encode_image(pixels)
+  np.testing.assert_array_equal(a, b)

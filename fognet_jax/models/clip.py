@@ -186,15 +186,6 @@ def _normal(std: float):
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')
 
 
-def _resolve_attention(impl: str | None, dtype) -> str:
-  """None (auto): cuDNN's fused kernel on GPU for 16-bit inputs, else XLA's."""
-  if impl is not None:
-    return impl
-  if jax.default_backend() == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
-    return 'cudnn'
-  return 'xla'
-
-
 class MultiHeadAttention(nnx.Module):
   """Self-attention with separate q/k/v projections (OpenAI's fused in_proj, split)."""
 
@@ -213,10 +204,9 @@ class MultiHeadAttention(nnx.Module):
     # x: (N, L, width) -> q/k/v: (N, L, heads, head_dim)
     split = lambda t: einops.rearrange(t, 'n l (h d) -> n l h d', h=self.heads)
     q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-    # Softmax runs in float32 inside dot_product_attention (fused cuDNN kernel on GPU).
+    # Softmax runs in float32 inside dot_product_attention.
     out = jax.nn.dot_product_attention(q, k, v, is_causal=causal,
-                                       implementation=_resolve_attention(self.attention_impl,
-                                                                         q.dtype))
+                                       implementation=self.attention_impl or 'xla')
     out = einops.rearrange(out, 'n l h d -> n l (h d)')
     return self.out_proj(out)
 
@@ -436,8 +426,10 @@ class CLIP(nnx.Module):
     config: the model's :class:`CLIPConfig`.
     dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); params stay float32.
     remat: rematerialise each residual block in the backward pass (saves memory).
-    attention_impl: ``jax.nn.dot_product_attention`` implementation: None (auto: cuDNN's
-      fused kernel on GPU with a 16-bit dtype, XLA otherwise), 'xla' or 'cudnn'.
+    attention_impl: ``jax.nn.dot_product_attention`` implementation: None or 'xla' (XLA's,
+      any shape, forward and backward), or 'cudnn' (cuDNN's fused kernel: GPU, 16-bit
+      dtype; faster B/16 inference, but jax 0.11.2 refused a 785-token sequence and its
+      backward pass is untested here, so it is opt-in).
     rngs: random streams for the initialisation.
   """
 
