@@ -12,6 +12,9 @@ INSTALL_REQUIRES = [
     "numpy",
     "transformers",
     "safetensors",
+    "regex",  # CLIP tokenizer's \p{L} pattern
+    "ml_dtypes",  # bfloat16 tensors in checkpoints
+    "huggingface_hub",  # CLIP hub names
     "tensorflow-cpu",
     "tensorflow-datasets",
     "array-record",
