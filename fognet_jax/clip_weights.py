@@ -597,8 +597,8 @@ def download_hub(name: str) -> str:
 
   Fails fast (no hang) with an error asking for a local directory when offline.
   """
-  offline_msg = (f'Cannot download {name!r}: this machine is offline (or HF_HUB_OFFLINE '
-                 'is set). Pass a local directory instead, e.g. one written by '
+  offline_msg = (f'{name!r} is not a local path, and it cannot be downloaded as a hub name: '
+                 'this machine is offline (or HF_HUB_OFFLINE is set). Pass a local directory instead, e.g. one written by '
                  "transformers' CLIPModel.save_pretrained (config.json + model.safetensors), "
                  'an OpenAI .pt file, or a directory saved with clip.save.')
   if os.environ.get('HF_HUB_OFFLINE', '0') not in ('', '0', 'false', 'False'):
