@@ -12,7 +12,9 @@ Training (``train_iterator``):
   is drawn uniformly at random from each.
 * ActionCLIP-style augmentation: multi-scale crop (side scales 1, .875, .75, .66 of
   the short side, aspect distortion at most one scale step, offsets on a 5-point
-  grid), resize to ``image_size``, horizontal flip (p=.5), colour jitter (p=.8:
+  grid), resize to ``image_size``, horizontal flip (p=.5; the label of a class
+  whose mirror image is another class is swapped, e.g. sidestep left / right, see
+  ``augment.flip_swap``), colour jitter (p=.8:
   brightness .4, contrast .4, saturation .2, hue .1, in random order), grayscale
   (p=.2). One draw of every parameter (frame indices, crop box, flip, jitter
   factors and order, grayscale) per pair, applied to BOTH streams, so frame i of
@@ -87,6 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
   a.scales = (1.0, 0.875, 0.75, 0.66)
   a.max_distort = 1
   a.flip = True
+  # classes a horizontal flip turns into each other (e.g. 'sidestep_left:sidestep_right,...';
+  # ids '4:5' also work): 'auto' = the dataset builder's MIRROR_CLASS_PAIRS, '' = none
+  a.flip_swap = "auto"
   a.color_jitter_prob = 0.8
   a.brightness = 0.4
   a.contrast = 0.4
@@ -427,8 +432,11 @@ def normalize(frames_uint8_or_unit: np.ndarray, already_unit: bool = False) -> n
   return (x - IMAGE_MEAN) / IMAGE_STD
 
 
-def make_train_pair(example, data_cfg, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-  """Augmented (clean, foggy), each (T, S, S, 3) float32 CLIP-normalised, from an encoded pair."""
+def make_train_pair(example, data_cfg, rng: np.random.Generator, return_flip: bool = False):
+  """Augmented (clean, foggy), each (T, S, S, 3) float32 CLIP-normalised, from an encoded pair.
+
+  With `return_flip`, also returns whether the pair was flipped horizontally.
+  """
   clean, foggy = example["clean"], example["foggy"]
   n = min(len(clean), len(foggy))
   t_idx = train_frame_indices(n, data_cfg.num_frames, rng)
@@ -446,7 +454,46 @@ def make_train_pair(example, data_cfg, rng: np.random.Generator) -> tuple[np.nda
     frames = np.stack([_decode_crop(stream[int(i)], box, size, flip) for i in t_idx])
     x = apply_color(frames.astype(np.float32) * np.float32(1 / 255), cj)
     out.append(normalize(x, already_unit=True))
+  if return_flip:
+    return out[0], out[1], flip
   return out[0], out[1]
+
+
+def flip_table(data_cfg, class_names: Optional[Sequence[str]], default_pairs=()) -> np.ndarray:
+  """Label map applied when a clip is flipped: int array (num_classes,) or (0,) if unknown.
+
+  `augment.flip_swap`: 'auto' uses `default_pairs` (the builder's MIRROR_CLASS_PAIRS),
+  '' none, else comma-separated 'a:b' pairs of class names or ids.
+  """
+  spec = data_cfg.augment.get("flip_swap", "auto")
+  if spec == "auto":
+    pairs = [tuple(p) for p in default_pairs]
+  elif not spec:
+    pairs = []
+  else:
+    pairs = []
+    for item in str(spec).split(","):
+      a, sep, b = item.strip().partition(":")
+      if not sep:
+        raise ValueError(f"config.data.augment.flip_swap: {item!r} is not a 'class_a:class_b' pair")
+      pairs.append((a.strip(), b.strip()))
+  names = list(class_names) if class_names is not None else None
+
+  def to_id(x):
+    if isinstance(x, (int, np.integer)) or (isinstance(x, str) and x.isdigit()):
+      return int(x)
+    if names is None or x not in names:
+      raise ValueError(f"config.data.augment.flip_swap: unknown class {x!r}")
+    return names.index(x)
+
+  ids = [(to_id(a), to_id(b)) for a, b in pairs]
+  size = len(names) if names is not None else 1 + max([max(p) for p in ids], default=-1)
+  table = np.arange(size)
+  for a, b in ids:
+    if not (0 <= a < size and 0 <= b < size):
+      raise ValueError(f"config.data.augment.flip_swap: class id out of range in {(a, b)}")
+    table[a], table[b] = b, a
+  return table
 
 
 def make_eval_views(example, data_cfg) -> np.ndarray:
@@ -538,11 +585,13 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   pi, pc = _process(process_index, process_count)
   if source is None:
-    prepare(data_cfg)
+    info = prepare(data_cfg)
     source = _source(data_cfg, data_cfg.train_split)
     indices = _indices(data_cfg, data_cfg.train_split)
+    swap = flip_table(data_cfg, info.class_names, getattr(type(info.builder), "MIRROR_CLASS_PAIRS", ()))
   else:
     indices = np.arange(len(source))
+    swap = flip_table(data_cfg, None)
   n = len(indices)
   if n == 0:
     raise ValueError("config.data: the training split is empty after filtering")
@@ -550,8 +599,11 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
   def one(g: int, index: int):
     ex = source[int(index)]
     rng = np.random.default_rng([seed, int(g), 13])
-    clean, foggy = make_train_pair(ex, data_cfg, rng)
-    return clean, foggy, int(ex["label"])
+    clean, foggy, flipped = make_train_pair(ex, data_cfg, rng, return_flip=True)
+    label = int(ex["label"])
+    if flipped and label < len(swap):
+      label = int(swap[label])
+    return clean, foggy, label
 
   def collate(items):
     return {"clean": np.stack([c for c, _, _ in items]),

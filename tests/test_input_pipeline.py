@@ -264,3 +264,27 @@ def test_prepared_generated_dataset_with_filters(tmp_path):
   assert sum(int(b["mask"].sum()) for b in ev) == info.num_examples["test"]
   with pytest.raises(ValueError, match="config.data.dataset"):
     ip.prepare(_cfg(dataset="no_such_dataset", data_dir=str(tmp_path / "data")))
+
+
+def test_flip_swaps_labels_of_mirror_classes():
+  src = _Source(6)
+  for item in src.items:          # labels 0, 1, 2, 0, 1, 2
+    item["label"] %= 3
+  kw = dict(batch_size=6, seed=0, source=src, process_index=0, process_count=1)
+  plain = _take(ip.train_iterator(_cfg(augment_flip_swap=""), **kw), 4)
+  swapped = _take(ip.train_iterator(_cfg(augment_flip_swap="0:1"), **kw), 4)
+  changed = 0
+  for a, b in zip(plain, swapped):
+    np.testing.assert_array_equal(a["clean"], b["clean"])        # same draws, same pixels
+    diff = a["label"] != b["label"]
+    changed += int(diff.sum())
+    assert set(zip(a["label"][diff].tolist(), b["label"][diff].tolist())) <= {(0, 1), (1, 0)}
+    assert np.all(a["label"][a["label"] == 2] == 2)
+  assert changed > 0
+  np.testing.assert_array_equal(ip.flip_table(_cfg(augment_flip_swap="a:c"), ["a", "b", "c"]), [2, 1, 0])
+  np.testing.assert_array_equal(ip.flip_table(_cfg(), ["a", "b"], default_pairs=[("a", "b")]), [1, 0])
+  np.testing.assert_array_equal(ip.flip_table(_cfg(augment_flip_swap=""), ["a", "b"], [("a", "b")]), [0, 1])
+  with pytest.raises(ValueError, match="flip_swap"):
+    ip.flip_table(_cfg(augment_flip_swap="a-b"), ["a", "b"])
+  with pytest.raises(ValueError, match="unknown class"):
+    ip.flip_table(_cfg(augment_flip_swap="a:z"), ["a", "b"])

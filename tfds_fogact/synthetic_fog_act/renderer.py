@@ -47,6 +47,8 @@ CLASS_NAMES = (
     "walk_forward", "walk_backward",
     "jump", "wave", "kick", "bow",
 )
+# Mirror images of each other (a horizontal flip of the video turns one into the other).
+MIRROR_CLASS_PAIRS = (("sidestep_left", "sidestep_right"), ("turn_clockwise", "turn_counterclockwise"))
 PERSPECTIVE_YAW = {"front": np.pi, "back": 0.0, "left": -np.pi / 2, "right": np.pi / 2}
 
 SCENES = ("meadow", "campus", "construction_site", "playground", "street", "park")

@@ -133,6 +133,9 @@ class SyntheticFogAct(tfds.core.GeneratorBasedBuilder):
                             description="224x298 (short side 224), 16 frames, 2240 / 560 clips."),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "default"
+  # Class pairs that are each other's mirror image: a horizontally flipped clip of one
+  # shows the other (the input pipeline swaps their labels when it flips a clip).
+  MIRROR_CLASS_PAIRS = renderer.MIRROR_CLASS_PAIRS
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Nothing to download: the dataset is rendered. Optionally, a manual dir holding "
       f"`{GENERATION_FILE}` with keys {list(_OVERRIDABLE)} overrides the config's clip counts.")
