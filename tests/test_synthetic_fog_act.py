@@ -115,7 +115,8 @@ def test_example_pairs_clean_and_foggy_frames_of_the_same_clip():
 def test_generation_json_overrides_and_validation(tmp_path):
   (tmp_path / "generation.json").write_text('{"train_per_group": 1, "test_per_group": 1, "num_frames": 2}')
   builder = tfds.builder("synthetic_fog_act", data_dir=str(tmp_path / "data"))
-  common.prepare(builder, tfds.download.DownloadConfig(manual_dir=str(tmp_path)))
+  # a plain download_and_prepare (DualFormatMixin) writes both the TFRecord and ArrayRecord files
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path)))
   assert builder.info.splits["train"].num_examples == _GROUPS
   # the TFRecord (tfds.load) and ArrayRecord (data_source) copies hold the same examples in order
   ds = builder.as_dataset(split="test", decoders={"clean": tfds.decode.SkipDecoding(),

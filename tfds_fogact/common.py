@@ -258,6 +258,22 @@ def prepare(builder: tfds.core.DatasetBuilder,
   return builder
 
 
+class DualFormatMixin:
+  """Mixin for GeneratorBasedBuilders: every build also writes the ArrayRecord copy.
+
+  ``download_and_prepare`` (and so ``tfds.load`` / ``tfds.data_source`` on a fresh data
+  dir) builds TFRecord and then calls :func:`add_array_record`. Use with
+  ``alternative_file_formats=list(ALTERNATIVE_FILE_FORMATS)`` in ``_info``:
+  ``class MyBuilder(common.DualFormatMixin, tfds.core.GeneratorBasedBuilder)``.
+  """
+
+  def download_and_prepare(self, *args, **kwargs):
+    super().download_and_prepare(*args, **kwargs)  # pytype: disable=attribute-error
+    fmt = self.info.file_format
+    if fmt is not None and fmt.value == DEFAULT_FILE_FORMAT and not has_random_access(self):
+      add_array_record(self)
+
+
 def data_source(builder: tfds.core.DatasetBuilder, split: str, *, decoders=None, deserialize_method=None):
   """Random-access source (ArrayRecord) of a prepared split; converts first if needed.
 

@@ -116,7 +116,7 @@ def make_example(item: dict, cfg: SyntheticFogActConfig, num_frames: int, split:
   }
 
 
-class SyntheticFogAct(tfds.core.GeneratorBasedBuilder):
+class SyntheticFogAct(common.DualFormatMixin, tfds.core.GeneratorBasedBuilder):
   """Generated paired clean/foggy videos of articulated figures (14 actions, 4 views)."""
 
   VERSION = tfds.core.Version("1.0.0")
