@@ -119,8 +119,11 @@ def make_example(item: dict, cfg: SyntheticFogActConfig, num_frames: int, split:
 class SyntheticFogAct(common.DualFormatMixin, tfds.core.GeneratorBasedBuilder):
   """Generated paired clean/foggy videos of articulated figures (14 actions, 4 views)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "Figure 3-8 m from the camera (was 3.5-11 m); default config 1008 train clips.",
+  }
   BUILDER_CONFIGS = [
       SyntheticFogActConfig(name="default", frame_size=(64, 64), num_frames=16,
                             train_per_group=18, test_per_group=3,
