@@ -150,6 +150,11 @@ def validate(data_cfg) -> None:
         raise ValueError(f"config.data.augment.{key} must be in [0, 1), got {a[key]}")
     if not 0 <= a.hue <= 0.5:
       raise ValueError(f"config.data.augment.hue must be in [0, 0.5], got {a.hue}")
+    swap = a.get("flip_swap", "auto")
+    if swap not in ("auto", "", None):
+      bad = [x for x in str(swap).split(",") if x.count(":") != 1]
+      if bad:
+        raise ValueError(f"config.data.augment.flip_swap: {bad} are not 'class_a:class_b' pairs")
 
 
 @dataclasses.dataclass
