@@ -239,6 +239,7 @@ def test_normalisation_matches_clip_constants():
     ("perspective", "front,top", "config.data.perspective"),
     ("num_frames", 0, "config.data.num_frames"),
     ("augment_scales", (1.0, 1.5), "config.data.augment.scales"),
+    ("augment_flip_swap", "a-b", "config.data.augment.flip_swap"),
 ])
 def test_validation_names_the_key(key, value, match):
   with pytest.raises(ValueError, match=match):
