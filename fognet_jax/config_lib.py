@@ -20,8 +20,6 @@ from typing import Optional
 
 import ml_collections
 
-# Backbones known to the CLIP foundation (used when clip.py is not importable).
-KNOWN_BACKBONES = ('ViT-B/32', 'ViT-B/16', 'ViT-L/14', 'ViT-L/14@336', 'tiny')
 BACKBONE_ALIASES = {
     'b32': 'ViT-B/32', 'b16': 'ViT-B/16', 'l14': 'ViT-L/14', 'l14_336': 'ViT-L/14@336',
     'tiny': 'tiny',
@@ -30,64 +28,20 @@ BACKBONE_ALIASES = {
 
 def _model_block() -> ml_collections.ConfigDict:
   """The `model` block: `fognet.get_config()` (single source of truth)."""
-  try:
-    from fognet_jax.models import fognet  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return _fallback_model_block()
+  from fognet_jax.models import fognet  # pylint: disable=g-import-not-at-top
   return fognet.get_config()
 
 
 def _loss_block() -> ml_collections.ConfigDict:
-  try:
-    from fognet_jax import losses  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    c = ml_collections.ConfigDict()
-    c.lambda_clean, c.beta_temp, c.temp_tau = 0.4, 0.1, 1.0
-    return c
+  """The `loss` block: `losses.get_config()`."""
+  from fognet_jax import losses  # pylint: disable=g-import-not-at-top
   return losses.get_config()
 
 
 def _data_block() -> ml_collections.ConfigDict:
-  try:
-    from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return _fallback_data_block()
+  """The `data` block: `input_pipeline.get_config()`."""
+  from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   return input_pipeline.get_config()
-
-
-def _fallback_model_block() -> ml_collections.ConfigDict:
-  """Same keys as `fognet.get_config()`; used only while that module is unavailable."""
-  c = ml_collections.ConfigDict()
-  c.backbone = 'ViT-B/16'
-  c.init_from = ml_collections.config_dict.placeholder(str)
-  c.dtype = 'float32'
-  c.remat = False
-  c.clip_overrides = ml_collections.ConfigDict()
-  c.arch = 'fognet'
-  c.fas = ml_collections.ConfigDict(dict(enabled=True, parameter_free=False))
-  c.me = ml_collections.ConfigDict(dict(enabled=True, shared_weights=True))
-  c.csa = ml_collections.ConfigDict(dict(enabled=True))
-  c.temporal_fusion = 'mean'
-  c.tokenizer = ml_collections.ConfigDict(dict(kind='clip', path=None))
-  return c
-
-
-def _fallback_data_block() -> ml_collections.ConfigDict:
-  """Same keys as `input_pipeline.get_config()`; used only while that module is unavailable."""
-  c = ml_collections.ConfigDict()
-  c.dataset = 'synthetic_fog_act'
-  c.data_dir = ml_collections.config_dict.placeholder(str)
-  c.manual_dir = ml_collections.config_dict.placeholder(str)
-  c.num_frames = 8
-  c.image_size = 224
-  c.train_split = 'train'
-  c.eval_split = 'test'
-  c.num_clips = 1
-  c.num_crops = 1
-  c.fog = ml_collections.config_dict.placeholder(str)
-  c.perspective = ml_collections.config_dict.placeholder(str)
-  c.build_if_missing = True
-  return c
 
 
 def train_block() -> ml_collections.ConfigDict:
@@ -288,11 +242,8 @@ class ConfigError(ValueError):
 
 
 def _known_backbones() -> tuple[str, ...]:
-  try:
-    from fognet_jax.models import clip  # pylint: disable=g-import-not-at-top
-    return tuple(clip.CONFIGS)
-  except ImportError:
-    return KNOWN_BACKBONES
+  from fognet_jax.models import clip  # pylint: disable=g-import-not-at-top
+  return tuple(clip.CONFIGS)
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: Optional[int] = None,
