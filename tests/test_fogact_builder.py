@@ -243,3 +243,18 @@ def test_dummy_data_trims_with_warning(tmp_path, caplog):
   ref, _ = video_io.read_video(os.path.join(DUMMY, "videos", "clean", "c0.mp4"), fps=8,
                                size=(16, 21))
   assert np.abs(examples["c0"]["clean"].astype(int) - ref).mean() < 6
+
+
+def test_plain_download_and_prepare_serves_tfds_load_and_a_fresh_data_source(tmp_path):
+  """`download_and_prepare` alone (what `tfds.load` runs) also writes the ArrayRecord copy,
+  and a new builder in the same data dir finds it, so `tfds.data_source` works after
+  `tfds.load` without any extra step and yields the same examples."""
+  _build(DUMMY, tmp_path)
+  fresh = lambda: fogact_dataset_builder.Builder(data_dir=os.fspath(tmp_path), config=TINY)
+  ds = fresh().as_dataset(split="train")
+  source = fresh().as_data_source(split="train")
+  loaded = sorted(ex["clip_id"].numpy().decode() for ex in ds)
+  random_access = sorted(source[i]["clip_id"].decode() if isinstance(source[i]["clip_id"], bytes)
+                         else str(source[i]["clip_id"]) for i in range(len(source)))
+  assert len(source) == 5
+  assert random_access == loaded

@@ -56,7 +56,8 @@ def split_generators(builder, clips, classes, generate):
   return {split: generate(c) for split, c in by_split.items() if c}
 
 
-class Builder(video_pairs.ReportingBuilderMixin, tfds.core.GeneratorBasedBuilder):
+class Builder(common.DualFormatMixin, video_pairs.ReportingBuilderMixin,
+              tfds.core.GeneratorBasedBuilder):
   """FogAct paired clean/foggy videos from a manual directory."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -101,6 +102,7 @@ class Builder(video_pairs.ReportingBuilderMixin, tfds.core.GeneratorBasedBuilder
         features=features_without_label_names(self.builder_config.frame_shape),
         supervised_keys=None,
         metadata=tfds.core.MetadataDict(),
+        alternative_file_formats=list(common.ALTERNATIVE_FILE_FORMATS),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):

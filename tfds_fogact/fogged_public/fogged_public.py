@@ -81,7 +81,8 @@ def _configs(source: str) -> list[FoggedConfig]:
   ]
 
 
-class _FoggedPublicBuilder(video_pairs.ReportingBuilderMixin, tfds.core.GeneratorBasedBuilder,
+class _FoggedPublicBuilder(common.DualFormatMixin, video_pairs.ReportingBuilderMixin,
+                           tfds.core.GeneratorBasedBuilder,
                            skip_registration=True):
   """Shared logic; subclasses set SOURCE, DESCRIPTION and `_read_manual_dir`."""
 
@@ -95,6 +96,7 @@ class _FoggedPublicBuilder(video_pairs.ReportingBuilderMixin, tfds.core.Generato
         description=self.DESCRIPTION,
         features=fogact_builder.features_without_label_names(self.builder_config.frame_shape),
         metadata=tfds.core.MetadataDict(),
+        alternative_file_formats=list(common.ALTERNATIVE_FILE_FORMATS),
     )
 
   def _read_manual_dir(self, manual_dir):
