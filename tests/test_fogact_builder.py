@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import tfds_testutil
+
 import tfds_fogact  # noqa: F401  (registers the builders)
 from fognet_jax import video_io
 from tfds_fogact.fogact import annotations
@@ -19,7 +21,7 @@ DUMMY = os.path.join(os.path.dirname(fogact_dataset_builder.__file__), "dummy_da
 TINY = fogact_dataset_builder.FogActConfig(name="tiny", short_side=16, fps=8)
 
 
-class FogActDummyDataTest(tfds.testing.DatasetBuilderTestCase):
+class FogActDummyDataTest(tfds_testutil.BuilderTestCase):
   """The standard TFDS checks on dummy_data (made by make_dummy_data.py)."""
   DATASET_CLASS = fogact_dataset_builder.Builder
   BUILDER_CONFIG_NAMES_TO_TEST = ["small"]

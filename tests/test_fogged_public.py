@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import tfds_testutil
+
 import tfds_fogact  # noqa: F401  (registers the builders)
 from fognet_jax import fog, video_io
 from tfds_fogact.fogact import annotations
@@ -16,7 +18,7 @@ DUMMY = os.path.join(os.path.dirname(fogged_public.__file__), "dummy_data")
 TINY = fogged_public.FoggedConfig(name="tiny", short_side=16, fps=8)
 
 
-class Ucf101FogTest(tfds.testing.DatasetBuilderTestCase):
+class Ucf101FogTest(tfds_testutil.BuilderTestCase):
   DATASET_CLASS = fogged_public.Ucf101Fog
   EXAMPLE_DIR = os.path.join(DUMMY, "ucf101_fog")
   BUILDER_CONFIG_NAMES_TO_TEST = ["small"]
@@ -24,7 +26,7 @@ class Ucf101FogTest(tfds.testing.DatasetBuilderTestCase):
   SKIP_CHECKSUMS = True
 
 
-class Hmdb51FogTest(tfds.testing.DatasetBuilderTestCase):
+class Hmdb51FogTest(tfds_testutil.BuilderTestCase):
   DATASET_CLASS = fogged_public.Hmdb51Fog
   EXAMPLE_DIR = os.path.join(DUMMY, "hmdb51_fog")
   BUILDER_CONFIG_NAMES_TO_TEST = ["small"]
@@ -32,7 +34,7 @@ class Hmdb51FogTest(tfds.testing.DatasetBuilderTestCase):
   SKIP_CHECKSUMS = True
 
 
-class Kinetics100FogTest(tfds.testing.DatasetBuilderTestCase):
+class Kinetics100FogTest(tfds_testutil.BuilderTestCase):
   DATASET_CLASS = fogged_public.Kinetics100Fog
   EXAMPLE_DIR = os.path.join(DUMMY, "kinetics100_fog")
   BUILDER_CONFIG_NAMES_TO_TEST = ["small"]

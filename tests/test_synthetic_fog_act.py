@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import tfds_testutil
+
 import tfds_fogact  # noqa: F401  (registers the builders)
 from fognet_jax import fog
 from tfds_fogact import common
@@ -14,16 +16,13 @@ from tfds_fogact.synthetic_fog_act import synthetic_fog_act_dataset_builder as s
 _GROUPS = len(renderer.CLASS_NAMES) * len(common.PERSPECTIVES)
 
 
-class SyntheticFogActTest(tfds.testing.DatasetBuilderTestCase):
+class SyntheticFogActTest(tfds_testutil.BuilderTestCase):
   """Builds the miniature version described by dummy_data/generation.json."""
 
   DATASET_CLASS = sfa.SyntheticFogAct
   BUILDER_CONFIG_NAMES_TO_TEST = ["default"]
   SPLITS = {"train": _GROUPS, "test": _GROUPS}
   SKIP_CHECKSUMS = True
-  # tf.test.TestCase's legacy `test_session` helper (used by the base class) would be collected as a
-  # skipped test; as a property it stays usable on instances but is not a test.
-  test_session = property(lambda self: tfds.testing.DatasetBuilderTestCase.test_session.__get__(self))
 
 
 def test_registered_names():
