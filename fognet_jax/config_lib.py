@@ -61,6 +61,7 @@ def train_block() -> ml_collections.ConfigDict:
   t.grad_accum_steps = 1        # micro-batches per step; batch_size stays the effective batch
   t.freeze_text = False         # True: the text tower gets no updates (and no backward pass)
   t.freeze_text_pattern = r'(^|/)text(/|$)'  # parameter paths of the text tower
+  t.num_templates = -1          # the first N prompt templates are drawn from; -1 = all 16
   t.log_every_steps = 50
   t.checkpoint_every_steps = 500
   t.keep_checkpoints = 3
@@ -294,6 +295,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: Optional[int] = 
     fail('train.keep_checkpoints', 'must be >= 1')
   if e.batch_size < 1:
     fail('eval.batch_size', f'must be >= 1, got {e.batch_size}')
+  from fognet_jax import prompts  # pylint: disable=g-import-not-at-top
+  for key, n in (('train.num_templates', t.get('num_templates', -1)),
+                 ('eval.num_templates', e.get('num_templates', -1))):
+    if n != -1 and not 1 <= n <= len(prompts.TEMPLATES):
+      fail(key, f'must be -1 (all) or 1..{len(prompts.TEMPLATES)}, got {n}')
   if not d.get('dataset'):
     fail('data.dataset', 'no dataset given')
   manual_dir = d.get('manual_dir')

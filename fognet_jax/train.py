@@ -256,6 +256,8 @@ def setup_run(config: ml_collections.ConfigDict) -> Setup:
   tok_cfg = config.model.tokenizer
   tok = tokenizer_lib.get_tokenizer(tok_cfg.kind, path=tok_cfg.get('path'))
   prompt_tokens = prompts.tokenize_classes(class_names, tok)
+  if config.train.get('num_templates', -1) > 0:
+    prompt_tokens = prompt_tokens[:config.train.num_templates]  # (K, C, L)
   spe, total, warmup = _resolve_steps(config, int(info.num_examples[config.data.get('train_split', 'train')]))
   return Setup(config, mesh, info, class_names, prompt_tokens, spe, total, warmup)
 

@@ -70,6 +70,8 @@ def test_unknown_variant_and_unknown_key_fail():
     ('eval.batch_size', 12, 8, 'eval.batch_size'),
     ('train.learning_rate', -1.0, 1, 'train.learning_rate'),
     ('model.dtype', 'int8', 1, 'model.dtype'),
+    ('train.num_templates', 0, 1, 'train.num_templates'),
+    ('eval.num_templates', 17, 1, 'eval.num_templates'),
 ])
 def test_validation_names_the_key(key, value, devices, match):
   cfg = _parse(f'--config={ROOT}/configs/synthetic.py')

@@ -319,3 +319,19 @@ def test_model_cost_tool_prints_one_json_line(tmp_path, default_model):
   ratio = result["gflops_inference"] / (2 * result["gmacs_vision_analytic"])
   assert 1.0 <= ratio < 1.3, result
   assert result["input"] == [1, T, H, H, 3]
+
+
+def test_frame_centering_cancels_a_static_background():
+  """With model.frame_centering, adding the same image to every frame of a clip (a static
+  background) leaves predictions unchanged; without it, they change."""
+  clean, foggy, tokens = batch(3)
+  background = jax.random.normal(jax.random.key(7), (B, 1, H, H, 3))
+  for centering in (True, False):
+    model = fognet.create_model(tiny_cfg(frame_centering=centering), rngs=nnx.Rngs(0))
+    text = model.encode_text(tokens)
+    p0 = np.asarray(model.predict(foggy, text))
+    p1 = np.asarray(model.predict(foggy + background, text))
+    if centering:
+      np.testing.assert_allclose(p0, p1, rtol=1e-5, atol=1e-6)
+    else:
+      assert np.abs(p0 - p1).max() > 1e-3

@@ -97,6 +97,11 @@ def get_config() -> ml_collections.ConfigDict:
     train_stream: baseline only: 'foggy', 'clean' or 'clean+foggy'.
     tokenizer.kind / tokenizer.path: 'clip' (BPE vocabulary files at path) or
       'byte' (no files; for from-scratch models).
+    frame_centering: subtract each clip's mean frame (over its T frames) from every frame
+      before the image tower: the static background cancels and what moves remains. Uses
+      only the clip itself (the foggy clip alone at inference). Not in the paper (False):
+      for small models trained from scratch on little data, where a tower that starts
+      from random weights otherwise locks onto the background (the synthetic default).
   """
   c = ml_collections.ConfigDict()
   c.backbone = "ViT-B/16"
@@ -118,6 +123,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.max_frames = 32
   c.train_stream = "foggy"
   c.tokenizer = ml_collections.ConfigDict(dict(kind="clip", path=None))
+  c.frame_centering = False
   return c
 
 
@@ -329,6 +335,7 @@ class FogNet(nnx.Module):
     self.arch = str(model_cfg.arch)
     two = self.arch == "fognet"
     self.train_stream = str(model_cfg.get("train_stream", "foggy"))
+    self.frame_centering = bool(model_cfg.get("frame_centering", False))
     self.use_fas = two and bool(model_cfg.fas.enabled)
     self.use_me = two and bool(model_cfg.me.enabled)
     self.use_csa = two and bool(model_cfg.csa.enabled)
@@ -366,6 +373,8 @@ class FogNet(nnx.Module):
     if video.ndim != 5 or video.shape[-1] != 3:
       raise ValueError(f"video clips must be (B, T, H, W, 3), got shape {video.shape}")
     b = video.shape[0]
+    if self.frame_centering:
+      video = video - jnp.mean(video, axis=1, keepdims=True)  # (B, T, H, W, 3) minus clip mean
     frames = einops.rearrange(video, "b t h w c -> (b t) h w c")  # (B*T, H, W, 3)
     emb = self.clip.encode_image(frames)  # (B*T, D)
     return einops.rearrange(emb, "(b t) d -> b t d", b=b)
