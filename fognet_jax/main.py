@@ -29,7 +29,23 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', None,
                                   'eval only: checkpoint step or directory (default: latest).')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None,
                                   'eval only: where results.json goes (default: --workdir).')
+_QUIET_LIBRARIES = flags.DEFINE_list(
+    'quiet_libraries', ['orbax', 'tensorflow_datasets'],
+    'Libraries whose INFO log lines are dropped from the console (warnings still show).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+class _DropLibraryInfo:
+  """absl log filter: drops INFO records emitted from inside the named libraries' code."""
+
+  def __init__(self, libraries):
+    self._parts = tuple(f'{os.sep}{name}{os.sep}' for name in libraries)
+
+  def filter(self, record) -> bool:
+    import logging as std_logging  # pylint: disable=g-import-not-at-top
+    if record.levelno > std_logging.INFO:
+      return True
+    return not any(part in record.pathname for part in self._parts)
 
 
 def main(argv):
@@ -41,6 +57,8 @@ def main(argv):
     tf.config.set_visible_devices([], 'GPU')
   except Exception:  # pylint: disable=broad-except
     pass
+  if _QUIET_LIBRARIES.value:
+    logging.get_absl_handler().addFilter(_DropLibraryInfo(_QUIET_LIBRARIES.value))
   from fognet_jax import evaluate  # pylint: disable=g-import-not-at-top
   from fognet_jax import train  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value

@@ -69,3 +69,14 @@ def test_bad_values_fail_at_startup_naming_the_key(tmp_path):
             '--config.train.no_such_key=1', timeout=120)
   assert r.returncode != 0 and 'no_such_key' in r.stderr
   assert not os.path.exists(os.path.join(str(tmp_path), 'checkpoints'))
+
+
+def test_library_info_lines_are_dropped_but_warnings_kept():
+  import logging as std_logging
+  from fognet_jax import main as main_lib
+  f = main_lib._DropLibraryInfo(['orbax'])  # pylint: disable=protected-access
+  def rec(path, level):
+    return std_logging.LogRecord('absl', level, path, 1, 'msg', None, None)
+  assert not f.filter(rec('/x/site-packages/orbax/checkpoint/manager.py', std_logging.INFO))
+  assert f.filter(rec('/x/site-packages/orbax/checkpoint/manager.py', std_logging.WARNING))
+  assert f.filter(rec('/x/fognet_jax/train.py', std_logging.INFO))
