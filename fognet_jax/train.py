@@ -249,8 +249,7 @@ def setup_run(config: ml_collections.ConfigDict) -> Setup:
   from fognet_jax import prompts  # pylint: disable=g-import-not-at-top
   from fognet_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from fognet_jax.models import fognet  # pylint: disable=g-import-not-at-top
-  if hasattr(fognet, 'validate_config'):
-    fognet.validate_config(config.model)
+  fognet.validate_config(config.model)
   info = input_pipeline.prepare(config.data)
   class_names = list(info.class_names)
   tok_cfg = config.model.tokenizer
