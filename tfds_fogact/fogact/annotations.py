@@ -113,20 +113,27 @@ def _resolve(manual_dir: str, rel: str) -> str:
   return os.path.normpath(os.path.join(manual_dir, os.path.expanduser(rel)))
 
 
+def read_csv_rows(path: str, required: Sequence[str], expected: str) -> list[dict]:
+  """Rows (dicts keyed by the stripped header) of a CSV file whose header must hold the
+  `required` columns; otherwise one AnnotationError naming the file, the header found and
+  `expected` (the header to write)."""
+  with open(path, encoding="utf-8", newline="") as f:
+    reader = csv.DictReader(f)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in required if c not in header]
+    if missing:
+      raise AnnotationError(path, [f"header {header} lacks column(s) {missing}; expected "
+                                   f"{expected}"])
+    reader.fieldnames = header
+    return list(reader)
+
+
 def read_annotations(manual_dir, classes: Sequence[str]) -> list[Clip]:
   """Parses and validates ``annotations.csv``; raises one AnnotationError for all rows."""
   manual_dir = os.fspath(manual_dir)
   path = os.path.join(manual_dir, ANNOTATIONS_FILE)
   class_set = set(classes)
-  with open(path, encoding="utf-8", newline="") as f:
-    reader = csv.DictReader(f)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in ANNOTATION_COLUMNS if c not in header]
-    if missing:
-      raise AnnotationError(path, [f"header {header} lacks column(s) {missing}; expected "
-                                   f"{','.join(ANNOTATION_COLUMNS)}[,num_people]"])
-    reader.fieldnames = header
-    rows = list(reader)
+  rows = read_csv_rows(path, ANNOTATION_COLUMNS, f"{','.join(ANNOTATION_COLUMNS)}[,num_people]")
   if not rows:
     raise AnnotationError(path, ["no rows"])
 

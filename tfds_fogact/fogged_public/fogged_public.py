@@ -100,7 +100,8 @@ class _FoggedPublicBuilder(common.DualFormatMixin, video_pairs.ReportingBuilderM
     )
 
   def _read_manual_dir(self, manual_dir):
-    raise NotImplementedError
+    """(classes, clips) of the dataset's manual dir; each dataset's builder defines it."""
+    raise NotImplementedError(f"{type(self).__name__} does not define _read_manual_dir")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     classes, clips = self._read_manual_dir(dl_manager.manual_dir)

@@ -28,13 +28,12 @@ collected over the whole list and raised as one `AnnotationError` before decodin
 """
 from __future__ import annotations
 
-import csv
 import os
 import re
 from typing import Optional, Sequence
 
 from tfds_fogact import common
-from tfds_fogact.fogact.annotations import AnnotationError, Clip, read_classes
+from tfds_fogact.fogact.annotations import AnnotationError, Clip, read_classes, read_csv_rows
 from fognet_jax.video_io import VIDEO_EXTENSIONS
 
 UCF_LIST_DIR = "ucfTrainTestlist"
@@ -173,15 +172,8 @@ def kinetics100(manual_dir) -> tuple[list[str], list[Clip]]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: Kinetics-100 needs a list with header "
                             "'filename,label,split' (see docs/data_real.md)")
-  with open(path, encoding="utf-8", newline="") as f:
-    reader = csv.DictReader(f)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in KINETICS_COLUMNS if c not in header]
-    if missing:
-      raise AnnotationError(path, [f"header {header} lacks column(s) {missing}; expected "
-                                   "filename,label[,split]"])
-    reader.fieldnames = header
-    rows = [{k: (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+  rows = [{k: (v or "").strip() for k, v in r.items() if k is not None}
+          for r in read_csv_rows(path, KINETICS_COLUMNS, "filename,label[,split]")]
   classes_path = os.path.join(manual_dir, "classes.txt")
   classes = (read_classes(classes_path) if os.path.isfile(classes_path)
              else sorted({r["label"] for r in rows if r["label"]}))
