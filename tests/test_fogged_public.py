@@ -143,3 +143,9 @@ def test_kinetics_list_split_and_errors(tmp_path):
       "not found" in problems[0])
   assert problems[1].startswith("line 11 ") and "split 'dev'" in problems[1] and (
       "already listed on line 2" in problems[1])
+
+
+def test_kinetics_list_without_a_required_column_names_it(tmp_path):
+  (tmp_path / "kinetics100.csv").write_text("file,label,split\nvideos/a.mp4,a,train\n")
+  with pytest.raises(annotations.AnnotationError, match=r"(?s)kinetics100\.csv.*lacks column\(s\) \['filename'\]"):
+    splits.kinetics100(tmp_path)
