@@ -11,6 +11,7 @@ checkpoint, then evaluate on the foggy test split. --mode=train_only: no evaluat
 checkpoint directory), writing results.json and confusion_matrix.png to --output_dir
 (default: --workdir).
 """
+import logging as std_logging
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -42,7 +43,6 @@ class _DropLibraryInfo:
     self._parts = tuple(f'{os.sep}{name}{os.sep}' for name in libraries)
 
   def filter(self, record) -> bool:
-    import logging as std_logging  # pylint: disable=g-import-not-at-top
     if record.levelno > std_logging.INFO:
       return True
     return not any(part in record.pathname for part in self._parts)
