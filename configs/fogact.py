@@ -9,7 +9,7 @@ linear warm-up and cosine annealing, lambda=0.4, beta=0.1, one 1x1 view at test 
 Ablations, comma-separated after the colon (full list: fognet_jax.config_lib.apply_variants):
   --config=configs/fogact.py:baseline            ActionCLIP baseline (Table 5a, first row)
   --config=configs/fogact.py:modules=fas+me      other Table 5a rows (fas, me, csa, none)
-  --config=configs/fogact.py:b32                 Table 5d backbones (b32 | b16 | l14)
+  --config=configs/fogact.py:b32                 Table 5d backbones (b32 | b16 | l14 | rn50)
   --config=configs/fogact.py:frames=4,views=4x1  Table 5e
   --config=configs/fogact.py:dense               Table 5f (light | dense | multi)
   --config=configs/fogact.py:single_persp        Table 5c

@@ -313,18 +313,49 @@ def hf_key_map(config: clip_lib.CLIPConfig) -> dict[str, tuple[str, Transform]]:
   return m
 
 
+def _bn(ours: str, theirs: str) -> dict[str, tuple[str, Transform]]:
+  return {f'{ours}.scale': (f'{theirs}.weight', _IDENT), f'{ours}.bias': (f'{theirs}.bias', _IDENT),
+          f'{ours}.mean': (f'{theirs}.running_mean', _IDENT),
+          f'{ours}.var': (f'{theirs}.running_var', _IDENT)}
+
+
+def _resnet_map(config: clip_lib.CLIPConfig) -> dict[str, tuple[str, Transform]]:
+  """OpenAI ``ModifiedResNet`` image tower (``visual.*``)."""
+  m = {}
+  for i in (1, 2, 3):
+    m[f'visual.conv{i}.kernel'] = (f'visual.conv{i}.weight', _OIHW_TO_HWIO)
+    m.update(_bn(f'visual.bn{i}', f'visual.bn{i}'))
+  for stage, blocks in enumerate(config.vision_layers):
+    for b in range(blocks):
+      ours, theirs = f'visual.layers.{stage}.{b}', f'visual.layer{stage + 1}.{b}'
+      for i in (1, 2, 3):
+        m[f'{ours}.conv{i}.kernel'] = (f'{theirs}.conv{i}.weight', _OIHW_TO_HWIO)
+        m.update(_bn(f'{ours}.bn{i}', f'{theirs}.bn{i}'))
+      if b == 0:  # the first block of every stage changes width or stride
+        m[f'{ours}.downsample_conv.kernel'] = (f'{theirs}.downsample.0.weight', _OIHW_TO_HWIO)
+        m.update(_bn(f'{ours}.downsample_bn', f'{theirs}.downsample.1'))
+  m['visual.attnpool.positional_embedding'] = ('visual.attnpool.positional_embedding', _IDENT)
+  for q in ('q_proj', 'k_proj', 'v_proj', 'c_proj'):
+    m[f'visual.attnpool.{q}.kernel'] = (f'visual.attnpool.{q}.weight', _T)
+    m[f'visual.attnpool.{q}.bias'] = (f'visual.attnpool.{q}.bias', _IDENT)
+  return m
+
+
 def openai_key_map(config: clip_lib.CLIPConfig) -> dict[str, tuple[str, Transform]]:
-  """Flax path -> (OpenAI CLIP state-dict key, transform)."""
+  """Flax path -> (OpenAI CLIP state-dict key, transform); ViT and ResNet image towers."""
   m = {'logit_scale': ('logit_scale', _IDENT)}
-  m['visual.conv1.kernel'] = ('visual.conv1.weight', _OIHW_TO_HWIO)
-  m['visual.class_embedding'] = ('visual.class_embedding', _IDENT)
-  m['visual.positional_embedding'] = ('visual.positional_embedding', _IDENT)
-  m.update(_ln('visual.ln_pre', 'visual.ln_pre'))
-  m.update(_ln('visual.ln_post', 'visual.ln_post'))
-  m['visual.proj'] = ('visual.proj', _IDENT)
-  for i in range(config.vision_layers):
-    m.update(_block_map(f'visual.transformer.resblocks.{i}',
-                        f'visual.transformer.resblocks.{i}', True))
+  if config.is_resnet:
+    m.update(_resnet_map(config))
+  else:
+    m['visual.conv1.kernel'] = ('visual.conv1.weight', _OIHW_TO_HWIO)
+    m['visual.class_embedding'] = ('visual.class_embedding', _IDENT)
+    m['visual.positional_embedding'] = ('visual.positional_embedding', _IDENT)
+    m.update(_ln('visual.ln_pre', 'visual.ln_pre'))
+    m.update(_ln('visual.ln_post', 'visual.ln_post'))
+    m['visual.proj'] = ('visual.proj', _IDENT)
+    for i in range(config.vision_layers):
+      m.update(_block_map(f'visual.transformer.resblocks.{i}',
+                          f'visual.transformer.resblocks.{i}', True))
   m['text.token_embedding.embedding'] = ('token_embedding.weight', _IDENT)
   m['text.positional_embedding'] = ('positional_embedding', _IDENT)
   m.update(_ln('text.ln_final', 'ln_final'))
@@ -337,7 +368,7 @@ def openai_key_map(config: clip_lib.CLIPConfig) -> dict[str, tuple[str, Transfor
 # Non-parameter entries that checkpoints may carry (buffers, TorchScript attributes).
 _HF_IGNORED = re.compile(r'^(text_model|vision_model)\.embeddings\.position_ids$')
 _OPENAI_IGNORED = re.compile(
-    r'^(input_resolution|context_length|vocab_size)$|(^|\.)attn_mask$|^visual\.attnpool\.')
+    r'^(input_resolution|context_length|vocab_size)$|(^|\.)attn_mask$|\.num_batches_tracked$')
 
 
 def _abstract_model(config, dtype, remat, attention_impl=None):
@@ -453,10 +484,36 @@ def _count_layers(tensors: Iterable[str], prefix: str) -> int:
   return max(ids) + 1 if ids else 0
 
 
+def _text_config(tensors: dict[str, np.ndarray]) -> dict:
+  text_width = int(tensors['ln_final.weight'].shape[0])
+  return dict(embed_dim=int(tensors['text_projection'].shape[1]),
+              context_length=int(tensors['positional_embedding'].shape[0]),
+              vocab_size=int(tensors['token_embedding.weight'].shape[0]),
+              text_width=text_width, text_layers=_count_layers(tensors, 'transformer.resblocks.'),
+              text_heads=max(text_width // 64, 1))
+
+
+def _resnet_config_from_openai(tensors: dict[str, np.ndarray], source: str) -> clip_lib.CLIPConfig:
+  needed = ['visual.layer1.0.conv1.weight', 'visual.attnpool.positional_embedding',
+            'token_embedding.weight', 'positional_embedding', 'ln_final.weight',
+            'text_projection']
+  absent = [k for k in needed if k not in tensors]
+  if absent:
+    raise CheckpointMismatchError(source, absent, [], [])
+  width = int(tensors['visual.layer1.0.conv1.weight'].shape[0])
+  grid = int(round((tensors['visual.attnpool.positional_embedding'].shape[0] - 1) ** 0.5))
+  layers = tuple(_count_layers(tensors, f'visual.layer{i}.') for i in (1, 2, 3, 4))
+  try:
+    return clip_lib.CLIPConfig(image_size=32 * grid, vision_width=width, vision_layers=layers,
+                               vision_heads=width * 32 // 64, **_text_config(tensors))
+  except ValueError as e:
+    raise ValueError(f'{source}: cannot infer a ResNet CLIP config from the tensors: {e}') from e
+
+
 def config_from_openai(tensors: dict[str, np.ndarray], source: str) -> clip_lib.CLIPConfig:
   """CLIPConfig inferred from OpenAI state-dict shapes (as OpenAI's ``build_model``)."""
   if 'visual.layer1.0.conv1.weight' in tensors or 'visual.attnpool.positional_embedding' in tensors:
-    raise ValueError(f'{source}: this is a ResNet CLIP checkpoint; only ViT models are supported')
+    return _resnet_config_from_openai(tensors, source)
   needed = ['visual.conv1.weight', 'visual.positional_embedding', 'visual.proj',
             'token_embedding.weight', 'positional_embedding', 'ln_final.weight',
             'text_projection']
@@ -466,17 +523,11 @@ def config_from_openai(tensors: dict[str, np.ndarray], source: str) -> clip_lib.
   conv = tensors['visual.conv1.weight']  # (width, 3, p, p)
   vision_width, patch = int(conv.shape[0]), int(conv.shape[-1])
   grid = int(round((tensors['visual.positional_embedding'].shape[0] - 1) ** 0.5))
-  text_width = int(tensors['ln_final.weight'].shape[0])
   try:
     return clip_lib.CLIPConfig(
-        embed_dim=int(tensors['text_projection'].shape[1]),
         image_size=patch * grid, patch_size=patch, vision_width=vision_width,
         vision_layers=_count_layers(tensors, 'visual.transformer.resblocks.'),
-        vision_heads=max(vision_width // 64, 1),
-        context_length=int(tensors['positional_embedding'].shape[0]),
-        vocab_size=int(tensors['token_embedding.weight'].shape[0]),
-        text_width=text_width, text_layers=_count_layers(tensors, 'transformer.resblocks.'),
-        text_heads=max(text_width // 64, 1))
+        vision_heads=max(vision_width // 64, 1), **_text_config(tensors))
   except ValueError as e:
     raise ValueError(f'{source}: cannot infer a CLIP config from the tensors: {e}') from e
 
@@ -546,7 +597,7 @@ def save(model: clip_lib.CLIP, path: str) -> None:
   if os.path.exists(os.path.join(path, ORBAX_PARAMS_DIR)):
     raise FileExistsError(f'{path}: already holds a saved CLIP model')
   os.makedirs(path, exist_ok=True)
-  state = nnx.state(model, nnx.Param)
+  state = nnx.state(model)  # parameters and, for ResNet towers, the batch-norm statistics
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(path, ORBAX_PARAMS_DIR), state)
     ckptr.wait_until_finished()

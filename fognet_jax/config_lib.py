@@ -22,7 +22,7 @@ import ml_collections
 
 BACKBONE_ALIASES = {
     'b32': 'ViT-B/32', 'b16': 'ViT-B/16', 'l14': 'ViT-L/14', 'l14_336': 'ViT-L/14@336',
-    'tiny': 'tiny',
+    'rn50': 'RN50', 'rn101': 'RN101', 'rn50x4': 'RN50x4', 'tiny': 'tiny',
 }
 
 
@@ -170,6 +170,8 @@ def apply_variants(config: ml_collections.ConfigDict, variant: Optional[str]) ->
     modules=fas+me             exactly these FogNet modules on (fas, me, csa, or 'none')
     no_fas | no_me | no_csa    one module off
     b32 | b16 | l14 | l14_336  backbone ViT-B/32, B/16, L/14, L/14@336
+    rn50 | rn101 | rn50x4      backbone RN50, RN101, RN50x4 (OpenAI .pt weights: set
+                               model.init_from to the downloaded file, default ./RN50.pt etc.)
     frames=4 | frames4         frames per clip (train and eval)
     views=4x1 | views4x1       evaluation views = temporal clips x spatial crops
     light | dense | multi      fog intensity subset used for training and evaluation
@@ -228,6 +230,11 @@ _PRETRAINED = {
     'ViT-B/16': 'openai/clip-vit-base-patch16',
     'ViT-L/14': 'openai/clip-vit-large-patch14',
     'ViT-L/14@336': 'openai/clip-vit-large-patch14-336',
+    # OpenAI publishes its ResNet CLIPs only as TorchScript .pt files (no Hugging Face
+    # checkpoints): the default is the file OpenAI names, in the working directory.
+    'RN50': './RN50.pt',
+    'RN101': './RN101.pt',
+    'RN50x4': './RN50x4.pt',
 }
 
 
@@ -311,4 +318,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: Optional[int] = 
   init_from = m.get('init_from')
   if init_from and (str(init_from).startswith(('/', '.', '~')) and
                     not os.path.exists(os.path.expanduser(str(init_from)))):
-    fail('model.init_from', f'path {init_from!r} does not exist')
+    hint = ''
+    if str(init_from).endswith('.pt'):
+      hint = ('; OpenAI CLIP .pt files are downloaded from the URLs in OpenAI\'s clip package '
+              '(clip/clip.py, _MODELS); set model.init_from to the file')
+    fail('model.init_from', f'path {init_from!r} does not exist{hint}')

@@ -105,8 +105,11 @@ def save_torchscript_openai(state, path, extra_buffers=True):
       if not hasattr(mod, p):
         mod.add_module(p, Holder())
       mod = getattr(mod, p)
-    mod.register_parameter(parts[-1], torch.nn.Parameter(torch.from_numpy(np.array(value)),
-                                                         requires_grad=False))
+    tensor = torch.from_numpy(np.array(value))
+    if tensor.is_floating_point():
+      mod.register_parameter(parts[-1], torch.nn.Parameter(tensor, requires_grad=False))
+    else:  # e.g. batch norms' num_batches_tracked
+      mod.register_buffer(parts[-1], tensor)
   if extra_buffers:
     n = state['positional_embedding'].shape[0]
     mask = torch.full((n, n), float('-inf')).triu_(1)
@@ -154,3 +157,117 @@ def max_rel_err(a, b):
   """max |a - b| / max |b|: the error relative to the reference's scale."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def torch_modified_resnet(layers, width, heads, out_dim, image_size, seed=0):
+  """A PyTorch CLIP ``ModifiedResNet`` image tower (OpenAI's layout and parameter names),
+  eval mode, with every weight, bias and batch-norm statistic randomised.
+
+  Written against the architecture of OpenAI's ``clip/model.py``: a 3-convolution stem and
+  a 2x2 average pool, bottlenecks whose stride is an average pool after the 3x3
+  convolution (and before the shortcut's 1x1), an attention pool through
+  ``torch.nn.functional.multi_head_attention_forward``.
+  """
+  import collections
+  import torch
+  from torch import nn
+  import torch.nn.functional as F
+
+  class Bottleneck(nn.Module):
+    def __init__(self, inplanes, planes, stride):
+      super().__init__()
+      self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+      self.bn3 = nn.BatchNorm2d(planes * 4)
+      self.downsample = None
+      if stride > 1 or inplanes != planes * 4:
+        self.downsample = nn.Sequential(collections.OrderedDict([
+            ('-1', nn.AvgPool2d(stride)),
+            ('0', nn.Conv2d(inplanes, planes * 4, 1, bias=False)),
+            ('1', nn.BatchNorm2d(planes * 4))]))
+
+    def forward(self, x):
+      out = F.relu(self.bn1(self.conv1(x)))
+      out = F.relu(self.bn2(self.conv2(out)))
+      out = self.bn3(self.conv3(self.avgpool(out)))
+      identity = x if self.downsample is None else self.downsample(x)
+      return F.relu(out + identity)
+
+  class AttentionPool2d(nn.Module):
+    def __init__(self, grid, dim, heads, out):
+      super().__init__()
+      self.positional_embedding = nn.Parameter(torch.randn(grid * grid + 1, dim) / dim**0.5)
+      self.k_proj, self.q_proj, self.v_proj = (nn.Linear(dim, dim) for _ in range(3))
+      self.c_proj = nn.Linear(dim, out)
+      self.heads = heads
+
+    def forward(self, x):
+      x = x.flatten(2).permute(2, 0, 1)  # NCHW -> (HW)NC
+      x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+      x = x + self.positional_embedding[:, None, :]
+      x, _ = F.multi_head_attention_forward(
+          query=x[:1], key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=self.heads,
+          q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight,
+          v_proj_weight=self.v_proj.weight, in_proj_weight=None,
+          in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
+          bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
+          out_proj_weight=self.c_proj.weight, out_proj_bias=self.c_proj.bias,
+          use_separate_proj_weight=True, training=False, need_weights=False)
+      return x.squeeze(0)
+
+  class ModifiedResNet(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
+      self.bn1 = nn.BatchNorm2d(width // 2)
+      self.conv2 = nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False)
+      self.bn2 = nn.BatchNorm2d(width // 2)
+      self.conv3 = nn.Conv2d(width // 2, width, 3, padding=1, bias=False)
+      self.bn3 = nn.BatchNorm2d(width)
+      self.avgpool = nn.AvgPool2d(2)
+      inplanes = width
+      for i, blocks in enumerate(layers):
+        planes = width * 2**i
+        mods = []
+        for b in range(blocks):
+          mods.append(Bottleneck(inplanes, planes, 2 if (i > 0 and b == 0) else 1))
+          inplanes = planes * 4
+        setattr(self, f'layer{i + 1}', nn.Sequential(*mods))
+      self.attnpool = AttentionPool2d(image_size // 32, width * 32, heads, out_dim)
+
+    def forward(self, x):
+      for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+        x = F.relu(bn(conv(x)))
+      x = self.avgpool(x)
+      for i in range(len(layers)):
+        x = getattr(self, f'layer{i + 1}')(x)
+      return self.attnpool(x)
+
+  torch.manual_seed(seed)
+  model = ModifiedResNet().eval()
+  gen = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for name, t in model.state_dict().items():
+      if name.endswith('num_batches_tracked'):
+        continue
+      if name.endswith('running_var'):
+        t.copy_(0.5 + torch.rand(t.shape, generator=gen))
+      elif name.endswith('running_mean') or name.endswith('.bias'):
+        t.copy_(0.1 * torch.randn(t.shape, generator=gen))
+      elif '.bn' in name or 'downsample.1' in name or name.startswith('bn'):
+        t.copy_(1 + 0.2 * torch.randn(t.shape, generator=gen))  # batch-norm scales
+      elif 'conv' in name or 'downsample.0' in name:
+        fan_in = t[0].numel()
+        t.copy_(torch.randn(t.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+  return model
+
+
+def torch_image_features(model, pixels):
+  """Image embeddings of a PyTorch image tower for NHWC numpy pixels."""
+  import torch
+  with torch.no_grad():
+    return model(torch.from_numpy(pixels).permute(0, 3, 1, 2)).numpy()

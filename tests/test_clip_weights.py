@@ -93,8 +93,10 @@ def test_openai_config_inference():
   tensors = U.openai_state_dict(hf)
   assert clip_weights.config_from_openai(tensors, 'x.pt') == clip.get_config(
       cfg, vision_mlp_dim=None, text_mlp_dim=None)
-  tensors['visual.layer1.0.conv1.weight'] = np.zeros((1,))
-  with pytest.raises(ValueError, match='ResNet'):
+  # A ResNet tower's first block without its attention pool: the missing key is named.
+  tensors['visual.layer1.0.conv1.weight'] = np.zeros((8, 8, 1, 1), np.float32)
+  with pytest.raises(clip_weights.CheckpointMismatchError,
+                     match='visual.attnpool.positional_embedding'):
     clip_weights.config_from_openai(tensors, 'x.pt')
 
 

@@ -54,6 +54,18 @@ def test_variants_and_overrides():
   assert single.mesh.fsdp
 
 
+def test_resnet_backbone_variant(tmp_path):
+  cfg = _parse(f'--config={ROOT}/configs/fogact.py:rn50')
+  assert cfg.model.backbone == 'RN50' and cfg.model.init_from == './RN50.pt'
+  # OpenAI's RN50.pt is a manual download: start-up names the key and says where to get it.
+  with pytest.raises(config_lib.ConfigError, match=r"model.init_from.*RN50.pt.*_MODELS"):
+    config_lib.validate(cfg, num_devices=1)
+  weights = tmp_path / 'RN50.pt'
+  weights.write_bytes(b'')
+  cfg = _parse(f'--config={ROOT}/configs/fogact.py:rn50', f'--config.model.init_from={weights}')
+  config_lib.validate(cfg, num_devices=1)
+
+
 def test_unknown_variant_and_unknown_key_fail():
   with pytest.raises(Exception, match='nonsense'):
     _parse(f'--config={ROOT}/configs/fogact.py:nonsense')

@@ -53,7 +53,11 @@ class CLIPConfig:
     embed_dim: width of the joint image/text embedding space.
     image_size: input resolution the position embeddings are laid out for.
     patch_size: side of the square patches of the vision transformer.
-    vision_width / vision_layers / vision_heads: vision transformer size.
+    vision_width / vision_layers / vision_heads: vision transformer size. A tuple of four
+      block counts as ``vision_layers`` makes the image tower OpenAI's ``ModifiedResNet``
+      (RN50 and friends) instead: ``vision_width`` is then the stem width, the attention
+      pool has ``vision_heads`` heads and ``patch_size`` is unused (the tower downsamples
+      by 32).
     context_length: number of text tokens (77 for all OpenAI models).
     vocab_size: text vocabulary size (49408 for CLIP's BPE).
     text_width / text_layers / text_heads: text transformer size.
@@ -64,7 +68,7 @@ class CLIPConfig:
   image_size: int = 224
   patch_size: int = 16
   vision_width: int = 768
-  vision_layers: int = 12
+  vision_layers: int | tuple[int, ...] = 12
   vision_heads: int = 12
   context_length: int = 77
   vocab_size: int = 49408
@@ -76,19 +80,37 @@ class CLIPConfig:
   activation: str = 'quick_gelu'
 
   def __post_init__(self):
-    for name in ('embed_dim', 'image_size', 'patch_size', 'vision_width', 'vision_layers',
-                 'vision_heads', 'context_length', 'vocab_size', 'text_width', 'text_layers',
-                 'text_heads'):
+    def positive_int(value):
+      return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+    for name in ('embed_dim', 'image_size', 'patch_size', 'vision_width', 'vision_heads',
+                 'context_length', 'vocab_size', 'text_width', 'text_layers', 'text_heads'):
       value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+      if not positive_int(value):
         raise ValueError(f'CLIPConfig.{name} must be a positive integer, got {value!r}')
-    if self.vision_width % self.vision_heads:
+    layers = self.vision_layers
+    if isinstance(layers, list):
+      object.__setattr__(self, 'vision_layers', tuple(layers))
+      layers = self.vision_layers
+    if isinstance(layers, tuple):
+      if len(layers) != 4 or not all(positive_int(n) for n in layers):
+        raise ValueError('CLIPConfig.vision_layers must be a positive integer (ViT) or four '
+                         f'positive block counts (ResNet), got {layers!r}')
+      if self.image_size % 32:
+        raise ValueError(f'CLIPConfig.image_size={self.image_size} must be a multiple of 32 '
+                         'for a ResNet image tower')
+      if (self.vision_width * 32) % self.vision_heads:
+        raise ValueError(f'CLIPConfig.vision_heads={self.vision_heads} must divide the ResNet '
+                         f'feature width 32 * vision_width = {self.vision_width * 32}')
+    elif not positive_int(layers):
+      raise ValueError(f'CLIPConfig.vision_layers must be a positive integer, got {layers!r}')
+    if not self.is_resnet and self.vision_width % self.vision_heads:
       raise ValueError(f'CLIPConfig.vision_width={self.vision_width} is not divisible by '
                        f'vision_heads={self.vision_heads}')
     if self.text_width % self.text_heads:
       raise ValueError(f'CLIPConfig.text_width={self.text_width} is not divisible by '
                        f'text_heads={self.text_heads}')
-    if self.image_size % self.patch_size:
+    if not self.is_resnet and self.image_size % self.patch_size:
       raise ValueError(f'CLIPConfig.image_size={self.image_size} is not a multiple of '
                        f'patch_size={self.patch_size}')
     if self.activation not in _ACTIVATIONS:
@@ -96,9 +118,14 @@ class CLIPConfig:
                        f'got {self.activation!r}')
 
   @property
+  def is_resnet(self) -> bool:
+    """Whether the image tower is OpenAI's ModifiedResNet (``vision_layers`` is a tuple)."""
+    return isinstance(self.vision_layers, tuple)
+
+  @property
   def grid_size(self) -> int:
-    """Patches per side at ``image_size``."""
-    return self.image_size // self.patch_size
+    """Patches (ViT) or final feature-map cells (ResNet) per side at ``image_size``."""
+    return self.image_size // (32 if self.is_resnet else self.patch_size)
 
   @property
   def vision_mlp(self) -> int:
@@ -132,10 +159,23 @@ CONFIGS: dict[str, CLIPConfig] = {
     'ViT-L/14@336': CLIPConfig(embed_dim=768, image_size=336, patch_size=14, vision_width=1024,
                                vision_layers=24, vision_heads=16, text_width=768,
                                text_layers=12, text_heads=12),
+    'RN50': CLIPConfig(embed_dim=1024, image_size=224, vision_width=64,
+                       vision_layers=(3, 4, 6, 3), vision_heads=32, text_width=512,
+                       text_layers=12, text_heads=8),
+    'RN101': CLIPConfig(embed_dim=512, image_size=224, vision_width=64,
+                        vision_layers=(3, 4, 23, 3), vision_heads=32, text_width=512,
+                        text_layers=12, text_heads=8),
+    'RN50x4': CLIPConfig(embed_dim=640, image_size=288, vision_width=80,
+                         vision_layers=(4, 6, 10, 6), vision_heads=40, text_width=640,
+                         text_layers=12, text_heads=10),
     # Small model for tests and from-scratch experiments (full BPE vocabulary and context).
     'tiny': CLIPConfig(embed_dim=32, image_size=32, patch_size=8, vision_width=64,
                        vision_layers=2, vision_heads=4, text_width=64, text_layers=2,
                        text_heads=4),
+    # Its ResNet counterpart (stem width 8: feature width 256 before the attention pool).
+    'tiny-rn': CLIPConfig(embed_dim=32, image_size=64, vision_width=8,
+                          vision_layers=(1, 1, 1, 1), vision_heads=4, text_width=64,
+                          text_layers=2, text_heads=4),
 }
 
 
@@ -419,6 +459,171 @@ class TextTransformer(nnx.Module):
                    preferred_element_type=jnp.float32).astype(jnp.float32)
 
 
+
+# --------------------------------------------------------------------------------------
+# OpenAI's ModifiedResNet image tower (RN50, RN101, RN50x4, ...).
+# --------------------------------------------------------------------------------------
+
+
+class FrozenBatchNorm(nnx.Module):
+  """BatchNorm with fixed statistics: ``(x - mean) / sqrt(var + eps) * scale + bias``.
+
+  ``scale`` and ``bias`` are trained; the running ``mean`` / ``var`` (``nnx.BatchStat``,
+  read from a checkpoint or 0 / 1 from scratch) are never updated. Fine-tuning with frozen
+  statistics keeps a step independent of the per-device batch and of the mesh.
+  """
+
+  def __init__(self, channels: int, *, scale_init: float = 1.0):
+    self.scale = nnx.Param(jnp.full((channels,), scale_init, jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((channels,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((channels,), jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    mul = self.scale[...] * jax.lax.rsqrt(self.var[...] + LAYER_NORM_EPS)
+    add = self.bias[...] - self.mean[...] * mul
+    return x * mul.astype(x.dtype) + add.astype(x.dtype)
+
+
+def _conv(cin: int, cout: int, k: int, *, dtype, rngs: nnx.Rngs, stride: int = 1) -> nnx.Conv:
+  # He-normal: with frozen (identity) statistics from scratch, this keeps the activation
+  # scale through the norm-free stem and blocks (PyTorch's default shrinks it ~3x a layer).
+  return nnx.Conv(cin, cout, kernel_size=(k, k), strides=(stride, stride),
+                  padding=((k // 2, k // 2), (k // 2, k // 2)), use_bias=False, dtype=dtype,
+                  param_dtype=jnp.float32,
+                  kernel_init=nnx.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal'),
+                  rngs=rngs)
+
+
+def _avg_pool(x: jax.Array, k: int) -> jax.Array:
+  """PyTorch ``AvgPool2d(k)`` on NHWC (stride k, no padding, floor)."""
+  if k == 1:
+    return x
+  return nnx.avg_pool(x, window_shape=(k, k), strides=(k, k), padding='VALID')
+
+
+class Bottleneck(nnx.Module):
+  """ResNet bottleneck (expansion 4) with anti-aliased striding: the stride is an average
+  pool after the 3x3 convolution (and before the 1x1 of the shortcut)."""
+
+  expansion = 4
+
+  def __init__(self, inplanes: int, planes: int, stride: int, *, dtype, rngs: nnx.Rngs):
+    out = planes * self.expansion
+    self.stride = stride
+    self.conv1 = _conv(inplanes, planes, 1, dtype=dtype, rngs=rngs)
+    self.bn1 = FrozenBatchNorm(planes)
+    self.conv2 = _conv(planes, planes, 3, dtype=dtype, rngs=rngs)
+    self.bn2 = FrozenBatchNorm(planes)
+    self.conv3 = _conv(planes, out, 1, dtype=dtype, rngs=rngs)
+    self.bn3 = FrozenBatchNorm(out, scale_init=0.0)  # OpenAI: each block starts as identity
+    if stride > 1 or inplanes != out:
+      self.downsample_conv = _conv(inplanes, out, 1, dtype=dtype, rngs=rngs)
+      self.downsample_bn = FrozenBatchNorm(out)
+    else:
+      self.downsample_conv = self.downsample_bn = None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    out = jax.nn.relu(self.bn1(self.conv1(x)))
+    out = jax.nn.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(_avg_pool(out, self.stride)))
+    identity = x
+    if self.downsample_conv is not None:
+      identity = self.downsample_bn(self.downsample_conv(_avg_pool(x, self.stride)))
+    return jax.nn.relu(out + identity)
+
+
+class AttentionPool2d(nnx.Module):
+  """CLIP's attention pooling: the mean feature (plus position embeddings) attends over
+  all positions; output ``c_proj`` to ``embed_dim``."""
+
+  def __init__(self, grid: int, width: int, heads: int, out_dim: int, *, dtype,
+               rngs: nnx.Rngs):
+    self.grid = grid
+    self.heads = heads
+    self.dtype = dtype
+    self.positional_embedding = nnx.Param(
+        width**-0.5 * jax.random.normal(rngs.params(), (grid * grid + 1, width)))
+    std = width**-0.5
+    def linear(cout):
+      return nnx.Linear(width, cout, dtype=dtype, param_dtype=jnp.float32,
+                        kernel_init=_normal(std), bias_init=nnx.initializers.zeros_init(),
+                        rngs=rngs)
+    self.q_proj, self.k_proj, self.v_proj = linear(width), linear(width), linear(width)
+    self.c_proj = linear(out_dim)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n, gh, gw, c = x.shape
+    x = x.reshape(n, gh * gw, c).astype(jnp.float32)
+    x = jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
+    x = x + interpolate_pos_embed(self.positional_embedding[...], (self.grid, self.grid),
+                                  (gh, gw))[None]
+    split = lambda t: einops.rearrange(t, 'n l (h d) -> n h l d', h=self.heads)
+    q = split(self.q_proj(x[:, :1]))
+    k, v = split(self.k_proj(x)), split(self.v_proj(x))
+    scale = (c // self.heads)**-0.5
+    w = jnp.einsum('nhqd,nhkd->nhqk', q * scale, k, preferred_element_type=jnp.float32)
+    w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
+    o = einops.rearrange(jnp.einsum('nhqk,nhkd->nhqd', w, v), 'n h l d -> n l (h d)')
+    return self.c_proj(o[:, 0]).astype(jnp.float32)
+
+
+class ModifiedResNet(nnx.Module):
+  """CLIP's ResNet image tower: (N, H, W, 3) CLIP-normalised pixels -> (N, embed_dim).
+
+  A 3-convolution stem with an average pool, four stages of bottlenecks with anti-aliased
+  striding, and an attention pool. Batch norms keep fixed statistics (`FrozenBatchNorm`).
+  """
+
+  def __init__(self, config: CLIPConfig, *, dtype, remat: bool, rngs: nnx.Rngs):
+    width = config.vision_width
+    self.config = config
+    self.dtype = dtype
+    self.remat = remat
+    self.conv1 = _conv(3, width // 2, 3, stride=2, dtype=dtype, rngs=rngs)
+    self.bn1 = FrozenBatchNorm(width // 2)
+    self.conv2 = _conv(width // 2, width // 2, 3, dtype=dtype, rngs=rngs)
+    self.bn2 = FrozenBatchNorm(width // 2)
+    self.conv3 = _conv(width // 2, width, 3, dtype=dtype, rngs=rngs)
+    self.bn3 = FrozenBatchNorm(width)
+    inplanes = width
+    stages = []
+    for i, blocks in enumerate(config.vision_layers):
+      planes = width * 2**i
+      stage = []
+      for b in range(blocks):
+        stage.append(Bottleneck(inplanes, planes, 2 if (i > 0 and b == 0) else 1, dtype=dtype,
+                                rngs=rngs))
+        inplanes = planes * Bottleneck.expansion
+      stages.append(nnx.List(stage))
+    self.layers = nnx.List(stages)
+    self.attnpool = AttentionPool2d(config.grid_size, width * 32, config.vision_heads,
+                                    config.embed_dim, dtype=dtype, rngs=rngs)
+
+  def features(self, pixels: jax.Array) -> jax.Array:
+    """Final feature map before the attention pool: (N, H/32, W/32, 32 * vision_width)."""
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+      raise ValueError(f'encode_image expects (N, H, W, 3) pixels, got shape {pixels.shape}')
+    if pixels.shape[1] < 32 or pixels.shape[2] < 32:
+      raise ValueError(f'Image {pixels.shape[1]}x{pixels.shape[2]} is smaller than the '
+                       'ResNet tower\'s downsampling of 32')
+    x = pixels.astype(self.dtype)
+    for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+      x = jax.nn.relu(bn(conv(x)))
+    x = _avg_pool(x, 2)
+    for stage in self.layers:
+      for block in stage:
+        x = (nnx.remat(_call)(block, x) if self.remat else block(x))
+    return x
+
+  def __call__(self, pixels: jax.Array) -> jax.Array:
+    return self.attnpool(self.features(pixels))
+
+
+def _call(module: nnx.Module, x: jax.Array) -> jax.Array:
+  return module(x)
+
+
 class CLIP(nnx.Module):
   """OpenAI CLIP: ``.visual`` image tower, ``.text`` text tower, ``.logit_scale``.
 
@@ -441,8 +646,11 @@ class CLIP(nnx.Module):
     self.config = config
     self.dtype = dtype
     self.remat = remat
-    self.visual = VisionTransformer(config, dtype=dtype, remat=remat, rngs=rngs,
-                                    attention_impl=attention_impl)
+    if config.is_resnet:
+      self.visual = ModifiedResNet(config, dtype=dtype, remat=remat, rngs=rngs)
+    else:
+      self.visual = VisionTransformer(config, dtype=dtype, remat=remat, rngs=rngs,
+                                      attention_impl=attention_impl)
     self.text = TextTransformer(config, dtype=dtype, remat=remat, rngs=rngs,
                                 attention_impl=attention_impl)
     self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))

@@ -61,8 +61,31 @@ def _flops(compiled) -> float:
   return float(analysis["flops"])
 
 
+def resnet_macs_analytic(clip_cfg, image_size: int) -> float:
+  """Multiply-adds of one image through a ModifiedResNet tower (convolutions, attention pool)."""
+  w = clip_cfg.vision_width
+  r = image_size // 2
+  macs = r * r * 9 * (3 * (w // 2) + (w // 2) ** 2 + (w // 2) * w)  # stem, at half resolution
+  r //= 2  # stem average pool
+  cin = w
+  for i, blocks in enumerate(clip_cfg.vision_layers):
+    p = w * 2**i
+    for b in range(blocks):
+      stride = 2 if (i > 0 and b == 0) else 1
+      r_out = r // stride
+      macs += r * r * (cin * p + 9 * p * p) + r_out * r_out * p * 4 * p
+      if stride > 1 or cin != 4 * p:
+        macs += r_out * r_out * cin * 4 * p
+      cin, r = 4 * p, r_out
+  n, d = r * r + 1, 32 * w
+  macs += 2 * n * d * d + d * d + 2 * n * d + d * clip_cfg.embed_dim  # k, v, q, attention, c_proj
+  return float(macs)
+
+
 def vision_macs_analytic(clip_cfg, frames: int, image_size: int) -> float:
   """Multiply-adds of the CLIP image tower on ``frames`` images (matmuls and patch conv)."""
+  if clip_cfg.is_resnet:
+    return float(frames * resnet_macs_analytic(clip_cfg, image_size))
   g = image_size // clip_cfg.patch_size
   n, w = g * g + 1, clip_cfg.vision_width
   per_layer = 4 * n * w * w + 2 * n * n * w + 2 * n * w * clip_cfg.vision_mlp
@@ -85,9 +108,10 @@ def measure(model_cfg, *, frames: int = 8, image_size: int = 224,
   graphdef, state = nnx.split(model)
   params = nnx.state(model, nnx.Param)
   clip_cfg = model.clip.config
-  if image_size % clip_cfg.patch_size:
-    raise ValueError(f"--image_size={image_size} is not a multiple of the patch size "
-                     f"{clip_cfg.patch_size} of model.backbone={cfg.backbone!r}")
+  stride = 32 if clip_cfg.is_resnet else clip_cfg.patch_size
+  if image_size % stride:
+    raise ValueError(f"--image_size={image_size} is not a multiple of the patch size / stride "
+                     f"{stride} of model.backbone={cfg.backbone!r}")
   n_visual = _param_count(nnx.state(model.clip.visual, nnx.Param))
   n_text = _param_count(nnx.state(model.clip.text, nnx.Param))
   n_tok = _param_count(nnx.state(model.clip.text.token_embedding, nnx.Param))
