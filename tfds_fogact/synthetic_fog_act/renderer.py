@@ -35,6 +35,9 @@ import numpy as np
 CAMERA_HEIGHT = 1.5   # metres
 FAR = 16.0            # metres at relative distance 1
 FOCAL = 1.1           # focal length in units of the image width
+FIGURE_DISTANCE = (3.0, 4.5)  # metres: range of the figure's starting distance from the camera
+LIMB_RADIUS = 0.085   # metres (arms and legs)
+TRUNK_RADIUS = 0.18   # metres
 
 # Order matters: label ids. Pairs (sit_down, stand_up), (raise_arms, lower_arms),
 # (sidestep_left, sidestep_right), (turn_clockwise, turn_counterclockwise),
@@ -141,7 +144,7 @@ def _pose(action: str, p: np.ndarray, cycles: float) -> dict[str, np.ndarray]:
     pose["l_elbow"] = pose["r_elbow"] = 0.2 * (1 - q)
   elif action in ("sidestep_left", "sidestep_right"):
     sign = 1.0 if action == "sidestep_left" else -1.0
-    pose["dx"] = -sign * 1.8 * p          # +x = the figure's own right
+    pose["dx"] = -sign * 1.2 * (p - 0.5)  # +x = the figure's own right; centred on the start
     step = np.abs(gait)
     pose["l_hip"] = 0.15 * step
     pose["r_hip"] = 0.15 * step
@@ -158,7 +161,7 @@ def _pose(action: str, p: np.ndarray, cycles: float) -> dict[str, np.ndarray]:
     pose["l_elbow"] = pose["r_elbow"] = 1.2 + z
   elif action in ("walk_forward", "walk_backward"):
     sign = 1.0 if action == "walk_forward" else -1.0
-    pose["dz"] = sign * 1.8 * p
+    pose["dz"] = sign * 1.2 * (p - 0.5)  # centred: the figure stays in frame at 3 m
     pose["l_hip"] = 0.45 * gait
     pose["r_hip"] = -0.45 * gait
     pose["l_knee"] = 0.5 * np.maximum(0, -gait)
@@ -392,7 +395,7 @@ def render_clip(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
   hr = _SCENE_STYLE[spec.scene][3] * h
   # per-clip variation
   body_h = rng.uniform(1.5, 1.95)
-  z0 = rng.uniform(3.0, 8.0)
+  z0 = rng.uniform(*FIGURE_DISTANCE)
   x0 = rng.uniform(-0.15, 0.15) * z0 / FOCAL
   start = rng.uniform(0.0, 0.25)
   duration = rng.uniform(0.65, 1.0) * (1 - start)
@@ -432,11 +435,11 @@ def render_clip(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
         # shirt darker on the back: dot(facing, toward camera)
         front = -facing[ti, 2]
         colour = col["shirt"] * (0.75 + 0.25 * front)
-        radius = 0.16 * px
+        radius = TRUNK_RADIUS * px
       else:
         part = "pants" if ("hip" in a or "knee" in a) else "shirt"
         colour = col[part] * (1.15 if a.startswith("l_") or b.startswith("l_") else 0.8)
-        radius = max(0.055 * px, 0.6)
+        radius = max(LIMB_RADIUS * px, 0.6)
       colour = np.clip(colour * (1.05 - 0.15 * (zm - zc)), 0, 1)
       _capsule(img, dep, ra, ca, rb, cb, radius, colour, min(zm / FAR, 1.0))
     # head: hair disc, face disc shifted toward the facing direction when it faces the camera
