@@ -43,7 +43,7 @@ def get_config(variant=None):
 
   config.train.batch_size = 16
   config.train.num_train_steps = 1500
-  config.train.learning_rate = 3e-3
+  config.train.learning_rate = 2e-3
   config.train.warmup_epochs = 0.5
   config.train.weight_decay = 0.0
   config.train.log_every_steps = 50
