@@ -132,7 +132,7 @@ def main(argv):
   t_, n16 = _FRAMES.value, xtr.shape[1]
   seg = n16 // t_
   rng = np.random.default_rng(_SEED.value)
-  prep = lambda x: input_pipeline.normalize(x)
+  prep = input_pipeline.normalize
   model = Probe(nnx.Rngs(_SEED.value))
   steps = _STEPS.value
   sched = optax.warmup_cosine_decay_schedule(0.0, _LR.value, min(100, steps // 10), steps)

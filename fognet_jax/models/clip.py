@@ -43,6 +43,7 @@ IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 LAYER_NORM_EPS = 1e-5
+BATCH_NORM_EPS = 1e-5  # PyTorch BatchNorm2d's, as in OpenAI's ResNet towers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,14 +305,15 @@ class Transformer(nnx.Module):
   def __call__(self, x: jax.Array, *, causal: bool = False) -> jax.Array:
     for block in self.resblocks:
       if self.remat:
-        x = nnx.remat(_apply_block, static_argnums=(2,))(block, x, causal)
+        x = nnx.remat(_apply, static_argnums=(2,))(block, x, causal)
       else:
         x = block(x, causal)
     return x
 
 
-def _apply_block(block: ResidualAttentionBlock, x: jax.Array, causal: bool) -> jax.Array:
-  return block(x, causal)
+def _apply(module: nnx.Module, x: jax.Array, *args) -> jax.Array:
+  """``module(x, *args)``: a function of the module, for ``nnx.remat``."""
+  return module(x, *args)
 
 
 # --------------------------------------------------------------------------------------
@@ -480,7 +482,7 @@ class FrozenBatchNorm(nnx.Module):
     self.var = nnx.BatchStat(jnp.ones((channels,), jnp.float32))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    mul = self.scale[...] * jax.lax.rsqrt(self.var[...] + LAYER_NORM_EPS)
+    mul = self.scale[...] * jax.lax.rsqrt(self.var[...] + BATCH_NORM_EPS)
     add = self.bias[...] - self.mean[...] * mul
     return x * mul.astype(x.dtype) + add.astype(x.dtype)
 
@@ -541,7 +543,6 @@ class AttentionPool2d(nnx.Module):
                rngs: nnx.Rngs):
     self.grid = grid
     self.heads = heads
-    self.dtype = dtype
     self.positional_embedding = nnx.Param(
         width**-0.5 * jax.random.normal(rngs.params(), (grid * grid + 1, width)))
     std = width**-0.5
@@ -558,14 +559,12 @@ class AttentionPool2d(nnx.Module):
     x = jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
     x = x + interpolate_pos_embed(self.positional_embedding[...], (self.grid, self.grid),
                                   (gh, gw))[None]
-    split = lambda t: einops.rearrange(t, 'n l (h d) -> n h l d', h=self.heads)
+    # Only the mean token queries; the same attention as MultiHeadAttention's.
+    split = lambda t: einops.rearrange(t, 'n l (h d) -> n l h d', h=self.heads)
     q = split(self.q_proj(x[:, :1]))
     k, v = split(self.k_proj(x)), split(self.v_proj(x))
-    scale = (c // self.heads)**-0.5
-    w = jnp.einsum('nhqd,nhkd->nhqk', q * scale, k, preferred_element_type=jnp.float32)
-    w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
-    o = einops.rearrange(jnp.einsum('nhqk,nhkd->nhqd', w, v), 'n h l d -> n l (h d)')
-    return self.c_proj(o[:, 0]).astype(jnp.float32)
+    out = jax.nn.dot_product_attention(q, k, v, implementation='xla')  # (n, 1, heads, d)
+    return self.c_proj(einops.rearrange(out[:, 0], 'n h d -> n (h d)')).astype(jnp.float32)
 
 
 class ModifiedResNet(nnx.Module):
@@ -613,15 +612,11 @@ class ModifiedResNet(nnx.Module):
     x = _avg_pool(x, 2)
     for stage in self.layers:
       for block in stage:
-        x = (nnx.remat(_call)(block, x) if self.remat else block(x))
+        x = nnx.remat(_apply)(block, x) if self.remat else block(x)
     return x
 
   def __call__(self, pixels: jax.Array) -> jax.Array:
     return self.attnpool(self.features(pixels))
-
-
-def _call(module: nnx.Module, x: jax.Array) -> jax.Array:
-  return module(x)
 
 
 class CLIP(nnx.Module):

@@ -43,19 +43,14 @@ from fognet_jax.models import fognet  # noqa: E402
 
 
 
-def _define_flags() -> dict:
+def _define_flags() -> None:
   """Command-line flags; defined only when run as a program, so that importing this module
   (for `measure` or the hand counts) leaves the global absl flags (e.g. --config) alone."""
-  return dict(
-      config=config_flags.DEFINE_config_file("config", None,
-                                             "Config file (with a `model` block).",
-                                             lock_config=False),
-      frames=flags.DEFINE_integer("frames", 8, "Frames of the inference clip."),
-      image_size=flags.DEFINE_integer("image_size", 224, "Frame side of the inference clip."),
-      num_classes=flags.DEFINE_integer("num_classes", 10, "Classes in the text-embedding input."))
-
-
-_FLAGS: dict = {}
+  config_flags.DEFINE_config_file("config", None, "Config file (with a `model` block).",
+                                  lock_config=False)
+  flags.DEFINE_integer("frames", 8, "Frames of the inference clip.")
+  flags.DEFINE_integer("image_size", 224, "Frame side of the inference clip.")
+  flags.DEFINE_integer("num_classes", 10, "Classes in the text-embedding input.")
 
 
 def _param_count(tree) -> int:
@@ -169,17 +164,18 @@ def measure(model_cfg, *, frames: int = 8, image_size: int = 224,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _FLAGS["config"].value
+  fv = flags.FLAGS
+  config = fv.config
   if config is None:
     raise app.UsageError("--config is required (a file whose get_config() has a `model` block)")
   if "model" not in config:
-    raise ValueError(f"config {flags.FLAGS['config'].config_filename!r} has no `model` block")
-  result = measure(config.model, frames=_FLAGS["frames"].value,
-                   image_size=_FLAGS["image_size"].value, num_classes=_FLAGS["num_classes"].value)
-  result["config"] = flags.FLAGS["config"].config_filename
+    raise ValueError(f"config {fv['config'].config_filename!r} has no `model` block")
+  result = measure(config.model, frames=fv.frames, image_size=fv.image_size,
+                   num_classes=fv.num_classes)
+  result["config"] = fv["config"].config_filename
   sys.stdout.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":
-  _FLAGS.update(_define_flags())
+  _define_flags()
   app.run(main)
