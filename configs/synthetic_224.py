@@ -1,0 +1,42 @@
+r"""End-to-end throughput run: the generated benchmark rendered at 224x224, ViT-B/16 bf16, 8 frames.
+
+Measures what `python -m fognet_jax.main` sustains with the real input pipeline (JPEG decoding,
+frame sampling, paired augmentation, host-to-device transfer) at the paper's input size, to
+compare its logged `clip_pairs_per_sec` with the step alone (`benchmarks/train_step.py` at the
+same shapes: `--backbone=ViT-B/16 --image_size=224 --frames=8 --batch=16 --classes=14
+--variants=bf16`). Not an accuracy recipe: random initialisation, 60 steps, no evaluation.
+
+  python -m fognet_jax.main --config=configs/synthetic_224.py --workdir=/tmp/e2e --mode=train_only
+
+Data: `synthetic_fog_act/bench224` (224x224, 16 frames, 56 train / 56 test clips; built on first
+use, or prepared ahead with `python -m tfds_fogact.common synthetic_fog_act/bench224
+--data_dir=DIR` and passed as `--config.data.data_dir=DIR`). The byte tokenizer needs no
+vocabulary files; prompts are still 77 tokens, so the text tower costs what CLIP's BPE would.
+Logged every 10 steps: the first interval includes compilation, the later ones are the figure.
+Variants as in configs/fogact.py (e.g. `configs/synthetic_224.py:actionclip`).
+"""
+from fognet_jax import config_lib
+
+
+def get_config(variant=None):
+  """ViT-B/16 bf16 on synthetic_fog_act/bench224 at 8x224^2, batch 16, 60 steps."""
+  config = config_lib.base_config()
+  config.data.dataset = 'synthetic_fog_act/bench224'
+  config.data.num_frames = 8
+  config.data.image_size = 224
+  config.data.num_workers = 16  # decoding threads: one per core of a 16-core GPU host
+  config.data.prefetch = 4
+
+  config.model.backbone = 'ViT-B/16'
+  config.model.init_from = None
+  config.model.dtype = 'bfloat16'
+  config.model.tokenizer.kind = 'byte'
+
+  config.train.batch_size = 16
+  config.train.num_train_steps = 60
+  config.train.warmup_epochs = 0.0
+  config.train.log_every_steps = 10
+  config.train.checkpoint_every_steps = 100000  # only the final save
+  config.train.keep_checkpoints = 1
+  config.eval.after_training = False
+  return config_lib.apply_variants(config, variant)
