@@ -93,12 +93,20 @@ def np_me(mod, v_c, v_f):
   return np_cross(to_clean, v_f, v_c) + v_c, np_cross(mod.to_foggy, v_c, v_f) + v_f
 
 
+def randomize_biases(fas, rng):
+  """Non-zero q/k/v/out biases (they start at zero), so that bias handling is exercised."""
+  for lin in (fas.q, fas.k, fas.v, fas.out):
+    lin.bias[...] = jnp.asarray(0.5 * rng.normal(size=lin.bias.shape), jnp.float32)
+
+
 # ------------------------------------------------------------------ equation tests
 @pytest.mark.parametrize("parameter_free", [False, True])
 def test_fas_matches_numpy(parameter_free):
   mod = fognet.FogAwareSelection(16, parameter_free=parameter_free, num_heads=4,
                                  temperature=0.3, init_scale=1.0, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
+  if not parameter_free:
+    randomize_biases(mod, rng)
   v_c, v_f = rng.normal(size=(2, 3, 4, 16))
   a_c, a_f = mod.select_pair(jnp.asarray(v_c, jnp.float32), jnp.asarray(v_f, jnp.float32))
   ref = np_fas(mod, np.concatenate([v_c, v_f], axis=1))  # over the 2T tokens
@@ -147,7 +155,9 @@ def _grad_fn(graphdef, loss_cfg, model_cfg):
 @pytest.fixture(scope="module")
 def default_model():
   cfg = tiny_cfg(**{"fas.init_scale": 1.0, "me.init_scale": 1.0, "me.shared_weights": False})
-  return cfg, fognet.create_model(cfg, rngs=nnx.Rngs(0))
+  model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
+  randomize_biases(model.fas, np.random.default_rng(9))
+  return cfg, model
 
 
 def test_train_outputs_and_predict_match_numpy_pipeline(default_model):
@@ -292,8 +302,15 @@ def test_config_errors_name_the_key():
     fognet.create_model(tiny_cfg(**{"fas.num_heads": 5}), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="model.temporal_fusion"):
     fognet.validate_config(tiny_cfg(temporal_fusion="lstm"))
-  with pytest.raises(ValueError, match="model.clip_overrides"):
+  with pytest.raises(ValueError, match=r"model\.clip_overrides .* cannot be combined with "
+                                       r"model\.init_from='/nonexistent'"):
     fognet.create_model(tiny_cfg(init_from="/nonexistent"), rngs=nnx.Rngs(0))
+  # Without overrides, a missing checkpoint is reported as such.
+  cfg = fognet.get_config()
+  cfg.backbone, cfg.init_from = "tiny", "/nonexistent"
+  assert fognet.clip_overrides(cfg) == {}
+  with pytest.raises(FileNotFoundError, match=r"^/nonexistent: no such checkpoint"):
+    fognet.create_model(cfg, rngs=nnx.Rngs(0))
   cfg = tiny_cfg(temporal_fusion="transformer", max_frames=2)
   model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="model.max_frames"):
@@ -326,11 +343,100 @@ def test_model_cost_tool_prints_one_json_line(tmp_path, default_model):
   assert result["params_trainable"] == fognet.count_params(model)
   assert result["params_heads"] == sum(
       fognet.count_params(m) for m in (model.fas, model.me))
+  # Against a count written out from the architecture (not from the nnx.Param leaves).
+  clip_cfg = model.clip.config
+  d = clip_cfg.embed_dim
+  heads = 4 * (d * d + d) + 2 * 3 * d * d  # FAS: q, k, v, out with biases; ME: 2 bias-free sets
+  assert result["params_heads"] == heads == 10 * 1024 + 128
+  assert result["params_trainable"] == analytic_clip_params(clip_cfg) + heads
   # XLA counts a multiply-add as 2 flops: the hand count of the image tower's
   # multiply-adds, doubled, is close to (and below) XLA's total for the whole inference.
   ratio = result["gflops_inference"] / (2 * result["gmacs_vision_analytic"])
   assert 1.0 <= ratio < 1.3, result
   assert result["input"] == [1, T, H, H, 3]
+
+
+def analytic_clip_params(c):
+  """Parameters of a ViT CLIP from its config, counted by hand."""
+  def blocks(width, layers):
+    mlp = 4 * width
+    per = 4 * (width * width + width) + 2 * 2 * width + (width * mlp + mlp) + (mlp * width + width)
+    return layers * per
+  w, g = c.vision_width, c.image_size // c.patch_size
+  vision = (3 * c.patch_size ** 2 * w + w + (g * g + 1) * w + 2 * w
+            + blocks(w, c.vision_layers) + 2 * w + w * c.embed_dim)
+  t = c.text_width
+  text = (c.vocab_size * t + c.context_length * t + blocks(t, c.text_layers) + 2 * t
+          + t * c.embed_dim)
+  return vision + text + 1  # + logit_scale
+
+
+def test_analytic_clip_count_matches_transformers_b16():
+  from fognet_jax.models import clip
+  # transformers' CLIPModel(ViT-B/16): 149,620,737 parameters.
+  assert analytic_clip_params(clip.CONFIGS["ViT-B/16"]) == 149_620_737
+
+
+@pytest.mark.parametrize("stream", ["foggy", "clean", "clean+foggy"])
+def test_baseline_trains_on_its_train_stream(stream):
+  """arch='actionclip': the one stream is the configured one; 'clean+foggy' stacks both
+  (2B videos) and the loss tiles the labels."""
+  cfg = tiny_cfg(arch="actionclip", train_stream=stream)
+  model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
+  clean, foggy, tokens = batch(2)
+  text = model.encode_text(tokens)
+  out = model.train_outputs(clean, foggy, text)
+  assert out["video_c"] is None and out["frames_f"] is None and out["frames_c"] is None
+
+  def video(x):  # mean over T of the image tower's frame embeddings
+    frames = np.asarray(model.clip.encode_image(x.reshape((B * T,) + x.shape[2:])))
+    return frames.reshape(B, T, -1).mean(1)
+
+  v_f, v_c = video(foggy), video(clean)
+  assert np.abs(v_f - v_c).max() > 1e-2  # the streams are distinguishable
+  got = np.asarray(out["video_f"])
+  if stream == "clean+foggy":
+    assert got.shape[0] == 2 * B
+    halves = [got[:B], got[B:]]
+    order = [v_f, v_c] if np.allclose(halves[0], v_f, rtol=1e-4, atol=1e-5) else [v_c, v_f]
+    for h, ref in zip(halves, order):
+      np.testing.assert_allclose(h, ref, rtol=1e-4, atol=1e-5)
+    vids, labels = np.concatenate(order), np.tile(LABELS, 2)
+  else:
+    np.testing.assert_allclose(got, v_f if stream == "foggy" else v_c, rtol=1e-4, atol=1e-5)
+    vids, labels = (v_f if stream == "foggy" else v_c), LABELS
+  # The loss against NumPy: eqs. 8-9 on these videos with (tiled) labels.
+  total, m = losses.fognet_loss(out, LABELS, losses.get_config(), cfg)
+  scale = min(np.exp(float(model.logit_scale)), 100.0)
+  norm = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  s = scale * norm(np.asarray(vids, np.float64)) @ norm(np.asarray(text, np.float64)).T
+  same = labels[:, None] == labels[None, :]
+  log_v2t = (s - np.log(np.exp(s).sum(1, keepdims=True)))[np.arange(len(labels)), labels]
+  log_t2v = (s - np.log(np.exp(s).sum(0, keepdims=True)))[np.arange(len(labels)), labels]
+  ref = -np.mean((same @ (log_v2t + log_t2v)) / same.sum(1))
+  np.testing.assert_allclose(total, ref, rtol=1e-4)
+  assert float(m["loss_c"]) == 0.0 and float(m["loss_temp"]) == 0.0
+
+
+def test_bf16_heads_run_bf16_matmuls():
+  """model.dtype='bfloat16': FAS, ME and the temporal transformer multiply in bf16 (and
+  the towers, see test_clip); 'float32': nothing does."""
+  from test_clip import matmul_dtypes
+  clean, foggy, tokens = batch()
+  rng = np.random.default_rng(0)
+  v_c, v_f = (jnp.asarray(rng.normal(size=(B, T, 32)), jnp.float32) for _ in range(2))
+  for dtype in ("bfloat16", "float32"):
+    model = fognet.create_model(tiny_cfg(dtype=dtype, temporal_fusion="transformer"),
+                                rngs=nnx.Rngs(0))
+    text = model.encode_text(tokens)
+    heads = matmul_dtypes(model, "two_stream", v_c, v_f)
+    fuse = matmul_dtypes(model, "fuse", v_f)
+    assert len(heads) >= 4 + 2 * 3  # FAS q, k, v, out; ME Wq, Wk, Wv in both directions
+    assert len(fuse) >= 6 * len(model.temporal.transformer.resblocks)
+    everything = matmul_dtypes(model, "train_outputs", clean, foggy, text)
+    for ops in (heads, fuse, everything):
+      wrong = [op for op in ops if set(op[1]) != {dtype}]
+      assert not wrong, (dtype, wrong)
 
 
 def test_frame_centering_cancels_a_static_background():

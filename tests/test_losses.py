@@ -186,3 +186,55 @@ def test_bad_inputs_raise():
   out["video_f"] = jnp.ones((2, 4))
   with pytest.raises(ValueError, match="csa"):
     losses.fognet_loss(out, np.zeros(2, np.int32), losses.get_config(), model_cfg)
+
+
+def _np_total(emb, lam, beta, tau, max_scale, logit_scale):
+  def logits(video):
+    return min(np.exp(logit_scale), max_scale) * _np_normalize(video) @ _np_normalize(emb["text"]).T
+  s_f, s_c = logits(emb["video"]), logits(emb["video_c"])
+  l_f = _np_t2v(s_f, LABELS) + _np_v2t(s_f, LABELS)
+  l_c = _np_t2v(s_c, LABELS) + _np_v2t(s_c, LABELS)
+  l_t = _np_temp(emb["frames_f"], emb["frames_c"], tau)
+  return l_f + lam * l_c + beta * l_t, l_f, l_c, l_t
+
+
+def test_config_values_reach_the_loss_through_train(emb):
+  """Non-default λ, β, τ and logit-scale clip set in the config, pushed through
+  train.make_loss_fn, against NumPy."""
+  from fognet_jax import config_lib, train
+  cfg = config_lib.base_config()
+  cfg.model.arch, cfg.model.csa.enabled = "fognet", True
+  cfg.loss.lambda_clean, cfg.loss.beta_temp = 0.65, 0.85
+  cfg.loss.temp_temperature, cfg.loss.max_logit_scale = 0.3, 20.0
+  out = _outputs(emb)
+  out["logit_scale"] = jnp.asarray(np.log(50.0), jnp.float32)  # above the clip of 20
+  total, m = train.make_loss_fn(cfg)(out, LABELS)
+  want, l_f, l_c, l_t = _np_total(emb, 0.65, 0.85, 0.3, 20.0, np.log(50.0))
+  np.testing.assert_allclose(m["loss_f"], l_f, rtol=1e-5)
+  np.testing.assert_allclose(m["loss_c"], l_c, rtol=1e-5)
+  np.testing.assert_allclose(m["loss_temp"], l_t, rtol=1e-5)
+  np.testing.assert_allclose(total, want, rtol=1e-5)
+  np.testing.assert_allclose(m["logit_scale"], 20.0, rtol=1e-6)
+  # The values matter here: the defaults (or no clip) give a clearly different total.
+  default, *_ = _np_total(emb, 0.4, 0.1, 0.3, 20.0, np.log(50.0))
+  unclipped, *_ = _np_total(emb, 0.65, 0.85, 0.3, 100.0, np.log(50.0))
+  assert abs(default - want) > 0.1 and abs(unclipped - want) > 0.1
+
+
+def test_synthetic_config_beta_reaches_the_loss(emb):
+  """configs/synthetic.py sets β = 1 for L_temp: the loss built from that file uses it."""
+  import importlib.util
+  import os
+  from fognet_jax import train
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "configs", "synthetic.py")
+  spec = importlib.util.spec_from_file_location("synthetic_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config()
+  assert cfg.loss.beta_temp == 1.0 and cfg.model.arch == "fognet" and cfg.model.csa.enabled
+  total, m = train.make_loss_fn(cfg)(_outputs(emb), LABELS)
+  want, _, _, l_t = _np_total(emb, cfg.loss.lambda_clean, 1.0, cfg.loss.temp_temperature,
+                              cfg.loss.max_logit_scale, emb["logit_scale"])
+  np.testing.assert_allclose(total, want, rtol=1e-5)
+  assert l_t > 0.5  # β = 1 against the default 0.1 moves the total by > 0.45

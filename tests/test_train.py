@@ -64,10 +64,15 @@ def test_gradient_accumulation_keeps_the_effective_batch():
   # The toy loss is a per-sample mean, so 4 micro-batches of 4 = one batch of 16 exactly.
   ref, ref_m = _one_step(toy.config(), 8)
   acc, acc_m = _one_step(toy.config(grad_accum_steps=2), 8)
-  one_dev_acc, _ = _one_step(toy.config(grad_accum_steps=4), 1)
+  one_dev_acc, one_dev_m = _one_step(toy.config(grad_accum_steps=4), 1)
   assert _max_rel_diff(acc.params, ref.params) < 1e-5
   assert _max_rel_diff(one_dev_acc.params, ref.params) < 1e-5
   np.testing.assert_allclose(acc_m['loss'], ref_m['loss'], rtol=1e-5)
+  # Adam's first step is about lr * sign(g): the parameters cannot show the gradient's
+  # scale, the reported gradient norm does (a sum instead of a mean is 2x or 4x off).
+  np.testing.assert_allclose(acc_m['grad_norm'], ref_m['grad_norm'], rtol=1e-5)
+  np.testing.assert_allclose(one_dev_m['grad_norm'], ref_m['grad_norm'], rtol=1e-5)
+  np.testing.assert_allclose(one_dev_m['loss'], ref_m['loss'], rtol=1e-5)
 
 
 def test_freeze_text_leaves_text_parameters_unchanged():
@@ -117,3 +122,148 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   ck.close()
   assert int(restored.step) == 4
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored.params))
+
+
+# ------------------------------------------------------------------ gradients themselves
+
+class ToyTwoStream(toy.ToyModel):
+  """The toy encoders with FogNet's output dict, so the real loss (eqs. 8-11) applies."""
+
+  def _frames(self, x):
+    b, t = x.shape[:2]
+    return self.frame(x.reshape(b, t, -1))  # (B, T, D)
+
+  def train_outputs(self, clean, foggy, text_emb, *, train=True):
+    del train
+    fc, ff = self._frames(clean), self._frames(foggy)
+    pool = lambda f: self.visual_head(jax.nn.gelu(jnp.mean(f, axis=1)))
+    return {'video_f': pool(ff), 'video_c': pool(fc), 'frames_f': ff, 'frames_c': fc,
+            'text': text_emb, 'logit_scale': self.logit_scale[...]}
+
+
+def _contrastive_config(**train_overrides):
+  cfg = toy.config(**train_overrides)
+  cfg.model.arch = 'fognet'
+  cfg.model.csa.enabled = True
+  cfg.loss.lambda_clean, cfg.loss.beta_temp, cfg.loss.temp_temperature = 0.7, 0.3, 0.5
+  return cfg
+
+
+def _first_template(tokens, key):
+  del key
+  return tokens[0]
+
+
+def _sgd_step(cfg, num_devices, batch, *, fsdp=False):
+  """One train step with SGD(lr=1): params before - params after = the step's gradient."""
+  import optax
+  mesh = sharding.make_mesh(num_devices)
+  model = ToyTwoStream(rngs=nnx.Rngs(0))
+  graphdef, params0, rest0 = train.split_model(model)
+  params0 = jax.tree.map(np.asarray, params0)
+  tx = optax.sgd(1.0)
+  _, state = train.init_state(model, tx)
+  state, shardings = train.shard_state(state, mesh, fsdp=fsdp, min_size=16)
+  step = train.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings,
+                               loss_fn=train.make_loss_fn(cfg),
+                               schedule=lambda s: 1.0, seed=cfg.seed,
+                               grad_accum_steps=cfg.train.grad_accum_steps,
+                               prompt_sampler=_first_template)
+  tokens = jax.device_put(jnp.asarray(toy.prompt_tokens()), sharding.replicated(mesh))
+  new, metrics = step(state, sharding.put_global_batch(batch, mesh), tokens)
+  grads = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), params0,
+                       jax.device_get(new.params))
+  return graphdef, params0, rest0, grads, jax.device_get(metrics)
+
+
+def _reference_grads(graphdef, params, rest, cfg, batch, accum):
+  """Gradient of the mean over micro-batches of the loss of each micro-batch (row
+  r = m * accum + a goes to micro-batch a), on one device, without the train step."""
+  loss_fn = train.make_loss_fn(cfg)
+  text_tokens = jnp.asarray(toy.prompt_tokens()[0])
+
+  def total(params):
+    model = nnx.merge(graphdef, params, rest)
+    text = model.encode_text(text_tokens)
+    vals = []
+    for a in range(accum):
+      out = model.train_outputs(jnp.asarray(batch['clean'][a::accum]),
+                                jnp.asarray(batch['foggy'][a::accum]), text)
+      vals.append(loss_fn(out, jnp.asarray(batch['label'][a::accum]))[0])
+    return sum(vals) / accum, vals
+
+  (loss, parts), grads = jax.value_and_grad(total, has_aux=True)(params)
+  return float(loss), [float(p) for p in parts], jax.tree.map(np.asarray, grads)
+
+
+def _global_norm(tree):
+  return float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))
+                           for x in jax.tree.leaves(tree))))
+
+
+@pytest.mark.parametrize('num_devices,fsdp,accum', [(1, False, 4), (8, False, 2), (8, True, 2)])
+def test_accumulated_gradient_of_the_contrastive_loss(num_devices, fsdp, accum):
+  """With the real (batch-contrastive) loss, accumulation changes the gradient in a known
+  way: it is the mean of the micro-batch gradients, not the full-batch gradient."""
+  cfg = _contrastive_config(grad_accum_steps=accum)
+  batch = toy.make_batch(0, 0, 16)
+  graphdef, params0, rest0, grads, metrics = _sgd_step(cfg, num_devices, batch, fsdp=fsdp)
+  loss, parts, ref = _reference_grads(graphdef, params0, rest0, cfg, batch, accum)
+  _, _, full = _reference_grads(graphdef, params0, rest0, cfg, batch, 1)
+  scale = _global_norm(ref)
+  err = _global_norm(jax.tree.map(lambda a, b: a - b, grads, ref)) / scale
+  # The known difference: micro-batch gradients are not the full-batch gradient.
+  gap = _global_norm(jax.tree.map(lambda a, b: a - b, full, ref)) / scale
+  print(f'accum={accum} on {num_devices} devices (fsdp={fsdp}): |step grad - reference| / '
+        f'|reference| = {err:.2e}; the full-batch gradient is {gap:.2e} away')
+  assert gap > 0.05
+  assert err < 1e-4
+  np.testing.assert_allclose(metrics['grad_norm'], scale, rtol=1e-4)
+  np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-5)
+  # Micro-batch losses differ from each other, so the mean is not any one of them.
+  assert max(parts) - min(parts) > 1e-3
+  for key in ('loss_f', 'loss_c', 'loss_temp'):
+    assert float(metrics[key]) > 0, key
+
+
+# ------------------------------------------------------------------ FSDP checkpoint restore
+
+def test_fsdp_state_is_restored_sharded_and_resumes_exactly(tmp_path):
+  cfg = toy.config(num_train_steps=4, checkpoint_every_steps=2, log_every_steps=1,
+                   async_checkpointing=False)
+  cfg.mesh.fsdp = True
+  mesh = sharding.make_mesh(8)
+  starts = []
+
+  def run(workdir, **kw):
+    def batches(start):
+      starts.append(start)
+      return toy.batches(0, 16, start)
+    return train.train(cfg, workdir, setup=toy.setup(cfg, mesh),
+                       model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss,
+                       batches=batches, **kw)[1]
+
+  ref = run(str(tmp_path / 'ref'))
+  half = run(str(tmp_path / 'run'), stop_after=2)
+  assert int(half.step) == 2
+  ck = checkpointing.Checkpointer(str(tmp_path / 'run'), async_save=False)
+  assert ck.all_steps() == [2]
+  _, template, shardings, _ = train.build_state(cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(5)),
+                                                train.make_schedule(cfg.train, 4, 0))
+  restored = ck.restore(template)
+  ck.close()
+  assert int(restored.step) == 2
+  kernel = restored.params['frame']['kernel'][...]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec('data', None)
+  assert {s.data.shape for s in kernel.addressable_shards} == {(24, 16)}
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(shardings)):
+    assert got.sharding.is_equivalent_to(want, got.ndim)
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(half)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  # Resuming the sharded state continues exactly where the uninterrupted run went.
+  final = run(str(tmp_path / 'run'))
+  assert starts == [0, 0, 2]
+  assert int(final.step) == 4
+  for got, want in zip(jax.tree.leaves(final.params), jax.tree.leaves(ref.params)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert final.params['frame']['kernel'][...].sharding.spec == jax.sharding.PartitionSpec('data', None)
