@@ -77,10 +77,23 @@ def test_resnet_openai_pt_parity(rn, kind):
   _check(f'tiny-rn OpenAI {kind} fp32', _outputs(model, rn['pixels'], rn['ids']), rn['ref'],
          FP32_TOL)
   model = clip.from_pretrained(path, config='tiny-rn', dtype=jnp.bfloat16)
+  ours = _outputs(model, rn['pixels'], rn['ids'])
   # The random logits here are small (|cos| < 0.1 before the scale), so the bf16 rounding of
   # both embeddings shows up larger relative to them than in the embeddings themselves.
-  _check(f'tiny-rn OpenAI {kind} bf16', _outputs(model, rn['pixels'], rn['ids']), rn['ref'],
-         BF16_TOL, logits_tol=1e-1)
+  _check(f'tiny-rn OpenAI {kind} bf16', ours, rn['ref'], BF16_TOL, logits_tol=1e-1)
+  # Tighter, per entry: with r_i, t_j the relative errors of image i's and text j's
+  # embeddings, |cos(a', b') - cos(a, b)| <= |â' - â| + |b̂' - b̂| <= 2 r_i + 2 t_j, so the bf16
+  # logits lie within scale * 2 (r_i + t_j) of the reference's ...
+  img, txt, logits = (np.asarray(x, np.float64) for x in ours)
+  ref_img, ref_txt, ref_logits = rn['ref']
+  scale = float(np.exp(rn['tensors']['logit_scale']))
+  rel = lambda a, b: np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
+  r, t = rel(img, ref_img), rel(txt, ref_txt)
+  assert np.all(np.abs(logits - ref_logits) <= scale * (2 * (r[:, None] + t[None, :]) + 1e-5))
+  # ... and they are the scaled cosines of the bf16 model's own embeddings to fp32 precision.
+  norm = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
+  np.testing.assert_allclose(logits, scale * norm(img) @ norm(txt).T, rtol=1e-5,
+                             atol=1e-5 * scale)
 
 
 def test_resnet_batch_norm_statistics_are_loaded(rn):

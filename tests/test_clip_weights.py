@@ -164,10 +164,22 @@ def test_openai_mismatches_listed_together(tiny, tmp_path):
   assert err.unexpected == ['visual.transformer.resblocks.0.attn.q_bias']
   assert len(err.wrong_shapes) == 1 and 'transformer.resblocks.1.mlp.c_fc.weight' in str(err)
   # A checkpoint for another architecture: every differing tensor is listed as wrong shape.
-  with pytest.raises(clip_weights.CheckpointMismatchError, match='wrong shapes'):
-    clip.from_pretrained(str(tiny['root'] / 'openai_torchscript.pt')
-                         if (tiny['root'] / 'openai_torchscript.pt').exists() else path,
-                         config=clip.get_config('tiny', text_width=128, text_heads=2))
+  good = str(tmp_path / 'good.pt')
+  U.save_plain_state_dict(U.openai_state_dict(tiny['hf']), good)
+  wide = clip.get_config('tiny', text_width=128, text_heads=2)
+  with pytest.raises(clip_weights.CheckpointMismatchError, match='wrong shapes') as info:
+    clip.from_pretrained(good, config=wide)
+  err = info.value
+  # Independent list: the tensors whose shapes differ between the two architectures.
+  ours = U.openai_state_dict(tiny['hf'])
+  theirs = U.openai_state_dict(U.random_hf_model(wide, seed=2))
+  differing = sorted(k for k in ours if np.shape(ours[k]) != np.shape(theirs[k]))
+  assert len(differing) > 10
+  assert not err.missing and not err.unexpected
+  # (a fused in_proj tensor feeds three parameters and may be named once for each)
+  assert sorted({entry.split()[0] for entry in err.wrong_shapes}) == differing
+  for k in differing:
+    assert k in str(err)
 
 
 def test_restricted_unpickler_refuses_code(tmp_path):

@@ -67,9 +67,12 @@ def test_resnet_backbone_variant(tmp_path):
 
 
 def test_unknown_variant_and_unknown_key_fail():
-  with pytest.raises(Exception, match='nonsense'):
+  with pytest.raises(flags.IllegalFlagValueError,
+                     match=r"unknown config variant token 'nonsense'"):
     _parse(f'--config={ROOT}/configs/fogact.py:nonsense')
-  with pytest.raises(Exception, match='no_such_key'):
+  with pytest.raises(ValueError, match=r"unknown config variant token 'nonsense'"):
+    config_lib.apply_variants(config_lib.base_config(), 'b32,nonsense')
+  with pytest.raises(AttributeError, match='no_such_key'):
     _parse(f'--config={ROOT}/configs/synthetic.py', '--config.train.no_such_key=1')
 
 

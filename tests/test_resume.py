@@ -40,6 +40,8 @@ def _run(workdir, block_at=-1):
   mesh = sharding.make_mesh(8)
 
   def batches(start):
+    with open(os.path.join(workdir, 'starts.log'), 'a') as f:
+      f.write(f'{start}\n')
     for i, b in enumerate(toy.batches(cfg.seed, cfg.train.batch_size, start), start):
       if i == block_at:
         open(os.path.join(workdir, 'blocked'), 'w').close()
@@ -108,7 +110,12 @@ def test_sigkill_then_sigterm_then_finish_equals_uninterrupted(tmp_path):
   proc = _start(run_dir, -1)
   _, err = proc.communicate(timeout=180)
   assert proc.returncode == 0, err.decode()[-3000:]
+  assert b'Resuming at step 9' in err, err.decode()[-3000:]
   got = dict(np.load(os.path.join(run_dir, 'params.npz')))
+  # Where each run's data stream started: from scratch, then at the restored steps 4 and 9
+  # (a run that ignored the checkpoint would end with the same parameters).
+  with open(os.path.join(run_dir, 'starts.log')) as f:
+    assert f.read().split() == ['0', '4', '9']
 
   assert sorted(got) == sorted(ref)
   max_diff = max(float(np.max(np.abs(got[k] - ref[k]))) for k in ref)
