@@ -267,3 +267,27 @@ def test_fsdp_state_is_restored_sharded_and_resumes_exactly(tmp_path):
   for got, want in zip(jax.tree.leaves(final.params), jax.tree.leaves(ref.params)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
   assert final.params['frame']['kernel'][...].sharding.spec == jax.sharding.PartitionSpec('data', None)
+
+
+def test_prompt_templates_are_redrawn_every_step():
+  """The step's randomness is folded with the step number: the same parameters and batch
+  give a different loss at another step (other templates drawn) and the same loss at the
+  same step."""
+  cfg = toy.config()
+  mesh = sharding.make_mesh(1)
+  schedule = train.make_schedule(cfg.train, 10, 0)
+  graphdef, state, shardings, tx = train.build_state(cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(0)),
+                                                     schedule)
+  step = train.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings,
+                               loss_fn=toy.toy_loss, schedule=schedule, seed=cfg.seed)
+  tokens = jax.device_put(jnp.asarray(toy.prompt_tokens()), sharding.replicated(mesh))
+  batch = toy.make_batch(0, 0, 16)
+  host = jax.device_get(state)
+
+  def loss_at(n):
+    s = jax.device_put(host.replace(step=jnp.asarray(n, jnp.int32)), shardings)
+    return float(step(s, sharding.put_global_batch(batch, mesh), tokens)[1]['loss'])
+
+  losses = [loss_at(n) for n in range(6)]
+  assert len({round(x, 6) for x in losses}) >= 3, losses
+  assert loss_at(4) == losses[4]
