@@ -30,10 +30,11 @@
 # The suite installs the wheels itself (pip --no-index --target /tmp/fognet_site) when
 # ml_collections cannot be imported.
 #
-# The end-to-end part needs the dataset builder to construct without TensorFlow (not installed
-# on the GPU image, and too large to carry): tfds.features.Video calls tf.dtypes.as_dtype in
-# its constructor (tensorflow-datasets 4.9.10). Until tfds_fogact/common.py's paired_features
-# avoids it, part 2 is skipped there with that reason in e2e.log; the other parts still run.
+# The end-to-end part needs TensorFlow (not on the GPU image, and too large to carry) in three
+# places: tfds.features.Video's constructor (tf.dtypes.as_dtype; tensorflow-datasets 4.9.10),
+# the input pipeline's DESERIALIZE_NO_DECODE reads (tf.train.Example) and MetricWriter
+# (flax.metrics.tensorboard imports tensorflow). A pre-check tries all three; until they work
+# without TensorFlow, part 2 is skipped with the reason in e2e.log; the other parts still run.
 #
 # Environment: PYTHON (default python3; .venv/bin/python when it exists and --tiny),
 # SUITE_BUDGET_S, E2E_DATA_DIR (default .gpu_data/tfds if present, else OUTDIR/tfds, built on
@@ -154,13 +155,16 @@ top=$(find "$OUTDIR/traces/fognet_b16" -name top_ops.txt 2>/dev/null | head -1)
 # 2: end to end with the real input pipeline.
 E2E_WORKDIR=/tmp/fognet_suite_e2e_$$
 E2E_CHECK=$("$PYTHON" - "$E2E_DATA_DIR" 2>&1 <<'PY'
+"""Can fognet_jax.main train on bench224 here? Prints 'ok' last, or the reason it cannot."""
 import sys
+import tempfile
 try:
   import tensorflow_datasets as tfds
   import tfds_fogact  # noqa: F401  (registers the builders)
   b = tfds.builder('synthetic_fog_act/bench224', data_dir=sys.argv[1])
 except Exception as e:  # pylint: disable=broad-except
-  print(f'the dataset builder cannot be constructed here: {type(e).__name__}: {e}')
+  print(f'the dataset builder cannot be constructed here ({type(e).__name__}: {e}); without '
+        'TensorFlow, tfds_fogact/common.py must not use tfds.features.Video')
   sys.exit(1)
 if not b.is_prepared():
   try:
@@ -169,6 +173,26 @@ if not b.is_prepared():
     print(f'bench224 is not prepared in {sys.argv[1]} and TensorFlow is missing to build it '
           '(run benchmarks/gpu_wheels.sh and carry .gpu_data)')
     sys.exit(1)
+  print('ok')
+  sys.exit(0)
+try:
+  from fognet_jax import input_pipeline
+  cfg = input_pipeline.get_config()
+  cfg.dataset, cfg.data_dir, cfg.image_size, cfg.num_frames = (
+      'synthetic_fog_act/bench224', sys.argv[1], 32, 2)
+  next(input_pipeline.train_iterator(cfg, batch_size=1, seed=0, process_index=0,
+                                     process_count=1))
+except Exception as e:  # pylint: disable=broad-except
+  print(f'the input pipeline cannot read bench224 here ({type(e).__name__}: {e}); without '
+        'TensorFlow, records must be parsed without tf.train.Example')
+  sys.exit(1)
+try:
+  from fognet_jax import metrics
+  metrics.MetricWriter(tempfile.mkdtemp()).close()
+except Exception as e:  # pylint: disable=broad-except
+  print(f'fognet_jax.metrics.MetricWriter fails here ({type(e).__name__}: {e}); without '
+        'TensorFlow it must not need flax.metrics.tensorboard')
+  sys.exit(1)
 print('ok')
 PY
 )

@@ -5,7 +5,7 @@ r"""Top ops by self time from a `jax.profiler` trace (its Perfetto JSON; no extr
 reads the newest such file and sums, per XLA op, the self time of its events (an event's
 duration less that of the events nested in it on the same thread):
 
-* on GPUs / TPUs, the events of the device processes (`/device:...`): kernels on the
+* on GPUs / TPUs, the events of the device processes (`/device:GPU:0`, ...): kernels on the
   streams, grouped by their `hlo_op` argument where the profiler recorded one (else by kernel
   name);
 * on the CPU, the host events that carry an `hlo_op` argument (the XLA:CPU thunks).
@@ -96,11 +96,13 @@ def summarize(logdir_or_trace: str, *, top: int = 20, steps: int = 1,
   events = load_events(path)
   names = {e.get('pid'): e.get('args', {}).get('name', '') for e in events
            if e.get('ph') == 'M' and e.get('name') == 'process_name'}
-  device_pids = {pid for pid, n in names.items() if n.startswith('/device:')}
+  device_pids = {pid for pid, n in names.items()
+                 if not n.startswith('/host') and any(k in n for k in ('/device:', 'GPU', 'TPU'))}
   timed = _self_times(events)
   device = [(e, s) for e, s in timed if e.get('pid') in device_pids]
   if device:
-    source = 'device'
+    used = sorted({names[e.get('pid')] for e, _ in device})
+    source = f'device ({", ".join(used)})'
     selected = device
   else:
     source = 'host (XLA:CPU thunks)'
