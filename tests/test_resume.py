@@ -110,12 +110,12 @@ def test_sigkill_then_sigterm_then_finish_equals_uninterrupted(tmp_path):
   proc = _start(run_dir, -1)
   _, err = proc.communicate(timeout=180)
   assert proc.returncode == 0, err.decode()[-3000:]
-  assert b'Resuming at step 9' in err, err.decode()[-3000:]
-  got = dict(np.load(os.path.join(run_dir, 'params.npz')))
   # Where each run's data stream started: from scratch, then at the restored steps 4 and 9
   # (a run that ignored the checkpoint would end with the same parameters).
   with open(os.path.join(run_dir, 'starts.log')) as f:
     assert f.read().split() == ['0', '4', '9']
+  assert b'Resuming at step 9' in err, err.decode()[-3000:]
+  got = dict(np.load(os.path.join(run_dir, 'params.npz')))
 
   assert sorted(got) == sorted(ref)
   max_diff = max(float(np.max(np.abs(got[k] - ref[k]))) for k in ref)
