@@ -208,6 +208,12 @@ else
   rm -rf "$E2E_WORKDIR"
 fi
 
+# 2b: cuDNN fused attention (padded to 256 tokens, masked) against XLA's, same process.
+if (( TINY == 0 )); then
+  run_part cudnn_b16 110 "$PYTHON" "${TS[@]}" --batch=$B16 --variants=bf16,bf16+cudnn \
+      --json_out="$OUTDIR/cudnn_b16.json"
+fi
+
 # 3: FogNet B=32 (torch first: both frameworks' working sets do not fit at once).
 run_part fognet_b32 130 "$PYTHON" "${TS[@]}" --batch=$B32 --compare_torch \
     --torch_modes="$TORCH_MODES" --repeats=1 --order=torch_first \

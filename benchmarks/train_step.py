@@ -60,7 +60,7 @@ _CLASSES = flags.DEFINE_integer('classes', 55, 'Number of classes (text prompts 
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per variant (per repeat).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps before each timing.')
 _VARIANTS = flags.DEFINE_list('variants', ['fp32', 'bf16', 'fp32+remat', 'bf16+remat'],
-                              'Variants: dtype (fp32|bf16) with optional +remat, +fsdp.')
+                              'Variants: dtype (fp32|bf16) with optional +remat, +fsdp, +cudnn.')
 _ARCH = flags.DEFINE_enum('arch', 'fognet', ['fognet', 'actionclip'], 'Model architecture.')
 _ACCUM = flags.DEFINE_integer('accum', 1, 'Gradient accumulation micro-batches.')
 _FREEZE_TEXT = flags.DEFINE_bool('freeze_text', False, 'Freeze the text tower.')
@@ -197,9 +197,10 @@ def _config(variant: str):
   parts = variant.split('+')
   if parts[0] not in ('fp32', 'bf16'):
     raise ValueError(f'--variants: {variant!r} must start with fp32 or bf16')
-  unknown = sorted(set(parts[1:]) - {'remat', 'fsdp'})
+  unknown = sorted(set(parts[1:]) - {'remat', 'fsdp', 'cudnn'})
   if unknown:
-    raise ValueError(f'--variants: unknown modifier(s) {unknown} in {variant!r} (remat, fsdp)')
+    raise ValueError(f'--variants: unknown modifier(s) {unknown} in {variant!r} '
+                     '(remat, fsdp, cudnn)')
   cfg = config_lib.base_config()
   cfg.model.backbone = _BACKBONE.value
   cfg.model.init_from = None
@@ -208,6 +209,8 @@ def _config(variant: str):
   cfg.model.remat = 'remat' in parts
   if _ATTN.value:
     cfg.model.attention_impl = _ATTN.value
+  if 'cudnn' in parts:  # cuDNN fused attention (sequences padded to a multiple of 64)
+    cfg.model.attention_impl = 'cudnn'
   cfg.mesh.fsdp = 'fsdp' in parts
   cfg.model.clip_overrides.image_size = _IMAGE.value
   cfg.data.num_frames = _FRAMES.value

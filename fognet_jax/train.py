@@ -257,6 +257,9 @@ def setup_run(config: ml_collections.ConfigDict) -> Setup:
   prompt_tokens = prompts.tokenize_classes(class_names, tok)
   if config.train.get('num_templates', -1) > 0:
     prompt_tokens = prompt_tokens[:config.train.num_templates]  # (K, C, L)
+  # (K, C, L) -> (K, C, L'): the text tower is causal, positions after every prompt's
+  # end-of-text token change nothing and are not computed.
+  prompt_tokens = prompts.trim_context(prompt_tokens)
   spe, total, warmup = _resolve_steps(config, int(info.num_examples[config.data.get('train_split', 'train')]))
   return Setup(config, mesh, info, class_names, prompt_tokens, spe, total, warmup)
 

@@ -1,0 +1,145 @@
+"""The CLIP towers' fast paths compute what the plain paths compute.
+
+* `clip.Linear` (leading dims merged into one 2-D matmul) equals `nnx.Linear`;
+* `MultiHeadAttention` (q/k/v as one matmul, head-major attention) equals an independent
+  NumPy multi-head attention, causal and not;
+* the pooled last layer (`Transformer(rows=...)`: query, output projection and MLP of the
+  class / end-of-text token only) equals the full last layer read at that token, in values
+  and gradients, with and without remat;
+* `prompts.trim_context` (positions after the last end-of-text token dropped) leaves every
+  text embedding unchanged;
+* the cuDNN path's padding and masking (run with XLA's kernel here) equals unpadded attention.
+"""
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from fognet_jax import prompts
+from fognet_jax import tokenizer as tokenizer_lib
+from fognet_jax.models import clip
+
+
+def _np_attention(x, wq, bq, wk, bk, wv, bv, wo, bo, heads, causal):
+  """Multi-head self-attention in float64 NumPy: x (N, L, W)."""
+  x = x.astype(np.float64)
+  n, length, width = x.shape
+  d = width // heads
+  split = lambda t: t.reshape(n, length, heads, d).transpose(0, 2, 1, 3)  # (N, H, L, d)
+  q, k, v = split(x @ wq + bq), split(x @ wk + bk), split(x @ wv + bv)
+  logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)
+  if causal:
+    logits = np.where(np.tril(np.ones((length, length), bool)), logits, -np.inf)
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  out = (w @ v).transpose(0, 2, 1, 3).reshape(n, length, width)
+  return out @ wo + bo
+
+
+def test_linear_equals_nnx_linear_on_3d_inputs():
+  lin = clip.Linear(6, 5, rngs=nnx.Rngs(0))
+  ref = nnx.Linear(6, 5, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (3, 4, 6))
+  np.testing.assert_allclose(lin(x), ref(x), rtol=1e-6, atol=1e-6)
+  assert lin(x).shape == (3, 4, 5)
+  assert lin(x[0, 0]).shape == (5,)
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_attention_equals_numpy_with_random_biases(causal):
+  width, heads = 16, 4
+  mha = clip.MultiHeadAttention(width, heads, dtype=jnp.float32, rngs=nnx.Rngs(0),
+                                in_std=0.3, out_std=0.3)
+  keys = jax.random.split(jax.random.key(2), 4)
+  for proj, key in zip((mha.q_proj, mha.k_proj, mha.v_proj, mha.out_proj), keys):
+    proj.bias[...] = 0.5 * jax.random.normal(key, (width,))
+  x = np.asarray(jax.random.normal(jax.random.key(3), (2, 7, width)))
+  p = lambda m: (np.asarray(m.kernel[...], np.float64), np.asarray(m.bias[...], np.float64))
+  ref = _np_attention(x, *p(mha.q_proj), *p(mha.k_proj), *p(mha.v_proj), *p(mha.out_proj),
+                      heads, causal)
+  out = mha(jnp.asarray(x), causal=causal)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  # The row path reads the same attention at one position per sequence.
+  rows = jnp.asarray([6, 2])
+  row_out = mha.attend_row(jnp.asarray(x), rows, causal=causal)
+  np.testing.assert_allclose(row_out, ref[np.arange(2), [6, 2]], rtol=1e-5, atol=1e-5)
+
+
+def _full_image(model, x):
+  v = model.visual
+  return v.ln_post(v.tokens(x)[:, 0]) @ v.proj[...]
+
+
+def _full_text(model, ids):
+  t = model.text
+  eot = jnp.argmax(ids, axis=-1)
+  feats = jnp.take_along_axis(t.tokens(ids), eot[:, None, None], axis=1)[:, 0]
+  return feats @ t.text_projection[...]
+
+
+def _ids(rng, eot_positions, length=77):
+  ids = rng.integers(1, 400, size=(len(eot_positions), length))
+  for row, pos in enumerate(eot_positions):
+    ids[row, pos] = 49407
+  return jnp.asarray(ids, jnp.int32)
+
+
+@pytest.mark.parametrize('remat', [False, True])
+def test_pooled_last_layer_equals_full_last_layer(remat):
+  model = clip.create('tiny', seed=0, remat=remat)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 32, 32, 3)).astype(np.float32))
+  ids = _ids(rng, [5, 76, 0, 30])
+  np.testing.assert_allclose(model.encode_image(x), _full_image(model, x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(model.encode_text(ids), _full_text(model, ids), rtol=1e-5,
+                             atol=1e-5)
+
+  def loss(fn):
+    return lambda m: jnp.sum(jnp.sin(fn(m)))
+
+  fast = nnx.grad(loss(lambda m: jnp.concatenate([m.encode_image(x), m.encode_text(ids)])))(model)
+  full = nnx.grad(loss(lambda m: jnp.concatenate([_full_image(m, x), _full_text(m, ids)])))(model)
+  flat_fast, flat_full = jax.tree.leaves(fast), jax.tree.leaves(full)
+  assert len(flat_fast) == len(flat_full) > 10
+  for a, b in zip(flat_fast, flat_full):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+  # The last block's weights get gradients through the pooled rows.
+  blocks = fast.visual.transformer.resblocks
+  last = blocks[len(model.visual.transformer.resblocks) - 1].mlp.c_fc.kernel[...]
+  assert float(jnp.max(jnp.abs(last))) > 0
+
+
+def test_trim_context_keeps_text_embeddings():
+  model = clip.create('tiny', seed=1)
+  tok = tokenizer_lib.get_tokenizer('byte')
+  full = prompts.tokenize_classes(['walk', 'sidestep to the left'], tok)  # (K, C, 77)
+  trimmed = prompts.trim_context(full)
+  assert trimmed.shape[:2] == full.shape[:2]
+  assert trimmed.shape[-1] < full.shape[-1]
+  # Nothing but trailing positions after every prompt's end-of-text token was cut.
+  eot = np.argmax(full, axis=-1)
+  assert trimmed.shape[-1] == eot.max() + 1
+  k, c, _ = full.shape
+  a = model.encode_text(jnp.asarray(full.reshape(k * c, -1)))
+  b = model.encode_text(jnp.asarray(trimmed.reshape(k * c, -1)))
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # A prompt whose end-of-text token is last keeps the whole context.
+  ids = np.ones((2, 9), np.int32)
+  ids[1, 8] = 5
+  assert prompts.trim_context(ids).shape == (2, 9)
+
+
+def test_trim_context_rejects_empty_prompts():
+  with pytest.raises(ValueError, match='at least one position'):
+    prompts.trim_context(np.zeros((2, 0), np.int32))
+
+
+@pytest.mark.parametrize('length,causal', [(197, False), (77, True), (128, False)])
+def test_cudnn_padding_and_masking_equal_unpadded(length, causal):
+  keys = jax.random.split(jax.random.key(4), 3)
+  q, k, v = (jax.random.normal(key, (2, 3, length, 8)) for key in keys)  # (N, H, L, d)
+  ref = clip.attention(q, k, v, causal=causal)
+  padded = clip._cudnn_attention(q, k, v, causal=causal, implementation='xla')
+  assert padded.shape == ref.shape
+  np.testing.assert_allclose(padded, ref, rtol=1e-5, atol=1e-5)
