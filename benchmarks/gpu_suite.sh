@@ -14,6 +14,8 @@
 #                    time -> OUTDIR/profile_b16_top20.txt (traces in OUTDIR/traces/)
 #   2 e2e            python -m fognet_jax.main, configs/synthetic_224.py (real input pipeline,
 #                    synthetic_fog_act/bench224, 8x224^2, B=16, 60 steps) -> e2e_metrics.jsonl
+#   2b cudnn_b16     FogNet bf16 B=16 with XLA attention and with cuDNN fused attention (tokens
+#                    padded to a multiple of 64 and masked), same process (skipped with --tiny)
 #   3 fognet_b32     FogNet bf16 B=32: torch first, then ours (both do not fit at once on 80 GB)
 #   4 actionclip_b16 ActionCLIP bf16 B=16: ours against torch eager
 #   5 e2e_step       the step alone at the e2e shapes (14 classes), for the e2e comparison

@@ -13,9 +13,11 @@ load without change:
   ``logit_scale`` (log scale, initialised to ``log(1 / 0.07)``).
 
 Mixed precision: parameters are always float32. With ``dtype=jnp.bfloat16`` the matmuls
-and the convolution run in bfloat16, while LayerNorm, the attention softmax (inside
-``jax.nn.dot_product_attention``) and the residual stream stay in float32; the encoders
-always return float32.
+and the convolution run in bfloat16, while LayerNorm, the attention softmax and the
+residual stream stay in float32; the encoders always return float32.
+
+Speed (exact rewrites, see ``docs/clip.md``): dense layers run as 2-D matmuls, q/k/v as one
+matmul, attention head-major, and the last layer only at the pooled token.
 
 Typical use::
 
@@ -759,10 +761,10 @@ class CLIP(nnx.Module):
     config: the model's :class:`CLIPConfig`.
     dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); params stay float32.
     remat: rematerialise each residual block in the backward pass (saves memory).
-    attention_impl: ``jax.nn.dot_product_attention`` implementation: None or 'xla' (XLA's,
-      any shape, forward and backward), or 'cudnn' (cuDNN's fused kernel: GPU, 16-bit
-      dtype; faster B/16 inference, but jax 0.11.2 refused a 785-token sequence and its
-      backward pass is untested here, so it is opt-in).
+    attention_impl: None or 'xla' (the towers' own einsum attention, :func:`attention`:
+      any shape and platform), or 'cudnn' (cuDNN's fused kernel through
+      ``jax.nn.dot_product_attention``: GPU, 16-bit dtype; sequences padded to a multiple
+      of ``CUDNN_SEQ_MULTIPLE`` and masked; opt-in until measured on a GPU).
     rngs: random streams for the initialisation.
   """
 

@@ -79,8 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
     dtype: compute dtype of the towers and heads, 'float32' or 'bfloat16' (params fp32,
       losses always fp32).
     remat: rematerialise the transformer blocks of the towers in the backward pass.
-    attention_impl: ``jax.nn.dot_product_attention`` implementation of the CLIP towers and
-      the temporal transformer: None (CLIP's automatic choice), 'xla' or 'cudnn'.
+    attention_impl: attention of the CLIP towers and the temporal transformer: None or
+      'xla' (einsum attention, any platform) or 'cudnn' (cuDNN's fused kernel, GPU).
     clip_overrides: CLIPConfig fields replacing the backbone's (from-scratch models only),
       e.g. ``image_size=64, patch_size=8, vision_width=128``; None entries are ignored.
     arch: 'fognet' (two streams, training with clean + foggy clips) or 'actionclip'.

@@ -15,13 +15,16 @@ at inference and are an input of ``predict``; the text tower's cost is reported 
 per prompt. The compilation always targets the host CPU (inputs placed on a CPU device),
 also on a GPU machine: XLA's GPU cost analysis leaves out the GEMMs it hands to
 cuBLAS / cuDNN (it reported 23 GFLOPs instead of 283 for FogNet ViT-B/16 on an H200).
-``*_analytic`` fields are a hand count of the image tower's multiply-adds (a
-cross-check of XLA's number).
+``gmacs_vision_analytic`` is a hand count of the image tower's multiply-adds as papers
+count them (every layer for every token); ``gmacs_vision_computed`` the same count for what
+the tower computes (the last layer for the class token only, see ``docs/clip.md``), the
+cross-check of XLA's number.
 
 Fields: params_trainable (all ``nnx.Param`` scalars: both towers, logit scale, FogNet
 modules), params_visual, params_text (incl. token_embedding, also given alone),
 params_heads (FAS + ME + temporal transformer), gflops_inference (XLA, multiply-add
-= 2), gmacs_inference, gflops_text_per_prompt, gmacs_vision_analytic, plus the shape used.
+= 2), gmacs_inference, gflops_text_per_prompt, gmacs_vision_analytic,
+gmacs_vision_computed, plus the shape used.
 """
 from __future__ import annotations
 
@@ -87,15 +90,25 @@ def resnet_macs_analytic(clip_cfg, image_size: int) -> float:
   return float(macs)
 
 
-def vision_macs_analytic(clip_cfg, frames: int, image_size: int) -> float:
-  """Multiply-adds of the CLIP image tower on ``frames`` images (matmuls and patch conv)."""
+def vision_macs_analytic(clip_cfg, frames: int, image_size: int, *,
+                         pooled_last_layer: bool = False) -> float:
+  """Multiply-adds of the CLIP image tower on ``frames`` images (matmuls and patch conv).
+
+  By default every layer is counted for every token, as papers count a ViT (the model's
+  FLOPs). ``pooled_last_layer=True`` counts what ``clip.VisionTransformer`` computes: the last
+  layer's keys and values for every token, its query, attention, output projection and MLP
+  for the class token only (the only token read).
+  """
   if clip_cfg.is_resnet:
     return float(frames * resnet_macs_analytic(clip_cfg, image_size))
   g = image_size // clip_cfg.patch_size
-  n, w = g * g + 1, clip_cfg.vision_width
-  per_layer = 4 * n * w * w + 2 * n * n * w + 2 * n * w * clip_cfg.vision_mlp
-  per_image = (g * g * clip_cfg.patch_size**2 * 3 * w + clip_cfg.vision_layers * per_layer
-               + w * clip_cfg.embed_dim)
+  n, w, m = g * g + 1, clip_cfg.vision_width, clip_cfg.vision_mlp
+  per_layer = 4 * n * w * w + 2 * n * n * w + 2 * n * w * m
+  last = per_layer
+  if pooled_last_layer:
+    last = 2 * n * w * w + 2 * w * w + 2 * n * w + 2 * w * m  # k, v; q, out; attention; MLP
+  per_image = (g * g * clip_cfg.patch_size**2 * 3 * w
+               + (clip_cfg.vision_layers - 1) * per_layer + last + w * clip_cfg.embed_dim)
   return float(frames * per_image)
 
 
@@ -156,6 +169,8 @@ def measure(model_cfg, *, frames: int = 8, image_size: int = 224,
       "gmacs_inference": round(flops / 2e9, 3),
       "gflops_text_per_prompt": round(text_flops / 1e9, 3),
       "gmacs_vision_analytic": round(vision_macs_analytic(clip_cfg, frames, image_size) / 1e9, 3),
+      "gmacs_vision_computed": round(vision_macs_analytic(
+          clip_cfg, frames, image_size, pooled_last_layer=True) / 1e9, 3),
       "flops_convention": "XLA cost analysis; multiply-add = 2 flops; gmacs = gflops / 2",
       "backend": "cpu",
   }
