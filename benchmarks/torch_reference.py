@@ -127,11 +127,12 @@ class ReferenceStep:
 def build_reference(*, backbone: str = 'ViT-B/16', arch: str = 'fognet', image_size: int = 224,
                     frames: int = 8, batch: int = 16, classes: int = 55, dtype: str = 'bf16',
                     modes: tuple[str, ...] = MODES, device: Optional[str] = None,
-                    seed: int = 0) -> ReferenceStep:
+                    seed: int = 0, prompt_len: int = 77) -> ReferenceStep:
   """Builds the reference model, optimizer and a fixed random batch; nothing runs yet.
 
   One model and optimizer serve all ``modes`` (the compiled mode wraps the same loss function),
-  so building both costs one set of weights.
+  so building both costs one set of weights. Prompts are 77 tokens: random ids, end-of-text at
+  ``prompt_len - 1``, zeros after it (as ``clip.tokenize`` pads), all 77 encoded.
   """
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -160,7 +161,10 @@ def build_reference(*, backbone: str = 'ViT-B/16', arch: str = 'fognet', image_s
   gen = torch.Generator(device='cpu').manual_seed(seed)
   pixels = torch.randn(streams * b * t, 3, s, s, generator=gen).to(device)  # (S*B*T, 3, H, W)
   ids = torch.randint(1, 400, (c, CONTEXT), generator=gen)
-  ids[:, -1] = EOT_TOKEN
+  if not 2 <= prompt_len <= CONTEXT:
+    raise ValueError(f'torch reference: prompt_len must be in [2, {CONTEXT}], got {prompt_len}')
+  ids[:, prompt_len - 1] = EOT_TOKEN
+  ids[:, prompt_len:] = 0
   ids = ids.to(device)
   labels = (torch.arange(b) % c).to(device)
   pair_targets = torch.arange(b, device=device)

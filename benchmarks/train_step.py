@@ -57,6 +57,10 @@ _IMAGE = flags.DEFINE_integer('image_size', 32, 'Frame resolution.')
 _FRAMES = flags.DEFINE_integer('frames', 2, 'Frames per clip.')
 _BATCH = flags.DEFINE_integer('batch', 4, 'Global batch (clip pairs per step).')
 _CLASSES = flags.DEFINE_integer('classes', 55, 'Number of classes (text prompts per step).')
+_PROMPT_LEN = flags.DEFINE_integer(
+    'prompt_len', 77, 'Tokens up to and including end-of-text in every prompt (2..77); the '
+    'rest of the 77 is zero padding, as clip.tokenize writes it. Ours trims the padding '
+    '(prompts.trim_context, as training does); the torch reference encodes all 77.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per variant (per repeat).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps before each timing.')
 _VARIANTS = flags.DEFINE_list('variants', ['fp32', 'bf16', 'fp32+remat', 'bf16+remat'],
@@ -141,21 +145,23 @@ def vit_forward_flops(clip_cfg, image_size: int) -> float:
   return 2.0 * macs
 
 
-def text_forward_flops(clip_cfg) -> float:
-  """Forward FLOPs of one prompt (context_length tokens) through the CLIP text tower.
+def text_forward_flops(clip_cfg, length: int | None = None) -> float:
+  """Forward FLOPs of one prompt (`length` tokens, default context_length) through the
+  CLIP text tower.
 
   Same per-layer count as `vit_forward_flops` with n = context_length (77): the causal mask
   does not shrink XLA's or SDPA's dense attention matmuls, so Q K^T and A V count in full.
   Plus the projection of the end-of-text token. The token embedding is a gather (0 FLOPs).
   """
-  n, w = clip_cfg.context_length, clip_cfg.text_width
+  n, w = length or clip_cfg.context_length, clip_cfg.text_width
   m = clip_cfg.text_mlp_dim or 4 * w
   per_layer = 4 * n * w * w + 2 * n * n * w + 2 * n * w * m
   return 2.0 * (clip_cfg.text_layers * per_layer + w * clip_cfg.embed_dim)
 
 
 def train_step_flops(clip_cfg, *, image_size: int, frames: int, batch: int, classes: int,
-                     streams: int, text_trainable: bool = True) -> dict:
+                     streams: int, text_trainable: bool = True,
+                     prompt_len: int | None = None) -> dict:
   """Analytic FLOPs of one train step (multiply-add = 2 FLOPs).
 
     image = vit_forward_flops(image_size) * frames * streams * batch
@@ -169,11 +175,11 @@ def train_step_flops(clip_cfg, *, image_size: int, frames: int, batch: int, clas
   Gradient accumulation does not change the count (the same clips pass once).
   """
   img = vit_forward_flops(clip_cfg, image_size) * frames * streams * batch
-  txt = text_forward_flops(clip_cfg) * classes
+  txt = text_forward_flops(clip_cfg, prompt_len) * classes
   total = 3.0 * img + (3.0 if text_trainable else 1.0) * txt
   return {'image_forward_flops': img, 'text_forward_flops': txt, 'step_flops': total,
           'image_forward_flops_per_frame': vit_forward_flops(clip_cfg, image_size),
-          'text_forward_flops_per_prompt': text_forward_flops(clip_cfg)}
+          'text_forward_flops_per_prompt': text_forward_flops(clip_cfg, prompt_len)}
 
 
 def check_flops_units(clip_cfg, image_size: int) -> None:
@@ -266,8 +272,11 @@ class OurStep:
                                       freeze_text=cfg.train.freeze_text)
     rng = np.random.default_rng(0)
     b, t, s = _BATCH.value, _FRAMES.value, _IMAGE.value
+    from fognet_jax import prompts  # pylint: disable=g-import-not-at-top
     tokens = rng.integers(1, 400, size=(16, _CLASSES.value, 77)).astype(np.int32)
-    tokens[..., -1] = 49407  # EOT, the text tower pools at the largest id
+    tokens[..., _PROMPT_LEN.value - 1] = 49407  # EOT, the text tower pools at the largest id
+    tokens[..., _PROMPT_LEN.value:] = 0  # padding
+    tokens = prompts.trim_context(tokens)  # (16, C, prompt_len), as train.setup_run does
     self.tokens = jax.device_put(jnp.asarray(tokens), sharding.replicated(mesh))
     batch = {'clean': rng.normal(size=(b, t, s, s, 3)).astype(np.float32),
              'foggy': rng.normal(size=(b, t, s, s, 3)).astype(np.float32),
@@ -310,7 +319,8 @@ def run_variant(variant: str, devices) -> dict:
   check_flops_units(ours.clip_cfg, _IMAGE.value)
   flops = train_step_flops(ours.clip_cfg, image_size=_IMAGE.value, frames=_FRAMES.value,
                            batch=_BATCH.value, classes=_CLASSES.value, streams=ours.streams,
-                           text_trainable=not _FREEZE_TEXT.value)
+                           text_trainable=not _FREEZE_TEXT.value,
+                           prompt_len=_PROMPT_LEN.value)
   peak, peak_source = peak_flops_per_device(devices[0].device_kind, dtype, _PEAK.value)
   ref = None
   if _COMPARE.value:
@@ -318,7 +328,7 @@ def run_variant(variant: str, devices) -> dict:
     ref = torch_reference.build_reference(
         backbone=_BACKBONE.value, arch=_ARCH.value, image_size=_IMAGE.value,
         frames=_FRAMES.value, batch=_BATCH.value, classes=_CLASSES.value, dtype=dtype,
-        modes=tuple(_TORCH_MODES.value))
+        modes=tuple(_TORCH_MODES.value), prompt_len=_PROMPT_LEN.value)
   timings = []
 
   def time_ours(r):
@@ -385,7 +395,7 @@ def _fmt(x, spec, none='n/a'):
 def _print_tables(results, devices) -> None:
   base = results[0]
   print(f'\nbackbone {_BACKBONE.value} {_FRAMES.value}x{_IMAGE.value}^2 batch {_BATCH.value} '
-        f'classes {_CLASSES.value} accum {_ACCUM.value} arch {_ARCH.value}, {len(devices)} x '
+        f'classes {_CLASSES.value} prompt_len {_PROMPT_LEN.value} accum {_ACCUM.value} arch {_ARCH.value}, {len(devices)} x '
         f'{devices[0].device_kind}, {results[0]["params"] / 1e6:.1f}M params, '
         f'{base["step_tflops"]:.4g} TFLOP/step (analytic), peak {base["peak_source"]}')
   print(f'{"variant":<16}{"pairs/s":>10}{"ratio":>8}{"step ms":>10}{"TFLOP/s":>10}{"MFU":>8}'
@@ -438,6 +448,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _REPEATS.value < 1 or _STEPS.value < 1 or _WARMUP.value < 0:
     raise app.UsageError('--repeats and --steps must be >= 1, --warmup >= 0')
+  if not 2 <= _PROMPT_LEN.value <= 77:
+    raise app.UsageError(f'--prompt_len must be in [2, 77], got {_PROMPT_LEN.value}')
   if _COMPARE.value:
     bad = [m for m in _TORCH_MODES.value if m not in ('eager', 'compile')]
     if bad or not _TORCH_MODES.value:
