@@ -149,7 +149,7 @@ def validate_config(model_cfg: ml_collections.ConfigDict) -> None:
   if model_cfg.get("attention_impl") not in (None, "xla", "cudnn"):
     fail("attention_impl", f"must be None, 'xla' or 'cudnn', got {model_cfg.attention_impl!r}")
   if model_cfg.dtype not in ("float32", "bfloat16", "float16"):
-    fail("dtype", f"must be 'float32' or 'bfloat16', got {model_cfg.dtype!r}")
+    fail("dtype", f"must be 'float32', 'bfloat16' or 'float16', got {model_cfg.dtype!r}")
   for name in ("fas", "me", "csa"):
     if "enabled" not in model_cfg[name]:
       fail(f"{name}.enabled", "missing")
