@@ -695,11 +695,11 @@ class AttentionPool2d(nnx.Module):
     x = x + interpolate_pos_embed(self.positional_embedding[...], (self.grid, self.grid),
                                   (gh, gw))[None]
     # Only the mean token queries; the same attention as MultiHeadAttention's.
-    split = lambda t: einops.rearrange(t, 'n l (h d) -> n l h d', h=self.heads)
+    split = lambda t: einops.rearrange(t, 'n l (h d) -> n h l d', h=self.heads)
     q = split(self.q_proj(x[:, :1]))
     k, v = split(self.k_proj(x)), split(self.v_proj(x))
-    out = jax.nn.dot_product_attention(q, k, v, implementation='xla')  # (n, 1, heads, d)
-    return self.c_proj(einops.rearrange(out[:, 0], 'n h d -> n (h d)')).astype(jnp.float32)
+    out = attention(q, k, v, causal=False)  # (n, heads, 1, d)
+    return self.c_proj(einops.rearrange(out, 'n h 1 d -> n (h d)')).astype(jnp.float32)
 
 
 class ModifiedResNet(nnx.Module):

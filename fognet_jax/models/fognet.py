@@ -46,7 +46,6 @@ Readings of the paper (the alternative is a config switch; the default is listed
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import einops
@@ -177,11 +176,7 @@ def attention(q: Array, k: Array, v: Array, num_heads: int) -> Array:
     (B, N, D) in the dtype of ``v``.
   """
   split = lambda t: einops.rearrange(t, "b n (h d) -> b h n d", h=num_heads)
-  qh, kh, vh = split(q), split(k), split(v)
-  scale = 1.0 / math.sqrt(qh.shape[-1])
-  logits = jnp.einsum("bhnd,bhmd->bhnm", qh, kh, preferred_element_type=jnp.float32) * scale
-  weights = jax.nn.softmax(logits, axis=-1).astype(vh.dtype)  # (B, H, N, M)
-  out = jnp.einsum("bhnm,bhmd->bhnd", weights, vh)
+  out = clip.attention(split(q), split(k), split(v), causal=False)  # (B, H, N, d)
   return einops.rearrange(out, "b h n d -> b n (h d)")
 
 
