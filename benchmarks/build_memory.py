@@ -41,7 +41,7 @@ MODES = ("baseline", "naive_decode", "stream_read", "example", "example_full",
 def make_pair(workdir: str, seconds: float, fps: int = 25) -> tuple[str, str]:
   """Writes clean.mp4 / foggy.mp4 (1920×1080) under workdir/manual/ unless present."""
   import numpy as np
-  from fognet_jax import video_io
+  from tfds_fogact import video_io
 
   manual = os.path.join(workdir, "manual")
   clean = os.path.join(manual, "clean.mp4")
@@ -103,8 +103,7 @@ def _child(mode: str, workdir: str) -> dict:
   import tensorflow_datasets as tfds
 
   import tfds_fogact  # noqa: F401
-  from fognet_jax import video_io
-  from tfds_fogact import common
+  from tfds_fogact import common, video_io
   from tfds_fogact.fogact import annotations, fogact_dataset_builder, video_pairs
 
   manual = os.path.join(workdir, "manual")
@@ -189,7 +188,7 @@ def main() -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   t = time.perf_counter()
   clean, _ = make_pair(args.workdir, args.seconds)
-  from fognet_jax import video_io
+  from tfds_fogact import video_io
   info = video_io.probe(clean)
   print(f"pair: {info.width}×{info.height}, {info.fps:g} fps, {info.num_frames} frames "
         f"({info.duration_s:.1f} s), {os.path.getsize(clean) / 2**20:.1f} MiB per video "

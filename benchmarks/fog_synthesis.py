@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from fognet_jax import fog  # pylint: disable=g-import-not-at-top
+from tfds_fogact import fog  # pylint: disable=g-import-not-at-top
 
 
 def _time(fn, repeats):

@@ -16,7 +16,7 @@ import matplotlib  # pylint: disable=g-import-not-at-top
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from fognet_jax import fog  # pylint: disable=g-import-not-at-top
+from tfds_fogact import fog  # pylint: disable=g-import-not-at-top
 from tfds_fogact.synthetic_fog_act import renderer  # pylint: disable=g-import-not-at-top
 from tfds_fogact.synthetic_fog_act import synthetic_fog_act_dataset_builder as sfa  # pylint: disable=g-import-not-at-top
 

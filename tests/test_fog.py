@@ -1,8 +1,8 @@
-"""Tests of the ASM fog synthesis (fognet_jax/fog.py)."""
+"""Tests of the ASM fog synthesis (tfds_fogact/fog.py)."""
 import numpy as np
 import pytest
 
-from fognet_jax import fog
+from tfds_fogact import fog
 
 
 def _clip(t=4, h=24, w=32, seed=0):

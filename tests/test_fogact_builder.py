@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 import tfds_testutil
 
 import tfds_fogact  # noqa: F401  (registers the builders)
-from fognet_jax import video_io
+from tfds_fogact import video_io
 from tfds_fogact.fogact import annotations
 from tfds_fogact.fogact import fogact_dataset_builder
 from tfds_fogact.fogact import video_pairs
@@ -225,7 +225,7 @@ def test_bad_video_stops_build_naming_file(tmp_path, monkeypatch):
 
 
 def test_dummy_data_trims_with_warning(tmp_path, caplog):
-  with caplog.at_level(logging.WARNING, logger="fognet_jax.video_io"):
+  with caplog.at_level(logging.WARNING, logger="tfds_fogact.video_io"):
     builder = _build(DUMMY, tmp_path)
   assert "clip 'c3': clean has 4 frames, foggy has 3; trimmed both to 3" in caplog.text
   assert "dropped the last 1 clean frame" in caplog.text

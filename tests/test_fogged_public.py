@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 import tfds_testutil
 
 import tfds_fogact  # noqa: F401  (registers the builders)
-from fognet_jax import fog, video_io
+from tfds_fogact import fog, video_io
 from tfds_fogact.fogact import annotations
 from tfds_fogact.fogged_public import fogged_public, splits
 

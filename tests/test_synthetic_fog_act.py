@@ -8,8 +8,7 @@ import tensorflow_datasets as tfds
 import tfds_testutil
 
 import tfds_fogact  # noqa: F401  (registers the builders)
-from fognet_jax import fog
-from tfds_fogact import common
+from tfds_fogact import common, fog
 from tfds_fogact.synthetic_fog_act import renderer
 from tfds_fogact.synthetic_fog_act import synthetic_fog_act_dataset_builder as sfa
 

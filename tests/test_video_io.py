@@ -1,4 +1,4 @@
-"""Tests for fognet_jax.video_io: round trips, frame-rate subsampling, resizing, bad files."""
+"""Tests for tfds_fogact.video_io: round trips, frame-rate subsampling, resizing, bad files."""
 import dataclasses
 import logging
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fognet_jax import video_io
+from tfds_fogact import video_io
 
 NUM_FRAMES = 50
 FPS = 25
@@ -157,7 +157,7 @@ def test_video_error_pickles():
 def test_trim_pair_warns_how_much(caplog):
   clean = np.zeros((10, 2, 2, 3), np.uint8)
   foggy = np.ones((7, 2, 2, 3), np.uint8)
-  with caplog.at_level(logging.WARNING, logger="fognet_jax.video_io"):
+  with caplog.at_level(logging.WARNING, logger="tfds_fogact.video_io"):
     c, f, dropped = video_io.trim_pair(clean, foggy, name="clip_7")
   assert c.shape[0] == f.shape[0] == 7 and dropped == 3
   assert "clip_7" in caplog.text and "dropped the last 3 clean frames" in caplog.text

@@ -8,7 +8,11 @@ Importing this package registers the builders with TFDS:
   UCF-101, HMDB-51, Kinetics-100 fogged at build time, manual download.
 
 A builder package is imported when its folder exists; each package's
-``__init__`` imports its builder module(s), which registers them.
+``__init__`` imports its builder module(s), which registers them. The plain
+modules next to them are the builders' shared code: ``common`` (features,
+``PERSPECTIVES`` / ``FOG_LEVELS``, preparation, random access), ``fog`` (ASM fog
+synthesis) and ``video_io`` (PyAV decoding and writing); only ``BUILDER_PACKAGES``
+are imported by the loop below.
 """
 import importlib as _importlib
 import pathlib as _pathlib

@@ -28,8 +28,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from fognet_jax.video_io import VIDEO_EXTENSIONS
 from tfds_fogact import common
+from tfds_fogact.video_io import VIDEO_EXTENSIONS
 
 ANNOTATION_COLUMNS = ("clip_id", "label", "clean", "foggy", "scene", "perspective", "fog",
                       "split")

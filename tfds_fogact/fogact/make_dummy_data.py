@@ -16,7 +16,7 @@ import shutil
 
 import numpy as np
 
-from fognet_jax import video_io
+from tfds_fogact import video_io
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLASSES = ["walk", "wave", "jump"]

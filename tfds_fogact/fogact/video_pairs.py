@@ -1,7 +1,7 @@
 """Turning annotated clips into paired TFDS examples, shared by the real-video builders.
 
 * `read_clip` / `read_clip_jpeg` decode one video under a `common.VideoBuilderConfig`
-  (frame-rate subsampling and resizing happen while decoding, see `fognet_jax.video_io`);
+  (frame-rate subsampling and resizing happen while decoding, see `tfds_fogact.video_io`);
   recorded pairs are JPEG-encoded frame by frame as they are decoded, so a build holds one
   encoded example (and, for the fogged public datasets, one reduced decoded clip) whatever
   the source resolution.
@@ -24,10 +24,9 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
-from fognet_jax import video_io
-from fognet_jax.video_io import VideoError
-from tfds_fogact import common
+from tfds_fogact import common, video_io
 from tfds_fogact.fogact.annotations import Clip
+from tfds_fogact.video_io import VideoError
 
 SKIP_ENV = "FOGACT_SKIP_BAD"
 REPORT_FILE = "build_report.tsv"

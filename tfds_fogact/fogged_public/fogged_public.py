@@ -2,7 +2,7 @@
 ``kinetics100_fog``.
 
 The clean stream is the original video (decoded, subsampled and resized by the builder
-config); the foggy stream is the same frames through `fognet_jax.fog.apply_fog` (ASM with
+config); the foggy stream is the same frames through `tfds_fogact.fog.apply_fog` (ASM with
 the monocular depth prior and drifting heterogeneous fog). Each clip's fog level
 (light/dense) and fog seed are drawn from (config.fog_seed, clip_id), so a build is
 deterministic and independent of clip order; the level is stored in the ``fog`` feature.
@@ -17,8 +17,8 @@ import zlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fognet_jax import fog as fog_lib
 from tfds_fogact import common
+from tfds_fogact import fog as fog_lib
 from tfds_fogact.fogact import annotations
 from tfds_fogact.fogact import fogact_dataset_builder as fogact_builder
 from tfds_fogact.fogact import video_pairs

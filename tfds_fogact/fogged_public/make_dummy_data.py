@@ -14,7 +14,7 @@ import csv
 import os
 import shutil
 
-from fognet_jax import video_io
+from tfds_fogact import video_io
 from tfds_fogact.fogact.make_dummy_data import tiny_clip
 
 HERE = os.path.dirname(os.path.abspath(__file__))

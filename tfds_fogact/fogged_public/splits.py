@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 
 from tfds_fogact import common
 from tfds_fogact.fogact.annotations import AnnotationError, Clip, read_classes, read_csv_rows
-from fognet_jax.video_io import VIDEO_EXTENSIONS
+from tfds_fogact.video_io import VIDEO_EXTENSIONS
 
 UCF_LIST_DIR = "ucfTrainTestlist"
 UCF_VIDEO_DIRS = ("UCF-101", "UCF101", "videos")

@@ -3,7 +3,7 @@
 Each example is one procedurally rendered clip (see `renderer.py`) of an
 articulated figure performing one of 14 actions, stored twice: the clean frames
 and the same frames fogged with the atmospheric scattering model
-(`fognet_jax.fog.apply_fog`, with the renderer's per-pixel depth map and
+(`tfds_fogact.fog.apply_fog`, with the renderer's per-pixel depth map and
 heterogeneous drifting fog). Half of the clips get light fog, half dense fog (the
 `fog` feature). Actions come in pairs that differ only in temporal order or
 direction (sit down / stand up, raise / lower arms, sidestep left / right, turn
@@ -32,7 +32,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fognet_jax import fog
+from tfds_fogact import fog
 from tfds_fogact import common
 from tfds_fogact.synthetic_fog_act import renderer
 
