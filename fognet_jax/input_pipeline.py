@@ -21,7 +21,8 @@ Training (``train_iterator``):
   the foggy clip still shows frame i of the clean clip. All colour operations are
   per-pixel functions (contrast pivots on mid-grey 0.5 rather than the image mean
   as torchvision does, so the clean and foggy frames get the same function).
-* CLIP normalisation: (x / 255 - IMAGE_MEAN) / IMAGE_STD.
+* CLIP normalisation: (x / 255 - IMAGE_MEAN) / IMAGE_STD, the constants of
+  ``models.clip``.
 * Determinism and resume: global sample ``g = step * B * P + process * B + j``
   (B per-process batch, P processes) is example ``perm_e[g mod N]`` of epoch
   ``e = g // N`` (``perm_e`` a permutation seeded by (seed, e)), augmented with a
@@ -58,12 +59,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-# OpenAI CLIP normalisation (RGB, [0, 1] scale); same values as models.clip.IMAGE_MEAN/STD.
-IMAGE_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-IMAGE_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
-
-PERSPECTIVES = ("front", "back", "left", "right")
-FOG_LEVELS = ("light", "dense")
+from fognet_jax.models import clip as clip_lib
+from tfds_fogact import common
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -108,8 +105,8 @@ def _fog_filter(data_cfg) -> Optional[str]:
   fog = data_cfg.get("fog")
   if fog in (None, "", "multi", "all"):
     return None
-  if fog not in FOG_LEVELS:
-    raise ValueError(f"config.data.fog must be one of {FOG_LEVELS}, 'multi' or None, got {fog!r}")
+  if fog not in common.FOG_LEVELS:
+    raise ValueError(f"config.data.fog must be one of {common.FOG_LEVELS}, 'multi' or None, got {fog!r}")
   return fog
 
 
@@ -118,10 +115,10 @@ def _perspective_filter(data_cfg) -> Optional[tuple[str, ...]]:
   if p in (None, "", "all"):
     return None
   names = tuple(x.strip() for x in p.split(",")) if isinstance(p, str) else tuple(p)
-  bad = [x for x in names if x not in PERSPECTIVES]
+  bad = [x for x in names if x not in common.PERSPECTIVES]
   if bad or not names:
     raise ValueError(f"config.data.perspective: unknown perspective(s) {bad}; use a comma-separated "
-                     f"subset of {PERSPECTIVES} or None")
+                     f"subset of {common.PERSPECTIVES} or None")
   return names
 
 
@@ -189,7 +186,6 @@ def prepare(data_cfg) -> DataInfo:
   ``build_if_missing``); a manual-download dataset needs ``config.data.manual_dir``.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tfds_fogact import common  # pylint: disable=g-import-not-at-top
   validate(data_cfg)
   builder = _builder_cached(data_cfg.dataset, data_cfg.get("data_dir"))
   if not builder.is_prepared():
@@ -271,7 +267,6 @@ class EncodedSource(collections.abc.Sequence):
 def _source(data_cfg, split: str) -> EncodedSource:
   """Random-access source of `split` (ArrayRecord copy) with the videos left encoded."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tfds_fogact import common  # pylint: disable=g-import-not-at-top
   builder = _builder_cached(data_cfg.dataset, data_cfg.get("data_dir"))
   src = common.data_source(builder, split,
                            deserialize_method=tfds.decode.DeserializeMethod.DESERIALIZE_NO_DECODE)
@@ -434,7 +429,7 @@ def normalize(frames_uint8_or_unit: np.ndarray, already_unit: bool = False) -> n
   x = frames_uint8_or_unit.astype(np.float32)
   if not already_unit:
     x = x * np.float32(1 / 255)
-  return (x - IMAGE_MEAN) / IMAGE_STD
+  return (x - np.asarray(clip_lib.IMAGE_MEAN, np.float32)) / np.asarray(clip_lib.IMAGE_STD, np.float32)
 
 
 def make_train_pair(example, data_cfg, rng: np.random.Generator, return_flip: bool = False):

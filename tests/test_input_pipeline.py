@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from fognet_jax import input_pipeline as ip
+from fognet_jax.models import clip
 
 T_SRC, H, W = 12, 40, 56
 
@@ -84,7 +85,7 @@ def _cfg(**kw):
 
 
 def _unnorm(x):
-  return x * ip.IMAGE_STD + ip.IMAGE_MEAN
+  return x * np.asarray(clip.IMAGE_STD, np.float32) + np.asarray(clip.IMAGE_MEAN, np.float32)
 
 
 def _take(it, n):
@@ -227,11 +228,11 @@ def test_multiscale_crop_box():
 
 
 def test_normalisation_matches_clip_constants():
-  from fognet_jax.models import clip  # pylint: disable=g-import-not-at-top
-  np.testing.assert_allclose(ip.IMAGE_MEAN, clip.IMAGE_MEAN, rtol=1e-6)
-  np.testing.assert_allclose(ip.IMAGE_STD, clip.IMAGE_STD, rtol=1e-6)
+  mean, std = np.asarray(clip.IMAGE_MEAN), np.asarray(clip.IMAGE_STD)
   x = np.full((1, 2, 2, 3), 200, np.uint8)
-  np.testing.assert_allclose(ip.normalize(x)[0, 0, 0], (200 / 255 - ip.IMAGE_MEAN) / ip.IMAGE_STD, rtol=1e-5)
+  np.testing.assert_allclose(ip.normalize(x)[0, 0, 0], (200 / 255 - mean) / std, rtol=1e-5)
+  np.testing.assert_allclose(ip.normalize(x / 255, already_unit=True)[0, 0, 0], (200 / 255 - mean) / std,
+                             rtol=1e-5)
 
 
 @pytest.mark.parametrize("key, value, match", [
