@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 import tfds_fogact  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 from fognet_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+from fognet_jax import records  # pylint: disable=g-import-not-at-top
 from tfds_fogact import common  # pylint: disable=g-import-not-at-top
 
 
@@ -89,7 +90,7 @@ def main():
   cfg.data_dir = args.data_dir
   cfg.num_frames = 8
   cfg.image_size = 224
-  ip.prepare(cfg)
+  records.prepare(cfg)
   rows = []
   for workers in [int(w) for w in args.workers.split(",")]:
     cfg.num_workers = workers

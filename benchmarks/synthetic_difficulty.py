@@ -21,15 +21,17 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
 
-from fognet_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+from fognet_jax import augment  # pylint: disable=g-import-not-at-top
+from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+from fognet_jax import records  # pylint: disable=g-import-not-at-top
 
 
 def load(cfg, split, stream):
-  src = ip._source(cfg, split)  # pylint: disable=protected-access
+  src = records.source(cfg, split)
   xs, ys, fogs = [], [], []
   for i in range(len(src)):
     ex = src[i]
-    xs.append(ip.make_eval_views({"foggy": ex[stream]}, cfg)[0])  # (T, S, S, 3)
+    xs.append(augment.make_eval_views({"foggy": ex[stream]}, cfg)[0])  # (T, S, S, 3)
     ys.append(ex["label"])
     fogs.append(ex["fog"])
   return np.stack(xs), np.asarray(ys), np.asarray(fogs)
@@ -62,10 +64,10 @@ def main():
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--epochs", type=int, default=30)
   args = parser.parse_args()
-  cfg = ip.get_config()
+  cfg = input_pipeline.get_config()
   cfg.data_dir = args.data_dir
   cfg.image_size, cfg.num_frames, cfg.augment.enabled = 48, 8, False
-  info = ip.prepare(cfg)
+  info = records.prepare(cfg)
   xtr, ytr, _ = load(cfg, "train", "clean")
   xte, yte, fte = load(cfg, "test", "clean")
   xtf, _, _ = load(cfg, "test", "foggy")

@@ -54,10 +54,11 @@ def load(data_dir):
   """(frames uint8 (N, 16, H, W, 3), labels, perspective ids) of both splits, foggy stream."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from fognet_jax import records  # pylint: disable=g-import-not-at-top
   from tfds_fogact import common  # pylint: disable=g-import-not-at-top
   cfg = input_pipeline.get_config()
   cfg.dataset, cfg.data_dir = 'synthetic_fog_act', data_dir
-  input_pipeline.prepare(cfg)
+  records.prepare(cfg)
   out = {}
   for split in ('train', 'test'):
     src = tfds.data_source('synthetic_fog_act', split=split, data_dir=data_dir)
@@ -123,7 +124,7 @@ class Probe(nnx.Module):
 
 def main(argv):
   del argv
-  from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from fognet_jax import augment  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   data = load(_DATA.value)
   xtr, ytr, _ = data['train']
@@ -132,7 +133,7 @@ def main(argv):
   t_, n16 = _FRAMES.value, xtr.shape[1]
   seg = n16 // t_
   rng = np.random.default_rng(_SEED.value)
-  prep = input_pipeline.normalize
+  prep = augment.normalize
   model = Probe(nnx.Rngs(_SEED.value))
   steps = _STEPS.value
   sched = optax.warmup_cosine_decay_schedule(0.0, _LR.value, min(100, steps // 10), steps)

@@ -221,7 +221,7 @@ class Setup:
   """What a run needs besides its state: built once from the config."""
   config: ml_collections.ConfigDict
   mesh: Any
-  info: Any                    # input_pipeline.prepare(...) result
+  info: Any                    # records.prepare(...) result
   class_names: list
   prompt_tokens: np.ndarray    # (K, C, L)
   steps_per_epoch: int
@@ -245,12 +245,12 @@ def setup_run(config: ml_collections.ConfigDict) -> Setup:
   sharding_lib.maybe_initialize_distributed(config.get('distributed', {}).get('initialize', 'auto'))
   mesh = sharding_lib.make_mesh(config.mesh.get('num_devices', -1))
   config_lib.validate(config, num_devices=mesh.size, num_processes=jax.process_count())
-  from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from fognet_jax import prompts  # pylint: disable=g-import-not-at-top
+  from fognet_jax import records  # pylint: disable=g-import-not-at-top
   from fognet_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from fognet_jax.models import fognet  # pylint: disable=g-import-not-at-top
   fognet.validate_config(config.model)
-  info = input_pipeline.prepare(config.data)
+  info = records.prepare(config.data)
   class_names = list(info.class_names)
   tok_cfg = config.model.tokenizer
   tok = tokenizer_lib.get_tokenizer(tok_cfg.kind, path=tok_cfg.get('path'))

@@ -1,4 +1,4 @@
-"""Tests of the paired input pipeline (fognet_jax/input_pipeline.py)."""
+"""Tests of the paired input pipeline (fognet_jax/records.py, augment.py, input_pipeline.py)."""
 import io
 import json
 
@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fognet_jax import augment
 from fognet_jax import input_pipeline as ip
+from fognet_jax import records
 from fognet_jax.models import clip
 
 T_SRC, H, W = 12, 40, 56
@@ -119,14 +121,15 @@ def test_all_augmentations_are_identical_on_both_streams():
 
 def test_color_ops_are_pixelwise_and_bounded():
   x = np.random.default_rng(0).uniform(0, 1, (5, 7, 3)).astype(np.float32)
-  cj = ip.ColorJitter(apply=True, brightness=1.3, contrast=0.7, saturation=1.2, hue=0.05, order=(3, 1, 0, 2))
-  y = ip.apply_color(x, cj)
+  cj = augment.ColorJitter(apply=True, brightness=1.3, contrast=0.7, saturation=1.2, hue=0.05,
+                           order=(3, 1, 0, 2))
+  y = augment.apply_color(x, cj)
   assert y.min() >= 0 and y.max() <= 1
   # per-pixel: applying to a single pixel gives the same value
-  np.testing.assert_allclose(ip.apply_color(x[2:3, 4:5], cj), y[2:3, 4:5], atol=1e-6)
-  g = ip.apply_color(x, ip.ColorJitter(grayscale=True))
+  np.testing.assert_allclose(augment.apply_color(x[2:3, 4:5], cj), y[2:3, 4:5], atol=1e-6)
+  g = augment.apply_color(x, augment.ColorJitter(grayscale=True))
   np.testing.assert_allclose(g[..., 0], x @ np.array([0.299, 0.587, 0.114]), atol=1e-5)
-  np.testing.assert_array_equal(ip.apply_color(x, ip.ColorJitter()), x)
+  np.testing.assert_array_equal(augment.apply_color(x, augment.ColorJitter()), x)
 
 
 def test_deterministic_and_seed_dependent(source):
@@ -193,26 +196,27 @@ def test_eval_views_crops_and_clips():
   frame = np.broadcast_to(np.linspace(0, 255, W).astype(np.uint8)[None, :, None], (H, W, 3)).copy()
   frames = [np.clip(frame.astype(int) + t, 0, 255).astype(np.uint8) for t in range(T_SRC)]
   ex = {"foggy": [_png(f) for f in frames], "label": 0}
-  views = _unnorm(ip.make_eval_views(ex, _cfg(num_clips=2, num_crops=3)))  # (6, T, S, S, 3)
+  views = _unnorm(augment.make_eval_views(ex, _cfg(num_clips=2, num_crops=3)))  # (6, T, S, S, 3)
   means = views.reshape(2, 3, -1).mean(-1)                       # (clips, crops)
   assert np.all(means[:, 0] < means[:, 1]) and np.all(means[:, 1] < means[:, 2])  # left < centre < right
   assert np.all(means[1] > means[0])                              # the later clip: later (brighter) frames
-  boxes = ip.eval_crop_boxes(H, W, 3)
+  boxes = augment.eval_crop_boxes(H, W, 3)
   assert boxes[0][0] == 0 and boxes[-1][2] == W and boxes[1][0] == pytest.approx((W - H) / 2)
-  assert ip.eval_crop_boxes(W, H, 1) == [(0.0, (W - H) / 2, float(H), (W - H) / 2 + H)]
+  assert augment.eval_crop_boxes(W, H, 1) == [(0.0, (W - H) / 2, float(H), (W - H) / 2 + H)]
 
 
 def test_frame_sampling_indices():
-  np.testing.assert_array_equal(ip.eval_frame_indices(16, 8), [1, 3, 5, 7, 9, 11, 13, 15])
-  np.testing.assert_array_equal(ip.eval_frame_indices(16, 8, clip=0, num_clips=2), [0, 2, 4, 6, 8, 10, 12, 14])
-  np.testing.assert_array_equal(ip.eval_frame_indices(3, 6), [0, 0, 1, 1, 2, 2])
+  np.testing.assert_array_equal(augment.eval_frame_indices(16, 8), [1, 3, 5, 7, 9, 11, 13, 15])
+  np.testing.assert_array_equal(augment.eval_frame_indices(16, 8, clip=0, num_clips=2),
+                                [0, 2, 4, 6, 8, 10, 12, 14])
+  np.testing.assert_array_equal(augment.eval_frame_indices(3, 6), [0, 0, 1, 1, 2, 2])
   rng = np.random.default_rng(0)
   for _ in range(20):
-    idx = ip.train_frame_indices(20, 8, rng)
+    idx = augment.train_frame_indices(20, 8, rng)
     seg = np.floor(np.arange(8) * 20 / 8)
     assert np.all(idx >= seg) and np.all(idx < np.floor((np.arange(8) + 1) * 20 / 8) + 1)
     assert np.all(np.diff(idx) >= 0) and idx.max() < 20
-  short = ip.train_frame_indices(3, 8, rng)
+  short = augment.train_frame_indices(3, 8, rng)
   assert short.min() >= 0 and short.max() <= 2
 
 
@@ -220,7 +224,7 @@ def test_multiscale_crop_box():
   rng = np.random.default_rng(0)
   sizes = set()
   for _ in range(50):
-    l, t, r, b = ip.multiscale_crop_box(H, W, rng, (1.0, 0.875, 0.75, 0.66))
+    l, t, r, b = augment.multiscale_crop_box(H, W, rng, (1.0, 0.875, 0.75, 0.66))
     assert 0 <= l < r <= W and 0 <= t < b <= H
     sizes.add((r - l, b - t))
   allowed = {int(H * s) for s in (1.0, 0.875, 0.75, 0.66)}
@@ -230,8 +234,8 @@ def test_multiscale_crop_box():
 def test_normalisation_matches_clip_constants():
   mean, std = np.asarray(clip.IMAGE_MEAN), np.asarray(clip.IMAGE_STD)
   x = np.full((1, 2, 2, 3), 200, np.uint8)
-  np.testing.assert_allclose(ip.normalize(x)[0, 0, 0], (200 / 255 - mean) / std, rtol=1e-5)
-  np.testing.assert_allclose(ip.normalize(x / 255, already_unit=True)[0, 0, 0], (200 / 255 - mean) / std,
+  np.testing.assert_allclose(augment.normalize(x)[0, 0, 0], (200 / 255 - mean) / std, rtol=1e-5)
+  np.testing.assert_allclose(augment.normalize(x / 255, already_unit=True)[0, 0, 0], (200 / 255 - mean) / std,
                              rtol=1e-5)
 
 
@@ -254,18 +258,18 @@ def test_prepared_generated_dataset_with_filters(tmp_path):
       json.dumps({"train_per_group": 1, "test_per_group": 1, "num_frames": 3}))
   cfg = _cfg(data_dir=str(tmp_path / "data"), manual_dir=str(tmp_path / "manual"), fog="dense",
              perspective="front,left")
-  info = ip.prepare(cfg)
+  info = records.prepare(cfg)
   assert len(info.class_names) == 14
   assert info.num_examples["train"] == 14  # 14 classes x 2 perspectives, half of them dense
   batch = next(ip.train_iterator(cfg, batch_size=4, seed=0, process_index=0, process_count=1))
   assert batch["clean"].shape == (4, 4, 16, 16, 3) and batch["label"].dtype == np.int32
-  src = ip._source(cfg, "test")  # pylint: disable=protected-access
-  keep = ip._indices(cfg, "test")  # pylint: disable=protected-access
+  src = records.source(cfg, "test")
+  keep = records.indices(cfg, "test")
   assert all(src[i]["fog"] == 1 and src[i]["perspective"] in (0, 2) for i in keep)
   ev = list(ip.eval_iterator(cfg, split="test", batch_size=8, process_index=0, process_count=1))
   assert sum(int(b["mask"].sum()) for b in ev) == info.num_examples["test"]
   with pytest.raises(ValueError, match="config.data.dataset"):
-    ip.prepare(_cfg(dataset="no_such_dataset", data_dir=str(tmp_path / "data")))
+    records.prepare(_cfg(dataset="no_such_dataset", data_dir=str(tmp_path / "data")))
 
 
 def test_flip_swaps_labels_of_mirror_classes():
@@ -283,10 +287,11 @@ def test_flip_swaps_labels_of_mirror_classes():
     assert set(zip(a["label"][diff].tolist(), b["label"][diff].tolist())) <= {(0, 1), (1, 0)}
     assert np.all(a["label"][a["label"] == 2] == 2)
   assert changed > 0
-  np.testing.assert_array_equal(ip.flip_table(_cfg(augment_flip_swap="a:c"), ["a", "b", "c"]), [2, 1, 0])
-  np.testing.assert_array_equal(ip.flip_table(_cfg(), ["a", "b"], default_pairs=[("a", "b")]), [1, 0])
-  np.testing.assert_array_equal(ip.flip_table(_cfg(augment_flip_swap=""), ["a", "b"], [("a", "b")]), [0, 1])
+  np.testing.assert_array_equal(augment.flip_table(_cfg(augment_flip_swap="a:c"), ["a", "b", "c"]),
+                                [2, 1, 0])
+  np.testing.assert_array_equal(augment.flip_table(_cfg(), ["a", "b"], default_pairs=[("a", "b")]), [1, 0])
+  np.testing.assert_array_equal(augment.flip_table(_cfg(augment_flip_swap=""), ["a", "b"], [("a", "b")]), [0, 1])
   with pytest.raises(ValueError, match="flip_swap"):
-    ip.flip_table(_cfg(augment_flip_swap="a-b"), ["a", "b"])
+    augment.flip_table(_cfg(augment_flip_swap="a-b"), ["a", "b"])
   with pytest.raises(ValueError, match="unknown class"):
-    ip.flip_table(_cfg(augment_flip_swap="a:z"), ["a", "b"])
+    augment.flip_table(_cfg(augment_flip_swap="a:z"), ["a", "b"])

@@ -1,0 +1,207 @@
+"""Dataset access: a prepared ``tfds_fogact`` dataset as random-access encoded examples.
+
+A split is read through random access (the ``as_data_source`` of its ArrayRecord
+copy, see ``tfds_fogact.common``), with the records only parsed
+(``DeserializeMethod.DESERIALIZE_NO_DECODE``; TFDS 4.9's ``SkipDecoding`` is not
+supported by the NumPy decoding path): an :class:`EncodedExample` hands out the
+encoded JPEG frames, and the caller decodes only those a clip needs (see
+``augment``).
+
+Subsets: ``fog`` ('light' / 'dense' / None = both, alias 'multi') and
+``perspective`` (None = all, or a name / comma-separated names) filter both
+splits (paper Table 5c / 5f). The fog / perspective ids of every example are read
+once and cached next to the data (``fognet_index-<split>.json``).
+"""
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Optional
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tfds_fogact import common  # importing tfds_fogact registers its builders
+
+
+def fog_filter(data_cfg) -> Optional[str]:
+  """The fog level `config.data.fog` keeps, None for all; raises ValueError if unknown."""
+  fog = data_cfg.get("fog")
+  if fog in (None, "", "multi", "all"):
+    return None
+  if fog not in common.FOG_LEVELS:
+    raise ValueError(f"config.data.fog must be one of {common.FOG_LEVELS}, 'multi' or None, got {fog!r}")
+  return fog
+
+
+def perspective_filter(data_cfg) -> Optional[tuple[str, ...]]:
+  """The perspectives `config.data.perspective` keeps, None for all; raises ValueError if unknown."""
+  p = data_cfg.get("perspective")
+  if p in (None, "", "all"):
+    return None
+  names = tuple(x.strip() for x in p.split(",")) if isinstance(p, str) else tuple(p)
+  bad = [x for x in names if x not in common.PERSPECTIVES]
+  if bad or not names:
+    raise ValueError(f"config.data.perspective: unknown perspective(s) {bad}; use a comma-separated "
+                     f"subset of {common.PERSPECTIVES} or None")
+  return names
+
+
+@dataclasses.dataclass
+class DataInfo:
+  """What the trainer needs to know about the prepared data."""
+
+  name: str
+  class_names: list[str]
+  num_examples: dict[str, int]      # after the fog / perspective filters
+  builder: Any = None
+
+
+def _builder(data_cfg):
+  try:
+    return tfds.builder(data_cfg.dataset, data_dir=data_cfg.get("data_dir"))
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"config.data.dataset: unknown dataset {data_cfg.dataset!r} ({e})") from e
+
+
+@functools.lru_cache(maxsize=16)
+def _builder_cached(dataset: str, data_dir: Optional[str]):
+  cfg = ml_collections.ConfigDict({"dataset": dataset, "data_dir": data_dir})
+  return _builder(cfg)
+
+
+def prepare(data_cfg) -> DataInfo:
+  """Validates `data_cfg`, builds the dataset if needed, and returns its :class:`DataInfo`.
+
+  A generated dataset (``synthetic_fog_act``) is built when missing (and
+  ``build_if_missing``); a manual-download dataset needs ``config.data.manual_dir``.
+  """
+  # input_pipeline imports this module (its validate() uses the filters above).
+  from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  input_pipeline.validate(data_cfg)
+  builder = _builder_cached(data_cfg.dataset, data_cfg.get("data_dir"))
+  if not builder.is_prepared():
+    generated = builder.name.startswith("synthetic")
+    if not data_cfg.get("build_if_missing", True):
+      raise FileNotFoundError(f"config.data.dataset {data_cfg.dataset!r} is not prepared in {builder.data_dir} "
+                              "and config.data.build_if_missing is False")
+    manual_dir = data_cfg.get("manual_dir")
+    if not generated and not manual_dir:
+      raise ValueError(f"config.data.manual_dir: dataset {data_cfg.dataset!r} is not prepared in "
+                       f"{builder.data_dir}; give the directory holding its videos "
+                       f"(see docs/data_real.md)")
+    if manual_dir and not os.path.isdir(os.path.expanduser(manual_dir)):
+      raise ValueError(f"config.data.manual_dir: {manual_dir!r} is not a directory")
+    dl = tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir)) if manual_dir else None
+    common.prepare(builder, dl)
+  elif not common.has_random_access(builder):
+    common.add_array_record(builder)
+  for split in (data_cfg.train_split, data_cfg.eval_split):
+    if split not in builder.info.splits:
+      raise ValueError(f"config.data: split {split!r} not in {data_cfg.dataset!r} "
+                       f"(splits: {list(builder.info.splits)})")
+  num = {s: len(indices(data_cfg, s)) for s in builder.info.splits}
+  for split in (data_cfg.train_split, data_cfg.eval_split):
+    if num[split] == 0:
+      raise ValueError(f"config.data: no {split!r} examples left after the filters fog={data_cfg.get('fog')!r}, "
+                       f"perspective={data_cfg.get('perspective')!r}")
+  return DataInfo(name=data_cfg.dataset, class_names=list(builder.info.features["label"].names),
+                  num_examples=num, builder=builder)
+
+
+class EncodedExample(collections.abc.Mapping):
+  """Lazy view of one stored example: fields are read from the parsed record on access.
+
+  'clean' / 'foggy' are the lists of encoded JPEG frames (nothing is decoded here);
+  integer features come back as int, text as str.
+  """
+
+  def __init__(self, proto):
+    self._feature = proto.features.feature
+
+  def __getitem__(self, key):
+    if key not in self._feature:
+      raise KeyError(key)
+    f = self._feature[key]
+    kind = f.WhichOneof("kind")
+    if key in ("clean", "foggy"):
+      return f.bytes_list.value
+    if kind == "int64_list":
+      return int(f.int64_list.value[0])
+    if kind == "bytes_list":
+      return f.bytes_list.value[0].decode("utf-8")
+    return f.float_list.value[0]
+
+  def __iter__(self):
+    return iter(self._feature)
+
+  def __len__(self):
+    return len(self._feature)
+
+
+class EncodedSource(collections.abc.Sequence):
+  """Random access to a split's records as :class:`EncodedExample` (videos stay encoded).
+
+  Records are only parsed (protobuf); frames are decoded by the caller, and only
+  those a clip needs. A foggy-only reader never decodes the clean frames.
+  """
+
+  def __init__(self, data_source):
+    self._src = data_source
+
+  def __len__(self):
+    return len(self._src)
+
+  def __getitem__(self, index):
+    return EncodedExample(self._src[int(index)])
+
+
+def source(data_cfg, split: str) -> EncodedSource:
+  """Random-access source of `split` (ArrayRecord copy) with the videos left encoded."""
+  builder = _builder_cached(data_cfg.dataset, data_cfg.get("data_dir"))
+  src = common.data_source(builder, split,
+                           deserialize_method=tfds.decode.DeserializeMethod.DESERIALIZE_NO_DECODE)
+  return EncodedSource(src)
+
+
+def _metadata(data_cfg, split: str) -> dict[str, np.ndarray]:
+  """fog / perspective ids of every example of a split, cached next to the data."""
+  builder = _builder_cached(data_cfg.dataset, data_cfg.get("data_dir"))
+  path = os.path.join(os.fspath(builder.data_dir), f"fognet_index-{split}.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      meta = json.load(f)
+  else:
+    src = source(data_cfg, split)
+    meta = {"fog": [], "perspective": []}
+    for i in range(len(src)):
+      ex = src[i]
+      meta["fog"].append(ex["fog"])
+      meta["perspective"].append(ex["perspective"])
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+      json.dump(meta, f)
+    os.replace(tmp, path)
+  return {k: np.asarray(v, np.int64) for k, v in meta.items()}
+
+
+def indices(data_cfg, split: str) -> np.ndarray:
+  """Example indices of `split` that pass the fog / perspective filters."""
+  fog = fog_filter(data_cfg)
+  persp = perspective_filter(data_cfg)
+  builder = _builder_cached(data_cfg.dataset, data_cfg.get("data_dir"))
+  n = builder.info.splits[split].num_examples
+  keep = np.ones(n, bool)
+  if fog is not None or persp is not None:
+    meta = _metadata(data_cfg, split)
+    fog_names = builder.info.features["fog"].names
+    persp_names = builder.info.features["perspective"].names
+    if fog is not None:
+      keep &= meta["fog"] == fog_names.index(fog)
+    if persp is not None:
+      keep &= np.isin(meta["perspective"], [persp_names.index(p) for p in persp])
+  return np.nonzero(keep)[0]
