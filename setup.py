@@ -10,8 +10,6 @@ INSTALL_REQUIRES = [
     "absl-py",
     "einops",
     "numpy",
-    "transformers",
-    "safetensors",
     "regex",  # CLIP tokenizer's \p{L} pattern
     "ml_dtypes",  # bfloat16 tensors in checkpoints
     "huggingface_hub",  # CLIP hub names
@@ -35,6 +33,7 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "dill"],  # dill: tfds.testing
+        # torch + transformers + safetensors: the parity references; dill: tfds.testing
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers", "safetensors", "dill"],
     },
 )

@@ -1,7 +1,7 @@
 """CLIP image-encoder forward time: fognet_jax (jit) vs transformers' PyTorch CLIPModel.
 
 Both run the same random weights (written by ``CLIPModel.save_pretrained`` and read with
-``clip.from_pretrained``) on the same frames, in one process, alternating. Reports the
+``clip_weights.load``) on the same frames, in one process, alternating. Reports the
 median and minimum over ``--reps`` timed calls after ``--warmup`` untimed ones (the JAX
 compile happens in the warm-up), the ratio PyTorch / JAX, and the outputs' max relative
 difference as a sanity check. Uses the GPU when one is visible to both frameworks.
@@ -69,6 +69,7 @@ def main(argv=None):
   import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
   import jax.numpy as jnp  # pylint: disable=redefined-outer-name
   from flax import nnx  # pylint: disable=redefined-outer-name
+  from fognet_jax import clip_weights
   from fognet_jax.models import clip  # pylint: disable=redefined-outer-name
 
   import torch
@@ -82,7 +83,7 @@ def main(argv=None):
   hf = _hf_model(cfg, args.seed)
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)
-    model = clip.from_pretrained(
+    model = clip_weights.load(
         d, dtype=args.dtype, attention_impl=args.attention)
   graphdef, state = nnx.split(model)
 

@@ -178,8 +178,8 @@ if not b.is_prepared():
   print('ok')
   sys.exit(0)
 try:
-  from fognet_jax import input_pipeline
-  cfg = input_pipeline.get_config()
+  from fognet_jax import config_lib, input_pipeline
+  cfg = config_lib.load_config('fogact').data
   cfg.dataset, cfg.data_dir, cfg.image_size, cfg.num_frames = (
       'synthetic_fog_act/bench224', sys.argv[1], 32, 2)
   next(input_pipeline.train_iterator(cfg, batch_size=1, seed=0, process_index=0,

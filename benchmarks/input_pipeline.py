@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 import tfds_fogact  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+from fognet_jax import config_lib  # pylint: disable=g-import-not-at-top
 from fognet_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
 from fognet_jax import records  # pylint: disable=g-import-not-at-top
 from tfds_fogact import common  # pylint: disable=g-import-not-at-top
@@ -85,7 +86,7 @@ def main():
     _, wall, cpu, _, total = build("synthetic_fog_act/bench224", args.data_dir)
     print(f"\nbuilt synthetic_fog_act/bench224: {wall:.1f} s wall, {cpu:.1f} s CPU, {total / 2**20:.1f} MiB")
 
-  cfg = ip.get_config()
+  cfg = config_lib.load_config('fogact').data
   cfg.dataset = "synthetic_fog_act/bench224"
   cfg.data_dir = args.data_dir
   cfg.num_frames = 8

@@ -26,6 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from fognet_jax import config_lib  # noqa: E402
 from fognet_jax import losses  # noqa: E402
 from fognet_jax.models import fognet  # noqa: E402
 
@@ -41,7 +42,8 @@ VARIANTS = {
 
 
 def make_cfg(args, changes):
-  cfg = fognet.get_config()
+  cfg = config_lib.load_config("fogact").model
+  cfg.init_from = None
   cfg.backbone = args.backbone
   cfg.dtype = args.dtype
   cfg.remat = args.remat
@@ -57,7 +59,7 @@ def make_cfg(args, changes):
 def build_step(cfg, args):
   model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  loss_cfg = losses.get_config()
+  loss_cfg = config_lib.load_config("fogact").loss
 
   @jax.jit
   def step(params, rest, clean, foggy, tokens, labels):

@@ -22,6 +22,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
 
 from fognet_jax import augment  # pylint: disable=g-import-not-at-top
+from fognet_jax import config_lib  # pylint: disable=g-import-not-at-top
 from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 from fognet_jax import records  # pylint: disable=g-import-not-at-top
 
@@ -64,8 +65,8 @@ def main():
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--epochs", type=int, default=30)
   args = parser.parse_args()
-  cfg = input_pipeline.get_config()
-  cfg.data_dir = args.data_dir
+  cfg = config_lib.load_config('fogact').data
+  cfg.dataset, cfg.data_dir = 'synthetic_fog_act', args.data_dir
   cfg.image_size, cfg.num_frames, cfg.augment.enabled = 48, 8, False
   info = records.prepare(cfg)
   xtr, ytr, _ = load(cfg, "train", "clean")

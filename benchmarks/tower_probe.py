@@ -53,10 +53,11 @@ TWIN = np.array([1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 10, 11, 12, 13])
 def load(data_dir):
   """(frames uint8 (N, 16, H, W, 3), labels, perspective ids) of both splits, foggy stream."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from fognet_jax import config_lib  # pylint: disable=g-import-not-at-top
   from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from fognet_jax import records  # pylint: disable=g-import-not-at-top
   from tfds_fogact import common  # pylint: disable=g-import-not-at-top
-  cfg = input_pipeline.get_config()
+  cfg = config_lib.load_config('fogact').data
   cfg.dataset, cfg.data_dir = 'synthetic_fog_act', data_dir
   records.prepare(cfg)
   out = {}

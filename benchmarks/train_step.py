@@ -207,7 +207,7 @@ def _config(variant: str):
   if unknown:
     raise ValueError(f'--variants: unknown modifier(s) {unknown} in {variant!r} '
                      '(remat, fsdp, cudnn)')
-  cfg = config_lib.base_config()
+  cfg = config_lib.load_config('fogact')
   cfg.model.backbone = _BACKBONE.value
   cfg.model.init_from = None
   cfg.model.arch = _ARCH.value
@@ -253,7 +253,7 @@ class OurStep:
 
   def __init__(self, variant: str):
     from fognet_jax import config_lib, losses, sharding, train  # pylint: disable=g-import-not-at-top
-    from fognet_jax.models import fognet  # pylint: disable=g-import-not-at-top
+    from fognet_jax.models import clip, fognet  # pylint: disable=g-import-not-at-top
     self.variant = variant
     cfg = _config(variant)
     mesh = sharding.make_mesh(-1)
@@ -263,9 +263,9 @@ class OurStep:
     self.streams = _streams(cfg)
     schedule = train.make_schedule(cfg.train, 1000, 0)
     graphdef, self.state, shardings, tx = train.build_state(cfg, mesh, model, schedule)
-    self.params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.params))
+    self.params = clip.count_params(self.state.params)
     del model
-    loss_fn = lambda out, y: losses.fognet_loss(out, y, cfg.loss, cfg.model)
+    loss_fn = losses.make_loss_fn(cfg)
     self.step = train.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings,
                                       loss_fn=loss_fn, schedule=schedule, seed=0,
                                       grad_accum_steps=cfg.train.grad_accum_steps,
@@ -276,7 +276,7 @@ class OurStep:
     tokens = rng.integers(1, 400, size=(16, _CLASSES.value, 77)).astype(np.int32)
     tokens[..., _PROMPT_LEN.value - 1] = 49407  # EOT, the text tower pools at the largest id
     tokens[..., _PROMPT_LEN.value:] = 0  # padding
-    tokens = prompts.trim_context(tokens)  # (16, C, prompt_len), as train.setup_run does
+    tokens = prompts.trim_context(tokens)  # (16, C, prompt_len), as main.setup does
     self.tokens = jax.device_put(jnp.asarray(tokens), sharding.replicated(mesh))
     batch = {'clean': rng.normal(size=(b, t, s, s, 3)).astype(np.float32),
              'foggy': rng.normal(size=(b, t, s, s, 3)).astype(np.float32),

@@ -1,4 +1,4 @@
-r"""FogNet on FogAct: the paper's setting (section 5.1) and its Table 5 ablations.
+r"""FogNet on FogAct: the paper's recipe (section 5.1), every key of it, and its Table 5 ablations.
 
 CLIP ViT-B/16 initialised from the OpenAI weights (`model.init_from`: a hub name or a local
 directory / .pt file), 8 frames at 224x224, batch 128, 30 epochs, AdamW at 5e-5 with a 5-epoch
@@ -6,17 +6,211 @@ linear warm-up and cosine annealing, lambda=0.4, beta=0.1, one 1x1 view at test 
 
   python -m fognet_jax.main --config=configs/fogact.py --workdir=runs/fogact \
       --config.data.manual_dir=/data/FogAct
-Ablations, comma-separated after the colon (full list: fognet_jax.config_lib.apply_variants):
+
+Ablations: comma-separated tokens after the colon, read by `apply_variant` below.
   --config=configs/fogact.py:baseline            ActionCLIP baseline (Table 5a, first row)
   --config=configs/fogact.py:modules=fas+me      other Table 5a rows (fas, me, csa, none)
   --config=configs/fogact.py:b32                 Table 5d backbones (b32 | b16 | l14 | rn50)
   --config=configs/fogact.py:frames=4,views=4x1  Table 5e
   --config=configs/fogact.py:dense               Table 5f (light | dense | multi)
   --config=configs/fogact.py:single_persp        Table 5c
+
+The other recipes start from this one: configs/ucf101_fog.py, hmdb51_fog.py and
+kinetics100_fog.py change the dataset; configs/synthetic.py changes what a small model trained
+from scratch on CPU needs. Every key is checked at start-up by `fognet_jax.config_lib.validate`.
 """
+import ml_collections
+from ml_collections.config_dict import placeholder
+
 from fognet_jax import config_lib
 
 
-def get_config(variant=None):
-  """Returns the paper config, modified by an optional variant string."""
-  return config_lib.apply_variants(config_lib.paper_config('fogact'), variant)
+def get_config(arg=None):
+  """The paper's recipe on FogAct, modified by the variant tokens in `arg`."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # everything random derives from it
+
+  # ---------------------------------------------------------------------------------- data
+  # Paired clean/foggy clips from a tfds_fogact builder (docs/data.md).
+  d = config.data = ml_collections.ConfigDict()
+  d.dataset = 'fogact'          # TFDS name, optionally 'name/builder_config'
+  d.data_dir = placeholder(str)    # None: the TFDS default (TFDS_DATA_DIR or ~/tensorflow_datasets)
+  d.manual_dir = placeholder(str)  # the downloaded videos of a manual-download dataset
+  d.build_if_missing = True     # build the dataset on first use (generated ones need no files)
+  d.train_split = 'train'
+  d.eval_split = 'test'         # the split evaluation reads (foggy stream only)
+  d.num_frames = 8              # frames per clip, train and test (TSN segments)
+  d.image_size = 224
+  d.num_clips = 1               # test views: temporal clips ...
+  d.num_crops = 1               # ... x spatial crops (1 centre; 3 left / centre / right)
+  d.fog = placeholder(str)      # 'light' | 'dense' | None = both (Table 5f)
+  d.perspective = placeholder(str)  # e.g. 'front' or 'front,back'; None = all four (Table 5c)
+  d.num_workers = 4             # decoding threads per process
+  d.prefetch = 2                # batches prepared ahead
+  # ActionCLIP's augmentation, one draw per pair applied to both streams.
+  a = d.augment = ml_collections.ConfigDict()
+  a.enabled = True
+  a.scales = (1.0, 0.875, 0.75, 0.66)  # multi-scale crop: side / short side
+  a.max_distort = 1             # aspect distortion, in scale steps
+  a.flip = True
+  # Classes a horizontal flip turns into each other ('sidestep_left:sidestep_right,...'; ids
+  # '4:5' also work): 'auto' = the builder's MIRROR_CLASS_PAIRS, '' = none.
+  a.flip_swap = 'auto'
+  a.color_jitter_prob = 0.8
+  a.brightness = 0.4
+  a.contrast = 0.4
+  a.saturation = 0.2
+  a.hue = 0.1
+  a.grayscale_prob = 0.2
+
+  # --------------------------------------------------------------------------------- model
+  # docs/model.md: the CLIP towers, FAS, ME, CSA and the ActionCLIP baseline.
+  m = config.model = ml_collections.ConfigDict()
+  m.arch = 'fognet'             # 'fognet' (two streams) | 'actionclip' (the baseline)
+  m.backbone = 'ViT-B/16'       # a CLIP config name (fognet_jax.models.clip.CONFIGS)
+  # None: random initialisation; else an OpenAI .pt file, a Hugging Face directory, an Orbax
+  # directory written by clip_weights.save, or a hub name (the config then comes from it).
+  m.init_from = config_lib.pretrained_name('ViT-B/16')
+  m.dtype = 'bfloat16'          # compute dtype; parameters and losses stay float32
+  m.remat = False               # rematerialise the tower blocks in the backward pass
+  m.attention_impl = placeholder(str)  # None / 'xla' (einsum) | 'cudnn' (fused, GPU)
+  # CLIPConfig fields replacing the backbone's (random initialisation only); None = keep.
+  m.clip_overrides = ml_collections.ConfigDict(
+      {k: placeholder(int) for k in config_lib.CLIP_OVERRIDE_KEYS})
+  # Fog-Aware Selection (eqs. 1-3): clean frames attend over the foggy ones. `temperature`
+  # only with `parameter_free`; `init_scale` scales the out projection's init (the residual
+  # branch starts small).
+  m.fas = ml_collections.ConfigDict(dict(enabled=True, parameter_free=False, num_heads=8,
+                                         temperature=1.0, init_scale=0.1))
+  # Mutual Enhancement (eqs. 4-6); `init_scale` scales the init of Wv.
+  m.me = ml_collections.ConfigDict(dict(enabled=True, shared_weights=True, num_heads=1,
+                                        init_scale=0.1))
+  m.csa = ml_collections.ConfigDict(dict(enabled=True))  # Cross-Stream Alignment, L_temp (eq. 7)
+  m.temporal_fusion = 'mean'    # 'mean' | 'transformer' (ActionCLIP's)
+  m.temporal_layers = 6         # the temporal transformer (ActionCLIP: 6 layers)
+  m.temporal_heads = placeholder(int)  # None = embed_dim // 64, at least 1
+  m.max_frames = 32             # its positional embeddings
+  m.train_stream = 'foggy'      # baseline only: 'foggy' | 'clean' | 'clean+foggy'
+  # 'clip': CLIP's BPE, vocabulary files at `path` (a checkpoint directory with vocab.json +
+  # merges.txt or tokenizer.json, or OpenAI's bpe_simple_vocab_16e6.txt.gz); 'byte': no files.
+  m.tokenizer = ml_collections.ConfigDict(dict(kind='clip', path=placeholder(str)))
+  # Subtract each clip's mean frame before the image tower (the clip alone: the foggy one at
+  # inference). Not in the paper; for small towers trained from scratch on little data.
+  m.frame_centering = False
+
+  # ---------------------------------------------------------------------------------- loss
+  # eq. 11: L = L_f + λ L_c + β L_temp, with L_f / L_c the multi-positive InfoNCE of eqs. 8-10.
+  lo = config.loss = ml_collections.ConfigDict()
+  lo.lambda_clean = 0.4         # λ
+  lo.beta_temp = 0.1            # β (used when model.csa.enabled and the model is two-stream)
+  # τ of L_temp's frame cosines (eq. 7 has none, i.e. 1; cosines in [-1, 1] at τ = 1 give an
+  # almost flat softmax, so CLIP's initial 0.07 is the default).
+  lo.temp_temperature = 0.07
+  lo.max_logit_scale = 100.0    # exp(logit_scale) is clipped here (OpenAI CLIP)
+
+  # --------------------------------------------------------------------------------- train
+  t = config.train = ml_collections.ConfigDict()
+  t.batch_size = 128            # global clip pairs per optimizer step (all hosts and devices)
+  t.num_epochs = 30.0           # used when num_train_steps <= 0
+  t.num_train_steps = -1        # > 0 overrides num_epochs
+  t.learning_rate = 5e-5        # AdamW peak
+  t.warmup_epochs = 5.0         # linear warm-up, then cosine annealing to end_lr_ratio x peak
+  t.end_lr_ratio = 0.0
+  t.weight_decay = 0.2          # AdamW, decoupled; none on biases, norms and scalars
+  t.b1 = 0.9
+  t.b2 = 0.98
+  t.eps = 1e-8
+  t.grad_clip_norm = 0.0        # > 0: clip the global gradient norm
+  t.grad_accum_steps = 1        # micro-batches per step; batch_size stays the effective batch
+  t.freeze_text = False         # True: the text tower gets no gradient and no update
+  t.freeze_text_pattern = r'(^|/)text(/|$)'  # parameter paths of the text tower
+  t.num_templates = -1          # prompt templates drawn from: the first N of 16; -1 = all
+  t.log_every_steps = 50
+  t.checkpoint_every_steps = 500
+  t.keep_checkpoints = 3
+  t.async_checkpointing = True
+
+  # ---------------------------------------------------------------------------------- eval
+  e = config.eval = ml_collections.ConfigDict()
+  e.batch_size = 32             # global videos per batch, each with all its views
+  e.num_templates = -1          # prompt templates averaged at test time; -1 = all
+  e.confusion_matrix = True     # confusion_matrix.png (paper Figure 7)
+
+  # ---------------------------------------------------------------------- mesh, processes
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.fsdp = False      # shard parameters and AdamW moments over the data axis
+  config.mesh.fsdp_min_size = 2 ** 14  # arrays with fewer elements stay replicated
+  config.mesh.num_devices = -1  # -1 = all devices of all processes
+  # 'auto': jax.distributed.initialize() when the environment describes a multi-process job
+  # (TPU pod slices, SLURM, JAX_COORDINATOR_ADDRESS); True: always; False: never.
+  config.distributed = ml_collections.ConfigDict(dict(initialize='auto'))
+  return apply_variant(config, arg)
+
+
+_MODULES = ('fas', 'me', 'csa')
+_BACKBONES = {
+    'b32': 'ViT-B/32', 'b16': 'ViT-B/16', 'l14': 'ViT-L/14', 'l14_336': 'ViT-L/14@336',
+    'rn50': 'RN50', 'rn101': 'RN101', 'rn50x4': 'RN50x4', 'tiny': 'tiny',
+}
+
+
+def apply_variant(config, arg):
+  """Applies the comma-separated tokens of `arg` (the part after `file.py:`) to `config`.
+
+    baseline | actionclip      ActionCLIP baseline: arch='actionclip', FAS/ME/CSA off
+    modules=fas+me             exactly these FogNet modules on (fas, me, csa, or 'none')
+    no_fas | no_me | no_csa    one module off
+    b32 | b16 | l14 | l14_336  backbone ViT-B/32, B/16, L/14, L/14@336 (with its OpenAI weights
+    rn50 | rn101 | rn50x4      when init_from is set; ResNets: OpenAI's .pt file, default ./RN50.pt)
+    frames=4 | frames4         frames per clip (train and test)
+    views=4x1 | views4x1       test views = temporal clips x spatial crops
+    light | dense | multi      fog intensity used for training and testing
+    single_persp | persp=front train on one camera perspective
+    fsdp                       shard parameters and optimizer state
+    bf16                       bfloat16 compute (float32 parameters)
+    remat                      rematerialise transformer blocks
+  """
+  for token in [t.strip() for t in (arg or '').split(',') if t.strip()]:
+    key, _, value = token.partition('=')
+    key = key.lower()
+    if key in ('baseline', 'actionclip'):
+      config.model.arch = 'actionclip'
+      _set_modules(config, ())
+    elif key == 'modules':
+      mods = () if value in ('', 'none') else tuple(value.lower().split('+'))
+      bad = [x for x in mods if x not in _MODULES]
+      if bad:
+        raise ValueError(f'variant {token!r}: unknown module(s) {bad}; use {"+".join(_MODULES)}')
+      _set_modules(config, mods)
+    elif key in ('no_fas', 'no_me', 'no_csa'):
+      config.model[key[3:]].enabled = False
+    elif key in _BACKBONES:
+      config.model.backbone = _BACKBONES[key]
+      if config.model.init_from:
+        config.model.init_from = config_lib.pretrained_name(config.model.backbone)
+    elif key.startswith('frames'):
+      config.data.num_frames = int(value or key[len('frames'):])
+    elif key.startswith('views'):
+      clips, _, crops = (value or key[len('views'):]).lower().partition('x')
+      config.data.num_clips, config.data.num_crops = int(clips), int(crops or 1)
+    elif key in ('light', 'dense'):
+      config.data.fog = key
+    elif key == 'multi':
+      config.data.fog = None
+    elif key in ('single_persp', 'persp'):
+      config.data.perspective = value or 'front'
+    elif key == 'fsdp':
+      config.mesh.fsdp = True
+    elif key == 'bf16':
+      config.model.dtype = 'bfloat16'
+    elif key == 'remat':
+      config.model.remat = True
+    else:
+      raise ValueError(f'unknown config variant token {token!r} in {arg!r}; see '
+                       'apply_variant in configs/fogact.py for the list')
+  return config
+
+
+def _set_modules(config, modules):
+  for name in _MODULES:
+    config.model[name].enabled = name in modules

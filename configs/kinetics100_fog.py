@@ -5,11 +5,16 @@ directory (see docs/data.md); the clean stream is kept, so training is paired as
 
   python -m fognet_jax.main --config=configs/kinetics100_fog.py --workdir=runs/kinetics100_fog \
       --config.data.manual_dir=/data/Kinetics-100
-Variants as in configs/fogact.py, e.g. `--config=configs/kinetics100_fog.py:frames=4,views=4x1`.
+This file takes configs/fogact.py's recipe and changes the dataset; variants as there, e.g.
+`--config=configs/kinetics100_fog.py:frames=4,views=4x1`.
 """
 from fognet_jax import config_lib
 
+fogact = config_lib.import_config_file(__file__, 'fogact.py')
 
-def get_config(variant=None):
-  """Returns the paper recipe on Kinetics-100, modified by an optional variant string."""
-  return config_lib.apply_variants(config_lib.paper_config('kinetics100_fog'), variant)
+
+def get_config(arg=None):
+  """The FogAct recipe on Kinetics-100, modified by the variant tokens in `arg`."""
+  config = fogact.get_config(arg)
+  config.data.dataset = 'kinetics100_fog'
+  return config

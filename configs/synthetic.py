@@ -10,14 +10,17 @@ initialisation and the byte-level tokenizer; FAS, ME, CSA and the losses are the
 differs from the paper's recipe is what a from-scratch model on ~1000 clips needs: 4 frames,
 frame centering (`model.frame_centering`), light augmentation, β = 1 for L_temp, a higher
 learning rate, no weight decay, 1500 steps of 16 clip pairs.
-Variants as in configs/fogact.py, e.g. `configs/synthetic.py:baseline`.
+Every other key is configs/fogact.py's (the paper's recipe), which this file starts from;
+variants as there, e.g. `configs/synthetic.py:baseline`.
 """
 from fognet_jax import config_lib
 
+fogact = config_lib.import_config_file(__file__, 'fogact.py')
 
-def get_config(variant=None):
-  """Returns the small CPU config, modified by an optional variant string."""
-  config = config_lib.base_config()
+
+def get_config(arg=None):
+  """The small CPU recipe, modified by the variant tokens in `arg`."""
+  config = fogact.get_config()
   config.data.dataset = 'synthetic_fog_act'
   config.data.num_frames = 4
   config.data.image_size = 64
@@ -50,4 +53,4 @@ def get_config(variant=None):
   config.train.checkpoint_every_steps = 500
   config.train.keep_checkpoints = 2
   config.eval.batch_size = 32
-  return config_lib.apply_variants(config, variant)
+  return fogact.apply_variant(config, arg)

@@ -13,14 +13,17 @@ use, or prepared ahead with `python -m tfds_fogact.common synthetic_fog_act/benc
 --data_dir=DIR` and passed as `--config.data.data_dir=DIR`). The byte tokenizer needs no
 vocabulary files; prompts are still 77 tokens, so the text tower costs what CLIP's BPE would.
 Logged every 10 steps: the first interval includes compilation, the later ones are the figure.
-Variants as in configs/fogact.py (e.g. `configs/synthetic_224.py:actionclip`).
+Starts from configs/fogact.py's recipe; variants as there (e.g.
+`configs/synthetic_224.py:actionclip`).
 """
 from fognet_jax import config_lib
 
+fogact = config_lib.import_config_file(__file__, 'fogact.py')
 
-def get_config(variant=None):
+
+def get_config(arg=None):
   """ViT-B/16 bf16 on synthetic_fog_act/bench224 at 8x224^2, batch 16, 60 steps."""
-  config = config_lib.base_config()
+  config = fogact.get_config()
   config.data.dataset = 'synthetic_fog_act/bench224'
   config.data.num_frames = 8
   config.data.image_size = 224
@@ -38,5 +41,4 @@ def get_config(variant=None):
   config.train.log_every_steps = 10
   config.train.checkpoint_every_steps = 100000  # only the final save
   config.train.keep_checkpoints = 1
-  config.eval.after_training = False
-  return config_lib.apply_variants(config, variant)
+  return fogact.apply_variant(config, arg)

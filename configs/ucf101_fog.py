@@ -5,11 +5,16 @@ directory (see docs/data.md); the clean stream is kept, so training is paired as
 
   python -m fognet_jax.main --config=configs/ucf101_fog.py --workdir=runs/ucf101_fog \
       --config.data.manual_dir=/data/UCF-101
-Variants as in configs/fogact.py, e.g. `--config=configs/ucf101_fog.py:frames=4,views=4x1`.
+This file takes configs/fogact.py's recipe and changes the dataset; variants as there, e.g.
+`--config=configs/ucf101_fog.py:frames=4,views=4x1`.
 """
 from fognet_jax import config_lib
 
+fogact = config_lib.import_config_file(__file__, 'fogact.py')
 
-def get_config(variant=None):
-  """Returns the paper recipe on UCF-101, modified by an optional variant string."""
-  return config_lib.apply_variants(config_lib.paper_config('ucf101_fog'), variant)
+
+def get_config(arg=None):
+  """The FogAct recipe on UCF-101, modified by the variant tokens in `arg`."""
+  config = fogact.get_config(arg)
+  config.data.dataset = 'ucf101_fog'
+  return config

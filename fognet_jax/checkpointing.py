@@ -46,6 +46,30 @@ def _from_saveable(restored: Any, template: Any) -> Any:
   return jax.tree.map(one, restored, template)
 
 
+def locate(workdir: str, checkpoint: Optional[str] = None) -> tuple[str, Optional[int]]:
+  """(run directory, step or None = latest) named by `--checkpoint` and `--workdir`.
+
+  `checkpoint`: None (the latest of `workdir`), a step number, or a path to
+  `<run>/checkpoints[/<step>]` or `<run>`. Raises FileNotFoundError when the run directory
+  has no checkpoints.
+  """
+  run_dir, step = workdir, None
+  if checkpoint:
+    path = str(checkpoint).rstrip('/')
+    if path.isdigit():
+      step = int(path)
+    else:
+      if os.path.basename(path).isdigit():
+        step, path = int(os.path.basename(path)), os.path.dirname(path)
+      if os.path.basename(path) == CHECKPOINT_DIR:
+        path = os.path.dirname(path)
+      run_dir = path
+  directory = os.path.join(run_dir, CHECKPOINT_DIR)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'no checkpoints directory {directory} (--checkpoint / --workdir)')
+  return run_dir, step
+
+
 class Checkpointer:
   """Wraps `ocp.CheckpointManager` for the train state.
 
@@ -97,9 +121,6 @@ class Checkpointer:
                        f'(different backbone or switches?): {e}') from e
     logging.info('Restored checkpoint of step %d from %s', step, self.directory)
     return _from_saveable(restored['state'], template)
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
 
   def reached_preemption(self, step: int) -> bool:
     """True when JAX's multi-host preemption service saw a preemption notice (TPU pods)."""

@@ -1,6 +1,6 @@
 """Importing CLIP weights into the Flax model, and saving converted models with Orbax.
 
-Formats read by :func:`load` (used by ``clip.from_pretrained``):
+Formats read by :func:`load`:
 
 * **Hugging Face directory** as ``CLIPModel.save_pretrained`` writes it: ``config.json``
   plus ``model.safetensors`` (or a sharded ``model.safetensors.index.json``) or
@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
+import orbax.checkpoint as ocp
 
 from fognet_jax.models import clip as clip_lib
 
@@ -592,7 +593,6 @@ def load_openai(path: str, *, dtype=jnp.float32, remat: bool = False,
 
 def save(model: clip_lib.CLIP, path: str) -> None:
   """Writes ``model`` as ``path/clip_config.json`` + Orbax ``path/params`` (float32)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
   if os.path.exists(os.path.join(path, ORBAX_PARAMS_DIR)):
     raise FileExistsError(f'{path}: already holds a saved CLIP model')
@@ -609,7 +609,6 @@ def save(model: clip_lib.CLIP, path: str) -> None:
 def load_orbax(path: str, *, dtype=jnp.float32, remat: bool = False,
                attention_impl: str | None = None) -> clip_lib.CLIP:
   """Loads a model written by :func:`save`."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
   meta_path = os.path.join(path, ORBAX_CONFIG_FILE)
   with open(meta_path) as f:
@@ -651,7 +650,7 @@ def download_hub(name: str) -> str:
   offline_msg = (f'{name!r} is not a local path, and it cannot be downloaded as a hub name: '
                  'this machine is offline (or HF_HUB_OFFLINE is set). Pass a local directory instead, e.g. one written by '
                  "transformers' CLIPModel.save_pretrained (config.json + model.safetensors), "
-                 'an OpenAI .pt file, or a directory saved with clip.save.')
+                 'an OpenAI .pt file, or a directory saved with clip_weights.save.')
   if os.environ.get('HF_HUB_OFFLINE', '0') not in ('', '0', 'false', 'False'):
     raise OSError(offline_msg)
   if not _hub_reachable():
@@ -682,7 +681,7 @@ def load(path_or_name: str, *, dtype=jnp.float32, remat: bool = False,
       return load_hf(path, **kw)
     raise FileNotFoundError(
         f'{path}: directory has neither config.json (Hugging Face CLIPModel) nor '
-        f'{ORBAX_CONFIG_FILE} (saved with clip.save)')
+        f'{ORBAX_CONFIG_FILE} (saved with clip_weights.save)')
   if os.path.isfile(path):
     return load_openai(path, config=config, **kw)
   if _HUB_NAME.match(path) and not path.startswith(('.', '/')):

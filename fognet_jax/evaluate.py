@@ -7,6 +7,9 @@ prediction is the mean of its views' probabilities. Outputs in the run directory
 
   results.json           top1, top5, per-class accuracy, counts, views, checkpoint step
   confusion_matrix.png   rows = true class, columns = predicted, row-normalised (Figure 7)
+
+`fognet_jax.main` builds the state (trained, or restored from a checkpoint) and the test
+batches and calls `evaluate_state`; nothing here trains or reads checkpoints.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import os
 from typing import Any, Iterable, Optional
 
 from absl import logging
+from jax.experimental import multihost_utils
 import einops
 from flax import nnx
 import jax
@@ -107,8 +111,6 @@ def make_text_encoder(graphdef, mesh):
 
   def encode(params, rest, tokens):
     model = nnx.merge(graphdef, params, rest)
-    if callable(getattr(model, 'eval', None)):
-      model.eval()
     k, c, l = tokens.shape
     emb = model.encode_text(tokens.reshape(k * c, l))  # (K*C, D)
     return emb.reshape(k, c, emb.shape[-1])
@@ -123,8 +125,6 @@ def make_predict_step(graphdef, mesh):
 
   def predict(params, rest, foggy, text_emb):
     model = nnx.merge(graphdef, params, rest)
-    if callable(getattr(model, 'eval', None)):
-      model.eval()
     v = foggy.shape[1]
     x = einops.rearrange(foggy, 'b v t h w c -> (b v) t h w c')
     probs = model.predict(x, text_emb)  # (B*V, C), averaged over the K templates
@@ -137,7 +137,6 @@ def make_predict_step(graphdef, mesh):
 def _gather(x: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return x
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -157,7 +156,6 @@ def run_eval(graphdef, params, rest, *, mesh, batches: Iterable[dict], prompt_to
     if jax.process_count() == 1:
       probs = np.asarray(jax.device_get(probs))
     else:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       probs = np.asarray(multihost_utils.process_allgather(probs, tiled=True))
     labels = np.asarray(batch['label']).astype(np.int64)
     mask = np.asarray(batch['mask'], bool) if 'mask' in batch else np.ones(len(labels), bool)
@@ -171,36 +169,36 @@ def run_eval(graphdef, params, rest, *, mesh, batches: Iterable[dict], prompt_to
   return probs, labels
 
 
-def evaluate_state(config: ml_collections.ConfigDict, graphdef, state, *, setup=None,
-                   workdir: Optional[str] = None, batches: Optional[Iterable[dict]] = None) -> dict:
-  """Evaluates a train state on `config.eval.split` and returns the results dict."""
-  from fognet_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  setup = setup or train_lib.setup_run(config)
-  if batches is None:
-    from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-    batches = input_pipeline.eval_iterator(
-        config.data, split=config.eval.split,
-        batch_size=sharding_lib.local_batch_size(config.eval.batch_size))
-  probs, labels = run_eval(graphdef, state.params, state.rest, mesh=setup.mesh, batches=batches,
-                           prompt_tokens=setup.prompt_tokens,
-                           num_templates=config.eval.get('num_templates', -1))
-  results = summarize(probs, labels, setup.class_names)
+def evaluate_state(config: ml_collections.ConfigDict, graphdef, state, *, mesh,
+                   class_names: list[str], prompt_tokens: np.ndarray, batches: Iterable[dict],
+                   workdir: Optional[str] = None) -> dict:
+  """Evaluates a train state on the test batches; returns the results dict.
+
+  `batches`: the foggy test views (`input_pipeline.eval_iterator` of `config.data.eval_split`);
+  `prompt_tokens` (K, C, L): the class prompts, of which the first `config.eval.num_templates`
+  are averaged. With `workdir`, process 0 writes confusion_matrix.png there.
+  """
+  probs, labels = run_eval(graphdef, state.params, state.rest, mesh=mesh, batches=batches,
+                           prompt_tokens=prompt_tokens,
+                           num_templates=config.eval.num_templates)
+  results = summarize(probs, labels, class_names)
   step = int(jax.device_get(state.step))
+  split = config.data.eval_split
   results.update({
       'step': step,
-      'split': config.eval.split,
+      'split': split,
       'dataset': config.data.dataset,
-      'views': f"{config.data.get('num_clips', 1)}x{config.data.get('num_crops', 1)}",
+      'views': f'{config.data.num_clips}x{config.data.num_crops}',
       'num_frames': int(config.data.num_frames),
   })
   logging.info('Evaluation at step %d on %s/%s: Top-1 %.4f Top-5 %.4f (%d videos, chance %.4f)',
-               step, config.data.dataset, config.eval.split, results['top1'], results['top5'],
+               step, config.data.dataset, split, results['top1'], results['top5'],
                results['num_videos'], results['chance'])
-  if workdir and jax.process_index() == 0 and config.eval.get('confusion_matrix', True):
+  if workdir and jax.process_index() == 0 and config.eval.confusion_matrix:
     os.makedirs(workdir, exist_ok=True)
-    plot_confusion(np.asarray(results['confusion_matrix']), setup.class_names,
+    plot_confusion(np.asarray(results['confusion_matrix']), class_names,
                    os.path.join(workdir, CONFUSION_FILE),
-                   title=f"{config.data.dataset} {config.eval.split} step {step}: "
+                   title=f"{config.data.dataset} {split} step {step}: "
                          f"Top-1 {100 * results['top1']:.1f}%")
   return results
 
@@ -211,43 +209,3 @@ def write_results(results: dict, directory: str) -> str:
   with open(path, 'w') as f:
     json.dump(results, f, indent=2)
   return path
-
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: Optional[str] = None,
-             output_dir: Optional[str] = None) -> dict:
-  """Evaluates the latest checkpoint of `workdir` (or `checkpoint`: a step number or a path
-  to `<run>/checkpoints[/<step>]`) and writes results.json + confusion_matrix.png to
-  `output_dir` (default: `workdir`)."""
-  from fognet_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from fognet_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  run_dir, step = workdir, None
-  if checkpoint:
-    ck = str(checkpoint).rstrip('/')
-    if ck.isdigit():
-      step = int(ck)
-    else:
-      base = os.path.basename(ck)
-      if base.isdigit():
-        step, ck = int(base), os.path.dirname(ck)
-      if os.path.basename(ck) == checkpointing.CHECKPOINT_DIR:
-        ck = os.path.dirname(ck)
-      run_dir = ck
-  ckpt_dir = os.path.join(run_dir, checkpointing.CHECKPOINT_DIR)
-  if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f'no checkpoints directory {ckpt_dir} (--checkpoint / --workdir)')
-  setup = train_lib.setup_run(config)
-  schedule = train_lib.make_schedule(config.train, setup.total_steps, setup.warmup_steps)
-  model = train_lib.create_model(config)
-  graphdef, state, _, _ = train_lib.build_state(config, setup.mesh, model, schedule)
-  del model
-  ckpt = checkpointing.Checkpointer(run_dir, async_save=False)
-  try:
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f'no checkpoint in {ckpt_dir}')
-    state = ckpt.restore(state, step)
-  finally:
-    ckpt.close()
-  results = evaluate_state(config, graphdef, state, setup=setup, workdir=output_dir or workdir)
-  if jax.process_index() == 0:
-    write_results(results, output_dir or workdir)
-  return results

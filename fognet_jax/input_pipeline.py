@@ -33,76 +33,6 @@ from fognet_jax import augment
 from fognet_jax import records
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """The ``config.data`` block with its defaults."""
-  c = ml_collections.ConfigDict()
-  c.dataset = "synthetic_fog_act"     # TFDS name, optionally 'name/builder_config'
-  c.data_dir = ml_collections.config_dict.placeholder(str)    # None: TFDS default
-  c.manual_dir = ml_collections.config_dict.placeholder(str)  # for manual-download datasets
-  c.num_frames = 8
-  c.image_size = 224
-  c.train_split = "train"
-  c.eval_split = "test"
-  c.num_clips = 1                     # eval temporal clips
-  c.num_crops = 1                     # eval spatial crops (1 centre, 3 left/centre/right)
-  c.fog = ml_collections.config_dict.placeholder(str)          # 'light' | 'dense' | None
-  c.perspective = ml_collections.config_dict.placeholder(str)  # e.g. 'front' or 'front,back'
-  c.build_if_missing = True           # build generated datasets when not prepared
-  c.num_workers = 4                   # decoding threads
-  c.prefetch = 2                      # batches prepared ahead
-  c.augment = ml_collections.ConfigDict()
-  a = c.augment
-  a.enabled = True
-  a.scales = (1.0, 0.875, 0.75, 0.66)
-  a.max_distort = 1
-  a.flip = True
-  # classes a horizontal flip turns into each other (e.g. 'sidestep_left:sidestep_right,...';
-  # ids '4:5' also work): 'auto' = the dataset builder's MIRROR_CLASS_PAIRS, '' = none
-  a.flip_swap = "auto"
-  a.color_jitter_prob = 0.8
-  a.brightness = 0.4
-  a.contrast = 0.4
-  a.saturation = 0.2
-  a.hue = 0.1
-  a.grayscale_prob = 0.2
-  return c
-
-
-def validate(data_cfg) -> None:
-  """Raises a ValueError naming the bad `config.data` key; cheap, no I/O."""
-  for key in ("num_frames", "image_size", "num_clips", "num_crops", "num_workers"):
-    v = data_cfg.get(key)
-    if not isinstance(v, int) or v < 1:
-      raise ValueError(f"config.data.{key} must be an int >= 1, got {v!r}")
-  if data_cfg.get("prefetch", 0) < 0:
-    raise ValueError(f"config.data.prefetch must be >= 0, got {data_cfg.prefetch}")
-  if not data_cfg.get("dataset"):
-    raise ValueError("config.data.dataset is empty")
-  records.fog_filter(data_cfg)
-  records.perspective_filter(data_cfg)
-  a = data_cfg.get("augment")
-  if a is not None and a.get("enabled", True):
-    scales = tuple(a.scales)
-    if not scales or any(not 0 < s <= 1 for s in scales):
-      raise ValueError(f"config.data.augment.scales must be in (0, 1], got {scales}")
-    for key in ("color_jitter_prob", "grayscale_prob"):
-      if not 0 <= a[key] <= 1:
-        raise ValueError(f"config.data.augment.{key} must be in [0, 1], got {a[key]}")
-    for key in ("brightness", "contrast", "saturation"):
-      if not 0 <= a[key] < 1:
-        raise ValueError(f"config.data.augment.{key} must be in [0, 1), got {a[key]}")
-    if not 0 <= a.hue <= 0.5:
-      raise ValueError(f"config.data.augment.hue must be in [0, 0.5], got {a.hue}")
-    swap = a.get("flip_swap", "auto")
-    if swap not in ("auto", "", None):
-      bad = [x for x in str(swap).split(",") if x.count(":") != 1]
-      if bad:
-        raise ValueError(f"config.data.augment.flip_swap: {bad} are not 'class_a:class_b' pairs")
-
-
-# ----------------------------------------------------------------------------- iterators
-
-
 def _process(process_index, process_count):
   if process_index is None or process_count is None:
     return jax.process_index(), jax.process_count()
@@ -159,7 +89,6 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
   ``jax.process_count()``; `source` (a sequence of examples with encoded
   'clean' / 'foggy' frame lists and 'label') replaces the dataset, for tests.
   """
-  validate(data_cfg)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   pi, pc = _process(process_index, process_count)
@@ -221,7 +150,6 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
   Yields {'foggy': (B, V, T, S, S, 3) float32, 'label': (B,) int32, 'mask': (B,) bool},
   V = num_clips * num_crops. The clean stream is never decoded.
   """
-  validate(data_cfg)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   split = split or data_cfg.eval_split

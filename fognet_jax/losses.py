@@ -25,33 +25,14 @@ same-class mask, and the tests compare against a loop over ``b`` and ``k in k_b`
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import functools
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 Array = jax.Array
-
-
-def get_config() -> ml_collections.ConfigDict:
-  """The ``config.loss`` block with its defaults.
-
-  Keys:
-    lambda_clean: weight λ of the clean-stream loss L_c in eq. 11 (paper: 0.4).
-    beta_temp: weight β of the temporal alignment loss L_temp in eq. 11 (paper: 0.1).
-      Only used when ``model.csa.enabled`` and the model is two-stream.
-    temp_temperature: temperature τ dividing the frame cosine similarities in L_temp
-      (eq. 7 is written without one, i.e. τ = 1; 0.07 = CLIP's initial temperature is
-      the default here because cosines in [-1, 1] at τ = 1 give an almost flat softmax).
-    max_logit_scale: ``exp(logit_scale)`` is clipped to this value (OpenAI CLIP: 100).
-  """
-  config = ml_collections.ConfigDict()
-  config.lambda_clean = 0.4
-  config.beta_temp = 0.1
-  config.temp_temperature = 0.07
-  config.max_logit_scale = 100.0
-  return config
 
 
 def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
@@ -177,9 +158,9 @@ def fognet_loss(outputs: Mapping[str, Any], labels: Array, loss_cfg: ml_collecti
       is on, 'text' (C, D), 'logit_scale' (scalar). ``B' = B`` or ``2B`` (the single-stream
       baseline trained on 'clean+foggy' stacks both streams into one batch).
     labels: (B,) int32 class indices.
-    loss_cfg: ``losses.get_config()`` block.
-    model_cfg: ``fognet.get_config()`` block (decides which terms are active; CSA is on
-      only for ``arch='fognet'`` with ``csa.enabled``).
+    loss_cfg: the ``loss`` block of the config (configs/fogact.py documents its keys).
+    model_cfg: the ``model`` block (decides which terms are active; CSA is on only for
+      ``arch='fognet'`` with ``csa.enabled``).
 
   Returns:
     (total loss, metrics) with metrics keys 'loss', 'loss_f', 'loss_c', 'loss_temp'
@@ -223,3 +204,12 @@ def fognet_loss(outputs: Mapping[str, Any], labels: Array, loss_cfg: ml_collecti
   metrics["loss"] = total
   metrics["logit_scale"] = jnp.minimum(jnp.exp(jnp.asarray(logit_scale, jnp.float32)), max_scale)
   return total, metrics
+
+
+# (outputs, labels) -> (scalar loss, dict of scalar metrics): what the train step minimises.
+LossFn = Callable[[Any, Array], tuple[Array, Mapping[str, Array]]]
+
+
+def make_loss_fn(config: ml_collections.ConfigDict) -> LossFn:
+  """Eq. 11 with the config's loss weights and the model's active terms."""
+  return functools.partial(fognet_loss, loss_cfg=config.loss, model_cfg=config.model)

@@ -10,16 +10,40 @@ checkpoint, then evaluate on the foggy test split. --mode=train_only: no evaluat
 --mode=eval: evaluate the latest checkpoint of --workdir, or --checkpoint (a step number or a
 checkpoint directory), writing results.json and confusion_matrix.png to --output_dir
 (default: --workdir).
+
+This module assembles a run once (`setup`: processes, mesh, validation, data, prompts; then the
+model, the loss and the iterators) and hands the pieces to `train.train` and
+`evaluate.evaluate_state`, which never reach back up.
 """
 import logging as std_logging
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import app  # pylint: disable=g-import-not-at-top
+import dataclasses  # pylint: disable=g-import-not-at-top
+from typing import Optional
+
+from absl import app
 from absl import flags
 from absl import logging
+from flax import nnx
+import jax
+import ml_collections
 from ml_collections import config_flags
+import numpy as np
+
+from fognet_jax import checkpointing
+from fognet_jax import config_lib
+from fognet_jax import evaluate
+from fognet_jax import input_pipeline
+from fognet_jax import losses
+from fognet_jax import metrics as metrics_lib
+from fognet_jax import prompts
+from fognet_jax import records
+from fognet_jax import sharding
+from fognet_jax import tokenizer as tokenizer_lib
+from fognet_jax import train
+from fognet_jax.models import fognet
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, optionally `file.py:variant`.', lock_config=True)
@@ -48,6 +72,99 @@ class _DropLibraryInfo:
     return not any(part in record.pathname for part in self._parts)
 
 
+@dataclasses.dataclass
+class Run:
+  """What every mode needs, built once from the config."""
+  mesh: jax.sharding.Mesh
+  data: records.DataInfo
+  prompt_tokens: np.ndarray     # (K, C, L) class prompts, one row per template
+  steps: train.StepCounts
+
+
+def setup(config: ml_collections.ConfigDict) -> Run:
+  """Processes, mesh, config validation, the prepared dataset and the class prompts."""
+  sharding.maybe_initialize_distributed(config.distributed.initialize)
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  config_lib.validate(config, num_devices=mesh.size, num_processes=jax.process_count())
+  data = records.prepare(config.data)
+  tok = tokenizer_lib.get_tokenizer(config.model.tokenizer.kind, path=config.model.tokenizer.path)
+  tokens = prompts.tokenize_classes(data.class_names, tok)
+  if config.train.num_templates > 0:
+    tokens = tokens[:config.train.num_templates]
+  # The text tower is causal: positions after every prompt's end-of-text token change
+  # nothing and are not computed.
+  tokens = prompts.trim_context(tokens)
+  steps = train.resolve_steps(config.train, data.num_examples[config.data.train_split])
+  return Run(mesh, data, tokens, steps)
+
+
+def _evaluate(config, run: Run, graphdef, state, output_dir: str) -> dict:
+  batches = input_pipeline.eval_iterator(
+      config.data, batch_size=sharding.local_batch_size(config.eval.batch_size))
+  results = evaluate.evaluate_state(config, graphdef, state, mesh=run.mesh,
+                                    class_names=run.data.class_names,
+                                    prompt_tokens=run.prompt_tokens, batches=batches,
+                                    workdir=output_dir)
+  return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       evaluate_after: bool = True) -> dict:
+  """Trains (resuming when possible), then evaluates on the foggy test split.
+
+  Returns the evaluation results, also written to `<workdir>/results.json` ({} when the
+  run stopped early or `evaluate_after` is False).
+  """
+  run = setup(config)
+  model = fognet.create_model(config.model, rngs=nnx.Rngs(config.seed))
+  local_batch = sharding.local_batch_size(config.train.batch_size)
+
+  def batches(start_step):
+    return input_pipeline.train_iterator(config.data, batch_size=local_batch, seed=config.seed,
+                                         start_step=start_step)
+
+  graphdef, state, last = train.train(
+      config, workdir, mesh=run.mesh, model=model, loss_fn=losses.make_loss_fn(config),
+      batches=batches, prompt_tokens=run.prompt_tokens, steps=run.steps)
+  step = int(jax.device_get(state.step))
+  if step < run.steps.total:
+    metrics_lib.log_info('Training stopped early at step %d; not evaluating.', step)
+    return {}
+  if not evaluate_after:
+    return {}
+  results = _evaluate(config, run, graphdef, state, workdir)
+  results['train_metrics'] = last
+  if jax.process_index() == 0:
+    evaluate.write_results(results, workdir)
+  return results
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
+                        checkpoint: Optional[str] = None,
+                        output_dir: Optional[str] = None) -> dict:
+  """Evaluates the latest checkpoint of `workdir` (or `checkpoint`: a step number or a path
+  to `<run>/checkpoints[/<step>]`); writes results.json + confusion_matrix.png to
+  `output_dir` (default: `workdir`)."""
+  run_dir, step = checkpointing.locate(workdir, checkpoint)
+  run = setup(config)
+  model = fognet.create_model(config.model, rngs=nnx.Rngs(config.seed))
+  schedule = train.make_schedule(config.train, run.steps.total, run.steps.warmup)
+  graphdef, state, _, _ = train.build_state(config, run.mesh, model, schedule)
+  del model
+  ckpt = checkpointing.Checkpointer(run_dir, async_save=False)
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f'no checkpoint in {ckpt.directory}')
+    state = ckpt.restore(state, step)
+  finally:
+    ckpt.close()
+  output_dir = output_dir or workdir
+  results = _evaluate(config, run, graphdef, state, output_dir)
+  if jax.process_index() == 0:
+    evaluate.write_results(results, output_dir)
+  return results
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -59,19 +176,13 @@ def main(argv):
     pass
   if _QUIET_LIBRARIES.value:
     logging.get_absl_handler().addFilter(_DropLibraryInfo(_QUIET_LIBRARIES.value))
-  from fognet_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from fognet_jax import train  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   logging.info('Config:\n%s', config)
   if _MODE.value == 'eval':
-    evaluate.evaluate(config, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
-                      output_dir=_OUTPUT_DIR.value)
-  elif _MODE.value == 'train_only':
-    with config.unlocked():
-      config.eval.after_training = False
-    train.train_and_evaluate(config, _WORKDIR.value)
+    evaluate_checkpoint(config, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
+                        output_dir=_OUTPUT_DIR.value)
   else:
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train_and_evaluate(config, _WORKDIR.value, evaluate_after=_MODE.value != 'train_only')
 
 
 if __name__ == '__main__':

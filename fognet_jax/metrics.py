@@ -62,10 +62,6 @@ class MetricWriter:
       f.write(json.dumps({'step': int(step), **values}) + '\n')
     return values
 
-  def write_image(self, step: int, name: str, image: np.ndarray) -> None:
-    if self.enabled and self._tb is not None:
-      self._tb.image(name, image, step)
-
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()

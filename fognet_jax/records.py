@@ -75,14 +75,11 @@ def _builder_cached(dataset: str, data_dir: Optional[str]):
 
 
 def prepare(data_cfg) -> DataInfo:
-  """Validates `data_cfg`, builds the dataset if needed, and returns its :class:`DataInfo`.
+  """Builds the dataset if needed and returns its :class:`DataInfo` (`data_cfg` validated).
 
   A generated dataset (``synthetic_fog_act``) is built when missing (and
   ``build_if_missing``); a manual-download dataset needs ``config.data.manual_dir``.
   """
-  # input_pipeline imports this module (its validate() uses the filters above).
-  from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  input_pipeline.validate(data_cfg)
   builder = _builder_cached(data_cfg.dataset, data_cfg.get("data_dir"))
   if not builder.is_prepared():
     generated = builder.name.startswith("synthetic")

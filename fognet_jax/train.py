@@ -1,4 +1,4 @@
-"""Training: train state, the jitted sharded train step, and the train-and-evaluate loop.
+"""Training: train state, optimizer, the jitted sharded train step, and the training loop.
 
 The model is an NNX module split into a static graph definition and two state pytrees
 (`nnx.Param` parameters and every other variable). The train step is a pure function of
@@ -16,38 +16,36 @@ Class prompts: one of the K templates is drawn per class at every step
 tower is fine-tuned with the rest (ActionCLIP-style). `train.freeze_text=True` stops gradients
 at the text embeddings and gives the text parameters zero updates.
 
+`fognet_jax.main` assembles a run (mesh, data, model, loss, prompts) and passes the pieces to
+`train`; nothing here reads the dataset or builds the model itself.
+
 Note on accumulation: FogNet's losses are contrastive within a batch (T2V normalises over the
 batch's videos), so with accumulation those normalisations run over each micro-batch; the
 gradient of every step still averages the whole effective batch.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 import math
 import os
 import re
 import time
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional
 
-from absl import logging
 import einops
 import flax
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from fognet_jax import checkpointing
-from fognet_jax import config_lib
+from fognet_jax import losses
 from fognet_jax import metrics as metrics_lib
+from fognet_jax import prompts
 from fognet_jax import sharding as sharding_lib
+from fognet_jax.models import clip
 
-# (outputs, labels) -> (scalar loss, dict of scalar metrics)
-LossFn = Callable[[Any, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
 # (tokens (K, C, L), key) -> (C, L)
 PromptSampler = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -136,21 +134,10 @@ def shard_state(state: TrainState, mesh, *, fsdp: bool, min_size: int = 2 ** 14)
 
 # ------------------------------------------------------------------------------ train step
 
-def default_prompt_sampler(tokens: jax.Array, key: jax.Array) -> jax.Array:
-  from fognet_jax import prompts  # pylint: disable=g-import-not-at-top
-  return prompts.sample_train_prompts(tokens, key)
-
-
-def _set_mode(model: nnx.Module, train: bool) -> None:
-  fn = getattr(model, 'train' if train else 'eval', None)
-  if callable(fn):
-    fn()
-
-
 def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_shardings,
-                    loss_fn: LossFn, schedule, seed: int, grad_accum_steps: int = 1,
+                    loss_fn: losses.LossFn, schedule, seed: int, grad_accum_steps: int = 1,
                     freeze_text: bool = False,
-                    prompt_sampler: PromptSampler = default_prompt_sampler):
+                    prompt_sampler: PromptSampler = prompts.sample_train_prompts):
   """Returns `step(state, batch, prompt_tokens) -> (state, metrics)`, jitted and sharded.
 
   batch: {'clean', 'foggy': (B, T, H, W, 3), 'label': (B,)} global arrays split over `data`.
@@ -164,11 +151,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
 
   def micro_loss(params, rest, micro, text_tokens):
     model = nnx.merge(graphdef, params, rest)
-    _set_mode(model, True)
     text_emb = model.encode_text(text_tokens)  # (C, D)
     if freeze_text:
       text_emb = jax.lax.stop_gradient(text_emb)
-    outputs = model.train_outputs(micro['clean'], micro['foggy'], text_emb, train=True)
+    outputs = model.train_outputs(micro['clean'], micro['foggy'], text_emb)
     loss, metrics = loss_fn(outputs, micro['label'])
     _, _, new_rest = split_model(model)
     return loss, (dict(metrics), new_rest)
@@ -194,9 +180,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
         return (g_sum, rest, None), (loss, metrics)
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      (g_sum, rest, _), (losses, metrics) = jax.lax.scan(body, (zeros, state.rest, None), micro)
+      (g_sum, rest, _), (micro_losses, metrics) = jax.lax.scan(body, (zeros, state.rest, None), micro)
       grads = jax.tree.map(lambda g: g / accum, g_sum)
-      loss = jnp.mean(losses)
+      loss = jnp.mean(micro_losses)
       metrics = jax.tree.map(jnp.mean, metrics)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -214,124 +200,82 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
                  donate_argnums=(0,))
 
 
-# ------------------------------------------------------------------------------ the job
+# ------------------------------------------------------------------------------ the loop
 
-@dataclasses.dataclass
-class Setup:
-  """What a run needs besides its state: built once from the config."""
-  config: ml_collections.ConfigDict
-  mesh: Any
-  info: Any                    # records.prepare(...) result
-  class_names: list
-  prompt_tokens: np.ndarray    # (K, C, L)
-  steps_per_epoch: int
-  total_steps: int
-  warmup_steps: int
+class StepCounts(NamedTuple):
+  """Length of a run in optimizer steps."""
+  per_epoch: int
+  total: int
+  warmup: int
 
 
-def _resolve_steps(config, num_train_examples: int) -> tuple[int, int, int]:
-  t = config.train
-  steps_per_epoch = max(num_train_examples // t.batch_size, 1)
-  if t.num_train_steps and t.num_train_steps > 0:
-    total = int(t.num_train_steps)
+def resolve_steps(tcfg: ml_collections.ConfigDict, num_train_examples: int) -> StepCounts:
+  """Steps per epoch, total steps (`num_train_steps`, else `num_epochs`) and warm-up steps."""
+  per_epoch = max(num_train_examples // tcfg.batch_size, 1)
+  if tcfg.num_train_steps > 0:
+    total = int(tcfg.num_train_steps)
   else:
-    total = max(int(math.ceil(t.num_epochs * steps_per_epoch)), 1)
-  warmup = int(round(t.warmup_epochs * steps_per_epoch))
-  return steps_per_epoch, total, warmup
+    total = max(int(math.ceil(tcfg.num_epochs * per_epoch)), 1)
+  return StepCounts(per_epoch, total, int(round(tcfg.warmup_epochs * per_epoch)))
 
 
-def setup_run(config: ml_collections.ConfigDict) -> Setup:
-  """Distributed init, mesh, validation, dataset preparation and prompt tokens."""
-  sharding_lib.maybe_initialize_distributed(config.get('distributed', {}).get('initialize', 'auto'))
-  mesh = sharding_lib.make_mesh(config.mesh.get('num_devices', -1))
-  config_lib.validate(config, num_devices=mesh.size, num_processes=jax.process_count())
-  from fognet_jax import prompts  # pylint: disable=g-import-not-at-top
-  from fognet_jax import records  # pylint: disable=g-import-not-at-top
-  from fognet_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from fognet_jax.models import fognet  # pylint: disable=g-import-not-at-top
-  fognet.validate_config(config.model)
-  info = records.prepare(config.data)
-  class_names = list(info.class_names)
-  tok_cfg = config.model.tokenizer
-  tok = tokenizer_lib.get_tokenizer(tok_cfg.kind, path=tok_cfg.get('path'))
-  prompt_tokens = prompts.tokenize_classes(class_names, tok)
-  if config.train.get('num_templates', -1) > 0:
-    prompt_tokens = prompt_tokens[:config.train.num_templates]  # (K, C, L)
-  # (K, C, L) -> (K, C, L'): the text tower is causal, positions after every prompt's
-  # end-of-text token change nothing and are not computed.
-  prompt_tokens = prompts.trim_context(prompt_tokens)
-  spe, total, warmup = _resolve_steps(config, int(info.num_examples[config.data.get('train_split', 'train')]))
-  return Setup(config, mesh, info, class_names, prompt_tokens, spe, total, warmup)
-
-
-def create_model(config: ml_collections.ConfigDict) -> nnx.Module:
-  from fognet_jax.models import fognet  # pylint: disable=g-import-not-at-top
-  return fognet.create_model(config.model, rngs=nnx.Rngs(config.seed))
-
-
-def make_loss_fn(config: ml_collections.ConfigDict) -> LossFn:
-  from fognet_jax import losses  # pylint: disable=g-import-not-at-top
-  return functools.partial(losses.fognet_loss, loss_cfg=config.loss, model_cfg=config.model)
-
-
-def build_state(config, mesh, model: nnx.Module, schedule):
-  """(graphdef, sharded state, state shardings, tx) for `model`."""
-  graphdef, params, _ = split_model(model)
+def build_state(config: ml_collections.ConfigDict, mesh, model: nnx.Module, schedule):
+  """(graphdef, state placed on `mesh`, state shardings, optimizer) for `model`."""
+  _, params, _ = split_model(model)
   tx = make_optimizer(config.train, params, schedule)
   graphdef, state = init_state(model, tx)
   state, shardings = shard_state(state, mesh, fsdp=config.mesh.fsdp,
-                                 min_size=config.mesh.get('fsdp_min_size', 2 ** 14))
+                                 min_size=config.mesh.fsdp_min_size)
   return graphdef, state, shardings, tx
-
-
-def train_iterator(config, *, start_step: int) -> Iterator[dict]:
-  from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  return input_pipeline.train_iterator(
-      config.data, batch_size=sharding_lib.local_batch_size(config.train.batch_size),
-      seed=config.seed, start_step=start_step)
 
 
 def _check_finite(step: int, values: Mapping[str, float], workdir: str, ckpt) -> None:
   bad = {k: v for k, v in values.items() if not math.isfinite(v)}
   if bad:
-    last = ckpt.latest_step() if ckpt is not None else None
     raise NonFiniteLossError(
         f'non-finite training metrics at step {step}: {bad}. Training stopped; the last good '
-        f'checkpoint is step {last} in {os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}. '
-        'Try a lower config.train.learning_rate, config.train.grad_clip_norm > 0, or '
+        f'checkpoint is step {ckpt.latest_step()} in '
+        f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}. Try a lower '
+        'config.train.learning_rate, config.train.grad_clip_norm > 0, or '
         "config.model.dtype='float32'.")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, setup: Optional[Setup] = None,
-          model: Optional[nnx.Module] = None, loss_fn: Optional[LossFn] = None,
-          batches: Optional[Callable[[int], Iterator[dict]]] = None,
-          prompt_sampler: PromptSampler = default_prompt_sampler,
-          stop_after: Optional[int] = None) -> tuple[Any, TrainState, dict]:
-  """Trains (resuming from the latest checkpoint in `workdir`); returns (graphdef, state, last metrics).
+def train(config: ml_collections.ConfigDict, workdir: str, *, mesh, model: nnx.Module,
+          loss_fn: losses.LossFn, batches: Callable[[int], Iterator[dict]],
+          prompt_tokens, steps: StepCounts) -> tuple[Any, TrainState, dict]:
+  """Trains `model`, resuming from the latest checkpoint in `workdir`.
 
-  `model`, `loss_fn` and `batches(start_step)` default to FogNet, its loss and the input
-  pipeline; tests substitute small ones with the same interfaces. `stop_after` ends the run
-  after that step (the schedule still spans the whole run), as a preemption would.
+  Args:
+    config: the run's config (`train` and `mesh` blocks, `seed`; written to config.json).
+    mesh: the device mesh (`sharding.make_mesh`).
+    model: the initial model (its parameters are replaced by a checkpoint's when resuming).
+    loss_fn: `(model.train_outputs(...), labels) -> (loss, metrics)`.
+    batches: `start_step -> iterator` of this process's rows of the global batches
+      `{'clean', 'foggy', 'label'}`, starting at batch `start_step`.
+    prompt_tokens: (K, C, L) int32 class prompts, one row per template.
+    steps: the run's length (`resolve_steps`).
+
+  Returns:
+    (graphdef, final state, the metrics of the last logged step). A SIGTERM or a preemption
+    notice ends the run early, after saving a checkpoint.
   """
-  setup = setup or setup_run(config)
-  mesh, t = setup.mesh, config.train
+  t = config.train
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  schedule = make_schedule(t, setup.total_steps, setup.warmup_steps)
-  model = model if model is not None else create_model(config)
+  schedule = make_schedule(t, steps.total, steps.warmup)
   graphdef, state, shardings, tx = build_state(config, mesh, model, schedule)
   del model
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   metrics_lib.log_info('Mesh %s, %d parameters, sharding %s, %d steps (%d per epoch, %d warm-up)',
-                       dict(mesh.shape), n_params, sharding_lib.describe(state.params),
-                       setup.total_steps, setup.steps_per_epoch, setup.warmup_steps)
+                       dict(mesh.shape), clip.count_params(state.params),
+                       sharding_lib.describe(state.params), steps.total, steps.per_epoch,
+                       steps.warmup)
 
   ckpt = checkpointing.Checkpointer(workdir, keep=t.keep_checkpoints,
                                     every_steps=t.checkpoint_every_steps,
-                                    async_save=t.get('async_checkpointing', True))
+                                    async_save=t.async_checkpointing)
   start_step = 0
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state)
@@ -340,29 +284,27 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, setup: Optional[Se
   writer = metrics_lib.MetricWriter(workdir)
   writer.truncate_after(start_step)
 
-  step_fn = make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings,
-                            loss_fn=loss_fn or make_loss_fn(config), schedule=schedule,
-                            seed=config.seed, grad_accum_steps=t.grad_accum_steps,
-                            freeze_text=t.freeze_text, prompt_sampler=prompt_sampler)
-  prompt_tokens = jax.device_put(jnp.asarray(setup.prompt_tokens, jnp.int32),
+  step_fn = make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings, loss_fn=loss_fn,
+                            schedule=schedule, seed=config.seed,
+                            grad_accum_steps=t.grad_accum_steps, freeze_text=t.freeze_text)
+  prompt_tokens = jax.device_put(jnp.asarray(prompt_tokens, jnp.int32),
                                  sharding_lib.replicated(mesh))
-  it = batches(start_step) if batches is not None else train_iterator(config, start_step=start_step)
-  end_step = setup.total_steps if stop_after is None else min(stop_after, setup.total_steps)
-  progress = metrics_lib.Progress(setup.total_steps, start_step)
+  it = batches(start_step)
+  progress = metrics_lib.Progress(steps.total, start_step)
   sigterm = checkpointing.SigtermFlag()
   last_values: dict = {}
   t_log, step_log = time.time(), start_step
   step = start_step
   try:
-    while step < end_step:
+    while step < steps.total:
       batch = next(it)
       batch = sharding_lib.put_global_batch(
           {k: batch[k] for k in ('clean', 'foggy', 'label')}, mesh)
       state, step_metrics = step_fn(state, batch, prompt_tokens)
       step += 1
       preempted = sigterm.triggered or ckpt.reached_preemption(step)
-      log_now = step % t.log_every_steps == 0 or step == end_step
-      save_now = ckpt.should_save(step) or step == end_step or preempted
+      log_now = step % t.log_every_steps == 0 or step == steps.total
+      save_now = ckpt.should_save(step) or step == steps.total or preempted
       if log_now or save_now:
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         _check_finite(step, values, workdir, ckpt)
@@ -370,9 +312,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, setup: Optional[Se
           dt = max(time.time() - t_log, 1e-9)
           values['steps_per_sec'] = (step - step_log) / dt
           values['clip_pairs_per_sec'] = values['steps_per_sec'] * t.batch_size
-          values['epoch'] = step / setup.steps_per_epoch
+          values['epoch'] = step / steps.per_epoch
           t_log, step_log = time.time(), step
-          writer.write_scalars(step, {k: v for k, v in values.items()})
+          writer.write_scalars(step, values)
           progress.update(step, values)
         last_values = values
       else:
@@ -388,24 +330,3 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, setup: Optional[Se
     ckpt.close()
     writer.close()
   return graphdef, state, last_values
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming when possible), then evaluates on the foggy test split.
-
-  Returns the evaluation results (also written to `<workdir>/results.json`).
-  """
-  from fognet_jax import evaluate  # pylint: disable=g-import-not-at-top
-  setup = setup_run(config)
-  graphdef, state, last = train(config, workdir, setup=setup)
-  if int(jax.device_get(state.step)) < setup.total_steps:
-    metrics_lib.log_info('Training stopped early at step %d; not evaluating.',
-                         int(jax.device_get(state.step)))
-    return {}
-  if not config.eval.get('after_training', True):
-    return {}
-  results = evaluate.evaluate_state(config, graphdef, state, setup=setup, workdir=workdir)
-  results['train_metrics'] = last
-  if jax.process_index() == 0:
-    evaluate.write_results(results, workdir)
-  return results

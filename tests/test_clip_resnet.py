@@ -73,10 +73,10 @@ def test_resnet_openai_pt_parity(rn, kind):
   else:
     U.save_plain_state_dict(rn['tensors'], path)
   # The tiny text tower has 16-wide heads, so the config is named (OpenAI's are inferred).
-  model = clip.from_pretrained(path, config='tiny-rn')
+  model = clip_weights.load(path, config='tiny-rn')
   _check(f'tiny-rn OpenAI {kind} fp32', _outputs(model, rn['pixels'], rn['ids']), rn['ref'],
          FP32_TOL)
-  model = clip.from_pretrained(path, config='tiny-rn', dtype=jnp.bfloat16)
+  model = clip_weights.load(path, config='tiny-rn', dtype=jnp.bfloat16)
   ours = _outputs(model, rn['pixels'], rn['ids'])
   # The random logits here are small (|cos| < 0.1 before the scale), so the bf16 rounding of
   # both embeddings shows up larger relative to them than in the embeddings themselves.
@@ -115,7 +115,7 @@ def test_resnet_mismatches_listed(rn, tmp_path):
   path = str(tmp_path / 'bad.pt')
   U.save_plain_state_dict(tensors, path)
   with pytest.raises(clip_weights.CheckpointMismatchError) as e:
-    clip.from_pretrained(path, config='tiny-rn')
+    clip_weights.load(path, config='tiny-rn')
   msg = str(e.value)
   assert 'visual.layer2.0.downsample.1.running_var' in msg and 'visual.attnpool.q_proj.weight' in msg
 
@@ -142,7 +142,7 @@ def test_rn50_parameter_count_matches_pytorch():
 def test_resnet_orbax_roundtrip_keeps_statistics(rn, tmp_path):
   model = _convert(rn)
   clip_weights.save(model, str(tmp_path / 'saved'))
-  back = clip.from_pretrained(str(tmp_path / 'saved'))
+  back = clip_weights.load(str(tmp_path / 'saved'))
   assert back.config == rn['cfg']
   _check('tiny-rn orbax roundtrip', _outputs(back, rn['pixels'], rn['ids']), rn['ref'], FP32_TOL)
 

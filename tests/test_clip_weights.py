@@ -55,7 +55,7 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize('dtype,tol', [('float32', FP32_TOL), ('bfloat16', BF16_TOL)])
 def test_tiny_hf_parity(tiny, dtype, tol):
-  model = clip.from_pretrained(tiny['dir'], dtype=dtype)
+  model = clip_weights.load(tiny['dir'], dtype=dtype)
   assert model.config == tiny['cfg']
   _check(f'tiny HF {dtype}', _jax_outputs(model, tiny['pixels'], tiny['ids']), tiny['ref'], tol)
 
@@ -65,7 +65,7 @@ def test_tiny_hf_parity_interpolated_resolution(tiny):
   # interpolate_pos_encoding (bicubic, align_corners=False).
   pixels = np.random.default_rng(3).standard_normal((2, 48, 64, 3)).astype(np.float32)
   ref = U.hf_outputs(tiny['hf'], pixels, tiny['ids'], interpolate=True)
-  model = clip.from_pretrained(tiny['dir'])
+  model = clip_weights.load(tiny['dir'])
   _check('tiny HF fp32 48x64 interpolated', _jax_outputs(model, pixels, tiny['ids']), ref,
          FP32_TOL)
 
@@ -79,10 +79,10 @@ def test_tiny_openai_pt_parity(tiny, kind):
   else:
     U.save_plain_state_dict(state, path)
   # Tiny heads are 16 wide, so the head count is given (OpenAI's are inferred: 64 wide).
-  model = clip.from_pretrained(path, config='tiny')
+  model = clip_weights.load(path, config='tiny')
   _check(f'tiny OpenAI {kind} fp32', _jax_outputs(model, tiny['pixels'], tiny['ids']),
          tiny['ref'], FP32_TOL)
-  model = clip.from_pretrained(path, config='tiny', dtype=jnp.bfloat16)
+  model = clip_weights.load(path, config='tiny', dtype=jnp.bfloat16)
   _check(f'tiny OpenAI {kind} bf16', _jax_outputs(model, tiny['pixels'], tiny['ids']),
          tiny['ref'], BF16_TOL)
 
@@ -106,15 +106,15 @@ def test_pytorch_model_bin_and_bf16_safetensors(tiny, tmp_path):
   d.mkdir()
   (d / 'config.json').write_text((tiny['root'] / 'hf' / 'config.json').read_text())
   torch.save(tiny['hf'].state_dict(), d / 'pytorch_model.bin')
-  ref = _params(clip.from_pretrained(tiny['dir']))
-  got = _params(clip.from_pretrained(str(d)))
+  ref = _params(clip_weights.load(tiny['dir']))
+  got = _params(clip_weights.load(str(d)))
   assert ref.keys() == got.keys()
   for k in ref:
     np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
   # bfloat16 safetensors: values equal the bf16-rounded fp32 weights, params stay fp32.
   import copy
   copy.deepcopy(tiny['hf']).to(torch.bfloat16).save_pretrained(tmp_path / 'bf16')
-  got = _params(clip.from_pretrained(str(tmp_path / 'bf16')))
+  got = _params(clip_weights.load(str(tmp_path / 'bf16')))
   for k in ref:
     assert got[k].dtype == np.float32
     np.testing.assert_array_equal(got[k], ref[k].astype(jnp.bfloat16).astype(np.float32))
@@ -140,7 +140,7 @@ def test_hf_mismatches_listed_together(tiny, tmp_path):
   (d / 'config.json').write_text((tiny['root'] / 'hf' / 'config.json').read_text())
   save_file(sd, str(d / 'model.safetensors'))
   with pytest.raises(clip_weights.CheckpointMismatchError) as info:
-    clip.from_pretrained(str(d))
+    clip_weights.load(str(d))
   err = info.value
   assert err.missing == ['text_model.encoder.layers.1.mlp.fc2.bias',
                          'vision_model.post_layernorm.weight']
@@ -158,7 +158,7 @@ def test_openai_mismatches_listed_together(tiny, tmp_path):
   path = str(tmp_path / 'bad.pt')
   U.save_plain_state_dict(state, path)
   with pytest.raises(clip_weights.CheckpointMismatchError) as info:
-    clip.from_pretrained(path, config='tiny')
+    clip_weights.load(path, config='tiny')
   err = info.value
   assert err.missing == ['visual.transformer.resblocks.0.attn.in_proj_bias']
   assert err.unexpected == ['visual.transformer.resblocks.0.attn.q_bias']
@@ -168,7 +168,7 @@ def test_openai_mismatches_listed_together(tiny, tmp_path):
   U.save_plain_state_dict(U.openai_state_dict(tiny['hf']), good)
   wide = clip.get_config('tiny', text_width=128, text_heads=2)
   with pytest.raises(clip_weights.CheckpointMismatchError, match='wrong shapes') as info:
-    clip.from_pretrained(good, config=wide)
+    clip_weights.load(good, config=wide)
   err = info.value
   # Independent list: the tensors whose shapes differ between the two architectures.
   ours = U.openai_state_dict(tiny['hf'])
@@ -193,40 +193,40 @@ def test_restricted_unpickler_refuses_code(tmp_path):
   with zipfile.ZipFile(path, 'w') as zf:
     zf.writestr('archive/data.pkl', pickle.dumps({'x': Evil()}, protocol=2))
   with pytest.raises(clip_weights.UnsafeCheckpointError, match='refusing to unpickle'):
-    clip.from_pretrained(str(path))
+    clip_weights.load(str(path))
   assert not marker.exists()
   with pytest.raises(ValueError, match='not a PyTorch zip archive'):
     (tmp_path / 'junk.pt').write_bytes(b'not a zip')
-    clip.from_pretrained(str(tmp_path / 'junk.pt'))
+    clip_weights.load(str(tmp_path / 'junk.pt'))
 
 
 def test_orbax_roundtrip(tiny, tmp_path):
-  model = clip.from_pretrained(tiny['dir'])
-  clip.save(model, str(tmp_path / 'ckpt'))
-  again = clip.from_pretrained(str(tmp_path / 'ckpt'), dtype='bfloat16', remat=True)
+  model = clip_weights.load(tiny['dir'])
+  clip_weights.save(model, str(tmp_path / 'ckpt'))
+  again = clip_weights.load(str(tmp_path / 'ckpt'), dtype='bfloat16', remat=True)
   assert again.config == model.config and again.dtype == jnp.bfloat16 and again.remat
   a, b = _params(model), _params(again)
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   with pytest.raises(FileExistsError):
-    clip.save(model, str(tmp_path / 'ckpt'))
+    clip_weights.save(model, str(tmp_path / 'ckpt'))
 
 
 def test_path_errors(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError, match='no such checkpoint'):
-    clip.from_pretrained(str(tmp_path / 'nope'))
+    clip_weights.load(str(tmp_path / 'nope'))
   with pytest.raises(FileNotFoundError, match='config.json'):
-    clip.from_pretrained(str(tmp_path))
+    clip_weights.load(str(tmp_path))
   (tmp_path / 'config.json').write_text('{"model_type": "siglip"}')
   with pytest.raises(ValueError, match='model_type'):
-    clip.from_pretrained(str(tmp_path))
+    clip_weights.load(str(tmp_path))
   (tmp_path / 'config.json').write_text('{"model_type": "clip"}')
   with pytest.raises(FileNotFoundError, match='model.safetensors'):
-    clip.from_pretrained(str(tmp_path))
+    clip_weights.load(str(tmp_path))
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   with pytest.raises(OSError, match='Pass a local directory'):
-    clip.from_pretrained('openai/clip-vit-base-patch16')
+    clip_weights.load('openai/clip-vit-base-patch16')
 
 
 # ------------------------------- full ViT-B/16 --------------------------------------
@@ -250,13 +250,13 @@ def b16(tmp_path_factory):
 
 
 def test_b16_parity_hf_and_openai(b16):
-  model = clip.from_pretrained(b16['dir'])
+  model = clip_weights.load(b16['dir'])
   assert model.config == b16['cfg']
   assert clip.count_params(model) == 149_620_737
   _check('ViT-B/16 HF fp32', _jax_outputs(model, b16['pixels'], b16['ids']), b16['ref'],
          FP32_TOL)
   # The OpenAI TorchScript-style archive (config inferred) gives identical parameters.
-  from_pt = clip.from_pretrained(b16['pt'])
+  from_pt = clip_weights.load(b16['pt'])
   assert from_pt.config == b16['cfg']
   a, b = _params(model), _params(from_pt)
   assert a.keys() == b.keys()
@@ -268,6 +268,6 @@ def test_b16_parity_hf_and_openai(b16):
 
 
 def test_b16_parity_bf16(b16):
-  model = clip.from_pretrained(b16['dir'], dtype=jnp.bfloat16)
+  model = clip_weights.load(b16['dir'], dtype=jnp.bfloat16)
   _check('ViT-B/16 HF bf16', _jax_outputs(model, b16['pixels'], b16['ids']), b16['ref'],
          BF16_TOL)

@@ -71,7 +71,8 @@ def test_unknown_variant_and_unknown_key_fail():
                      match=r"unknown config variant token 'nonsense'"):
     _parse(f'--config={ROOT}/configs/fogact.py:nonsense')
   with pytest.raises(ValueError, match=r"unknown config variant token 'nonsense'"):
-    config_lib.apply_variants(config_lib.base_config(), 'b32,nonsense')
+    fogact = config_lib.import_config_file(os.path.join(ROOT, 'configs'), 'fogact.py')
+    fogact.apply_variant(fogact.get_config(), 'b32,nonsense')
   with pytest.raises(AttributeError, match='no_such_key'):
     _parse(f'--config={ROOT}/configs/synthetic.py', '--config.train.no_such_key=1')
 

@@ -62,10 +62,10 @@ def test_eval_averages_views_and_drops_padding(tmp_path):
 def test_state_evaluation_writes_png_and_results(tmp_path):
   cfg = toy.config()
   mesh = sharding.make_mesh(8)
-  setup = toy.setup(cfg, mesh)
   sched = train.make_schedule(cfg.train, 10, 0)
   graphdef, state, _, _ = train.build_state(cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(0)), sched)
-  res = evaluate.evaluate_state(cfg, graphdef, state, setup=setup, workdir=str(tmp_path),
+  res = evaluate.evaluate_state(cfg, graphdef, state, mesh=mesh, class_names=toy.CLASS_NAMES,
+                                prompt_tokens=toy.prompt_tokens(), workdir=str(tmp_path),
                                 batches=toy.eval_batches(8, num_videos=13, views=2))
   path = evaluate.write_results(res, str(tmp_path))
   png = os.path.join(str(tmp_path), evaluate.CONFUSION_FILE)

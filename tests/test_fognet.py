@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import config_testutil
+from fognet_jax import config_lib
 from fognet_jax import losses
+from fognet_jax.models import clip
 from fognet_jax.models import fognet
 
 B, T, H, C = 4, 3, 32, 5
@@ -18,7 +21,7 @@ TINY = dict(image_size=32, patch_size=8, context_length=16, vocab_size=256, visi
 
 
 def tiny_cfg(**changes):
-  cfg = fognet.get_config()
+  cfg = config_testutil.model_block()
   cfg.backbone = "tiny"
   for k, v in TINY.items():
     cfg.clip_overrides[k] = v
@@ -250,7 +253,7 @@ def test_switch_combination_one_loss_step(name):
       for block in stage:
         block.bn3.scale[...] = jnp.full_like(block.bn3.scale[...], 0.5)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  step = _grad_fn(graphdef, losses.get_config(), cfg)
+  step = _grad_fn(graphdef, config_testutil.loss_block(), cfg)
   clean, foggy, tokens = batch()
 
   def loss_grad(params):
@@ -286,7 +289,7 @@ def global_norm(tree):
 def test_loss_invariant_to_batch_order(default_model):
   cfg, model = default_model
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  step = _grad_fn(graphdef, losses.get_config(), cfg)
+  step = _grad_fn(graphdef, config_testutil.loss_block(), cfg)
   clean, foggy, tokens = batch(1)
   perm = np.array([2, 0, 3, 1])
   (_, m), _ = step(params, rest, clean, foggy, tokens, LABELS)
@@ -297,16 +300,16 @@ def test_loss_invariant_to_batch_order(default_model):
 
 def test_config_errors_name_the_key():
   with pytest.raises(ValueError, match="model.arch"):
-    fognet.create_model(tiny_cfg(arch="x3d"), rngs=nnx.Rngs(0))
+    config_lib.validate_model(tiny_cfg(arch="x3d"))
   with pytest.raises(ValueError, match="model.fas.num_heads"):
     fognet.create_model(tiny_cfg(**{"fas.num_heads": 5}), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="model.temporal_fusion"):
-    fognet.validate_config(tiny_cfg(temporal_fusion="lstm"))
+    config_lib.validate_model(tiny_cfg(temporal_fusion="lstm"))
   with pytest.raises(ValueError, match=r"model\.clip_overrides .* cannot be combined with "
                                        r"model\.init_from='/nonexistent'"):
-    fognet.create_model(tiny_cfg(init_from="/nonexistent"), rngs=nnx.Rngs(0))
+    config_lib.validate_model(tiny_cfg(init_from="/nonexistent"))
   # Without overrides, a missing checkpoint is reported as such.
-  cfg = fognet.get_config()
+  cfg = config_testutil.model_block()
   cfg.backbone, cfg.init_from = "tiny", "/nonexistent"
   assert fognet.clip_overrides(cfg) == {}
   with pytest.raises(FileNotFoundError, match=r"^/nonexistent: no such checkpoint"):
@@ -340,9 +343,9 @@ def test_model_cost_tool_prints_one_json_line(tmp_path, default_model):
   lines = proc.stdout.strip().splitlines()
   assert len(lines) == 1
   result = json.loads(lines[0])
-  assert result["params_trainable"] == fognet.count_params(model)
+  assert result["params_trainable"] == clip.count_params(model)
   assert result["params_heads"] == sum(
-      fognet.count_params(m) for m in (model.fas, model.me))
+      clip.count_params(m) for m in (model.fas, model.me))
   # Against a count written out from the architecture (not from the nnx.Param leaves).
   clip_cfg = model.clip.config
   d = clip_cfg.embed_dim
@@ -408,7 +411,7 @@ def test_baseline_trains_on_its_train_stream(stream):
     np.testing.assert_allclose(got, v_f if stream == "foggy" else v_c, rtol=1e-4, atol=1e-5)
     vids, labels = (v_f if stream == "foggy" else v_c), LABELS
   # The loss against NumPy: eqs. 8-9 on these videos with (tiled) labels.
-  total, m = losses.fognet_loss(out, LABELS, losses.get_config(), cfg)
+  total, m = losses.fognet_loss(out, LABELS, config_testutil.loss_block(), cfg)
   scale = min(np.exp(float(model.logit_scale)), 100.0)
   norm = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
   s = scale * norm(np.asarray(vids, np.float64)) @ norm(np.asarray(text, np.float64)).T

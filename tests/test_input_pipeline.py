@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import config_testutil
 from fognet_jax import augment
+from fognet_jax import config_lib
 from fognet_jax import input_pipeline as ip
 from fognet_jax import records
 from fognet_jax.models import clip
@@ -74,7 +76,7 @@ def source():
 
 
 def _cfg(**kw):
-  c = ip.get_config()
+  c = config_testutil.data_block()
   c.num_frames = 4
   c.image_size = 16
   c.num_workers = 2
@@ -248,7 +250,7 @@ def test_normalisation_matches_clip_constants():
 ])
 def test_validation_names_the_key(key, value, match):
   with pytest.raises(ValueError, match=match):
-    ip.validate(_cfg(**{key: value}))
+    config_lib.validate_data(_cfg(**{key: value}))
 
 
 def test_prepared_generated_dataset_with_filters(tmp_path):

@@ -4,8 +4,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+import config_testutil
 from fognet_jax import losses
-from fognet_jax.models import fognet
 
 
 def _np_normalize(x):
@@ -104,9 +104,9 @@ def _outputs(emb):
 
 
 def test_eq11_total_and_terms(emb):
-  loss_cfg = losses.get_config()
+  loss_cfg = config_testutil.loss_block()
   loss_cfg.lambda_clean, loss_cfg.beta_temp, loss_cfg.temp_temperature = 0.4, 0.1, 0.5
-  model_cfg = fognet.get_config()
+  model_cfg = config_testutil.model_block()
   total, m = losses.fognet_loss(_outputs(emb), LABELS, loss_cfg, model_cfg)
   s_f = _np_logits(emb["video"], emb["text"], emb["logit_scale"])
   s_c = _np_logits(emb["video_c"], emb["text"], emb["logit_scale"])
@@ -129,8 +129,8 @@ def test_eq11_total_and_terms(emb):
 
 
 def test_single_stream_baseline_and_stacked_streams(emb):
-  loss_cfg = losses.get_config()
-  model_cfg = fognet.get_config()
+  loss_cfg = config_testutil.loss_block()
+  model_cfg = config_testutil.model_block()
   model_cfg.arch = "actionclip"
   out = _outputs(emb)
   out.update(video_c=None, frames_f=None, frames_c=None)
@@ -151,7 +151,7 @@ def test_losses_invariant_to_batch_order(emb):
   perm = np.random.default_rng(3).permutation(len(LABELS))
   out = _outputs(emb)
   out_p = {k: (v[perm] if v.ndim >= 2 and k != "text" else v) for k, v in out.items()}
-  cfgs = (losses.get_config(), fognet.get_config())
+  cfgs = (config_testutil.loss_block(), config_testutil.model_block())
   _, m = losses.fognet_loss(out, LABELS, *cfgs)
   _, m_p = losses.fognet_loss(out_p, LABELS[perm], *cfgs)
   for key in ("loss", "loss_f", "loss_c", "loss_temp", "loss_f_t2v", "loss_c_v2t"):
@@ -161,7 +161,7 @@ def test_losses_invariant_to_batch_order(emb):
 def test_fp32_and_stable_with_bf16_inputs_and_huge_logits(emb):
   out = {k: (v.astype(jnp.bfloat16) if k != "logit_scale" else v)
          for k, v in _outputs(emb).items()}
-  total, m = losses.fognet_loss(out, LABELS, losses.get_config(), fognet.get_config())
+  total, m = losses.fognet_loss(out, LABELS, config_testutil.loss_block(), config_testutil.model_block())
   assert total.dtype == jnp.float32 and all(v.dtype == jnp.float32 for v in m.values())
   assert np.isfinite(float(total))
   huge = jnp.asarray(np.random.default_rng(2).normal(size=(6, 4)) * 1e4, jnp.float32)
@@ -178,14 +178,14 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="shape"):
     losses.temporal_alignment_loss(jnp.zeros((2, 3, 4)), jnp.zeros((2, 4, 4)), 0.1)
   out = {"video_f": jnp.ones((5, 4)), "text": jnp.ones((3, 4)), "logit_scale": 0.0}
-  model_cfg = ml_collections.ConfigDict(fognet.get_config().to_dict())
+  model_cfg = ml_collections.ConfigDict(config_testutil.model_block().to_dict())
   model_cfg.csa.enabled = False
   with pytest.raises(ValueError, match="video_f"):
-    losses.fognet_loss(out, np.zeros(2, np.int32), losses.get_config(), model_cfg)
+    losses.fognet_loss(out, np.zeros(2, np.int32), config_testutil.loss_block(), model_cfg)
   model_cfg.csa.enabled = True
   out["video_f"] = jnp.ones((2, 4))
   with pytest.raises(ValueError, match="csa"):
-    losses.fognet_loss(out, np.zeros(2, np.int32), losses.get_config(), model_cfg)
+    losses.fognet_loss(out, np.zeros(2, np.int32), config_testutil.loss_block(), model_cfg)
 
 
 def _np_total(emb, lam, beta, tau, max_scale, logit_scale):
@@ -200,15 +200,14 @@ def _np_total(emb, lam, beta, tau, max_scale, logit_scale):
 
 def test_config_values_reach_the_loss_through_train(emb):
   """Non-default λ, β, τ and logit-scale clip set in the config, pushed through
-  train.make_loss_fn, against NumPy."""
-  from fognet_jax import config_lib, train
-  cfg = config_lib.base_config()
+  losses.make_loss_fn, against NumPy."""
+  cfg = config_testutil.recipe()
   cfg.model.arch, cfg.model.csa.enabled = "fognet", True
   cfg.loss.lambda_clean, cfg.loss.beta_temp = 0.65, 0.85
   cfg.loss.temp_temperature, cfg.loss.max_logit_scale = 0.3, 20.0
   out = _outputs(emb)
   out["logit_scale"] = jnp.asarray(np.log(50.0), jnp.float32)  # above the clip of 20
-  total, m = train.make_loss_fn(cfg)(out, LABELS)
+  total, m = losses.make_loss_fn(cfg)(out, LABELS)
   want, l_f, l_c, l_t = _np_total(emb, 0.65, 0.85, 0.3, 20.0, np.log(50.0))
   np.testing.assert_allclose(m["loss_f"], l_f, rtol=1e-5)
   np.testing.assert_allclose(m["loss_c"], l_c, rtol=1e-5)
@@ -225,7 +224,6 @@ def test_synthetic_config_beta_reaches_the_loss(emb):
   """configs/synthetic.py sets β = 1 for L_temp: the loss built from that file uses it."""
   import importlib.util
   import os
-  from fognet_jax import train
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "configs", "synthetic.py")
   spec = importlib.util.spec_from_file_location("synthetic_config", path)
@@ -233,7 +231,7 @@ def test_synthetic_config_beta_reaches_the_loss(emb):
   spec.loader.exec_module(module)
   cfg = module.get_config()
   assert cfg.loss.beta_temp == 1.0 and cfg.model.arch == "fognet" and cfg.model.csa.enabled
-  total, m = train.make_loss_fn(cfg)(_outputs(emb), LABELS)
+  total, m = losses.make_loss_fn(cfg)(_outputs(emb), LABELS)
   want, _, _, l_t = _np_total(emb, cfg.loss.lambda_clean, 1.0, cfg.loss.temp_temperature,
                               cfg.loss.max_logit_scale, emb["logit_scale"])
   np.testing.assert_allclose(total, want, rtol=1e-5)

@@ -49,7 +49,7 @@ def _run(workdir, block_at=-1):
           time.sleep(0.05)
       yield b
 
-  _, state, _ = train.train(cfg, workdir, setup=toy.setup(cfg, mesh),
+  _, state, _ = train.train(cfg, workdir, **toy.run_parts(cfg, mesh),
                             model=toy.ToyModel(rngs=nnx.Rngs(cfg.seed)), loss_fn=toy.toy_loss,
                             batches=batches)
   return state

@@ -159,8 +159,9 @@ def test_common_features_and_config_helpers():
 
 
 def test_mirror_pairs_are_declared_for_the_flip_augmentation():
-  from fognet_jax import augment, input_pipeline  # pylint: disable=g-import-not-at-top
-  table = augment.flip_table(input_pipeline.get_config(), renderer.CLASS_NAMES,
+  import config_testutil  # pylint: disable=g-import-not-at-top
+  from fognet_jax import augment  # pylint: disable=g-import-not-at-top
+  table = augment.flip_table(config_testutil.data_block(), renderer.CLASS_NAMES,
                              sfa.SyntheticFogAct.MIRROR_CLASS_PAIRS)
   expected = np.arange(len(renderer.CLASS_NAMES))
   expected[[4, 5, 6, 7]] = [5, 4, 7, 6]   # sidestep left/right, turn clockwise/counter-clockwise

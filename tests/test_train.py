@@ -1,6 +1,7 @@
 """Train step: sharding equivalence (1 vs 8 devices, DP and FSDP), accumulation, freezing,
 schedule, NaN handling. Uses the toy model of train_toy.py (same interfaces as FogNet)."""
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -8,15 +9,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fognet_jax import checkpointing, sharding, train
+from fognet_jax import checkpointing, losses, sharding, train
 import train_toy as toy
 
 
 def _one_step(cfg, num_devices, *, fsdp=False, batch=None, steps=1):
   cfg.mesh.fsdp = fsdp
   mesh = sharding.make_mesh(num_devices)
-  setup = toy.setup(cfg, mesh)
-  schedule = train.make_schedule(cfg.train, setup.total_steps, setup.warmup_steps)
+  counts = toy.steps(cfg)
+  schedule = train.make_schedule(cfg.train, counts.total, counts.warmup)
   model = toy.ToyModel(rngs=nnx.Rngs(0))
   graphdef, state, shardings, tx = train.build_state(cfg, mesh, model, schedule)
   step = train.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings,
@@ -103,7 +104,7 @@ def test_schedule_is_linear_warmup_then_cosine():
 
 def test_epochs_resolve_to_steps():
   cfg = toy.config(num_train_steps=-1, num_epochs=2.5, warmup_epochs=1.0)
-  assert train._resolve_steps(cfg, 160) == (10, 25, 10)  # 160 / 16 = 10 steps per epoch
+  assert train.resolve_steps(cfg.train, 160) == (10, 25, 10)  # 160 / 16 = 10 steps per epoch
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -111,7 +112,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
                    async_checkpointing=False)
   mesh = sharding.make_mesh(8)
   with pytest.raises(train.NonFiniteLossError, match=r'step 6.*last good checkpoint is step 4'):
-    train.train(cfg, str(tmp_path), setup=toy.setup(cfg, mesh),
+    train.train(cfg, str(tmp_path), **toy.run_parts(cfg, mesh),
                 model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss,
                 batches=lambda s: toy.batches(0, 16, s, nan_at=5))
   ck = checkpointing.Checkpointer(str(tmp_path), async_save=False)
@@ -133,8 +134,7 @@ class ToyTwoStream(toy.ToyModel):
     b, t = x.shape[:2]
     return self.frame(x.reshape(b, t, -1))  # (B, T, D)
 
-  def train_outputs(self, clean, foggy, text_emb, *, train=True):
-    del train
+  def train_outputs(self, clean, foggy, text_emb):
     fc, ff = self._frames(clean), self._frames(foggy)
     pool = lambda f: self.visual_head(jax.nn.gelu(jnp.mean(f, axis=1)))
     return {'video_f': pool(ff), 'video_c': pool(fc), 'frames_f': ff, 'frames_c': fc,
@@ -165,7 +165,7 @@ def _sgd_step(cfg, num_devices, batch, *, fsdp=False):
   _, state = train.init_state(model, tx)
   state, shardings = train.shard_state(state, mesh, fsdp=fsdp, min_size=16)
   step = train.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings,
-                               loss_fn=train.make_loss_fn(cfg),
+                               loss_fn=losses.make_loss_fn(cfg),
                                schedule=lambda s: 1.0, seed=cfg.seed,
                                grad_accum_steps=cfg.train.grad_accum_steps,
                                prompt_sampler=_first_template)
@@ -179,7 +179,7 @@ def _sgd_step(cfg, num_devices, batch, *, fsdp=False):
 def _reference_grads(graphdef, params, rest, cfg, batch, accum):
   """Gradient of the mean over micro-batches of the loss of each micro-batch (row
   r = m * accum + a goes to micro-batch a), on one device, without the train step."""
-  loss_fn = train.make_loss_fn(cfg)
+  loss_fn = losses.make_loss_fn(cfg)
   text_tokens = jnp.asarray(toy.prompt_tokens()[0])
 
   def total(params):
@@ -235,16 +235,19 @@ def test_fsdp_state_is_restored_sharded_and_resumes_exactly(tmp_path):
   mesh = sharding.make_mesh(8)
   starts = []
 
-  def run(workdir, **kw):
-    def batches(start):
+  def run(workdir, sigterm_at=None):
+    def batches(start):  # a SIGTERM while batch `sigterm_at` is read: a preemption
       starts.append(start)
-      return toy.batches(0, 16, start)
-    return train.train(cfg, workdir, setup=toy.setup(cfg, mesh),
+      for i, b in enumerate(toy.batches(0, 16, start), start):
+        if i == sigterm_at:
+          os.kill(os.getpid(), signal.SIGTERM)
+        yield b
+    return train.train(cfg, workdir, **toy.run_parts(cfg, mesh),
                        model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss,
-                       batches=batches, **kw)[1]
+                       batches=batches)[1]
 
   ref = run(str(tmp_path / 'ref'))
-  half = run(str(tmp_path / 'run'), stop_after=2)
+  half = run(str(tmp_path / 'run'), sigterm_at=1)
   assert int(half.step) == 2
   ck = checkpointing.Checkpointer(str(tmp_path / 'run'), async_save=False)
   assert ck.all_steps() == [2]

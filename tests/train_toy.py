@@ -33,8 +33,7 @@ class ToyModel(nnx.Module):
     frames = self.frame(x.reshape(b, t, -1))  # (B, T, D)
     return self.visual_head(jax.nn.gelu(jnp.mean(frames, axis=1)))  # (B, D)
 
-  def train_outputs(self, clean, foggy, text_emb, *, train=True):
-    del train
+  def train_outputs(self, clean, foggy, text_emb):
     return {'clean': self._video(clean), 'foggy': self._video(foggy), 'text': text_emb,
             'logit_scale': self.logit_scale[...]}
 
@@ -106,8 +105,8 @@ def eval_batches(batch_size: int, num_videos: int = 13, views: int = 2):
 
 def config(**train_overrides) -> ml_collections.ConfigDict:
   """A full config with small train settings (data/model blocks unused by the toy)."""
-  from fognet_jax import config_lib
-  c = config_lib.base_config()
+  import config_testutil
+  c = config_testutil.recipe()
   c.data.num_frames = FRAMES
   c.data.image_size = SIZE
   c.model.backbone = 'tiny'
@@ -127,8 +126,14 @@ def config(**train_overrides) -> ml_collections.ConfigDict:
   return c
 
 
-def setup(cfg, mesh, *, num_train_examples: int = 160):
+CLASS_NAMES = [f'class_{i}' for i in range(NUM_CLASSES)]
+
+
+def steps(cfg, num_train_examples: int = 160):
   from fognet_jax import train
-  spe, total, warmup = train._resolve_steps(cfg, num_train_examples)  # pylint: disable=protected-access
-  return train.Setup(cfg, mesh, None, [f'class_{i}' for i in range(NUM_CLASSES)],
-                     prompt_tokens(), spe, total, warmup)
+  return train.resolve_steps(cfg.train, num_train_examples)
+
+
+def run_parts(cfg, mesh, *, num_train_examples: int = 160) -> dict:
+  """The keyword arguments of `train.train` that `main.setup` would build, for the toy."""
+  return dict(mesh=mesh, prompt_tokens=prompt_tokens(), steps=steps(cfg, num_train_examples))

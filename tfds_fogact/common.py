@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import dataclasses
 import io
@@ -290,8 +291,7 @@ def data_source(builder: tfds.core.DatasetBuilder, split: str, *, decoders=None,
 
 def main(argv=None):
   """CLI: ``python -m tfds_fogact.common NAME[/CONFIG] [--data_dir D] [--manual_dir M]``."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  import tfds_fogact  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  # `python -m tfds_fogact.common` imports the package first, which registers the builders.
   parser = argparse.ArgumentParser(description="Prepare a tfds_fogact dataset (TFRecord + ArrayRecord).")
   parser.add_argument("name", help="dataset name, e.g. synthetic_fog_act or synthetic_fog_act/bench224")
   parser.add_argument("--data_dir", default=None)

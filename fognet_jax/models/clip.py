@@ -21,8 +21,9 @@ matmul, attention head-major, and the last layer only at the pooled token.
 
 Typical use::
 
+    from fognet_jax import clip_weights
     from fognet_jax.models import clip
-    model = clip.from_pretrained('/path/to/clip-vit-base-patch16')  # HF dir, OpenAI .pt, Orbax
+    model = clip_weights.load('/path/to/clip-vit-base-patch16')  # HF dir, OpenAI .pt, Orbax
     img = model.encode_image(pixels)      # (N, H, W, 3) CLIP-normalised -> (N, D)
     txt = model.encode_text(token_ids)    # (N, 77) int32 -> (N, D)
     small = clip.create('tiny', image_size=64, seed=0)   # random initialisation
@@ -815,29 +816,9 @@ def create(name_or_config: str | CLIPConfig = 'ViT-B/16', *, dtype=jnp.float32,
               rngs=nnx.Rngs(seed))
 
 
-def count_params(model: nnx.Module) -> int:
-  """Number of scalar parameters (``nnx.Param`` leaves) of a module."""
-  state = nnx.state(model, nnx.Param)
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
-
-
-def from_pretrained(path_or_name: str, *, dtype=jnp.float32, remat: bool = False,
-                    config: CLIPConfig | str | None = None,
-                    attention_impl: str | None = None) -> CLIP:
-  """Loads CLIP with weights: a Hugging Face directory (``config.json`` + safetensors or
-  ``pytorch_model.bin``), an OpenAI ``.pt`` archive, an Orbax checkpoint written by
-  :func:`save`, or a hub name such as ``'openai/clip-vit-base-patch16'`` (needs network).
-
-  ``config`` (name or CLIPConfig) is only needed for OpenAI ``.pt`` files whose attention
-  heads are not 64 wide (the head count is not stored in them). See
-  ``fognet_jax/clip_weights.py`` for the formats and the errors raised.
-  """
-  from fognet_jax import clip_weights  # pylint: disable=g-import-not-at-top
-  return clip_weights.load(path_or_name, dtype=dtype, remat=remat, config=config,
-                           attention_impl=attention_impl)
-
-
-def save(model: CLIP, path: str) -> None:
-  """Saves a CLIP model (config + float32 params) as an Orbax checkpoint directory."""
-  from fognet_jax import clip_weights  # pylint: disable=g-import-not-at-top
-  clip_weights.save(model, path)
+def count_params(tree: Any) -> int:
+  """Number of scalar parameters: of a module's ``nnx.Param`` variables (shared ones counted
+  once), or of every leaf of a parameter pytree (arrays or shape structs)."""
+  if isinstance(tree, nnx.Module):
+    tree = nnx.state(tree, nnx.Param)
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))

@@ -54,111 +54,16 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from fognet_jax import clip_weights
 from fognet_jax import losses
 from fognet_jax.models import clip
 
 Array = jax.Array
 
-ARCHS = ("fognet", "actionclip")
-FUSIONS = ("mean", "transformer")
-TRAIN_STREAMS = ("foggy", "clean", "clean+foggy")
-# CLIPConfig fields that may be overridden from the config (None = keep the backbone's).
-_CLIP_OVERRIDE_KEYS = ("embed_dim", "image_size", "patch_size", "vision_width", "vision_layers",
-                       "vision_heads", "context_length", "vocab_size", "text_width",
-                       "text_layers", "text_heads")
-
-
-def get_config() -> ml_collections.ConfigDict:
-  """The ``config.model`` block with its defaults.
-
-  Keys:
-    backbone: CLIP config name ('ViT-B/32', 'ViT-B/16', 'ViT-L/14', 'ViT-L/14@336', 'tiny').
-    init_from: None = random initialisation; else a path or hub name for
-      ``clip.from_pretrained`` (the backbone's config then comes from the weights).
-    dtype: compute dtype of the towers and heads, 'float32' or 'bfloat16' (params fp32,
-      losses always fp32).
-    remat: rematerialise the transformer blocks of the towers in the backward pass.
-    attention_impl: attention of the CLIP towers and the temporal transformer: None or
-      'xla' (einsum attention, any platform) or 'cudnn' (cuDNN's fused kernel, GPU).
-    clip_overrides: CLIPConfig fields replacing the backbone's (from-scratch models only),
-      e.g. ``image_size=64, patch_size=8, vision_width=128``; None entries are ignored.
-    arch: 'fognet' (two streams, training with clean + foggy clips) or 'actionclip'.
-    fas.enabled / fas.parameter_free / fas.num_heads / fas.temperature / fas.init_scale:
-      Fog-Aware Selection (see the module docstring). ``temperature`` only for
-      ``parameter_free``; ``init_scale`` scales the init of the out projection so that the
-      residual branch starts small.
-    me.enabled / me.shared_weights / me.num_heads / me.init_scale: Mutual Enhancement;
-      ``init_scale`` scales the init of Wv (the branch added to the residual).
-    csa.enabled: Cross-Stream Alignment loss L_temp (its τ is ``loss.temp_temperature``).
-    temporal_fusion: 'mean' or 'transformer'.
-    temporal_layers / temporal_heads / max_frames: the temporal transformer
-      (ActionCLIP: 6 layers; heads None = embed_dim // 64, at least 1).
-    train_stream: baseline only: 'foggy', 'clean' or 'clean+foggy'.
-    tokenizer.kind / tokenizer.path: 'clip' (BPE vocabulary files at path) or
-      'byte' (no files; for from-scratch models).
-    frame_centering: subtract each clip's mean frame (over its T frames) from every frame
-      before the image tower: the static background cancels and what moves remains. Uses
-      only the clip itself (the foggy clip alone at inference). Not in the paper (False):
-      for small models trained from scratch on little data, where a tower that starts
-      from random weights otherwise locks onto the background (the synthetic default).
-  """
-  c = ml_collections.ConfigDict()
-  c.backbone = "ViT-B/16"
-  c.init_from = ml_collections.config_dict.placeholder(str)
-  c.dtype = "float32"
-  c.remat = False
-  c.attention_impl = ml_collections.config_dict.placeholder(str)
-  c.clip_overrides = ml_collections.ConfigDict(
-      {k: ml_collections.config_dict.placeholder(int) for k in _CLIP_OVERRIDE_KEYS})
-  c.arch = "fognet"
-  c.fas = ml_collections.ConfigDict(dict(enabled=True, parameter_free=False, num_heads=8,
-                                         temperature=1.0, init_scale=0.1))
-  c.me = ml_collections.ConfigDict(dict(enabled=True, shared_weights=True, num_heads=1,
-                                        init_scale=0.1))
-  c.csa = ml_collections.ConfigDict(dict(enabled=True))
-  c.temporal_fusion = "mean"
-  c.temporal_layers = 6
-  c.temporal_heads = ml_collections.config_dict.placeholder(int)
-  c.max_frames = 32
-  c.train_stream = "foggy"
-  c.tokenizer = ml_collections.ConfigDict(dict(kind="clip", path=None))
-  c.frame_centering = False
-  return c
-
-
 def clip_overrides(model_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   """The non-None entries of ``model.clip_overrides`` as a plain dict."""
   ov = model_cfg.get("clip_overrides") or {}
   return {k: v for k, v in dict(ov).items() if v is not None}
-
-
-def validate_config(model_cfg: ml_collections.ConfigDict) -> None:
-  """Raises ``ValueError`` naming the ``model.*`` key that is wrong (cheap, no arrays)."""
-  def fail(key, msg):
-    raise ValueError(f"config key model.{key}: {msg}")
-
-  if model_cfg.arch not in ARCHS:
-    fail("arch", f"must be one of {ARCHS}, got {model_cfg.arch!r}")
-  if model_cfg.temporal_fusion not in FUSIONS:
-    fail("temporal_fusion", f"must be one of {FUSIONS}, got {model_cfg.temporal_fusion!r}")
-  if model_cfg.get("train_stream", "foggy") not in TRAIN_STREAMS:
-    fail("train_stream", f"must be one of {TRAIN_STREAMS}, got {model_cfg.train_stream!r}")
-  if model_cfg.get("init_from") is None and model_cfg.backbone not in clip.CONFIGS:
-    fail("backbone", f"unknown backbone {model_cfg.backbone!r}; known: {sorted(clip.CONFIGS)}")
-  if model_cfg.get("attention_impl") not in (None, "xla", "cudnn"):
-    fail("attention_impl", f"must be None, 'xla' or 'cudnn', got {model_cfg.attention_impl!r}")
-  if model_cfg.dtype not in ("float32", "bfloat16", "float16"):
-    fail("dtype", f"must be 'float32', 'bfloat16' or 'float16', got {model_cfg.dtype!r}")
-  for name in ("fas", "me", "csa"):
-    if "enabled" not in model_cfg[name]:
-      fail(f"{name}.enabled", "missing")
-  if model_cfg.fas.get("temperature", 1.0) <= 0:
-    fail("fas.temperature", f"must be > 0, got {model_cfg.fas.temperature}")
-  for key in ("fas.num_heads", "me.num_heads", "temporal_layers", "max_frames"):
-    block, _, leaf = key.rpartition(".")
-    value = (model_cfg[block] if block else model_cfg).get(leaf, 1)
-    if not isinstance(value, int) or value < (0 if leaf == "temporal_layers" else 1):
-      fail(key, f"must be a positive integer, got {value!r}")
 
 
 def _normal(std: float):
@@ -316,14 +221,13 @@ class FogNet(nnx.Module):
   """FogNet / ActionCLIP video classifier on top of a CLIP model.
 
   Args:
-    model_cfg: ``get_config()`` block.
+    model_cfg: the ``model`` block of the config (configs/fogact.py).
     clip_model: the CLIP towers (``clip.CLIP``).
     rngs: random streams for the FAS / ME / temporal parameters.
   """
 
   def __init__(self, model_cfg: ml_collections.ConfigDict, clip_model: clip.CLIP, *,
                rngs: nnx.Rngs):
-    validate_config(model_cfg)
     self.clip = clip_model
     dtype = clip.canonical_dtype(model_cfg.dtype)
     dim = clip_model.config.embed_dim
@@ -389,21 +293,18 @@ class FogNet(nnx.Module):
       v_c, v_f = self.me(v_c, v_f)
     return v_c, v_f
 
-  def train_outputs(self, clean: Array, foggy: Array, text_emb: Array, *,
-                    train: bool = True) -> dict[str, Array]:
+  def train_outputs(self, clean: Array, foggy: Array, text_emb: Array) -> dict[str, Array]:
     """Everything ``losses.fognet_loss`` needs for one batch.
 
     Args:
       clean, foggy: (B, T, H, W, 3) paired CLIP-normalised clips.
       text_emb: (C, D) class prompt embeddings (``encode_text`` of one prompt per class).
-      train: unused (no dropout); kept for the agreed signature.
 
     Returns:
       dict with 'video_f' (B or 2B, D), 'video_c' (B, D) or None, 'frames_f' / 'frames_c'
       (B, T, D) (``v_f^D``, ``v_c^D``; None for the baseline), 'text' (C, D) and
       'logit_scale' (scalar, log scale).
     """
-    del train
     if clean.shape != foggy.shape:
       raise ValueError(f"clean and foggy clips differ in shape: {clean.shape} vs {foggy.shape}")
     out = {"text": text_emb, "logit_scale": self.logit_scale, "video_c": None,
@@ -456,19 +357,14 @@ def create_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Fog
   """Builds FogNet / ActionCLIP from the ``model`` config block.
 
   With ``model_cfg.init_from`` set the CLIP towers are loaded with
-  ``clip.from_pretrained`` (and ``clip_overrides`` must be empty); otherwise a randomly
+  ``clip_weights.load`` (``clip_overrides`` must then be empty); otherwise a randomly
   initialised CLIP ``backbone`` (+ ``clip_overrides``) is built from ``rngs``.
   """
-  validate_config(model_cfg)
   dtype = clip.canonical_dtype(model_cfg.dtype)
   overrides = clip_overrides(model_cfg)
   if model_cfg.get("init_from"):
-    if overrides:
-      raise ValueError(f"config keys model.clip_overrides {sorted(overrides)} cannot be "
-                       f"combined with model.init_from={model_cfg.init_from!r}")
-    clip_model = clip.from_pretrained(model_cfg.init_from, dtype=dtype,
-                                      remat=bool(model_cfg.remat),
-                                      attention_impl=model_cfg.get("attention_impl"))
+    clip_model = clip_weights.load(model_cfg.init_from, dtype=dtype, remat=bool(model_cfg.remat),
+                                   attention_impl=model_cfg.get("attention_impl"))
   else:
     try:
       clip_cfg = clip.get_config(model_cfg.backbone, **overrides)
@@ -478,7 +374,3 @@ def create_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Fog
                            attention_impl=model_cfg.get("attention_impl"), rngs=rngs)
   return FogNet(model_cfg, clip_model, rngs=rngs)
 
-
-def count_params(model: nnx.Module) -> int:
-  """Number of trainable scalars (``nnx.Param`` leaves, shared ones counted once)."""
-  return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))

@@ -42,6 +42,8 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from fognet_jax import config_lib  # noqa: E402
+from fognet_jax.models import clip  # noqa: E402
 from fognet_jax.models import fognet  # noqa: E402
 
 
@@ -54,10 +56,6 @@ def _define_flags() -> None:
   flags.DEFINE_integer("frames", 8, "Frames of the inference clip.")
   flags.DEFINE_integer("image_size", 224, "Frame side of the inference clip.")
   flags.DEFINE_integer("num_classes", 10, "Classes in the text-embedding input.")
-
-
-def _param_count(tree) -> int:
-  return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
 def _flops(compiled) -> float:
@@ -119,7 +117,7 @@ def measure(model_cfg, *, frames: int = 8, image_size: int = 224,
   with cfg.unlocked():
     cfg.init_from = None  # cost of the architecture; weights are not needed
     cfg.attention_impl = "xla"  # compiled for the CPU (see the module docstring)
-  fognet.validate_config(cfg)
+  config_lib.validate_model(cfg)
   if image_size <= 0 or frames <= 0 or num_classes <= 0:
     raise ValueError("--frames, --image_size and --num_classes must be positive")
   model = nnx.eval_shape(lambda: fognet.create_model(cfg, rngs=nnx.Rngs(0)))
@@ -130,11 +128,11 @@ def measure(model_cfg, *, frames: int = 8, image_size: int = 224,
   if image_size % stride:
     raise ValueError(f"--image_size={image_size} is not a multiple of the patch size / stride "
                      f"{stride} of model.backbone={cfg.backbone!r}")
-  n_visual = _param_count(nnx.state(model.clip.visual, nnx.Param))
-  n_text = _param_count(nnx.state(model.clip.text, nnx.Param))
-  n_tok = _param_count(nnx.state(model.clip.text.token_embedding, nnx.Param))
-  n_total = _param_count(params)
-  n_heads = sum(_param_count(nnx.state(m, nnx.Param))
+  n_visual = clip.count_params(model.clip.visual)
+  n_text = clip.count_params(model.clip.text)
+  n_tok = clip.count_params(model.clip.text.token_embedding)
+  n_total = clip.count_params(params)
+  n_heads = sum(clip.count_params(m)
                 for m in (model.fas, model.me, model.temporal) if m is not None)
 
   d = clip_cfg.embed_dim
