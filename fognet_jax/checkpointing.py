@@ -1,15 +1,24 @@
-"""Orbax checkpoints in `<workdir>/checkpoints`: periodic saves, keep-N, resume, SIGTERM save.
+"""Orbax checkpoints in `<workdir>/checkpoints`: periodic saves, keep-N, resume, SIGTERM save,
+and the lock that keeps two training runs out of one workdir.
 
 A checkpoint holds the whole train state (step, parameters, other model variables, optimizer
 state). Data order and step randomness are functions of (seed, step), so restoring the state
 of step s and restarting the input pipeline at s continues exactly as an uninterrupted run.
 Arrays are restored directly into their target shardings (replicated or FSDP).
+
+Faults: a latest checkpoint that does not restore (a truncated array file, missing metadata:
+a run killed while writing, a full disk) is skipped with a warning naming it and renamed to
+`<step>.unrestorable`; the newest one that restores is used. When none restores, one error
+names the directory.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import socket
 import threading
+import time
 from typing import Any, Optional
 
 from absl import logging
@@ -18,6 +27,16 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = 'checkpoints'
+LOCK_FILE = 'train.lock'
+UNRESTORABLE_SUFFIX = '.unrestorable'
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of the directory could be restored; the message names it."""
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another training run holds the workdir's lock; the message names the lock file."""
 
 
 def _is_key(x: Any) -> bool:
@@ -106,21 +125,58 @@ class Checkpointer:
     return saved
 
   def restore(self, template: Any, step: Optional[int] = None) -> Any:
-    """Restores into the structure, dtypes and shardings of `template` (a live state)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
+    """Restores into the structure, dtypes and shardings of `template` (a live state).
+
+    `step=None`: the newest checkpoint that restores; newer ones that do not are skipped
+    with a warning and renamed `<step>.unrestorable` (so later saves can reuse the step).
+    Raises CheckpointError naming the directory when none restores.
+    """
+    if step is not None:
+      if step not in self.all_steps():
+        raise FileNotFoundError(f'no checkpoint of step {step} in {self.directory} '
+                                f'(have {self.all_steps()})')
+      return self._restore(template, step)
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
-    if step not in self.all_steps():
-      raise FileNotFoundError(f'no checkpoint of step {step} in {self.directory} '
-                              f'(have {self.all_steps()})')
+    errors = []
+    for s in steps:
+      try:
+        state = self._restore(template, s)
+      except Exception as e:  # pylint: disable=broad-except
+        reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:300]
+        errors.append((s, reason))
+        logging.warning('Checkpoint %s/%d cannot be restored (%s); trying the previous one.',
+                        self.directory, s, reason)
+        continue
+      for bad, _ in errors:
+        self._set_aside(bad)
+      return state
+    raise CheckpointError(
+        f'no checkpoint in {self.directory} can be restored (steps {steps}); the newest, step '
+        f'{errors[0][0]}, failed with {errors[0][1]}. If the config changed since these were '
+        'written (backbone, FogNet switches), use the original config or a new --workdir.')
+
+  def _restore(self, template: Any, step: int) -> Any:
     try:
       restored = self.manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(template))))
     except (ValueError, KeyError) as e:
       raise ValueError(f'checkpoint {self.directory}/{step} does not match the configured model '
-                       f'(different backbone or switches?): {e}') from e
+                       f'(different backbone or switches?) or is incomplete: {e}') from e
     logging.info('Restored checkpoint of step %d from %s', step, self.directory)
     return _from_saveable(restored['state'], template)
+
+  def _set_aside(self, step: int) -> None:
+    """Renames an unrestorable checkpoint out of the manager's sight (process 0)."""
+    if jax.process_index() == 0:
+      src = os.path.join(self.directory, str(step))
+      dst = f'{src}{UNRESTORABLE_SUFFIX}'
+      if os.path.exists(dst):
+        dst = f'{dst}.{int(time.time())}'
+      os.rename(src, dst)
+      logging.warning('Moved the unrestorable checkpoint %s to %s.', src, dst)
+    self.manager.reload()
 
   def reached_preemption(self, step: int) -> bool:
     """True when JAX's multi-host preemption service saw a preemption notice (TPU pods)."""
@@ -132,6 +188,53 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class WorkdirLock:
+  """An exclusive lock on `<workdir>/train.lock` for the duration of a training run.
+
+  `flock` locks belong to the process: a run that is killed releases its lock, so a lock
+  file left behind never blocks. On a file system without `flock` (some network mounts) the
+  run goes on with a warning. Only process 0 of a multi-process job takes the lock.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._file = None
+
+  def acquire(self) -> 'WorkdirLock':
+    if jax.process_index() != 0 or '://' in self.path:
+      return self
+    os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
+    f = open(self.path, 'a+')  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'another process'
+      f.close()
+      raise WorkdirLockedError(
+          f'{os.path.dirname(self.path)} is in use by another training run: the lock '
+          f'{self.path} is held ({holder}). Wait for it to finish, stop it, or use another '
+          '--workdir.') from None
+    except OSError as e:
+      logging.warning('Cannot lock %s (%s); two runs on this workdir would not be detected.',
+                      self.path, e)
+      f.close()
+      return self
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {socket.gethostname()} since '
+            f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+    f.flush()
+    self._file = f
+    return self
+
+  def release(self) -> None:
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
 
 
 class SigtermFlag:

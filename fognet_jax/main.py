@@ -21,6 +21,7 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import dataclasses  # pylint: disable=g-import-not-at-top
+import json
 from typing import Optional
 
 from absl import app
@@ -45,19 +46,25 @@ from fognet_jax import tokenizer as tokenizer_lib
 from fognet_jax import train
 from fognet_jax.models import fognet
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file, optionally `file.py:variant`.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, results.')
-_MODE = flags.DEFINE_enum('mode', 'train_and_eval', ['train', 'train_and_eval', 'train_only', 'eval'],
-                          'What to do (train = train_and_eval).')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None,
-                                  'eval only: checkpoint step or directory (default: latest).')
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None,
-                                  'eval only: where results.json goes (default: --workdir).')
-_QUIET_LIBRARIES = flags.DEFINE_list(
-    'quiet_libraries', ['orbax', 'tensorflow_datasets'],
-    'Libraries whose INFO log lines are dropped from the console (warnings still show).')
-flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Command-line flags; defined only when run as a program, so that importing this module
+  (predict, notebooks, the experiments runner) leaves the global absl flags alone."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'Experiment config file, optionally `file.py:variant`.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, results.')
+  flags.DEFINE_enum('mode', 'train_and_eval', ['train', 'train_and_eval', 'train_only', 'eval'],
+                    'What to do (train = train_and_eval).')
+  flags.DEFINE_string('checkpoint', None,
+                      'eval only: checkpoint step or directory (default: latest).')
+  flags.DEFINE_string('output_dir', None,
+                      'eval only: where results.json goes (default: --workdir).')
+  flags.DEFINE_list('quiet_libraries', ['orbax', 'tensorflow_datasets'],
+                    'Libraries whose INFO log lines are dropped from the console (warnings '
+                    'still show).')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 class _DropLibraryInfo:
@@ -70,6 +77,9 @@ class _DropLibraryInfo:
     if record.levelno > std_logging.INFO:
       return True
     return not any(part in record.pathname for part in self._parts)
+
+
+CLASS_NAMES_FILE = 'class_names.json'  # in the workdir: the label order of the run's classes
 
 
 @dataclasses.dataclass
@@ -87,15 +97,37 @@ def setup(config: ml_collections.ConfigDict) -> Run:
   mesh = sharding.make_mesh(config.mesh.num_devices)
   config_lib.validate(config, num_devices=mesh.size, num_processes=jax.process_count())
   data = records.prepare(config.data)
+  steps = train.resolve_steps(config.train, data.num_examples[config.data.train_split])
+  return Run(mesh, data, class_prompt_tokens(config, data.class_names), steps)
+
+
+def class_prompt_tokens(config: ml_collections.ConfigDict, class_names) -> np.ndarray:
+  """(K, C, L) tokens of the class prompts: the first `train.num_templates` templates."""
   tok = tokenizer_lib.get_tokenizer(config.model.tokenizer.kind, path=config.model.tokenizer.path)
-  tokens = prompts.tokenize_classes(data.class_names, tok)
+  tokens = prompts.tokenize_classes(class_names, tok)
   if config.train.num_templates > 0:
     tokens = tokens[:config.train.num_templates]
   # The text tower is causal: positions after every prompt's end-of-text token change
   # nothing and are not computed.
-  tokens = prompts.trim_context(tokens)
-  steps = train.resolve_steps(config.train, data.num_examples[config.data.train_split])
-  return Run(mesh, data, tokens, steps)
+  return prompts.trim_context(tokens)
+
+
+def restore_state(config: ml_collections.ConfigDict, mesh, run_dir: str,
+                  step: Optional[int] = None):
+  """(graphdef, train state) of checkpoint `step` (None = the latest) of `run_dir`."""
+  model = fognet.create_model(config.model, rngs=nnx.Rngs(config.seed))
+  # The schedule's values are not part of the state; any schedule gives the same structure.
+  graphdef, state, _, _ = train.build_state(config, mesh, model,
+                                            train.make_schedule(config.train, 1, 0))
+  del model
+  ckpt = checkpointing.Checkpointer(run_dir, async_save=False)
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f'no checkpoint in {ckpt.directory}')
+    state = ckpt.restore(state, step)
+  finally:
+    ckpt.close()
+  return graphdef, state
 
 
 def _evaluate(config, run: Run, graphdef, state, output_dir: str) -> dict:
@@ -116,6 +148,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   run stopped early or `evaluate_after` is False).
   """
   run = setup(config)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CLASS_NAMES_FILE), 'w') as f:
+      json.dump(list(run.data.class_names), f)
   model = fognet.create_model(config.model, rngs=nnx.Rngs(config.seed))
   local_batch = sharding.local_batch_size(config.train.batch_size)
 
@@ -147,17 +183,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   `output_dir` (default: `workdir`)."""
   run_dir, step = checkpointing.locate(workdir, checkpoint)
   run = setup(config)
-  model = fognet.create_model(config.model, rngs=nnx.Rngs(config.seed))
-  schedule = train.make_schedule(config.train, run.steps.total, run.steps.warmup)
-  graphdef, state, _, _ = train.build_state(config, run.mesh, model, schedule)
-  del model
-  ckpt = checkpointing.Checkpointer(run_dir, async_save=False)
-  try:
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f'no checkpoint in {ckpt.directory}')
-    state = ckpt.restore(state, step)
-  finally:
-    ckpt.close()
+  graphdef, state = restore_state(config, run.mesh, run_dir, step)
   output_dir = output_dir or workdir
   results = _evaluate(config, run, graphdef, state, output_dir)
   if jax.process_index() == 0:
@@ -174,16 +200,17 @@ def main(argv):
     tf.config.set_visible_devices([], 'GPU')
   except Exception:  # pylint: disable=broad-except
     pass
-  if _QUIET_LIBRARIES.value:
-    logging.get_absl_handler().addFilter(_DropLibraryInfo(_QUIET_LIBRARIES.value))
-  config = _CONFIG.value
+  if FLAGS.quiet_libraries:
+    logging.get_absl_handler().addFilter(_DropLibraryInfo(FLAGS.quiet_libraries))
+  config = FLAGS.config
   logging.info('Config:\n%s', config)
-  if _MODE.value == 'eval':
-    evaluate_checkpoint(config, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
-                        output_dir=_OUTPUT_DIR.value)
+  if FLAGS.mode == 'eval':
+    evaluate_checkpoint(config, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
+                        output_dir=FLAGS.output_dir)
   else:
-    train_and_evaluate(config, _WORKDIR.value, evaluate_after=_MODE.value != 'train_only')
+    train_and_evaluate(config, FLAGS.workdir, evaluate_after=FLAGS.mode != 'train_only')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

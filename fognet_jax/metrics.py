@@ -94,12 +94,13 @@ class Progress:
   """
 
   def __init__(self, total_steps: int, start_step: int = 0, *, enabled: Optional[bool] = None,
-               stream=None, width: int = 24):
+               stream=None, width: int = 24, unit: str = 'step'):
     self.total = max(int(total_steps), 1)
     self.start = int(start_step)
     self.enabled = (jax.process_index() == 0) if enabled is None else enabled
     self.stream = stream or sys.stdout
     self.width = width
+    self.unit = unit
     self.t0 = time.time()
     self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
     self._last_draw = 0.0
@@ -117,7 +118,7 @@ class Progress:
     bar = '#' * filled + '.' * (self.width - filled)
     elapsed = time.time() - self.t0
     rate = (step - self.start) / max(elapsed, 1e-9)
-    text = (f'[{bar}] {step}/{self.total} {100 * frac:5.1f}% {rate:.2f} step/s '
+    text = (f'[{bar}] {step}/{self.total} {100 * frac:5.1f}% {rate:.2f} {self.unit}/s '
             f'elapsed {format_seconds(elapsed)} ETA {format_seconds(self.eta(step))}')
     if metrics:
       keys = [k for k in ('loss', 'loss_f', 'loss_c', 'loss_temp', 'learning_rate') if k in metrics]

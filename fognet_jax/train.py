@@ -258,7 +258,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh, model: nnx.M
   Returns:
     (graphdef, final state, the metrics of the last logged step). A SIGTERM or a preemption
     notice ends the run early, after saving a checkpoint.
+
+  Raises:
+    checkpointing.WorkdirLockedError: another training run holds `workdir`.
+    checkpointing.CheckpointError: `workdir` has checkpoints and none of them restores.
   """
+  lock = checkpointing.WorkdirLock(workdir).acquire()  # a second run on `workdir` stops here
+  try:
+    return _train(config, workdir, mesh=mesh, model=model, loss_fn=loss_fn, batches=batches,
+                  prompt_tokens=prompt_tokens, steps=steps)
+  finally:
+    lock.release()
+
+
+def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, steps):
   t = config.train
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:

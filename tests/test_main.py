@@ -3,35 +3,21 @@ generated dataset, then `--mode=eval` of the saved run reproduces its results.js
 config values fail at start-up naming the key."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    '--config.data.num_frames=2', '--config.data.image_size=32',
-    '--config.model.clip_overrides.image_size=32', '--config.model.clip_overrides.patch_size=16',
-    '--config.train.batch_size=8', '--config.eval.batch_size=8',
-    '--config.train.num_train_steps=3', '--config.train.log_every_steps=1',
-    '--config.train.checkpoint_every_steps=2', '--config.data.num_workers=2',
-]
+import main_testutil as U
+
+TINY = U.TINY
 
 
 def _main(*args, timeout=300):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, '-m', 'fognet_jax.main', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return U.run_module('fognet_jax.main', *args, timeout=timeout)
 
 
 @pytest.fixture(scope='module')
 def data_args(tmp_path_factory):
-  base = tmp_path_factory.mktemp('synthetic')
-  manual = base / 'manual'
-  manual.mkdir()
-  (manual / 'generation.json').write_text(
-      json.dumps({'train_per_group': 1, 'test_per_group': 1, 'num_frames': 3}))
-  return [f'--config.data.data_dir={base / "tfds"}', f'--config.data.manual_dir={manual}']
+  return U.tiny_data_args(tmp_path_factory.mktemp('synthetic'))
 
 
 def test_train_then_eval_reproduces_results(tmp_path, data_args):

@@ -191,7 +191,8 @@ def _interp_weights(coords: np.ndarray, size: int):
 
 
 def noise_field(num_frames: int, height: int, width: int, *, seed: int,
-                cells: float = 3.0, drift_per_frame: float = 0.01) -> np.ndarray:
+                cells: float = 3.0, drift_per_frame: float = 0.01,
+                start_frame: int = 0) -> np.ndarray:
   """Smooth, temporally coherent noise of shape (T, H, W), roughly unit std.
 
   Two octaves of smoothstep-interpolated Gaussian grids (the coarse octave has
@@ -200,12 +201,14 @@ def noise_field(num_frames: int, height: int, width: int, *, seed: int,
   so frame t+1 is frame t shifted by a few pixels: the field changes slowly and
   coherently over time. Because the window is a translation, the interpolation is
   separable: interpolate the grid rows first (T, H, cells), then gather columns.
+  Frame t of the field depends on t only: frames [s, s + T) of a longer clip are
+  `noise_field(T, ..., start_frame=s)`, so a video can be fogged in chunks.
   """
   rng = _rng(seed, 2)
   side = max(height, width)
   angle = rng.uniform(0, 2 * np.pi)
   vy, vx = np.sin(angle), np.cos(angle)
-  t = np.arange(num_frames, dtype=np.float32)[:, None]              # (T, 1)
+  t = np.arange(start_frame, start_frame + num_frames, dtype=np.float32)[:, None]  # (T, 1)
   ys = (np.arange(height, dtype=np.float32) / side)[None, :]        # (1, H)
   xs = (np.arange(width, dtype=np.float32) / side)[None, :]         # (1, W)
   out = np.zeros((num_frames, height, width), np.float32)
@@ -241,13 +244,14 @@ def _check_depth(depth, num_frames: int, height: int, width: int) -> np.ndarray:
 
 
 def transmission(shape: tuple[int, int, int], params: FogParams, *, seed: int, depth=None,
-                 heterogeneous: bool = True) -> np.ndarray:
-  """Transmission map t = exp(-beta_field * d) of shape (T, H, W) (or (1, H, W) if static)."""
+                 heterogeneous: bool = True, start_frame: int = 0) -> np.ndarray:
+  """Transmission map t = exp(-beta_field * d) of shape (T, H, W) (or (1, H, W) if static)
+  for frames [start_frame, start_frame + T) of a clip."""
   num_frames, height, width = shape
   d = default_depth(height, width)[None] if depth is None else _check_depth(depth, num_frames, height, width)
   if heterogeneous and params.hetero_strength > 0:
     n = noise_field(num_frames, height, width, seed=seed, cells=params.noise_cells,
-                    drift_per_frame=params.drift_per_frame)
+                    drift_per_frame=params.drift_per_frame, start_frame=start_frame)
     beta = np.float32(params.beta) * np.exp(np.float32(params.hetero_strength) * n)
   else:
     beta = np.float32(params.beta)
@@ -255,7 +259,7 @@ def transmission(shape: tuple[int, int, int], params: FogParams, *, seed: int, d
 
 
 def apply_fog(frames: np.ndarray, *, intensity: Union[str, FogPreset, FogParams] = "light", seed: int,
-              depth=None, heterogeneous: bool = True) -> np.ndarray:
+              depth=None, heterogeneous: bool = True, start_frame: int = 0) -> np.ndarray:
   """Adds ASM fog to a clip.
 
   Args:
@@ -265,6 +269,8 @@ def apply_fog(frames: np.ndarray, *, intensity: Union[str, FogPreset, FogParams]
     seed: integer seed; the same frames, intensity and seed give the same output.
     depth: relative distance in [0, 1], (H, W) or (T, H, W); None = :func:`default_depth`.
     heterogeneous: modulate beta with the drifting smooth noise field.
+    start_frame: index of ``frames[0]`` in the whole clip: fogging a clip chunk by chunk
+      with the chunks' start indices gives the same frames as fogging it whole.
 
   Returns:
     Foggy frames with the dtype and shape of `frames`.
@@ -278,7 +284,7 @@ def apply_fog(frames: np.ndarray, *, intensity: Union[str, FogPreset, FogParams]
   params = sample_params(intensity, seed)
   num_frames, height, width, _ = x.shape
   t = transmission((num_frames, height, width), params, seed=seed, depth=depth,
-                   heterogeneous=heterogeneous)[..., None]  # (T|1, H, W, 1)
+                   heterogeneous=heterogeneous, start_frame=start_frame)[..., None]  # (T|1, H, W, 1)
   a = params.airlight_rgb()
   if x.dtype == np.uint8:
     # I = J t + A (1 - t) = (J - A) t + A, computed in [0, 255]

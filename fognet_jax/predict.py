@@ -1,0 +1,156 @@
+r"""Recognise the action in video files with a trained run, from the foggy video alone.
+
+  python -m fognet_jax.predict --workdir=RUN [--checkpoint=STEP] VIDEO [VIDEO ...] [--json]
+
+Loads the run's config (`RUN/config.json`), its class names (`RUN/class_names.json`, or the
+dataset's when the file is missing) and its latest checkpoint (or `--checkpoint`: a step or a
+checkpoint directory). Each video is decoded with PyAV and cut into the evaluation views of
+the run's config (`data.num_clips` x `data.num_crops` clips of `data.num_frames` frames, as
+`evaluate` samples the test split); the class probabilities are the mean over views and
+prompt templates of the foggy-only inference path (`FogNet.predict`).
+
+Output, per video: the top 5 classes with their probabilities; with `--json` one JSON object
+per line: {"video": PATH, "top5": [[CLASS, PROB], ...], "num_frames": N} (N: frames
+decoded). A file that is missing or not a video gets a one-line error on stderr naming it;
+the other files are still processed and the exit status is 1.
+"""
+from __future__ import annotations
+
+import collections.abc
+import io
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from fognet_jax import augment
+from fognet_jax import checkpointing
+from fognet_jax import evaluate
+from fognet_jax import main as main_lib
+from fognet_jax import records
+from fognet_jax import sharding
+from tfds_fogact import video_io
+
+FLAGS = flags.FLAGS
+TOP_K = 5
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string('workdir', None, 'Run directory (config.json, checkpoints/).')
+  flags.DEFINE_string('checkpoint', None, 'Checkpoint step or directory (default: the latest).')
+  flags.DEFINE_bool('json', False, 'One JSON object per video and line.')
+
+
+class _LazyPNG(collections.abc.Sequence):
+  """Decoded frames as the encoded-frame list `augment.make_eval_views` reads (PNG: lossless);
+  only the frames the views sample are encoded."""
+
+  def __init__(self, frames: np.ndarray):
+    self._frames = frames
+
+  def __len__(self):
+    return len(self._frames)
+
+  def __getitem__(self, i):
+    buf = io.BytesIO()
+    Image.fromarray(self._frames[i]).save(buf, format='PNG', compress_level=1)
+    return buf.getvalue()
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} does not exist: --workdir must be a training run directory')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_class_names(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  path = os.path.join(workdir, main_lib.CLASS_NAMES_FILE)
+  if os.path.isfile(path):
+    with open(path) as f:
+      return list(json.load(f))
+  return list(records.prepare(config.data).class_names)  # runs from before the file existed
+
+
+class Predictor:
+  """A trained run's model, prompts and test views, applied to one video at a time."""
+
+  def __init__(self, workdir: str, checkpoint: Optional[str] = None):
+    run_dir, step = checkpointing.locate(workdir, checkpoint)
+    self.config = load_config(workdir)
+    self.class_names = load_class_names(self.config, workdir)
+    self.mesh = sharding.make_mesh(1)
+    self.graphdef, state = main_lib.restore_state(self.config, self.mesh, run_dir, step)
+    self.params, self.rest = state.params, state.rest
+    self.step = int(jax.device_get(state.step))
+    tokens = main_lib.class_prompt_tokens(self.config, self.class_names)
+    if self.config.eval.num_templates > 0:
+      tokens = tokens[:self.config.eval.num_templates]
+    encode = evaluate.make_text_encoder(self.graphdef, self.mesh)
+    self.text_emb = encode(self.params, self.rest, jax.device_put(tokens))
+    self._predict = evaluate.make_predict_step(self.graphdef, self.mesh)
+
+  def probabilities(self, path: str) -> tuple[np.ndarray, int]:
+    """(class probabilities (C,), frames decoded) of the video at `path`."""
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'{path}: no such file')
+    frames, _ = video_io.read_video(path, short_side=self.config.data.image_size)
+    views = augment.make_eval_views({'foggy': _LazyPNG(frames)}, self.config.data)
+    probs = self._predict(self.params, self.rest, jax.device_put(views[None]), self.text_emb)
+    return np.asarray(jax.device_get(probs))[0], len(frames)
+
+  def top(self, probs: np.ndarray, k: int = TOP_K) -> list[list]:
+    order = np.argsort(-probs, kind='stable')[:k]
+    return [[self.class_names[i], float(probs[i])] for i in order]
+
+
+def run(videos: Sequence[str], workdir: str, *, checkpoint: Optional[str] = None,
+        as_json: bool = False, out=None, err=None) -> int:
+  """Prints the predictions of `videos`; returns the exit status (1 if any file failed)."""
+  out, err = out or sys.stdout, err or sys.stderr
+  predictor = Predictor(workdir, checkpoint)
+  status = 0
+  for path in videos:
+    try:
+      probs, n = predictor.probabilities(path)
+    except (FileNotFoundError, video_io.VideoError, ValueError) as e:
+      print(f'error: {e}', file=err)
+      status = 1
+      continue
+    top = predictor.top(probs)
+    if as_json:
+      print(json.dumps({'video': path, 'top5': top, 'num_frames': n}), file=out)
+    else:
+      print(f'{path} ({n} frames, checkpoint step {predictor.step})', file=out)
+      for name, p in top:
+        print(f'  {p:6.3f}  {name}', file=out)
+    out.flush()
+  return status
+
+
+def main(argv):
+  videos = argv[1:]
+  if not videos:
+    raise app.UsageError('give one or more video files')
+  if not FLAGS.workdir:
+    raise app.UsageError('--workdir is required')
+  try:
+    return run(videos, FLAGS.workdir, checkpoint=FLAGS.checkpoint, as_json=FLAGS.json)
+  except FileNotFoundError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

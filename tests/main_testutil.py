@@ -1,0 +1,31 @@
+"""Running the entry points in a subprocess on a miniature generated dataset."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# configs/synthetic.py shrunk to seconds: 2 frames of 32x32, batch 8, 3 steps.
+TINY = [
+    '--config.data.num_frames=2', '--config.data.image_size=32',
+    '--config.model.clip_overrides.image_size=32', '--config.model.clip_overrides.patch_size=16',
+    '--config.train.batch_size=8', '--config.eval.batch_size=8',
+    '--config.train.num_train_steps=3', '--config.train.log_every_steps=1',
+    '--config.train.checkpoint_every_steps=2', '--config.data.num_workers=2',
+]
+
+
+def run_module(module, *args, timeout=300):
+  """`python -m module args` from the repository root; the CompletedProcess."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_data_args(base) -> list:
+  """Flags pointing at a miniature synthetic_fog_act (1 clip per group) built under `base`."""
+  manual = base / 'manual'
+  manual.mkdir()
+  (manual / 'generation.json').write_text(
+      json.dumps({'train_per_group': 1, 'test_per_group': 1, 'num_frames': 3}))
+  return [f'--config.data.data_dir={base / "tfds"}', f'--config.data.manual_dir={manual}']
