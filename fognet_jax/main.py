@@ -98,9 +98,18 @@ def setup(config: ml_collections.ConfigDict) -> Run:
   return Run(mesh, data, tokens, steps)
 
 
+def prompt_sampler(config: ml_collections.ConfigDict) -> train.PromptSampler:
+  """The train step's prompt draw: one template per sample for ActionCLIP's loss, else one
+  per class."""
+  if config.loss.kind == 'actionclip_kl':
+    return prompts.sample_prompts_per_sample
+  return prompts.sample_train_prompts
+
+
 def _evaluate(config, run: Run, graphdef, state, output_dir: str) -> dict:
   batches = input_pipeline.eval_iterator(
-      config.data, batch_size=sharding.local_batch_size(config.eval.batch_size))
+      config.data, batch_size=sharding.local_batch_size(config.eval.batch_size),
+      stream=config.eval.stream)
   results = evaluate.evaluate_state(config, graphdef, state, mesh=run.mesh,
                                     class_names=run.data.class_names,
                                     prompt_tokens=run.prompt_tokens, batches=batches,
