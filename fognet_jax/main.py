@@ -6,7 +6,8 @@ r"""Entry point: train and/or evaluate FogNet from an ml_collections config file
   python -m fognet_jax.main --config=configs/synthetic.py --workdir=workdir/demo --mode=eval
 
 --mode=train_and_eval (default, alias train): train, resuming from the workdir's latest
-checkpoint, then evaluate on the foggy test split. --mode=train_only: no evaluation.
+checkpoint, then evaluate on the test split (foggy stream; `eval.stream='clean'` for a
+clean-test row). --mode=train_only: no evaluation.
 --mode=eval: evaluate the latest checkpoint of --workdir, or --checkpoint (a step number or a
 checkpoint directory), writing results.json and confusion_matrix.png to --output_dir
 (default: --workdir).
@@ -134,7 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   graphdef, state, last = train.train(
       config, workdir, mesh=run.mesh, model=model, loss_fn=losses.make_loss_fn(config),
-      batches=batches, prompt_tokens=run.prompt_tokens, steps=run.steps)
+      batches=batches, prompt_tokens=run.prompt_tokens, steps=run.steps,
+      prompt_sampler=prompt_sampler(config))
   step = int(jax.device_get(state.step))
   if step < run.steps.total:
     metrics_lib.log_info('Training stopped early at step %d; not evaluating.', step)
