@@ -6,7 +6,10 @@ view, no augmentation), then reports Top-1 on the clean and the foggy test clips
 (light and dense separately). Chance is 1/14. This is a data sanity check, not
 the FogNet model:
 
-  python benchmarks/synthetic_difficulty.py [--data_dir DIR] [--epochs 30]
+  python benchmarks/synthetic_difficulty.py [--data_dir DIR] [--epochs 30] [--manual_dir M]
+
+`--manual_dir` (a directory with `generation.json`, see the builder) builds a smaller copy,
+e.g. {"train_per_group": 6, "test_per_group": 3, "num_frames": 8}, in `--data_dir`.
 """
 import argparse
 import os
@@ -64,9 +67,11 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--epochs", type=int, default=30)
+  parser.add_argument("--manual_dir", default=None)
   args = parser.parse_args()
   cfg = config_lib.load_config('fogact').data
   cfg.dataset, cfg.data_dir = 'synthetic_fog_act', args.data_dir
+  cfg.manual_dir = args.manual_dir
   cfg.image_size, cfg.num_frames, cfg.augment.enabled = 48, 8, False
   info = records.prepare(cfg)
   xtr, ytr, _ = load(cfg, "train", "clean")

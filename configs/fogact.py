@@ -38,13 +38,24 @@ def get_config(arg=None):
   d.manual_dir = placeholder(str)  # the downloaded videos of a manual-download dataset
   d.build_if_missing = True     # build the dataset on first use (generated ones need no files)
   d.train_split = 'train'
-  d.eval_split = 'test'         # the split evaluation reads (foggy stream only)
+  d.eval_split = 'test'         # the split evaluation reads (one stream: eval.stream)
   d.num_frames = 8              # frames per clip, train and test (TSN segments)
   d.image_size = 224
   d.num_clips = 1               # test views: temporal clips ...
   d.num_crops = 1               # ... x spatial crops (1 centre; 3 left / centre / right)
-  d.fog = placeholder(str)      # 'light' | 'dense' | None = both (Table 5f)
-  d.perspective = placeholder(str)  # e.g. 'front' or 'front,back'; None = all four (Table 5c)
+  # Training subsets (Tables 5c / 5f): they filter the TRAIN split only; the test split is
+  # filtered by eval_fog / eval_perspective, so every row of a table shares one test set.
+  d.fog = placeholder(str)      # train on 'light' | 'dense' | None = both (Table 5f)
+  d.perspective = placeholder(str)  # train on e.g. 'front' or 'front,back'; None = all four (5c)
+  d.eval_fog = placeholder(str)  # test on 'light' | 'dense' | None = both
+  d.eval_perspective = placeholder(str)  # test on these perspectives; None = all four
+  # Volume control (Tables 5c / 5f): repeat a filtered training split up to the size of the
+  # unfiltered one (same epochs, same steps, same warm-up as the full set).
+  d.replicate_to_full = False
+  # Table 5b "clean + sim.": None = the real foggy stream; 'homogeneous' = replace it by
+  # homogeneous ASM fog of the clean frames (the usual way of simulating fog), at the
+  # example's own fog level, drawn per training sample (tfds_fogact.fog.apply_fog).
+  d.train_sim_fog = placeholder(str)
   d.num_workers = 4             # decoding threads per process
   d.prefetch = 2                # batches prepared ahead
   # ActionCLIP's augmentation, one draw per pair applied to both streams.
@@ -101,6 +112,12 @@ def get_config(arg=None):
   # ---------------------------------------------------------------------------------- loss
   # eq. 11: L = L_f + λ L_c + β L_temp, with L_f / L_c the multi-positive InfoNCE of eqs. 8-10.
   lo = config.loss = ml_collections.ConfigDict()
+  # The video-text term: 'fognet' = the multi-positive InfoNCE of eqs. 8-10 (one prompt per
+  # class, C-way softmax); 'actionclip_kl' = ActionCLIP's loss (one prompt template drawn per
+  # sample, softmax of the B x B video-text similarities in both directions, KL divergence
+  # to the row-normalised same-label matrix, the two directions averaged). The baseline
+  # variant sets 'actionclip_kl'.
+  lo.kind = 'fognet'
   lo.lambda_clean = 0.4         # λ
   lo.beta_temp = 0.1            # β (used when model.csa.enabled and the model is two-stream)
   # τ of L_temp's frame cosines (eq. 7 has none, i.e. 1; cosines in [-1, 1] at τ = 1 give an
@@ -133,6 +150,7 @@ def get_config(arg=None):
   # ---------------------------------------------------------------------------------- eval
   e = config.eval = ml_collections.ConfigDict()
   e.batch_size = 32             # global videos per batch, each with all its views
+  e.stream = 'foggy'            # the test stream: 'foggy' | 'clean' (Table 5b "clean -> clean")
   e.num_templates = -1          # prompt templates averaged at test time; -1 = all
   e.confusion_matrix = True     # confusion_matrix.png (paper Figure 7)
 
@@ -157,15 +175,21 @@ _BACKBONES = {
 def apply_variant(config, arg):
   """Applies the comma-separated tokens of `arg` (the part after `file.py:`) to `config`.
 
-    baseline | actionclip      ActionCLIP baseline: arch='actionclip', FAS/ME/CSA off
+    baseline | actionclip      ActionCLIP baseline: arch='actionclip', FAS/ME/CSA off,
+                               ActionCLIP's KL loss (loss.kind='actionclip_kl')
+    fognet_loss | kl_loss      loss.kind 'fognet' (eqs. 8-10) | 'actionclip_kl'
+    train=clean|foggy|clean+foggy   the baseline's training stream (model.train_stream)
+    test=clean | test=foggy    the test stream (eval.stream)
+    sim_fog                    train on homogeneous ASM fog of the clean stream (Table 5b)
     modules=fas+me             exactly these FogNet modules on (fas, me, csa, or 'none')
     no_fas | no_me | no_csa    one module off
     b32 | b16 | l14 | l14_336  backbone ViT-B/32, B/16, L/14, L/14@336 (with its OpenAI weights
     rn50 | rn101 | rn50x4      when init_from is set; ResNets: OpenAI's .pt file, default ./RN50.pt)
     frames=4 | frames4         frames per clip (train and test)
     views=4x1 | views4x1       test views = temporal clips x spatial crops
-    light | dense | multi      fog intensity used for training and testing
-    single_persp | persp=front train on one camera perspective
+    light | dense | multi      fog intensity used for training (the test set keeps both)
+    single_persp | persp=front train on one camera perspective (tested on all four)
+    replicate                  repeat a filtered training set up to the full set's size
     fsdp                       shard parameters and optimizer state
     bf16                       bfloat16 compute (float32 parameters)
     remat                      rematerialise transformer blocks
@@ -175,7 +199,18 @@ def apply_variant(config, arg):
     key = key.lower()
     if key in ('baseline', 'actionclip'):
       config.model.arch = 'actionclip'
+      config.loss.kind = 'actionclip_kl'
       _set_modules(config, ())
+    elif key in ('fognet_loss', 'kl_loss'):
+      config.loss.kind = 'fognet' if key == 'fognet_loss' else 'actionclip_kl'
+    elif key == 'train':
+      config.model.train_stream = value
+    elif key == 'test':
+      config.eval.stream = value
+    elif key == 'sim_fog':
+      config.data.train_sim_fog = value or 'homogeneous'
+    elif key == 'replicate':
+      config.data.replicate_to_full = True
     elif key == 'modules':
       mods = () if value in ('', 'none') else tuple(value.lower().split('+'))
       bad = [x for x in mods if x not in _MODULES]

@@ -22,8 +22,14 @@ Training (``make_train_pair``):
 * CLIP normalisation: (x / 255 - IMAGE_MEAN) / IMAGE_STD, the constants of
   ``models.clip``.
 
-Evaluation (``make_eval_views``): foggy stream only (the clean frames are never
-decoded), views = ``num_clips`` temporal clips x ``num_crops`` spatial crops. Clip
+Simulated fog (``data.train_sim_fog='homogeneous'``, Table 5b's "clean + sim." row): the
+foggy stream of a training pair is replaced by homogeneous ASM fog
+(``tfds_fogact.fog.apply_fog`` with ``heterogeneous=False`` and its default image-space
+depth) of the cropped clean frames, at the example's own fog level, with a fog seed drawn
+from the sample's generator (deterministic per sample); the real foggy frames are not read.
+
+Evaluation (``make_eval_views``): one stream only, the foggy one by default (the clean
+frames are never decoded; ``stream='clean'`` reads only the clean ones), views = ``num_clips`` temporal clips x ``num_crops`` spatial crops. Clip
 c samples each segment at fraction (c + .5) / num_clips (c = 0 of 1: the segment
 centre); frames are resized so the short side is ``image_size`` and cropped at
 ``num_crops`` positions evenly spaced along the long side (1: centre; 3: left,
@@ -39,6 +45,11 @@ import numpy as np
 from PIL import Image
 
 from fognet_jax.models import clip as clip_lib
+from tfds_fogact import common
+from tfds_fogact import fog as fog_lib
+
+STREAMS = ("foggy", "clean")
+SIM_FOG = (None, "homogeneous")   # config.data.train_sim_fog
 
 
 def train_frame_indices(num_available: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -163,7 +174,11 @@ def make_train_pair(example, data_cfg, rng: np.random.Generator, return_flip: bo
 
   With `return_flip`, also returns whether the pair was flipped horizontally.
   """
-  clean, foggy = example["clean"], example["foggy"]
+  sim = data_cfg.get("train_sim_fog")
+  if sim not in SIM_FOG:
+    raise ValueError(f"config.data.train_sim_fog must be one of {SIM_FOG}, got {sim!r}")
+  clean = example["clean"]
+  foggy = clean if sim else example["foggy"]
   n = min(len(clean), len(foggy))
   t_idx = train_frame_indices(n, data_cfg.num_frames, rng)
   size = data_cfg.image_size
@@ -175,14 +190,26 @@ def make_train_pair(example, data_cfg, rng: np.random.Generator, return_flip: bo
     cj = sample_color_jitter(rng, aug)
   else:
     box, flip, cj = eval_crop_boxes(h, w, 1)[0], False, ColorJitter()
+  decoded = [np.stack([_decode_crop(clean[int(i)], box, size, flip) for i in t_idx])]
+  if sim:
+    fog_seed = int(rng.integers(2 ** 31))
+    decoded.append(fog_lib.apply_fog(decoded[0], intensity=_fog_level(example), seed=fog_seed,
+                                     heterogeneous=False))
+  else:
+    decoded.append(np.stack([_decode_crop(foggy[int(i)], box, size, flip) for i in t_idx]))
   out = []
-  for stream in (clean, foggy):
-    frames = np.stack([_decode_crop(stream[int(i)], box, size, flip) for i in t_idx])
+  for frames in decoded:
     x = apply_color(frames.astype(np.float32) * np.float32(1 / 255), cj)
     out.append(normalize(x, already_unit=True))
   if return_flip:
     return out[0], out[1], flip
   return out[0], out[1]
+
+
+def _fog_level(example) -> str:
+  """The example's fog level name ('light' / 'dense'); the stored feature is a class id."""
+  level = example["fog"]
+  return level if isinstance(level, str) else common.FOG_LEVELS[int(level)]
 
 
 def flip_table(data_cfg, class_names: Optional[Sequence[str]], default_pairs=()) -> np.ndarray:
@@ -222,9 +249,9 @@ def flip_table(data_cfg, class_names: Optional[Sequence[str]], default_pairs=())
   return table
 
 
-def make_eval_views(example, data_cfg) -> np.ndarray:
-  """(V, T, S, S, 3) CLIP-normalised foggy views; reads only ``example['foggy']``."""
-  foggy = example["foggy"]
+def make_eval_views(example, data_cfg, stream: str = "foggy") -> np.ndarray:
+  """(V, T, S, S, 3) CLIP-normalised views of one stream; reads only ``example[stream]``."""
+  foggy = example[stream]
   n = len(foggy)
   size = data_cfg.image_size
   h, w = _frame_size(foggy[0])

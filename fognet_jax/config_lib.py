@@ -32,6 +32,9 @@ CLIP_OVERRIDE_KEYS = ('embed_dim', 'image_size', 'patch_size', 'vision_width', '
 ARCHS = ('fognet', 'actionclip')
 FUSIONS = ('mean', 'transformer')
 TRAIN_STREAMS = ('foggy', 'clean', 'clean+foggy')
+EVAL_STREAMS = ('foggy', 'clean')
+LOSS_KINDS = ('fognet', 'actionclip_kl')
+SIM_FOG = (None, 'homogeneous')
 DTYPES = ('float32', 'bfloat16', 'float16')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')
 
@@ -121,10 +124,15 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
   if data_dir and os.path.exists(str(data_dir)) and not os.path.isdir(str(data_dir)):
     _fail('data.data_dir', f'{data_dir!r} is not a directory')
   try:
-    records.fog_filter(d)
-    records.perspective_filter(d)
+    for role in records.ROLES:
+      records.fog_filter(d, role)
+      records.perspective_filter(d, role)
   except ValueError as e:
     raise ConfigError(str(e)) from e
+  if not isinstance(d.get('replicate_to_full', False), bool):
+    _fail('data.replicate_to_full', f'must be True or False, got {d.replicate_to_full!r}')
+  if d.get('train_sim_fog') not in SIM_FOG:
+    _fail('data.train_sim_fog', f"must be None or 'homogeneous', got {d.train_sim_fog!r}")
   a = d.augment
   if not a.enabled:
     return
@@ -188,6 +196,8 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
 
 
 def validate_loss(lo: ml_collections.ConfigDict) -> None:
+  if lo.get('kind', 'fognet') not in LOSS_KINDS:
+    _fail('loss.kind', f'must be one of {LOSS_KINDS}, got {lo.kind!r}')
   for key in ('lambda_clean', 'beta_temp'):
     if lo[key] < 0:
       _fail(f'loss.{key}', f'must be >= 0, got {lo[key]}')
@@ -218,6 +228,8 @@ def validate_train(t: ml_collections.ConfigDict, *, num_devices: Optional[int],
 
 def validate_eval(e: ml_collections.ConfigDict, *, num_devices: Optional[int]) -> None:
   _positive_ints(e, 'eval', ('batch_size',))
+  if e.get('stream', 'foggy') not in EVAL_STREAMS:
+    _fail('eval.stream', f'must be one of {EVAL_STREAMS}, got {e.stream!r}')
   if num_devices is not None and e.batch_size % num_devices:
     _fail('eval.batch_size', f'{e.batch_size} is not divisible by the device count {num_devices}')
   _check_templates('eval.num_templates', e.num_templates)

@@ -1,7 +1,8 @@
 """Evaluation on the foggy test split: Top-1/Top-5 over views, per-class accuracy, reports.
 
-Each test video comes as V = num_clips x num_crops views of foggy frames only (the clean
-stream is never read). For every view the model returns class probabilities averaged over
+Each test video comes as V = num_clips x num_crops views of one stream: the foggy frames
+(the clean stream is never read), or the clean ones with `eval.stream='clean'` (Table 5b's
+"clean -> clean" row; the model's single-stream inference path is the same). For every view the model returns class probabilities averaged over
 the K prompt templates (`model.predict` with (K, C, D) text embeddings); the video's
 prediction is the mean of its views' probabilities. Outputs in the run directory:
 
@@ -174,7 +175,8 @@ def evaluate_state(config: ml_collections.ConfigDict, graphdef, state, *, mesh,
                    workdir: Optional[str] = None) -> dict:
   """Evaluates a train state on the test batches; returns the results dict.
 
-  `batches`: the foggy test views (`input_pipeline.eval_iterator` of `config.data.eval_split`);
+  `batches`: the test views (`input_pipeline.eval_iterator` of `config.data.eval_split`, the
+  stream `config.eval.stream`; under the key 'foggy' whichever stream it is);
   `prompt_tokens` (K, C, L): the class prompts, of which the first `config.eval.num_templates`
   are averaged. With `workdir`, process 0 writes confusion_matrix.png there.
   """
@@ -188,6 +190,7 @@ def evaluate_state(config: ml_collections.ConfigDict, graphdef, state, *, mesh,
       'step': step,
       'split': split,
       'dataset': config.data.dataset,
+      'stream': config.eval.get('stream', 'foggy'),
       'views': f'{config.data.num_clips}x{config.data.num_crops}',
       'num_frames': int(config.data.num_frames),
   })

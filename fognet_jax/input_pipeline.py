@@ -14,7 +14,10 @@ pure function of (config, seed, i, process index, process count): ``start_step``
 skips to it without replaying, and the processes of one step read disjoint
 examples.
 
-Evaluation (``eval_iterator``): foggy-only views. Examples are split into
+Evaluation (``eval_iterator``): single-stream views of the foggy clips (or, with
+``stream='clean'``, of the clean ones: ``config.eval.stream``), of the examples that
+pass the eval filters (``data.eval_fog`` / ``data.eval_perspective``; the training
+filters never apply here). Examples are split into
 contiguous per-process chunks; every process yields the same number of batches,
 the last one padded (``mask`` False).
 """
@@ -95,7 +98,7 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
   if source is None:
     info = records.prepare(data_cfg)
     source = records.source(data_cfg, data_cfg.train_split)
-    indices = records.indices(data_cfg, data_cfg.train_split)
+    indices = records.indices(data_cfg, data_cfg.train_split, "train")
     swap = augment.flip_table(data_cfg, info.class_names, getattr(type(info.builder), "MIRROR_CLASS_PAIRS", ()))
   else:
     indices = np.arange(len(source))
@@ -144,20 +147,23 @@ def num_eval_batches(num_examples: int, batch_size: int, process_count: int) -> 
 
 def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
                   process_index: Optional[int] = None, process_count: Optional[int] = None,
-                  source=None) -> Iterator[dict]:
-  """Finite iterator of foggy-only evaluation batches.
+                  source=None, stream: str = "foggy") -> Iterator[dict]:
+  """Finite iterator of single-stream evaluation batches.
 
   Yields {'foggy': (B, V, T, S, S, 3) float32, 'label': (B,) int32, 'mask': (B,) bool},
-  V = num_clips * num_crops. The clean stream is never decoded.
+  V = num_clips * num_crops. 'foggy' holds the views of `stream` ('foggy', or 'clean' for a
+  clean-test row); the other stream is never decoded.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if stream not in augment.STREAMS:
+    raise ValueError(f"stream must be one of {augment.STREAMS}, got {stream!r}")
   split = split or data_cfg.eval_split
   pi, pc = _process(process_index, process_count)
   if source is None:
     records.prepare(data_cfg)
     source = records.source(data_cfg, split)
-    indices = records.indices(data_cfg, split)
+    indices = records.indices(data_cfg, split, "eval")
   else:
     indices = np.arange(len(source))
   start, stop = eval_process_range(len(indices), pi, pc)
@@ -168,7 +174,7 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
 
   def one(index: int):
     ex = source[int(index)]
-    return augment.make_eval_views(ex, data_cfg), int(ex["label"])
+    return augment.make_eval_views(ex, data_cfg, stream=stream), int(ex["label"])
 
   def make_batch(b: int, pool):
     chunk = mine[b * batch_size:(b + 1) * batch_size]

@@ -1,6 +1,10 @@
 """FogNet training losses: multi-positive video-text InfoNCE (eqs. 8-10), the
 cross-stream temporal alignment loss (eqs. 6-7) and their weighted sum (eq. 11).
 
+``loss.kind`` picks the video-text term: 'fognet' (eqs. 8-10 below, the default) or
+'actionclip_kl' (ActionCLIP's loss, ``actionclip_kl_loss``: the train step then draws one
+prompt per sample and the text embeddings are (B, D), one per video).
+
 All losses are computed in float32 whatever dtype the towers ran in: every input is
 cast to fp32 first, embeddings are L2-normalised in fp32 and every softmax is written
 as ``logit - logsumexp`` (numerically stable).
@@ -115,6 +119,42 @@ def video_text_loss(video: Array, text: Array, logit_scale: Array, labels: Array
   return t2v + v2t, {"t2v": t2v, "v2t": v2t, "accuracy": acc}
 
 
+def _kl_to_target(logits: Array, target: Array) -> Array:
+  """Mean over rows of KL(target_row || softmax(logits_row)), with 0 log 0 = 0."""
+  log_p = logits - jax.nn.logsumexp(logits, axis=1, keepdims=True)
+  safe = jnp.where(target > 0, target, 1.0)
+  return jnp.mean(jnp.sum(jnp.where(target > 0, target * (jnp.log(safe) - log_p), 0.0), axis=1))
+
+
+def actionclip_kl_loss(video: Array, text: Array, logit_scale: Array, labels: Array,
+                       max_logit_scale: float = 100.0) -> tuple[Array, dict[str, Array]]:
+  """ActionCLIP's loss (its ``KLLoss`` with ``gen_label``), per-sample prompts.
+
+  ``s[i, j] = scale * cos(video_i, text_j)`` over the B videos and the B prompts of the batch
+  (prompt j is a template drawn for sample j's class). The target ``G[i, j] = [y_i == y_j]``
+  is row-normalised; V2T = mean_i KL(G_i || softmax_j s[i, :]), T2V the same on ``s.T``;
+  the loss is their mean. (ActionCLIP's code softmaxes ``10 * G`` instead of normalising
+  its rows: every off-label entry then gets a mass of about e^-10 / |k_i|.)
+
+  Returns:
+    (loss, {'t2v', 'v2t', 'accuracy': label of the most similar prompt == own label}).
+  """
+  labels = jnp.asarray(labels, jnp.int32)
+  if text.ndim != 2 or text.shape[0] != video.shape[0]:
+    raise ValueError(f"actionclip_kl_loss needs one prompt embedding per video, got video "
+                     f"{video.shape} and text {text.shape}")
+  logits = similarity_logits(video, text, logit_scale, max_logit_scale)  # (B, B)
+  same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
+  target = same / jnp.sum(same, axis=1, keepdims=True)
+  v2t = _kl_to_target(logits, target)
+  t2v = _kl_to_target(logits.T, target)
+  acc = jnp.mean((labels[jnp.argmax(logits, axis=1)] == labels).astype(jnp.float32))
+  return 0.5 * (v2t + t2v), {"t2v": t2v, "v2t": v2t, "accuracy": acc}
+
+
+VIDEO_TEXT_LOSSES = {"fognet": video_text_loss, "actionclip_kl": actionclip_kl_loss}
+
+
 def temporal_alignment_loss(frames_f: Array, frames_c: Array, temperature: float) -> Array:
   """Eqs. 6-7 (negated), averaged over the batch.
 
@@ -169,19 +209,24 @@ def fognet_loss(outputs: Mapping[str, Any], labels: Array, loss_cfg: ml_collecti
   """
   labels = jnp.asarray(labels, jnp.int32)
   max_scale = float(loss_cfg.max_logit_scale)
+  kind = loss_cfg.get("kind", "fognet")
+  term = VIDEO_TEXT_LOSSES[kind]
   text = outputs["text"]
   logit_scale = outputs["logit_scale"]
   zero = jnp.zeros((), jnp.float32)
 
   video_f = outputs["video_f"]
-  loss_f, parts_f = video_text_loss(video_f, text, logit_scale,
-                                    _tile_labels(labels, video_f.shape[0], "outputs['video_f']"),
-                                    max_scale)
+  text_f = text
+  if kind == "actionclip_kl" and video_f.shape[0] != text.shape[0]:
+    # 'clean+foggy' stacks both streams: the two videos of a pair share the sample's prompt
+    text_f = jnp.tile(text, (video_f.shape[0] // text.shape[0], 1))
+  loss_f, parts_f = term(video_f, text_f, logit_scale,
+                         _tile_labels(labels, video_f.shape[0], "outputs['video_f']"), max_scale)
   metrics = {"loss_f": loss_f, "loss_f_t2v": parts_f["t2v"], "loss_f_v2t": parts_f["v2t"],
              "accuracy_f": parts_f["accuracy"]}
 
   if outputs.get("video_c") is not None:
-    loss_c, parts_c = video_text_loss(outputs["video_c"], text, logit_scale, labels, max_scale)
+    loss_c, parts_c = term(outputs["video_c"], text, logit_scale, labels, max_scale)
     metrics.update(loss_c_t2v=parts_c["t2v"], loss_c_v2t=parts_c["v2t"],
                    accuracy_c=parts_c["accuracy"])
   else:

@@ -6,7 +6,8 @@ r"""Entry point: train and/or evaluate FogNet from an ml_collections config file
   python -m fognet_jax.main --config=configs/synthetic.py --workdir=workdir/demo --mode=eval
 
 --mode=train_and_eval (default, alias train): train, resuming from the workdir's latest
-checkpoint, then evaluate on the foggy test split. --mode=train_only: no evaluation.
+checkpoint, then evaluate on the test split (foggy stream; `eval.stream='clean'` for a
+clean-test row). --mode=train_only: no evaluation.
 --mode=eval: evaluate the latest checkpoint of --workdir, or --checkpoint (a step number or a
 checkpoint directory), writing results.json and confusion_matrix.png to --output_dir
 (default: --workdir).
@@ -130,9 +131,18 @@ def restore_state(config: ml_collections.ConfigDict, mesh, run_dir: str,
   return graphdef, state
 
 
+def prompt_sampler(config: ml_collections.ConfigDict) -> train.PromptSampler:
+  """The train step's prompt draw: one template per sample for ActionCLIP's loss, else one
+  per class."""
+  if config.loss.kind == 'actionclip_kl':
+    return prompts.sample_prompts_per_sample
+  return prompts.sample_train_prompts
+
+
 def _evaluate(config, run: Run, graphdef, state, output_dir: str) -> dict:
   batches = input_pipeline.eval_iterator(
-      config.data, batch_size=sharding.local_batch_size(config.eval.batch_size))
+      config.data, batch_size=sharding.local_batch_size(config.eval.batch_size),
+      stream=config.eval.stream)
   results = evaluate.evaluate_state(config, graphdef, state, mesh=run.mesh,
                                     class_names=run.data.class_names,
                                     prompt_tokens=run.prompt_tokens, batches=batches,
@@ -161,7 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   graphdef, state, last = train.train(
       config, workdir, mesh=run.mesh, model=model, loss_fn=losses.make_loss_fn(config),
-      batches=batches, prompt_tokens=run.prompt_tokens, steps=run.steps)
+      batches=batches, prompt_tokens=run.prompt_tokens, steps=run.steps,
+      prompt_sampler=prompt_sampler(config))
   step = int(jax.device_get(state.step))
   if step < run.steps.total:
     metrics_lib.log_info('Training stopped early at step %d; not evaluating.', step)

@@ -5,7 +5,9 @@ video-to-text loss (eq. 9) takes a softmax over all C class prompts, so every st
 one prompt for each of the C classes, not only for the classes of the batch. (ActionCLIP
 draws one template per *sample* because its loss only contrasts the prompts of the
 batch; with a C-way V2T softmax a per-sample draw would give one class several
-different prompts in the same softmax.) Evaluation uses all K templates and averages the
+different prompts in the same softmax.) ActionCLIP's own loss
+(``loss.kind='actionclip_kl'``) contrasts the B prompts of the batch, and its draw is
+``sample_prompts_per_sample``: one template per sample. Evaluation uses all K templates and averages the
 per-template class probabilities (see ``FogNet.predict``).
 """
 from __future__ import annotations
@@ -110,3 +112,22 @@ def sample_train_prompts(tokens, rng):
     return np.asarray(tokens)[idx, np.arange(c)]
   idx = jax.random.randint(rng, (c,), 0, k)
   return jnp.asarray(tokens)[idx, jnp.arange(c)]
+
+
+def sample_prompts_per_sample(tokens, rng, labels):
+  """ActionCLIP's draw: one template per sample, (K, C, L) x (B,) labels -> (B, L).
+
+  Row b is template ``k_b ~ U{0..K-1}`` of class ``labels[b]``. Marked ``per_sample`` so the
+  train step passes the batch labels and encodes B prompts instead of C.
+  """
+  if tokens.ndim != 3:
+    raise ValueError(f"tokens must be (K, C, L), got shape {tokens.shape}")
+  k = tokens.shape[0]
+  if isinstance(rng, np.random.Generator):
+    labels = np.asarray(labels)
+    return np.asarray(tokens)[rng.integers(0, k, size=labels.shape), labels]
+  idx = jax.random.randint(rng, jnp.shape(labels), 0, k)
+  return jnp.asarray(tokens)[idx, labels]
+
+
+sample_prompts_per_sample.per_sample = True

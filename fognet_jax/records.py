@@ -7,10 +7,14 @@ supported by the NumPy decoding path): an :class:`EncodedExample` hands out the
 encoded JPEG frames, and the caller decodes only those a clip needs (see
 ``augment``).
 
-Subsets: ``fog`` ('light' / 'dense' / None = both, alias 'multi') and
-``perspective`` (None = all, or a name / comma-separated names) filter both
-splits (paper Table 5c / 5f). The fog / perspective ids of every example are read
-once and cached next to the data (``fognet_index-<split>.json``).
+Subsets (paper Tables 5c / 5f): ``fog`` ('light' / 'dense' / None = both, alias
+'multi') and ``perspective`` (None = all, or a name / comma-separated names) filter
+the TRAINING split only; ``eval_fog`` / ``eval_perspective`` (default None = all)
+filter the evaluation split, so the rows of a table share one test set. With
+``replicate_to_full`` a filtered training split is repeated (cyclically) up to the
+size of the unfiltered split: the paper's volume control, same epochs, same steps.
+The fog / perspective ids of every example are read once and cached next to the
+data (``fognet_index-<split>.json``).
 """
 from __future__ import annotations
 
@@ -28,25 +32,43 @@ import tensorflow_datasets as tfds
 from tfds_fogact import common  # importing tfds_fogact registers its builders
 
 
-def fog_filter(data_cfg) -> Optional[str]:
-  """The fog level `config.data.fog` keeps, None for all; raises ValueError if unknown."""
-  fog = data_cfg.get("fog")
+ROLES = ("train", "eval")
+
+
+def _key(name: str, role: str) -> str:
+  if role not in ROLES:
+    raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+  return name if role == "train" else f"eval_{name}"
+
+
+def role_of(data_cfg, split: str) -> str:
+  """'train' for `data.train_split`, 'eval' for every other split."""
+  return "train" if split == data_cfg.train_split else "eval"
+
+
+def fog_filter(data_cfg, role: str = "train") -> Optional[str]:
+  """The fog level `config.data.fog` (role 'train') or `config.data.eval_fog` (role 'eval')
+  keeps, None for all; raises ValueError if unknown."""
+  key = _key("fog", role)
+  fog = data_cfg.get(key)
   if fog in (None, "", "multi", "all"):
     return None
   if fog not in common.FOG_LEVELS:
-    raise ValueError(f"config.data.fog must be one of {common.FOG_LEVELS}, 'multi' or None, got {fog!r}")
+    raise ValueError(f"config.data.{key} must be one of {common.FOG_LEVELS}, 'multi' or None, got {fog!r}")
   return fog
 
 
-def perspective_filter(data_cfg) -> Optional[tuple[str, ...]]:
-  """The perspectives `config.data.perspective` keeps, None for all; raises ValueError if unknown."""
-  p = data_cfg.get("perspective")
+def perspective_filter(data_cfg, role: str = "train") -> Optional[tuple[str, ...]]:
+  """The perspectives `config.data.perspective` (role 'train') or `config.data.eval_perspective`
+  (role 'eval') keeps, None for all; raises ValueError if unknown."""
+  key = _key("perspective", role)
+  p = data_cfg.get(key)
   if p in (None, "", "all"):
     return None
   names = tuple(x.strip() for x in p.split(",")) if isinstance(p, str) else tuple(p)
   bad = [x for x in names if x not in common.PERSPECTIVES]
   if bad or not names:
-    raise ValueError(f"config.data.perspective: unknown perspective(s) {bad}; use a comma-separated "
+    raise ValueError(f"config.data.{key}: unknown perspective(s) {bad}; use a comma-separated "
                      f"subset of {common.PERSPECTIVES} or None")
   return names
 
@@ -57,7 +79,7 @@ class DataInfo:
 
   name: str
   class_names: list[str]
-  num_examples: dict[str, int]      # after the fog / perspective filters
+  num_examples: dict[str, int]      # after the filters (and replication) of each split's role
   builder: Any = None
 
 
@@ -101,11 +123,13 @@ def prepare(data_cfg) -> DataInfo:
     if split not in builder.info.splits:
       raise ValueError(f"config.data: split {split!r} not in {data_cfg.dataset!r} "
                        f"(splits: {list(builder.info.splits)})")
-  num = {s: len(indices(data_cfg, s)) for s in builder.info.splits}
+  num = {s: len(indices(data_cfg, s, role_of(data_cfg, s))) for s in builder.info.splits}
   for split in (data_cfg.train_split, data_cfg.eval_split):
     if num[split] == 0:
-      raise ValueError(f"config.data: no {split!r} examples left after the filters fog={data_cfg.get('fog')!r}, "
-                       f"perspective={data_cfg.get('perspective')!r}")
+      role = role_of(data_cfg, split)
+      raise ValueError(f"config.data: no {split!r} examples left after the filters "
+                       f"{_key('fog', role)}={data_cfg.get(_key('fog', role))!r}, "
+                       f"{_key('perspective', role)}={data_cfg.get(_key('perspective', role))!r}")
   return DataInfo(name=data_cfg.dataset, class_names=list(builder.info.features["label"].names),
                   num_examples=num, builder=builder)
 
@@ -186,10 +210,16 @@ def _metadata(data_cfg, split: str) -> dict[str, np.ndarray]:
   return {k: np.asarray(v, np.int64) for k, v in meta.items()}
 
 
-def indices(data_cfg, split: str) -> np.ndarray:
-  """Example indices of `split` that pass the fog / perspective filters."""
-  fog = fog_filter(data_cfg)
-  persp = perspective_filter(data_cfg)
+def indices(data_cfg, split: str, role: Optional[str] = None) -> np.ndarray:
+  """Example indices of `split` that pass the filters of `role` ('train' | 'eval'; default:
+  `role_of(data_cfg, split)`).
+
+  Role 'train' with `data.replicate_to_full`: the kept indices are repeated cyclically up to
+  the size of the unfiltered split (an index list with repeats, in dataset order).
+  """
+  role = role or role_of(data_cfg, split)
+  fog = fog_filter(data_cfg, role)
+  persp = perspective_filter(data_cfg, role)
   builder = _builder_cached(data_cfg.dataset, data_cfg.get("data_dir"))
   n = builder.info.splits[split].num_examples
   keep = np.ones(n, bool)
@@ -201,4 +231,7 @@ def indices(data_cfg, split: str) -> np.ndarray:
       keep &= meta["fog"] == fog_names.index(fog)
     if persp is not None:
       keep &= np.isin(meta["perspective"], [persp_names.index(p) for p in persp])
-  return np.nonzero(keep)[0]
+  kept = np.nonzero(keep)[0]
+  if role == "train" and data_cfg.get("replicate_to_full", False) and 0 < len(kept) < n:
+    kept = np.resize(kept, n)
+  return kept

@@ -46,8 +46,9 @@ from fognet_jax import prompts
 from fognet_jax import sharding as sharding_lib
 from fognet_jax.models import clip
 
-# (tokens (K, C, L), key) -> (C, L)
-PromptSampler = Callable[[jax.Array, jax.Array], jax.Array]
+# (tokens (K, C, L), key) -> (C, L); a sampler with the attribute `per_sample = True` is
+# called as (tokens, key, labels (B,)) -> (B, L) (one prompt per sample, ActionCLIP's loss).
+PromptSampler = Callable[..., jax.Array]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -142,7 +143,11 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
 
   batch: {'clean', 'foggy': (B, T, H, W, 3), 'label': (B,)} global arrays split over `data`.
   prompt_tokens: (K, C, L) int32 replicated. The state is donated.
+  A `prompt_sampler` marked `per_sample` draws one prompt per sample from the batch labels
+  ((B, L), split into micro-batches with the batch); the model then sees (B, D) text
+  embeddings instead of (C, D).
   """
+  per_sample = bool(getattr(prompt_sampler, 'per_sample', False))
   accum = int(grad_accum_steps)
   base_key = jax.random.key(seed)
   data_sharding = sharding_lib.batch_sharding(mesh)
@@ -151,6 +156,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
 
   def micro_loss(params, rest, micro, text_tokens):
     model = nnx.merge(graphdef, params, rest)
+    if text_tokens is None:  # per-sample prompts travel with the (micro-)batch
+      text_tokens = micro['text_tokens']
     text_emb = model.encode_text(text_tokens)  # (C, D)
     if freeze_text:
       text_emb = jax.lax.stop_gradient(text_emb)
@@ -163,7 +170,12 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
 
   def step_fn(state: TrainState, batch, prompt_tokens):
     key = jax.random.fold_in(base_key, state.step)
-    text_tokens = prompt_sampler(prompt_tokens, jax.random.fold_in(key, 0))  # (C, L)
+    if per_sample:
+      batch = dict(batch, text_tokens=prompt_sampler(prompt_tokens, jax.random.fold_in(key, 0),
+                                                     batch['label']))  # (B, L)
+      text_tokens = None
+    else:
+      text_tokens = prompt_sampler(prompt_tokens, jax.random.fold_in(key, 0))  # (C, L)
     if accum == 1:
       (loss, (metrics, rest)), grads = grad_fn(state.params, state.rest, batch, text_tokens)
     else:
@@ -242,7 +254,9 @@ def _check_finite(step: int, values: Mapping[str, float], workdir: str, ckpt) ->
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, mesh, model: nnx.Module,
           loss_fn: losses.LossFn, batches: Callable[[int], Iterator[dict]],
-          prompt_tokens, steps: StepCounts) -> tuple[Any, TrainState, dict]:
+          prompt_tokens, steps: StepCounts,
+          prompt_sampler: PromptSampler = prompts.sample_train_prompts
+          ) -> tuple[Any, TrainState, dict]:
   """Trains `model`, resuming from the latest checkpoint in `workdir`.
 
   Args:
@@ -254,6 +268,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh, model: nnx.M
       `{'clean', 'foggy', 'label'}`, starting at batch `start_step`.
     prompt_tokens: (K, C, L) int32 class prompts, one row per template.
     steps: the run's length (`resolve_steps`).
+    prompt_sampler: the per-step prompt draw (`make_train_step`).
 
   Returns:
     (graphdef, final state, the metrics of the last logged step). A SIGTERM or a preemption
@@ -299,7 +314,8 @@ def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, ste
 
   step_fn = make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings, loss_fn=loss_fn,
                             schedule=schedule, seed=config.seed,
-                            grad_accum_steps=t.grad_accum_steps, freeze_text=t.freeze_text)
+                            grad_accum_steps=t.grad_accum_steps, freeze_text=t.freeze_text,
+                            prompt_sampler=prompt_sampler)
   prompt_tokens = jax.device_put(jnp.asarray(prompt_tokens, jnp.int32),
                                  sharding_lib.replicated(mesh))
   it = batches(start_step)

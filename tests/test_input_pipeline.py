@@ -254,24 +254,90 @@ def test_validation_names_the_key(key, value, match):
 
 
 def test_prepared_generated_dataset_with_filters(tmp_path):
-  """End to end on a miniature synthetic_fog_act: build, filter, train and eval batches."""
+  """End to end on a miniature synthetic_fog_act: build, filter, train and eval batches.
+
+  The paper's protocols (Tables 5c / 5f): `fog` / `perspective` filter the training split
+  only, the test split keeps every fog level and perspective; `replicate_to_full` repeats
+  the filtered training set up to the full set's size.
+  """
   (tmp_path / "manual").mkdir()
   (tmp_path / "manual" / "generation.json").write_text(
       json.dumps({"train_per_group": 1, "test_per_group": 1, "num_frames": 3}))
   cfg = _cfg(data_dir=str(tmp_path / "data"), manual_dir=str(tmp_path / "manual"), fog="dense",
              perspective="front,left")
   info = records.prepare(cfg)
-  assert len(info.class_names) == 14
-  assert info.num_examples["train"] == 14  # 14 classes x 2 perspectives, half of them dense
+  n_classes = len(info.class_names)
+  full = n_classes * 4  # one clip per (class, perspective) group
+  assert info.num_examples["train"] == n_classes  # 2 of 4 perspectives, half of them dense
+  train_src = records.source(cfg, "train")
+  kept = records.indices(cfg, "train")
+  assert all(train_src[i]["fog"] == 1 and train_src[i]["perspective"] in (0, 2) for i in kept)
   batch = next(ip.train_iterator(cfg, batch_size=4, seed=0, process_index=0, process_count=1))
   assert batch["clean"].shape == (4, 4, 16, 16, 3) and batch["label"].dtype == np.int32
+  # the test split is not filtered by the training subset: all fog levels and perspectives
   src = records.source(cfg, "test")
   keep = records.indices(cfg, "test")
-  assert all(src[i]["fog"] == 1 and src[i]["perspective"] in (0, 2) for i in keep)
+  assert info.num_examples["test"] == len(keep) == full
+  assert {src[i]["fog"] for i in keep} == {0, 1}
+  assert {src[i]["perspective"] for i in keep} == {0, 1, 2, 3}
   ev = list(ip.eval_iterator(cfg, split="test", batch_size=8, process_index=0, process_count=1))
-  assert sum(int(b["mask"].sum()) for b in ev) == info.num_examples["test"]
+  assert sum(int(b["mask"].sum()) for b in ev) == full
+  # explicit test filters still work
+  dense_test = _cfg(data_dir=cfg.data_dir, eval_fog="dense")
+  assert all(src[i]["fog"] == 1 for i in records.indices(dense_test, "test"))
+  assert len(records.indices(dense_test, "test")) == full // 2
+  # volume control: the replicated training set has the full set's size, each kept clip
+  # the same number of times (Table 5c: one perspective x 4; Table 5f: one level x 2)
+  for kw, factor in ((dict(perspective="back"), 4), (dict(fog="light"), 2),
+                     (dict(fog="dense", perspective="front,left"), 4)):
+    rep = _cfg(data_dir=cfg.data_dir, replicate_to_full=True, **kw)
+    plain = records.indices(_cfg(data_dir=cfg.data_dir, **kw), "train")
+    idx = records.indices(rep, "train")
+    assert len(idx) == full == records.prepare(rep).num_examples["train"]
+    np.testing.assert_array_equal(np.unique(idx), plain)
+    assert set(np.bincount(idx)[plain].tolist()) == {factor}
+    assert len(records.indices(rep, "test")) == full
+  unfiltered = _cfg(data_dir=cfg.data_dir, replicate_to_full=True)
+  np.testing.assert_array_equal(records.indices(unfiltered, "train"), np.arange(full))
   with pytest.raises(ValueError, match="config.data.dataset"):
     records.prepare(_cfg(dataset="no_such_dataset", data_dir=str(tmp_path / "data")))
+
+
+def test_clean_stream_evaluation_reads_the_clean_frames():
+  foggy_only = list(ip.eval_iterator(_cfg(), split="test", batch_size=3,
+                                     source=_Source(3, forbid_clean=True), process_index=0,
+                                     process_count=1))
+  clean = list(ip.eval_iterator(_cfg(), split="test", batch_size=3, source=_Source(3),
+                                process_index=0, process_count=1, stream="clean"))
+  c, f = _unnorm(clean[0]["foggy"]), _unnorm(foggy_only[0]["foggy"])
+  # the source's foggy frames are clean / 2 + 100: views of the clean stream invert that
+  assert np.abs(f - (c / 2 + 100 / 255)).max() < 2.5 / 255
+  assert np.abs(c - f).mean() > 20 / 255
+  expected = augment.make_eval_views({"foggy": _Source(3).items[1]["clean"]}, _cfg())
+  np.testing.assert_allclose(clean[0]["foggy"][1], expected, atol=1e-6)
+  with pytest.raises(ValueError, match="stream"):
+    next(ip.eval_iterator(_cfg(), batch_size=2, source=_Source(2), process_index=0,
+                          process_count=1, stream="both"))
+
+
+def test_simulated_fog_replaces_the_foggy_stream():
+  """train_sim_fog: the foggy stream is homogeneous ASM fog of the clean one, per sample."""
+  src = _Source(4, identical=True)
+  for i, item in enumerate(src.items):
+    item["fog"] = i % 2
+    item["foggy"] = [_png(np.zeros((H, W, 3), np.uint8))] * T_SRC  # must never be used
+  kw = dict(batch_size=4, seed=0, source=src, process_index=0, process_count=1)
+  cfg = _cfg(train_sim_fog="homogeneous", augment_color_jitter_prob=0.0,
+             augment_grayscale_prob=0.0)
+  a, b = _take(ip.train_iterator(cfg, **kw), 1)[0], _take(ip.train_iterator(cfg, **kw), 1)[0]
+  np.testing.assert_array_equal(a["foggy"], b["foggy"])  # deterministic per sample
+  clean, foggy = _unnorm(a["clean"]), _unnorm(a["foggy"])
+  assert foggy.min() > 0.05  # not the black stored frames
+  # fog lifts dark pixels and contrast drops; dense fog (odd labels) more than light fog
+  contrast = foggy.std(axis=(1, 2, 3, 4)) / clean.std(axis=(1, 2, 3, 4))
+  assert np.all(contrast < 0.95)
+  dense, light = contrast[a["label"] % 2 == 1], contrast[a["label"] % 2 == 0]
+  assert dense.max() < light.min()
 
 
 def test_flip_swaps_labels_of_mirror_classes():

@@ -236,3 +236,85 @@ def test_synthetic_config_beta_reaches_the_loss(emb):
                               cfg.loss.max_logit_scale, emb["logit_scale"])
   np.testing.assert_allclose(total, want, rtol=1e-5)
   assert l_t > 0.5  # β = 1 against the default 0.1 moves the total by > 0.45
+
+
+# ------------------------------------------------------------------- ActionCLIP's KL loss
+
+def _np_gen_label(labels):
+  """ActionCLIP's gen_label: gt[i, k] = 1 where labels[k] == labels[i]."""
+  n = len(labels)
+  gt = np.zeros((n, n))
+  for i in range(n):
+    for k in range(n):
+      if labels[k] == labels[i]:
+        gt[i, k] = 1
+  return gt
+
+
+def _np_kl_rows(logits, gt):
+  """KLDivLoss(log_softmax(logits), rows of gt normalised), mean over rows, loops."""
+  total = 0.0
+  for i in range(logits.shape[0]):
+    row = logits[i] - logits[i].max()
+    log_p = row - np.log(np.sum(np.exp(row)))
+    q = gt[i] / gt[i].sum()
+    total += sum(q[j] * (np.log(q[j]) - log_p[j]) for j in range(len(q)) if q[j] > 0)
+  return total / logits.shape[0]
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2, 3, 4, 5], [0, 1, 0, 2, 1, 0], [3, 3, 3, 3, 3, 3]])
+def test_actionclip_kl_matches_numpy_with_repeated_labels(labels):
+  rng = np.random.default_rng(5)
+  video, text = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+  labels = np.asarray(labels)
+  s = _np_logits(video, text, np.log(30.0))  # (B, B): video i vs the prompt of sample j
+  gt = _np_gen_label(labels)
+  want_v2t, want_t2v = _np_kl_rows(s, gt), _np_kl_rows(s.T, gt.T)
+  loss, parts = losses.actionclip_kl_loss(jnp.asarray(video), jnp.asarray(text),
+                                          jnp.log(30.0), jnp.asarray(labels))
+  np.testing.assert_allclose(float(parts['v2t']), want_v2t, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(float(parts['t2v']), want_t2v, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(float(loss), 0.5 * (want_v2t + want_t2v), rtol=1e-5, atol=1e-6)
+
+
+def test_actionclip_kl_through_fognet_loss_and_stacked_streams():
+  rng = np.random.default_rng(6)
+  labels = jnp.asarray([0, 1, 0, 2])
+  text = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+  vf = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+  vc = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+  cfg = config_testutil.recipe('baseline')
+  assert cfg.loss.kind == 'actionclip_kl'
+  out = {'video_f': vf, 'video_c': None, 'text': text, 'logit_scale': jnp.log(20.0)}
+  total, m = losses.fognet_loss(out, labels, cfg.loss, cfg.model)
+  want, _ = losses.actionclip_kl_loss(vf, text, jnp.log(20.0), labels)
+  np.testing.assert_allclose(float(total), float(want), rtol=1e-6)
+  # 'clean+foggy': 2B videos, the pair's two videos share the sample's prompt
+  out['video_f'] = jnp.concatenate([vf, vc])
+  total, _ = losses.fognet_loss(out, labels, cfg.loss, cfg.model)
+  want, _ = losses.actionclip_kl_loss(jnp.concatenate([vf, vc]), jnp.concatenate([text, text]),
+                                      jnp.log(20.0), jnp.concatenate([labels, labels]))
+  np.testing.assert_allclose(float(total), float(want), rtol=1e-6)
+  # the eqs. 8-10 switch on the same baseline
+  cfg.loss.kind = 'fognet'
+  out['video_f'] = vf
+  total, _ = losses.fognet_loss(out, labels, cfg.loss, cfg.model)
+  want, _ = losses.video_text_loss(vf, text[:3], jnp.log(20.0), labels)
+  total, _ = losses.fognet_loss(dict(out, text=text[:3]), labels, cfg.loss, cfg.model)
+  np.testing.assert_allclose(float(total), float(want), rtol=1e-6)
+  with pytest.raises(ValueError, match='one prompt embedding per video'):
+    losses.actionclip_kl_loss(vf, text[:3], jnp.log(20.0), labels)
+
+
+def test_per_sample_prompt_draw():
+  from fognet_jax import prompts
+  import jax
+  tokens = np.arange(3 * 5 * 2).reshape(3, 5, 2)  # (K, C, L): token = 10 k + 2 c + l
+  labels = np.asarray([4, 0, 4, 2, 1, 4, 4, 4])
+  got = np.asarray(prompts.sample_prompts_per_sample(tokens, jax.random.key(0), jnp.asarray(labels)))
+  assert got.shape == (8, 2)
+  k, c = got[:, 0] // 10, (got[:, 0] % 10) // 2
+  np.testing.assert_array_equal(c, labels)  # each row is a prompt of its sample's class
+  assert len(set(k[labels == 4].tolist())) > 1  # templates drawn per sample, not per class
+  assert prompts.sample_prompts_per_sample.per_sample
+  assert not getattr(prompts.sample_train_prompts, 'per_sample', False)

@@ -39,19 +39,17 @@ FIGURE_DISTANCE = (3.0, 4.5)  # metres: range of the figure's starting distance 
 LIMB_RADIUS = 0.085   # metres (arms and legs)
 TRUNK_RADIUS = 0.18   # metres
 
-# Order matters: label ids. Pairs (sit_down, stand_up), (raise_arms, lower_arms),
-# (sidestep_left, sidestep_right), (turn_clockwise, turn_counterclockwise),
-# (walk_forward, walk_backward) are each other's time reversal or mirror image.
+# Order matters: label ids. Every action has its own body pose (which limbs move, how far,
+# where they end up), so single frames already tell the classes apart and fog, which hides
+# the thin limbs, is what makes them hard; no two classes differ only in time order.
 CLASS_NAMES = (
-    "sit_down", "stand_up",
-    "raise_arms", "lower_arms",
-    "sidestep_left", "sidestep_right",
-    "turn_clockwise", "turn_counterclockwise",
-    "walk_forward", "walk_backward",
-    "jump", "wave", "kick", "bow",
+    "sit_down", "raise_arms", "arms_out", "push_forward",
+    "wave_left", "wave_right", "point_left", "point_right",
+    "jump", "bow", "walk", "sidestep", "turn_around", "kick",
 )
-# Mirror images of each other (a horizontal flip of the video turns one into the other).
-MIRROR_CLASS_PAIRS = (("sidestep_left", "sidestep_right"), ("turn_clockwise", "turn_counterclockwise"))
+# Mirror images of each other (a horizontal flip of the video turns one into the other; the
+# renderer's lighter left limbs are the only cue that does not flip).
+MIRROR_CLASS_PAIRS = (("wave_left", "wave_right"), ("point_left", "point_right"))
 PERSPECTIVE_YAW = {"front": np.pi, "back": 0.0, "left": -np.pi / 2, "right": np.pi / 2}
 
 SCENES = ("meadow", "campus", "construction_site", "playground", "street", "park")
@@ -131,20 +129,58 @@ def _pose(action: str, p: np.ndarray, cycles: float) -> dict[str, np.ndarray]:
   pose["r_elbow"] += 0.2
   s = _smooth(p)
   gait = np.sin(2 * np.pi * cycles * p)
-  if action in ("sit_down", "stand_up"):
-    q = s if action == "sit_down" else 1 - s
-    pose["l_hip"] = pose["r_hip"] = 1.5 * q
-    pose["l_knee"] = pose["r_knee"] = 1.7 * q
-    pose["dy"] = -0.42 * q
-    pose["pitch"] = 0.35 * q
-    pose["l_sh_flex"] = pose["r_sh_flex"] = 0.6 * q
-  elif action in ("raise_arms", "lower_arms"):
-    q = s if action == "raise_arms" else 1 - s
-    pose["l_sh_abd"] = pose["r_sh_abd"] = 0.15 + 2.85 * q
-    pose["l_elbow"] = pose["r_elbow"] = 0.2 * (1 - q)
-  elif action in ("sidestep_left", "sidestep_right"):
-    sign = 1.0 if action == "sidestep_left" else -1.0
-    pose["dx"] = -sign * 1.2 * (p - 0.5)  # +x = the figure's own right; centred on the start
+  if action == "sit_down":
+    pose["l_hip"] = pose["r_hip"] = 1.5 * s
+    pose["l_knee"] = pose["r_knee"] = 1.7 * s
+    pose["dy"] = -0.42 * s
+    pose["pitch"] = 0.35 * s
+    pose["l_sh_flex"] = pose["r_sh_flex"] = 0.6 * s
+  elif action == "raise_arms":
+    pose["l_sh_abd"] = pose["r_sh_abd"] = 0.15 + 2.85 * s
+    pose["l_elbow"] = pose["r_elbow"] = 0.2 * (1 - s)
+  elif action == "arms_out":
+    pose["l_sh_abd"] = pose["r_sh_abd"] = 0.15 + 1.45 * s
+    pose["l_elbow"] = pose["r_elbow"] = 0.2 * (1 - s)
+  elif action == "push_forward":
+    reach = s * (0.75 + 0.25 * np.abs(gait))
+    pose["l_sh_flex"] = pose["r_sh_flex"] = 1.5 * s
+    pose["l_sh_abd"] = pose["r_sh_abd"] = 0.15 * (1 - s)
+    pose["l_elbow"] = pose["r_elbow"] = 1.4 * (1 - reach)
+  elif action in ("wave_left", "wave_right"):
+    side = "l" if action == "wave_left" else "r"
+    pose[f"{side}_sh_abd"] = 0.15 + 2.35 * s
+    pose[f"{side}_elbow"] = 0.3 + 0.7 * s * (0.5 + 0.5 * gait)
+  elif action in ("point_left", "point_right"):
+    side = "l" if action == "point_left" else "r"
+    pose[f"{side}_sh_abd"] = 0.15 + 1.45 * s  # one arm straight out to its own side
+    pose[f"{side}_elbow"] = 0.2 * (1 - s)
+  elif action == "kick":
+    k = np.maximum(0, np.sin(2 * np.pi * cycles * p))
+    pose["r_hip"] = 1.5 * k
+    pose["r_knee"] = 0.9 * (1 - k) * (k > 0.05)
+    pose["l_sh_flex"] = 0.5 * k
+    pose["pitch"] = -0.15 * k
+  elif action == "jump":
+    h = np.maximum(0, np.sin(2 * np.pi * cycles * p))
+    crouch = np.maximum(0, -np.sin(2 * np.pi * cycles * p))
+    pose["dy"] = 0.45 * h - 0.2 * crouch
+    pose["l_hip"] = pose["r_hip"] = 0.6 * crouch
+    pose["l_knee"] = pose["r_knee"] = 1.1 * crouch
+    pose["l_sh_abd"] = pose["r_sh_abd"] = 0.15 + 1.0 * h
+  elif action == "bow":
+    b = np.sin(np.pi * s)
+    pose["pitch"] = 1.2 * b
+    pose["l_sh_flex"] = pose["r_sh_flex"] = 0.4 * b
+  elif action == "walk":
+    pose["dz"] = 1.2 * (p - 0.5)  # centred: the figure stays in frame at 3 m
+    pose["l_hip"] = 0.45 * gait
+    pose["r_hip"] = -0.45 * gait
+    pose["l_knee"] = 0.5 * np.maximum(0, -gait)
+    pose["r_knee"] = 0.5 * np.maximum(0, gait)
+    pose["l_sh_flex"] = -0.4 * gait
+    pose["r_sh_flex"] = 0.4 * gait
+  elif action == "sidestep":
+    pose["dx"] = -1.2 * (p - 0.5)  # toward the figure's own left; centred on the start
     step = np.abs(gait)
     pose["l_hip"] = 0.15 * step
     pose["r_hip"] = 0.15 * step
@@ -153,41 +189,11 @@ def _pose(action: str, p: np.ndarray, cycles: float) -> dict[str, np.ndarray]:
     pose["l_sh_abd"] = 0.15 + 0.35 * step
     pose["r_sh_abd"] = 0.15 + 0.35 * step
     pose["dy"] = -0.03 * step
-  elif action in ("turn_clockwise", "turn_counterclockwise"):
-    sign = 1.0 if action == "turn_clockwise" else -1.0  # yaw > 0 = clockwise seen from above
-    pose["yaw"] = sign * np.pi * s
+  elif action == "turn_around":
+    pose["yaw"] = np.pi * s  # ends facing the other way
     pose["l_sh_flex"] = 0.3 + z
     pose["r_sh_flex"] = 0.3 + z
     pose["l_elbow"] = pose["r_elbow"] = 1.2 + z
-  elif action in ("walk_forward", "walk_backward"):
-    sign = 1.0 if action == "walk_forward" else -1.0
-    pose["dz"] = sign * 1.2 * (p - 0.5)  # centred: the figure stays in frame at 3 m
-    pose["l_hip"] = 0.45 * gait
-    pose["r_hip"] = -0.45 * gait
-    pose["l_knee"] = 0.5 * np.maximum(0, -gait)
-    pose["r_knee"] = 0.5 * np.maximum(0, gait)
-    pose["l_sh_flex"] = -0.4 * gait
-    pose["r_sh_flex"] = 0.4 * gait
-  elif action == "jump":
-    h = np.maximum(0, np.sin(2 * np.pi * cycles * p))
-    crouch = np.maximum(0, -np.sin(2 * np.pi * cycles * p))
-    pose["dy"] = 0.45 * h - 0.2 * crouch
-    pose["l_hip"] = pose["r_hip"] = 0.6 * crouch
-    pose["l_knee"] = pose["r_knee"] = 1.1 * crouch
-    pose["l_sh_abd"] = pose["r_sh_abd"] = 0.15 + 1.0 * h
-  elif action == "wave":
-    pose["r_sh_abd"] = 2.5 * s
-    pose["r_elbow"] = 0.3 + 0.7 * s * (0.5 + 0.5 * gait)
-  elif action == "kick":
-    k = np.maximum(0, np.sin(2 * np.pi * cycles * p))
-    pose["r_hip"] = 1.5 * k
-    pose["r_knee"] = 0.9 * (1 - k) * (k > 0.05)
-    pose["l_sh_flex"] = 0.5 * k
-    pose["pitch"] = -0.15 * k
-  elif action == "bow":
-    b = np.sin(np.pi * s)
-    pose["pitch"] = 1.2 * b
-    pose["l_sh_flex"] = pose["r_sh_flex"] = 0.4 * b
   else:
     raise ValueError(f"unknown action {action!r}")
   return pose

@@ -5,10 +5,11 @@ articulated figure performing one of 14 actions, stored twice: the clean frames
 and the same frames fogged with the atmospheric scattering model
 (`tfds_fogact.fog.apply_fog`, with the renderer's per-pixel depth map and
 heterogeneous drifting fog). Half of the clips get light fog, half dense fog (the
-`fog` feature). Actions come in pairs that differ only in temporal order or
-direction (sit down / stand up, raise / lower arms, sidestep left / right, turn
-clockwise / counter-clockwise, walk forward / backward), so a single frame cannot
-tell them apart.
+`fog` feature). Every action has its own body pose (sit down, raise arms, arms
+out, push forward, wave with the left / right arm, point left / right, jump, bow,
+walk, sidestep, turn around, kick), so the actions are separable from single
+frames and fog, which hides the thin limbs, is what makes them hard. Two pairs are
+mirror images (wave / point left and right: MIRROR_CLASS_PAIRS).
 
 Splits: for every (class, perspective) group, `train_per_group` train clips and
 `test_per_group` test clips, each with its own random scene, figure size,
@@ -119,7 +120,7 @@ def make_example(item: dict, cfg: SyntheticFogActConfig, num_frames: int, split:
 class SyntheticFogAct(common.DualFormatMixin, tfds.core.GeneratorBasedBuilder):
   """Generated paired clean/foggy videos of articulated figures (14 actions, 4 views)."""
 
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": "Figure 3-8 m from the camera (was 3.5-11 m); default config 1008 train clips.",
@@ -127,6 +128,11 @@ class SyntheticFogAct(common.DualFormatMixin, tfds.core.GeneratorBasedBuilder):
                "at 64x64 a limb is 3-4 pixels wide and the figure 26-40 pixels tall. "
                "Sidesteps and walks cover 1.2 m centred on the start position (was 1.8 m "
                "from it), so the nearer figure stays in frame.",
+      "1.3.0": "New class set: 14 actions that each have their own body pose (sit_down, "
+               "raise_arms, arms_out, push_forward, wave_left, wave_right, point_left, "
+               "point_right, jump, bow, walk, sidestep, turn_around, kick) replace the five "
+               "pairs that differed only in time order or direction, so fog rather than time "
+               "order is the difficulty. Mirror pairs: wave and point, left / right.",
   }
   BUILDER_CONFIGS = [
       SyntheticFogActConfig(name="default", frame_size=(64, 64), num_frames=16,
