@@ -33,7 +33,9 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # torch + transformers + safetensors: the parity references; dill: tfds.testing
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers", "safetensors", "dill"],
+        # torch + transformers + safetensors: the parity references; dill: tfds.testing;
+        # nbformat: the notebook test
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers", "safetensors", "dill",
+                 "nbformat"],
     },
 )

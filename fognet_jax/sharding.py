@@ -24,18 +24,28 @@ def maybe_initialize_distributed(mode: Any = 'auto') -> bool:
   mode 'auto' initialises when the environment describes a multi-process job (a coordinator
   address, SLURM, or a multi-host TPU slice); True always; False never. Must run before any
   other JAX call. Returns whether it initialised.
+
+  Where no cluster environment names the processes (CPU or GPU hosts started by hand), the
+  variables JAX_COORDINATOR_ADDRESS (`host:port` of process 0), JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID describe the job; JAX reads the first itself, the other two are passed here.
   """
   if mode in (False, 'false', 'False', 'no', None):
     return False
+  env = os.environ
   if mode == 'auto':
-    env = os.environ
     multi = ('JAX_COORDINATOR_ADDRESS' in env or
+             int(env.get('JAX_NUM_PROCESSES', '1')) > 1 or
              int(env.get('SLURM_NTASKS', '1')) > 1 or
              int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1 or
              len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1)
     if not multi:
       return False
-  jax.distributed.initialize()
+  kwargs = {}
+  if env.get('JAX_NUM_PROCESSES'):
+    kwargs['num_processes'] = int(env['JAX_NUM_PROCESSES'])
+  if env.get('JAX_PROCESS_ID'):
+    kwargs['process_id'] = int(env['JAX_PROCESS_ID'])
+  jax.distributed.initialize(**kwargs)
   return True
 
 

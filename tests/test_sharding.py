@@ -47,3 +47,18 @@ def test_distributed_auto_is_off_on_a_single_host(monkeypatch):
     monkeypatch.delenv(var, raising=False)
   assert sharding.maybe_initialize_distributed('auto') is False
   assert sharding.maybe_initialize_distributed(False) is False
+
+
+def test_distributed_job_from_environment(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID', 'SLURM_NTASKS',
+               'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES'):
+    monkeypatch.delenv(name, raising=False)
+  assert not sharding.maybe_initialize_distributed('auto') and not calls
+  assert not sharding.maybe_initialize_distributed(False)
+  monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', 'localhost:12355')
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
+  monkeypatch.setenv('JAX_PROCESS_ID', '1')
+  assert sharding.maybe_initialize_distributed('auto')
+  assert calls == [{'num_processes': 2, 'process_id': 1}]
