@@ -281,12 +281,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh, model: nnx.M
   lock = checkpointing.WorkdirLock(workdir).acquire()  # a second run on `workdir` stops here
   try:
     return _train(config, workdir, mesh=mesh, model=model, loss_fn=loss_fn, batches=batches,
-                  prompt_tokens=prompt_tokens, steps=steps)
+                  prompt_tokens=prompt_tokens, steps=steps, prompt_sampler=prompt_sampler)
   finally:
     lock.release()
 
 
-def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, steps):
+def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, steps,
+           prompt_sampler):
   t = config.train
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
