@@ -393,4 +393,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  main_lib.define_flags()  # --config, --workdir (and main's other flags, unused here)
   app.run(main)

@@ -50,7 +50,7 @@ from fognet_jax.models import fognet
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
   """Command-line flags; defined only when run as a program, so that importing this module
   (predict, notebooks, the experiments runner) leaves the global absl flags alone."""
   config_flags.DEFINE_config_file(
@@ -223,5 +223,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  _define_flags()
+  define_flags()
   app.run(main)

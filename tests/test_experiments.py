@@ -138,3 +138,14 @@ def test_tables_mean_std_and_files(tmp_path):
   assert tables['5c']['num_train_steps'] == 4
   md = open(tmp_path / 'table_5b.md').read()
   assert f"{np.mean(want):.1f} ± {np.std(want, ddof=1):.1f}" in md
+
+
+def test_command_line_parses_the_flags_of_main(tmp_path):
+  """`python -m fognet_jax.experiments` takes main's --config / --workdir (an unknown table is
+  the first error it can reach without running anything)."""
+  import main_testutil  # pylint: disable=g-import-not-at-top
+  r = main_testutil.run_module('fognet_jax.experiments', '--config=configs/synthetic.py',
+                               f'--workdir={tmp_path}', '--tables=5x', timeout=120)
+  assert r.returncode != 0
+  assert 'Unknown command line flag' not in r.stderr
+  assert "--tables: unknown table(s) ['5x']" in r.stderr

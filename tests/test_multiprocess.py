@@ -288,5 +288,5 @@ if __name__ == '__main__':
   from absl import app
   from fognet_jax import main as main_lib
   _instrument(os.environ[TRACE_ENV])
-  main_lib._define_flags()  # pylint: disable=protected-access
+  main_lib.define_flags()
   app.run(main_lib.main)
