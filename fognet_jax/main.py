@@ -215,11 +215,18 @@ def main(argv):
     logging.get_absl_handler().addFilter(_DropLibraryInfo(FLAGS.quiet_libraries))
   config = FLAGS.config
   logging.info('Config:\n%s', config)
-  if FLAGS.mode == 'eval':
-    evaluate_checkpoint(config, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
-                        output_dir=FLAGS.output_dir)
-  else:
-    train_and_evaluate(config, FLAGS.workdir, evaluate_after=FLAGS.mode != 'train_only')
+  try:
+    if FLAGS.mode == 'eval':
+      evaluate_checkpoint(config, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
+                          output_dir=FLAGS.output_dir)
+    else:
+      train_and_evaluate(config, FLAGS.workdir, evaluate_after=FLAGS.mode != 'train_only')
+  except (config_lib.ConfigError, checkpointing.WorkdirLockedError,
+          checkpointing.CheckpointError) as e:
+    # The user's to fix, and the message says what: no traceback.
+    logging.error('%s', e)
+    return 1
+  return 0
 
 
 if __name__ == '__main__':
