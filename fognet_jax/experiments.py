@@ -304,11 +304,14 @@ def _mean(x):
 
 
 def _std(x):
-  return float(np.std(x, ddof=1)) if len(x) > 1 else (0.0 if x else None)
+  """Sample std (ddof=1); None below two seeds, where it is undefined."""
+  return float(np.std(x, ddof=1)) if len(x) > 1 else None
 
 
 def _pm(mean, std):
-  return '–' if mean is None else f'{mean:.1f} ± {std:.1f}'
+  if mean is None:
+    return '–'
+  return f'{mean:.1f}' if std is None else f'{mean:.1f} ± {std:.1f}'
 
 
 def write_tables(jobs: Sequence[Job], workdir: str, *, steps_info: dict) -> dict[str, dict]:
