@@ -48,7 +48,7 @@ from fognet_jax.models import clip as clip_lib
 from tfds_fogact import common
 from tfds_fogact import fog as fog_lib
 
-STREAMS = ("foggy", "clean")
+STREAMS = ("foggy", "clean")        # config.eval.stream
 SIM_FOG = (None, "homogeneous")   # config.data.train_sim_fog
 
 
@@ -174,9 +174,7 @@ def make_train_pair(example, data_cfg, rng: np.random.Generator, return_flip: bo
 
   With `return_flip`, also returns whether the pair was flipped horizontally.
   """
-  sim = data_cfg.get("train_sim_fog")
-  if sim not in SIM_FOG:
-    raise ValueError(f"config.data.train_sim_fog must be one of {SIM_FOG}, got {sim!r}")
+  sim = data_cfg.get("train_sim_fog")  # one of SIM_FOG (config_lib.validate_data)
   clean = example["clean"]
   foggy = clean if sim else example["foggy"]
   n = min(len(clean), len(foggy))

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import ml_collections
 
+from fognet_jax import augment
 from fognet_jax import prompts
 from fognet_jax import records
 from fognet_jax.models import clip
@@ -32,9 +33,7 @@ CLIP_OVERRIDE_KEYS = ('embed_dim', 'image_size', 'patch_size', 'vision_width', '
 ARCHS = ('fognet', 'actionclip')
 FUSIONS = ('mean', 'transformer')
 TRAIN_STREAMS = ('foggy', 'clean', 'clean+foggy')
-EVAL_STREAMS = ('foggy', 'clean')
 LOSS_KINDS = ('fognet', 'actionclip_kl')
-SIM_FOG = (None, 'homogeneous')
 DTYPES = ('float32', 'bfloat16', 'float16')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')
 
@@ -131,7 +130,7 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
     raise ConfigError(str(e)) from e
   if not isinstance(d.get('replicate_to_full', False), bool):
     _fail('data.replicate_to_full', f'must be True or False, got {d.replicate_to_full!r}')
-  if d.get('train_sim_fog') not in SIM_FOG:
+  if d.get('train_sim_fog') not in augment.SIM_FOG:
     _fail('data.train_sim_fog', f"must be None or 'homogeneous', got {d.train_sim_fog!r}")
   a = d.augment
   if not a.enabled:
@@ -228,8 +227,8 @@ def validate_train(t: ml_collections.ConfigDict, *, num_devices: Optional[int],
 
 def validate_eval(e: ml_collections.ConfigDict, *, num_devices: Optional[int]) -> None:
   _positive_ints(e, 'eval', ('batch_size',))
-  if e.get('stream', 'foggy') not in EVAL_STREAMS:
-    _fail('eval.stream', f'must be one of {EVAL_STREAMS}, got {e.stream!r}')
+  if e.get('stream', 'foggy') not in augment.STREAMS:
+    _fail('eval.stream', f'must be one of {augment.STREAMS}, got {e.stream!r}')
   if num_devices is not None and e.batch_size % num_devices:
     _fail('eval.batch_size', f'{e.batch_size} is not divisible by the device count {num_devices}')
   _check_templates('eval.num_templates', e.num_templates)

@@ -141,14 +141,21 @@ def _gather(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def run_eval(graphdef, params, rest, *, mesh, batches: Iterable[dict], prompt_tokens: np.ndarray,
-             num_templates: int = -1) -> tuple[np.ndarray, np.ndarray]:
-  """(probs (N, C), labels (N,)) over all unpadded test videos of all processes."""
+def encode_prompts(graphdef, params, rest, *, mesh, prompt_tokens: np.ndarray,
+                   num_templates: int = -1) -> jax.Array:
+  """(K', C, D) text embeddings of the first `num_templates` templates (-1: all K)."""
   tokens = np.asarray(prompt_tokens, np.int32)
   if num_templates and num_templates > 0:
     tokens = tokens[:num_templates]
   rep = sharding_lib.replicated(mesh)
-  text_emb = make_text_encoder(graphdef, mesh)(params, rest, jax.device_put(tokens, rep))
+  return make_text_encoder(graphdef, mesh)(params, rest, jax.device_put(tokens, rep))
+
+
+def run_eval(graphdef, params, rest, *, mesh, batches: Iterable[dict], prompt_tokens: np.ndarray,
+             num_templates: int = -1) -> tuple[np.ndarray, np.ndarray]:
+  """(probs (N, C), labels (N,)) over all unpadded test videos of all processes."""
+  text_emb = encode_prompts(graphdef, params, rest, mesh=mesh, prompt_tokens=prompt_tokens,
+                            num_templates=num_templates)
   predict = make_predict_step(graphdef, mesh)
   all_probs, all_labels = [], []
   for batch in batches:

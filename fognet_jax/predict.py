@@ -93,11 +93,10 @@ class Predictor:
     self.graphdef, state = main_lib.restore_state(self.config, self.mesh, run_dir, step)
     self.params, self.rest = state.params, state.rest
     self.step = int(jax.device_get(state.step))
-    tokens = main_lib.class_prompt_tokens(self.config, self.class_names)
-    if self.config.eval.num_templates > 0:
-      tokens = tokens[:self.config.eval.num_templates]
-    encode = evaluate.make_text_encoder(self.graphdef, self.mesh)
-    self.text_emb = encode(self.params, self.rest, jax.device_put(tokens))
+    self.text_emb = evaluate.encode_prompts(
+        self.graphdef, self.params, self.rest, mesh=self.mesh,
+        prompt_tokens=main_lib.class_prompt_tokens(self.config, self.class_names),
+        num_templates=self.config.eval.num_templates)
     self._predict = evaluate.make_predict_step(self.graphdef, self.mesh)
 
   def probabilities(self, path: str) -> tuple[np.ndarray, int]:
