@@ -128,9 +128,12 @@ def test_lock_is_released_when_training_fails(tmp_path):
   workdir = str(tmp_path / 'run')
   cfg = toy.config(num_train_steps=4, log_every_steps=1, async_checkpointing=False)
   mesh = sharding.make_mesh(1)
-  with pytest.raises(train.NonFiniteLossError):
+  with pytest.raises(train.NonFiniteLossError) as failure:
     train.train(cfg, workdir, **toy.run_parts(cfg, mesh), model=toy.ToyModel(rngs=nnx.Rngs(0)),
                 loss_fn=toy.toy_loss, batches=lambda s: toy.batches(0, 16, s, nan_at=1))
+  # `failure` keeps the traceback, and with it train's frame and its lock object, alive: the
+  # lock is free only because train released it, not because the object was collected.
+  assert failure.traceback
   lock = checkpointing.WorkdirLock(workdir).acquire()  # free again
   assert lock._file is not None  # pylint: disable=protected-access
   lock.release()
