@@ -88,12 +88,14 @@ def get_config(arg=None):
   # CLIPConfig fields replacing the backbone's (random initialisation only); None = keep.
   m.clip_overrides = ml_collections.ConfigDict(
       {k: placeholder(int) for k in config_lib.CLIP_OVERRIDE_KEYS})
-  # Fog-Aware Selection (eqs. 1-3): clean frames attend over the foggy ones. `temperature`
-  # only with `parameter_free`; `init_scale` scales the out projection's init (the residual
-  # branch starts small).
+  # Fog-Aware Selection (eqs. 1-2): self-attention over the clean and foggy frame embeddings
+  # joined by `concat`: 'tokens' (2T tokens; foggy outputs mix in clean frames) or 'channels'
+  # (T tokens of width 2D: both streams weigh the frames, each stream keeps its own; the sums
+  # of eq. 1 run to T). `temperature` only with `parameter_free`; `init_scale` scales the out
+  # projection's init (the residual branch starts small).
   m.fas = ml_collections.ConfigDict(dict(enabled=True, parameter_free=False, num_heads=8,
-                                         temperature=1.0, init_scale=0.1))
-  # Mutual Enhancement (eqs. 4-6); `init_scale` scales the init of Wv.
+                                         temperature=1.0, init_scale=0.1, concat='tokens'))
+  # Mutual Enhancement (eqs. 3-5); `init_scale` scales the init of Wv.
   m.me = ml_collections.ConfigDict(dict(enabled=True, shared_weights=True, num_heads=1,
                                         init_scale=0.1))
   m.csa = ml_collections.ConfigDict(dict(enabled=True))  # Cross-Stream Alignment, L_temp (eq. 7)
@@ -182,6 +184,7 @@ def apply_variant(config, arg):
     test=clean | test=foggy    the test stream (eval.stream)
     sim_fog                    train on homogeneous ASM fog of the clean stream (Table 5b)
     modules=fas+me             exactly these FogNet modules on (fas, me, csa, or 'none')
+    fas=tokens | fas=channels  what FAS's [v_c ; v_f] concatenates (model.fas.concat)
     no_fas | no_me | no_csa    one module off
     b32 | b16 | l14 | l14_336  backbone ViT-B/32, B/16, L/14, L/14@336 (with its OpenAI weights
     rn50 | rn101 | rn50x4      when init_from is set; ResNets: OpenAI's .pt file, default ./RN50.pt)
@@ -217,6 +220,8 @@ def apply_variant(config, arg):
       if bad:
         raise ValueError(f'variant {token!r}: unknown module(s) {bad}; use {"+".join(_MODULES)}')
       _set_modules(config, mods)
+    elif key == 'fas':
+      config.model.fas.concat = value
     elif key in ('no_fas', 'no_me', 'no_csa'):
       config.model[key[3:]].enabled = False
     elif key in _BACKBONES:

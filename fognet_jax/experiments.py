@@ -46,7 +46,7 @@ from fognet_jax import config_lib
 from fognet_jax import evaluate
 from fognet_jax import main as main_lib
 
-# Each table: its rows as (label, variant tokens, the paper's (Top-1, Top-5) on FogAct).
+# Each table: its rows as (label, variant tokens, the paper's (Top-1, Top-5) on FogAct, or None).
 # Tokens are those of configs/fogact.py's apply_variant; [] is the config as given (FogNet,
 # FAS + ME + CSA, trained on clean + foggy pairs, tested on the foggy stream).
 TABLES: dict[str, dict[str, Any]] = {
@@ -69,6 +69,16 @@ TABLES: dict[str, dict[str, Any]] = {
     '5c': dict(title='Table 5c: training perspectives (tested on all four)', rows=[
         ('Single (front, replicated to full size)', ['persp=front', 'replicate'], (52.7, 79.4)),
         ('Four', [], (88.7, 99.4)),
+    ]),
+    # Not in the paper: FAS read with the streams joined along the channels (eq. 1's sums
+    # over T frames; the foggy output holds foggy frames only), and the two-stream model with
+    # no module, which separates the modules from the two-stream loss (eqs. 8-10).
+    '5a-ch': dict(title='Table 5a, FAS over channel-joined streams (model.fas.concat=channels)',
+                  rows=[
+        ('Two streams, no module', ['modules=none'], None),
+        ('FAS (channels)', ['modules=fas', 'fas=channels'], (86.9, 98.9)),
+        ('FAS + ME (channels)', ['modules=fas+me', 'fas=channels'], (88.1, 99.4)),
+        ('FAS + ME + CSA (channels)', ['fas=channels'], (88.7, 99.4)),
     ]),
     '5f': dict(title='Table 5f: training fog intensity (tested on light + dense)', rows=[
         ('Light (replicated to full size)', ['light', 'replicate'], (66.0, 87.2)),
@@ -120,19 +130,33 @@ def _digest(d: dict) -> str:
   return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+# Keys added to the recipe after runs were made, with the value that reproduces the older
+# behaviour: at that value they hash as if absent, so finished runs keep their directories.
+HASH_NEUTRAL = {('model', 'fas', 'concat'): 'tokens'}
+
+
+def _canonical(config: ml_collections.ConfigDict) -> dict:
+  d = config.to_dict()
+  d.pop('seed', None)
+  for (*parents, leaf), neutral in HASH_NEUTRAL.items():
+    block = d
+    for name in parents:
+      block = block.get(name) if isinstance(block, dict) else None
+    if isinstance(block, dict) and block.get(leaf, neutral) == neutral:
+      block.pop(leaf, None)
+  return d
+
+
 def train_key(config: ml_collections.ConfigDict) -> str:
   """Hash of everything that shapes training (the config without `eval` and `seed`)."""
-  d = config.to_dict()
+  d = _canonical(config)
   d.pop('eval', None)
-  d.pop('seed', None)
   return _digest(d)
 
 
 def eval_key(config: ml_collections.ConfigDict) -> str:
   """Hash of the whole config but the seed: a trained run and one test setting."""
-  d = config.to_dict()
-  d.pop('seed', None)
-  return _digest(d)
+  return _digest(_canonical(config))
 
 
 def describe(config: ml_collections.ConfigDict) -> str:
@@ -142,6 +166,8 @@ def describe(config: ml_collections.ConfigDict) -> str:
     parts = ['actionclip', m.train_stream.replace('+', '-')]
   else:
     parts = ['fognet', '-'.join(x for x in ('fas', 'me', 'csa') if m[x].enabled) or 'none']
+    if m.fas.enabled and m.fas.get('concat', 'tokens') != 'tokens':
+      parts.append(f'fas-{m.fas.concat}')
   if d.get('train_sim_fog'):
     parts.append('sim')
   if d.get('fog') not in (None, '', 'multi', 'all'):
@@ -294,7 +320,8 @@ def collect(jobs: Sequence[Job], table: str) -> list[dict]:
             os.path.dirname(j.run_dir)))))
     rows.append(dict(row=label, tokens=list(tokens), seeds=seeds, top1=top1, top5=top5,
                      top1_mean=_mean(top1), top1_std=_std(top1), top5_mean=_mean(top5),
-                     top5_std=_std(top5), paper_top1=paper[0], paper_top5=paper[1],
+                     top5_std=_std(top5), paper_top1=paper[0] if paper else None,
+                     paper_top5=paper[1] if paper else None,
                      results=dirs))
   return rows
 
@@ -335,9 +362,11 @@ def write_tables(jobs: Sequence[Job], workdir: str, *, steps_info: dict) -> dict
              '|---|---|---|---|---|---|']
     for r in rows:
       per = ', '.join(f'{v:.1f}' for v in r['top1']) or '–'
+      paper = ('–' if r['paper_top1'] is None
+               else f'{r["paper_top1"]} / {r["paper_top5"]}')
       lines.append(f'| {r["row"]} | `{",".join(r["tokens"]) or "-"}` | '
                    f'{_pm(r["top1_mean"], r["top1_std"])} | {_pm(r["top5_mean"], r["top5_std"])} | '
-                   f'{per} | {r["paper_top1"]} / {r["paper_top5"]} |')
+                   f'{per} | {paper} |')
     with open(base + '.md', 'w') as f:
       f.write('\n'.join(lines) + '\n')
     plot_table(data, base + '.png')

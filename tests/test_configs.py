@@ -49,6 +49,8 @@ def test_variants_and_overrides():
   assert cfg.train.grad_accum_steps == 4
   base = _parse(f'--config={ROOT}/configs/fogact.py:baseline')
   assert base.model.arch == 'actionclip' and not base.model.fas.enabled
+  assert cfg.model.fas.concat == 'tokens'
+  assert _parse(f'--config={ROOT}/configs/fogact.py:fas=channels').model.fas.concat == 'channels'
   single = _parse(f'--config={ROOT}/configs/fogact.py:single_persp,l14,fsdp')
   assert single.data.perspective == 'front' and single.model.backbone == 'ViT-L/14'
   assert single.mesh.fsdp
@@ -88,13 +90,17 @@ def test_unknown_variant_and_unknown_key_fail():
     ('model.dtype', 'int8', 1, 'model.dtype'),
     ('train.num_templates', 0, 1, 'train.num_templates'),
     ('eval.num_templates', 17, 1, 'eval.num_templates'),
+    ('model.fas.concat', 'frames', 1, 'model.fas.concat'),
 ])
 def test_validation_names_the_key(key, value, devices, match):
   cfg = _parse(f'--config={ROOT}/configs/synthetic.py')
-  block, name = key.split('.')
+  *blocks, name = key.split('.')
   with cfg.unlocked():
     if key == 'train.grad_accum_steps':
       cfg.train.batch_size = 32
-    cfg[block][name] = value
+    parent = cfg
+    for block in blocks:
+      parent = parent[block]
+    parent[name] = value
   with pytest.raises(config_lib.ConfigError, match=match.replace('.', r'\.')):
     config_lib.validate(cfg, num_devices=devices)

@@ -85,6 +85,23 @@ def test_shared_runs_and_defaults(tmp_path):
     _plan(tmp_path, ('5z',))
 
 
+def test_keys_added_at_their_neutral_value_keep_the_run_directories(tmp_path):
+  cfg = experiments.row_config('configs/synthetic.py', ['modules=fas'], seed=0, steps=4)
+  older = experiments.row_config('configs/synthetic.py', ['modules=fas'], seed=0, steps=4)
+  with older.unlocked():
+    del older.model.fas['concat']   # a config written before the key existed
+  assert experiments.train_key(cfg) == experiments.train_key(older)
+  assert experiments.eval_key(cfg) == experiments.eval_key(older)
+  channels = experiments.row_config('configs/synthetic.py', ['modules=fas', 'fas=channels'],
+                                    seed=0, steps=4)
+  assert experiments.train_key(channels) != experiments.train_key(cfg)
+  assert experiments.describe(channels) == 'fognet_fas_fas-channels'
+  jobs = {(j.table, j.row): j for j in _plan(tmp_path, ('5a', '5a-ch'), (0,))}
+  assert jobs[('5a-ch', 'FAS (channels)')].config.model.fas.concat == 'channels'
+  assert jobs[('5a-ch', 'Two streams, no module')].config.model.arch == 'fognet'
+  assert jobs[('5a-ch', 'FAS + ME + CSA (channels)')].run_dir != jobs[('5a', 'FAS + ME + CSA')].run_dir
+
+
 def test_skip_finished_and_resume_interrupted(tmp_path):
   jobs = _plan(tmp_path)
   runs = sorted({j.run_dir for j in jobs})

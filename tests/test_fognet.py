@@ -84,6 +84,37 @@ def np_fas(mod, x):
   return x + lin(mod.out, att)
 
 
+def np_fas_channels(mod, v_c, v_f):
+  """Eq. 1 over the T tokens [v_c,i ; v_f,i] (width 2D), eq. 2 splitting the channels."""
+  v_c, v_f = np.asarray(v_c, np.float64), np.asarray(v_f, np.float64)
+  bsz, t, d = v_c.shape
+  if mod.parameter_free:
+    cat = np.concatenate([v_c, v_f], axis=-1)
+    out = np.zeros_like(cat)
+    for b in range(bsz):
+      for i in range(t):
+        sims = [cat[b, i] @ cat[b, j] / np.linalg.norm(cat[b, i]) / np.linalg.norm(cat[b, j])
+                for j in range(t)]
+        w = np_softmax(np.array(sims) / mod.temperature)
+        out[b, i] = sum(w[j] * cat[b, j] for j in range(t))
+    return out[..., :d], out[..., d:]
+  lin = lambda m, h: h @ p(m, "kernel") + p(m, "bias")
+  heads, dh = mod.num_heads, d // mod.num_heads
+  q = {s: lin(mod.q, x) for s, x in (("c", v_c), ("f", v_f))}
+  k = {s: lin(mod.k, x) for s, x in (("c", v_c), ("f", v_f))}
+  v = {s: lin(mod.v, x) for s, x in (("c", v_c), ("f", v_f))}
+  att = {"c": np.zeros_like(v_c), "f": np.zeros_like(v_f)}
+  for b in range(bsz):
+    for h in range(heads):
+      sl = slice(h * dh, (h + 1) * dh)
+      # the mean of the two streams' scaled dot products
+      logits = sum(q[s][b, :, sl] @ k[s][b, :, sl].T for s in "cf") / (2 * np.sqrt(dh))
+      w = np_softmax(logits)
+      for s in "cf":
+        att[s][b, :, sl] = w @ v[s][b, :, sl]
+  return v_c + lin(mod.out, att["c"]), v_f + lin(mod.out, att["f"])
+
+
 def np_cross(mod, x_q, x_kv):
   x_q, x_kv = np.asarray(x_q, np.float64), np.asarray(x_kv, np.float64)
   return np_attention(x_q @ p(mod.wq, "kernel"), x_kv @ p(mod.wk, "kernel"),
@@ -121,6 +152,40 @@ def test_fas_matches_numpy(parameter_free):
   # Inference: the same module over the T foggy tokens only.
   np.testing.assert_allclose(mod(jnp.asarray(v_f, jnp.float32)), np_fas(mod, v_f),
                              rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("parameter_free", [False, True])
+def test_fas_channel_concat_matches_numpy(parameter_free):
+  mod = fognet.FogAwareSelection(16, parameter_free=parameter_free, num_heads=4,
+                                 temperature=0.3, init_scale=1.0, concat="channels",
+                                 rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(3)
+  if not parameter_free:
+    randomize_biases(mod, rng)
+  v_c, v_f = rng.normal(size=(2, 3, 4, 16))
+  a_c, a_f = mod.select_pair(jnp.asarray(v_c, jnp.float32), jnp.asarray(v_f, jnp.float32))
+  ref_c, ref_f = np_fas_channels(mod, v_c, v_f)
+  np.testing.assert_allclose(a_c, ref_c, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(a_f, ref_f, rtol=1e-4, atol=1e-5)
+  # The clean stream weighs the frames: changing it changes the foggy output ...
+  _, a_f2 = mod.select_pair(jnp.asarray(v_c + rng.normal(size=v_c.shape), jnp.float32),
+                            jnp.asarray(v_f, jnp.float32))
+  assert float(jnp.max(jnp.abs(a_f2 - a_f))) > 1e-3
+  # ... but mixes in no clean frame: with one repeated foggy frame, whatever the clean
+  # frames, the foggy output is that frame's own (a weighted mean of copies of it).
+  same = np.repeat(v_f[:, :1], 4, axis=1)
+  _, a_same = mod.select_pair(jnp.asarray(v_c, jnp.float32), jnp.asarray(same, jnp.float32))
+  _, a_same2 = mod.select_pair(jnp.asarray(-3 * v_c, jnp.float32), jnp.asarray(same, jnp.float32))
+  np.testing.assert_allclose(a_same, a_same2, rtol=1e-5, atol=1e-5)
+  # Inference is the same for both readings: attention over the T foggy tokens.
+  tokens_mod = fognet.FogAwareSelection(16, parameter_free=parameter_free, num_heads=4,
+                                        temperature=0.3, init_scale=1.0, rngs=nnx.Rngs(0))
+  if not parameter_free:
+    randomize_biases(tokens_mod, np.random.default_rng(3))
+  np.testing.assert_allclose(mod(jnp.asarray(v_f, jnp.float32)),
+                             tokens_mod(jnp.asarray(v_f, jnp.float32)), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="model.fas.concat"):
+    fognet.FogAwareSelection(16, concat="frames", rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -239,6 +304,7 @@ COMBOS = {
                                                "temporal_fusion": "transformer",
                                                "dtype": "bfloat16"},
     "fognet_resnet_tower": {"backbone": "tiny-rn"},  # Table 5d's RN50 row, in small
+    "fas_channels+me+csa": {"fas.concat": "channels"},
 }
 
 

@@ -7,7 +7,7 @@ goes through the CLIP image tower frame by frame (frames folded into the batch).
 Training (``FogNet.train_outputs``), ``arch='fognet'``::
 
     v_c, v_f            = CLIP image tower on the clean / foggy clip          (B, T, D) each
-    v_c^A, v_f^A        = FAS([v_c ; v_f])   self-attention over 2T tokens     eqs. 1-2
+    v_c^A, v_f^A        = FAS([v_c ; v_f])   self-attention (over 2T tokens)   eqs. 1-2
     v_f^D               = Attn(Q = v_c^A Wq, K = v_f^A Wk, V = v_f^A Wv) + v_f^A   eqs. 3-4
     v_c^D               = Attn(Q = v_f^A Wq, K = v_c^A Wk, V = v_c^A Wv) + v_c^A   eq. 5
     L_temp              = CSA on (v_f^D, v_c^D)  (in ``losses``)                eqs. 6-7
@@ -22,8 +22,15 @@ Readings of the paper (the alternative is a config switch; the default is listed
 * FAS (``model.fas``). Default ``parameter_free=False``: multi-head self-attention with
   learned q/k/v/out projections and a residual, ``v + Wo MHA(v Wq, v Wk, v Wv)``. With
   ``parameter_free=True``: eq. 1 literally, ``v_att[i] = sum_j softmax_j(cos(v_i, v_j) /
-  temperature) v_j`` over all 2T tokens (eq. 1 writes the sums to T; the concatenation has
-  2T elements), no parameters, no residual.
+  temperature) v_j``, no parameters, no residual. What ``[v_c ; v_f]`` concatenates
+  (``concat``): 'tokens' (default): the 2T frame tokens of both streams, every token attends
+  over all 2T, so a foggy output mixes in clean frames (eq. 1's sums then run to 2T, not T).
+  'channels': the two D-wide embeddings of each frame, so the sums run to T as eq. 1 writes
+  them: one T x T attention whose logits come from both streams (the cosine of the 2D-wide
+  concatenation; learned: the mean of the two streams' scaled q.k) weighs each stream's own
+  frames, and ``chunk(v_att, 2)`` splits the 2D channels back. A foggy output then holds
+  foggy frames only, weighed with help of the clean stream. Inference (foggy only) is the
+  same for both readings.
 * ME (``model.me``). Default ``shared_weights=True``: one set Wq, Wk, Wv used in both
   directions (the paper's notation); ``False`` gives each direction its own set, and
   inference then uses the set of the direction producing ``v_f^D``. ``num_heads`` (default
@@ -59,6 +66,7 @@ from fognet_jax import losses
 from fognet_jax.models import clip
 
 Array = jax.Array
+FAS_CONCAT = ("tokens", "channels")  # config.model.fas.concat
 
 def clip_overrides(model_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   """The non-None entries of ``model.clip_overrides`` as a plain dict."""
@@ -96,6 +104,8 @@ class FogAwareSelection(nnx.Module):
     parameter_free: False (default): ``x + Wo MHA(x Wq, x Wk, x Wv)`` with learned
       projections (biases included). True: eq. 1 literally,
       ``sum_j softmax_j(cos(x_i, x_j) / temperature) x_j``, no parameters, no residual.
+    concat: how training joins the streams (``select_pair``): 'tokens' (2T tokens) or
+      'channels' (T tokens of width 2D; see the module docstring).
     num_heads: heads of the learned variant (must divide D).
     temperature: softmax temperature of the parameter-free variant (eq. 1: 1.0).
     init_scale: the out projection starts with std ``init_scale / sqrt(D)`` (residual
@@ -103,8 +113,12 @@ class FogAwareSelection(nnx.Module):
   """
 
   def __init__(self, dim: int, *, parameter_free: bool = False, num_heads: int = 8,
-               temperature: float = 1.0, init_scale: float = 0.1, dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               temperature: float = 1.0, init_scale: float = 0.1, concat: str = "tokens",
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    if concat not in FAS_CONCAT:
+      raise ValueError(f"config key model.fas.concat: must be one of {FAS_CONCAT}, got "
+                       f"{concat!r}")
+    self.concat = concat
     self.parameter_free = bool(parameter_free)
     self.temperature = float(temperature)
     self.num_heads = int(num_heads)
@@ -133,10 +147,37 @@ class FogAwareSelection(nnx.Module):
     return x + out.astype(x.dtype)
 
   def select_pair(self, v_c: Array, v_f: Array) -> tuple[Array, Array]:
-    """Training: eq. 1 over ``[v_c ; v_f]`` (B, 2T, D), eq. 2 chunk -> (v_c^A, v_f^A)."""
+    """Training: eq. 1 over ``[v_c ; v_f]``, eq. 2 chunk -> (v_c^A, v_f^A), each (B, T, D)."""
+    if self.concat == "channels":
+      return self._select_pair_channels(v_c, v_f)
     t = v_c.shape[1]
     v_att = self(jnp.concatenate([v_c, v_f], axis=1))  # (B, 2T, D)
     return v_att[:, :t], v_att[:, t:]
+
+  def _select_pair_channels(self, v_c: Array, v_f: Array) -> tuple[Array, Array]:
+    """Eq. 1 over the T tokens ``[v_c,i ; v_f,i]`` of width 2D; eq. 2 splits the channels."""
+    if self.parameter_free:
+      cat = jnp.concatenate([v_c, v_f], axis=-1).astype(jnp.float32)  # (B, T, 2D)
+      xn = losses.l2_normalize(cat)
+      sim = jnp.einsum("btd,bsd->bts", xn, xn) / self.temperature  # (B, T, T)
+      w = jax.nn.softmax(sim, axis=-1)
+      att = jnp.einsum("bts,bsd->btd", w, cat)
+      d = v_c.shape[-1]
+      return att[..., :d].astype(v_c.dtype), att[..., d:].astype(v_f.dtype)
+    # Per head, [q_c ; q_f] . [k_c ; k_f] / sqrt(2 d_head), with q scaled by 1/sqrt(2): the
+    # mean of the two streams' q.k / sqrt(d_head), which at inference (one stream) is the
+    # plain q_f.k_f / sqrt(d_head). Values [v_c ; v_f] per head, split after the attention.
+    split = lambda t: einops.rearrange(t, "b n (h d) -> b h n d", h=self.num_heads)
+    hc, hf = v_c.astype(self.dtype), v_f.astype(self.dtype)
+    q = jnp.concatenate([split(self.q(hc)), split(self.q(hf))], axis=-1) * (2.0**-0.5)
+    k = jnp.concatenate([split(self.k(hc)), split(self.k(hf))], axis=-1)
+    v = jnp.concatenate([split(self.v(hc)), split(self.v(hf))], axis=-1)  # (B, H, T, 2d)
+    att = clip.attention(q.astype(self.dtype), k, v, causal=False)  # (B, H, T, 2d)
+    dh = att.shape[-1] // 2
+    merge = lambda t: einops.rearrange(t, "b h n d -> b n (h d)")
+    out_c = self.out(merge(att[..., :dh])).astype(v_c.dtype)
+    out_f = self.out(merge(att[..., dh:])).astype(v_f.dtype)
+    return v_c + out_c, v_f + out_f
 
 
 class CrossAttention(nnx.Module):
@@ -241,7 +282,8 @@ class FogNet(nnx.Module):
     self.fas = FogAwareSelection(
         dim, parameter_free=model_cfg.fas.parameter_free, num_heads=model_cfg.fas.num_heads,
         temperature=model_cfg.fas.temperature, init_scale=model_cfg.fas.init_scale,
-        dtype=dtype, rngs=rngs) if self.use_fas else None
+        concat=model_cfg.fas.get("concat", "tokens"), dtype=dtype,
+        rngs=rngs) if self.use_fas else None
     self.me = MutualEnhancement(
         dim, shared_weights=model_cfg.me.shared_weights, num_heads=model_cfg.me.num_heads,
         init_scale=model_cfg.me.init_scale, dtype=dtype,
