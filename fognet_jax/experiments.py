@@ -70,11 +70,13 @@ TABLES: dict[str, dict[str, Any]] = {
         ('Single (front, replicated to full size)', ['persp=front', 'replicate'], (52.7, 79.4)),
         ('Four', [], (88.7, 99.4)),
     ]),
-    # Not in the paper: FAS read with the streams joined along the channels (eq. 1's sums
-    # over T frames; the foggy output holds foggy frames only), and the two-stream model with
-    # no module, which separates the modules from the two-stream loss (eqs. 8-10).
-    '5a-ch': dict(title='Table 5a, FAS over channel-joined streams (model.fas.concat=channels)',
-                  rows=[
+    # Not in the paper, to explain 5a: the baseline with FogNet's loss and the two-stream
+    # model with no module separate the loss (KL vs eqs. 8-10) and the second stream from the
+    # modules; FAS read with the streams joined along the channels (eq. 1's sums over T
+    # frames; the foggy output holds foggy frames only).
+    '5a-diag': dict(title='Table 5a diagnostics (not in the paper): loss, second stream, '
+                          'FAS over channel-joined streams', rows=[
+        ('Baseline with eqs. 8-10 loss', ['baseline', 'fognet_loss'], None),
         ('Two streams, no module', ['modules=none'], None),
         ('FAS (channels)', ['modules=fas', 'fas=channels'], (86.9, 98.9)),
         ('FAS + ME (channels)', ['modules=fas+me', 'fas=channels'], (88.1, 99.4)),

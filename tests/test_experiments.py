@@ -96,10 +96,12 @@ def test_keys_added_at_their_neutral_value_keep_the_run_directories(tmp_path):
                                     seed=0, steps=4)
   assert experiments.train_key(channels) != experiments.train_key(cfg)
   assert experiments.describe(channels) == 'fognet_fas_fas-channels'
-  jobs = {(j.table, j.row): j for j in _plan(tmp_path, ('5a', '5a-ch'), (0,))}
-  assert jobs[('5a-ch', 'FAS (channels)')].config.model.fas.concat == 'channels'
-  assert jobs[('5a-ch', 'Two streams, no module')].config.model.arch == 'fognet'
-  assert jobs[('5a-ch', 'FAS + ME + CSA (channels)')].run_dir != jobs[('5a', 'FAS + ME + CSA')].run_dir
+  jobs = {(j.table, j.row): j for j in _plan(tmp_path, ('5a', '5a-diag'), (0,))}
+  assert jobs[('5a-diag', 'FAS (channels)')].config.model.fas.concat == 'channels'
+  assert jobs[('5a-diag', 'Two streams, no module')].config.model.arch == 'fognet'
+  kl_free = jobs[('5a-diag', 'Baseline with eqs. 8-10 loss')].config
+  assert kl_free.model.arch == 'actionclip' and kl_free.loss.kind == 'fognet'
+  assert jobs[('5a-diag', 'FAS + ME + CSA (channels)')].run_dir != jobs[('5a', 'FAS + ME + CSA')].run_dir
 
 
 def test_skip_finished_and_resume_interrupted(tmp_path):
