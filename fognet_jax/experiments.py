@@ -89,6 +89,19 @@ TABLES: dict[str, dict[str, Any]] = {
     ]),
 }
 
+# The orderings of Top-1 that the paper states, per table: (row A, '>' or '>=', row B).
+ORDERINGS: dict[str, list[tuple[str, str, str]]] = {
+    '5a': [('FAS + ME + CSA', '>', 'FAS'), ('FAS', '>', 'Baseline (ActionCLIP)'),
+           ('ME', '>=', 'Baseline (ActionCLIP)'), ('CSA', '>=', 'Baseline (ActionCLIP)')],
+    '5b': [('ActionCLIP clean -> clean', '>', 'ActionCLIP clean -> foggy'),
+           ('FogNet clean+foggy -> foggy', '>', 'ActionCLIP foggy -> foggy'),
+           ('ActionCLIP foggy -> foggy', '>', 'ActionCLIP clean -> foggy'),
+           ('FogNet clean+foggy -> foggy', '>', 'FogNet clean+sim. -> foggy')],
+    '5c': [('Four', '>', 'Single (front, replicated to full size)')],
+    '5f': [('Multi', '>', 'Dense (replicated to full size)'),
+           ('Dense (replicated to full size)', '>', 'Light (replicated to full size)')],
+}
+
 # Run length per dataset when --steps is not given; datasets not listed keep their recipe's
 # (configs/fogact.py: 30 epochs). synthetic_fog_act: 5a + 5b + 5f with 3 seeds are 11 distinct
 # trainings x 3 seeds = 33 runs (+ 3 clean-stream evaluations); at the demo's 4.6 steps/s on
@@ -328,6 +341,39 @@ def collect(jobs: Sequence[Job], table: str) -> list[dict]:
   return rows
 
 
+def check_orderings(rows: Sequence[dict], table: str) -> list[dict]:
+  """The paper's orderings of `table` on the Top-1 of `rows` (as `collect` returns them).
+
+  An ordering holds when the means satisfy it. Its margin is (mean A - mean B) in units of
+  the seed std, sqrt((std_A^2 + std_B^2) / 2); None where a row has under two seeds.
+  """
+  by_row = {r['row']: r for r in rows}
+  out = []
+  for a, op, b in ORDERINGS.get(table, []):
+    ra, rb = by_row[a], by_row[b]
+    ma, mb = ra['top1_mean'], rb['top1_mean']
+    entry = dict(a=a, op=op, b=b, holds=None, difference=None, margin_std=None)
+    if ma is not None and mb is not None:
+      entry['difference'] = ma - mb
+      entry['holds'] = bool(ma > mb if op == '>' else ma >= mb)
+      sa, sb = ra['top1_std'], rb['top1_std']
+      if sa is not None and sb is not None:
+        pooled = float(np.sqrt((sa**2 + sb**2) / 2))
+        entry['margin_std'] = (ma - mb) / pooled if pooled > 0 else None
+    out.append(entry)
+  return out
+
+
+def _verdict(entry: dict) -> str:
+  if entry['holds'] is None:
+    return 'not run yet'
+  text = 'holds' if entry['holds'] else 'does not hold'
+  diff = f"{entry['difference']:+.1f} points"
+  if entry['margin_std'] is not None:
+    diff += f", {entry['margin_std']:+.1f} σ"
+  return f'{text} ({diff})'
+
+
 def _mean(x):
   return float(np.mean(x)) if x else None
 
@@ -350,8 +396,10 @@ def write_tables(jobs: Sequence[Job], workdir: str, *, steps_info: dict) -> dict
   for table in dict.fromkeys(j.table for j in jobs):
     rows = collect(jobs, table)
     seeds = sorted({j.seed for j in jobs if j.table == table})
+    orderings = check_orderings(rows, table)
     data = dict(table=table, title=TABLES[table]['title'], seeds=seeds, metric='accuracy (%)',
-                std='sample standard deviation over seeds (ddof=1)', **steps_info, rows=rows)
+                std='sample standard deviation over seeds (ddof=1)', **steps_info, rows=rows,
+                orderings=orderings)
     base = os.path.join(workdir, f'table_{table}')
     with open(base + '.json', 'w') as f:
       json.dump(data, f, indent=2)
@@ -369,6 +417,10 @@ def write_tables(jobs: Sequence[Job], workdir: str, *, steps_info: dict) -> dict
       lines.append(f'| {r["row"]} | `{",".join(r["tokens"]) or "-"}` | '
                    f'{_pm(r["top1_mean"], r["top1_std"])} | {_pm(r["top5_mean"], r["top5_std"])} | '
                    f'{per} | {paper} |')
+    if orderings:
+      lines += ['', 'The paper\'s orderings (Top-1; margin = difference of the means in units '
+                'of the seed std, sqrt((s_A² + s_B²) / 2)):', '']
+      lines += [f'- {o["a"]} {o["op"]} {o["b"]}: {_verdict(o)}' for o in orderings]
     with open(base + '.md', 'w') as f:
       f.write('\n'.join(lines) + '\n')
     plot_table(data, base + '.png')

@@ -157,6 +157,38 @@ def test_tables_mean_std_and_files(tmp_path):
   assert tables['5c']['num_train_steps'] == 4
   md = open(tmp_path / 'table_5b.md').read()
   assert f"{np.mean(want):.1f} ± {np.std(want, ddof=1):.1f}" in md
+  orderings = json.load(open(tmp_path / 'table_5b.json'))['orderings']
+  assert len(orderings) == len(experiments.ORDERINGS['5b'])
+  first = orderings[0]   # clean -> clean vs clean -> foggy: +30 points, equal stds
+  assert first['holds'] and first['op'] == '>'
+  np.testing.assert_allclose(first['difference'], 30.0)
+  np.testing.assert_allclose(first['margin_std'], 30.0 / np.std(want, ddof=1))
+  assert 'ActionCLIP clean -> clean > ActionCLIP clean -> foggy: holds (+30.0 points' in md
+
+
+def test_orderings_margin_in_seed_std_units():
+  def row(name, top1):
+    return dict(row=name, top1_mean=float(np.mean(top1)) if top1 else None,
+                top1_std=float(np.std(top1, ddof=1)) if len(top1) > 1 else None)
+  rows = [row('Four', [50.0, 54.0, 58.0]),                             # mean 54, std 4
+          row('Single (front, replicated to full size)', [60.0, 63.0, 66.0])]  # 63, std 3
+  (o,) = experiments.check_orderings(rows, '5c')
+  assert o['holds'] is False
+  np.testing.assert_allclose(o['difference'], -9.0)
+  np.testing.assert_allclose(o['margin_std'], -9.0 / np.sqrt((16 + 9) / 2))
+  rows[1] = row('Single (front, replicated to full size)', [40.0])     # one seed: no std
+  (o,) = experiments.check_orderings(rows, '5c')
+  assert o['holds'] is True and o['margin_std'] is None
+  rows[1] = row('Single (front, replicated to full size)', [])         # not run
+  assert experiments.check_orderings(rows, '5c')[0]['holds'] is None
+  # '>=' holds on a tie, '>' does not
+  ties = [row(n, [30.0, 32.0]) for n in ('Baseline (ActionCLIP)', 'FAS', 'ME', 'CSA',
+                                        'FAS + ME + CSA')]
+  got = {(o['a'], o['op']): o['holds'] for o in experiments.check_orderings(ties, '5a')}
+  assert got[('ME', '>=')] is True and got[('FAS', '>')] is False
+  for table, claims in experiments.ORDERINGS.items():   # every claim names rows of its table
+    names = {label for label, _, _ in experiments.TABLES[table]['rows']}
+    assert all(a in names and b in names for a, _, b in claims)
 
 
 def test_command_line_parses_the_flags_of_main(tmp_path):
