@@ -32,11 +32,11 @@
 # The suite installs the wheels itself (pip --no-index --target /tmp/fognet_site) when
 # ml_collections cannot be imported.
 #
-# The end-to-end part needs TensorFlow (not on the GPU image, and too large to carry) in three
-# places: tfds.features.Video's constructor (tf.dtypes.as_dtype; tensorflow-datasets 4.9.10),
-# the input pipeline's DESERIALIZE_NO_DECODE reads (tf.train.Example) and MetricWriter
-# (flax.metrics.tensorboard imports tensorflow). A pre-check tries all three; until they work
-# without TensorFlow, part 2 is skipped with the reason in e2e.log; the other parts still run.
+# The end-to-end part runs without TensorFlow (not on the GPU image, too large to carry) on the
+# prepared bench224 in .gpu_data: without it the Video feature is the Sequence of JPEG Images
+# it stands for, records are parsed with TFDS's own Example protobuf, and MetricWriter writes
+# metrics.jsonl only (tests/test_without_tensorflow.py). A pre-check still tries all three
+# and skips part 2 with the reason in e2e.log if one fails; the other parts still run.
 #
 # Environment: PYTHON (default python3; .venv/bin/python when it exists and --tiny),
 # SUITE_BUDGET_S, E2E_DATA_DIR (default .gpu_data/tfds if present, else OUTDIR/tfds, built on

@@ -26,6 +26,9 @@ def _to_float(v: Any) -> float:
 class MetricWriter:
   """Scalars to TensorBoard (`<workdir>/tensorboard`) and `<workdir>/metrics.jsonl`.
 
+  Without TensorFlow (which flax's TensorBoard writer imports) only metrics.jsonl is written,
+  with a warning.
+
   `truncate_after(step)` drops history rows past a resumed checkpoint, so a restarted run's
   history equals an uninterrupted one's.
   """
@@ -38,8 +41,13 @@ class MetricWriter:
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       if tensorboard:
-        from flax.metrics import tensorboard as flax_tb  # pylint: disable=g-import-not-at-top
-        self._tb = flax_tb.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+        try:
+          from flax.metrics import tensorboard as flax_tb  # pylint: disable=g-import-not-at-top
+        except ImportError as e:  # flax's writer needs TensorFlow
+          logging.warning('No TensorBoard events in %s/tensorboard (%s); every scalar is in '
+                          '%s.', workdir, e, self._history_path)
+        else:
+          self._tb = flax_tb.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def truncate_after(self, step: int) -> None:
     if not self.enabled or not os.path.exists(self._history_path):

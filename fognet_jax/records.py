@@ -1,11 +1,11 @@
 """Dataset access: a prepared ``tfds_fogact`` dataset as random-access encoded examples.
 
 A split is read through random access (the ``as_data_source`` of its ArrayRecord
-copy, see ``tfds_fogact.common``), with the records only parsed
-(``DeserializeMethod.DESERIALIZE_NO_DECODE``; TFDS 4.9's ``SkipDecoding`` is not
-supported by the NumPy decoding path): an :class:`EncodedExample` hands out the
-encoded JPEG frames, and the caller decodes only those a clip needs (see
-``augment``).
+copy, see ``tfds_fogact.common``) as raw records (``DeserializeMethod.RAW_BYTES``;
+TFDS 4.9's ``SkipDecoding`` is not supported by the NumPy decoding path), parsed
+here with the ``Example`` protobuf that TFDS ships (``tensorflow_datasets.proto``),
+so reading needs no TensorFlow: an :class:`EncodedExample` hands out the encoded
+JPEG frames, and the caller decodes only those a clip needs (see ``augment``).
 
 Subsets (paper Tables 5c / 5f): ``fog`` ('light' / 'dense' / None = both, alias
 'multi') and ``perspective`` (None = all, or a name / comma-separated names) filter
@@ -28,6 +28,7 @@ from typing import Any, Optional
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.proto import tf_example_pb2
 
 from tfds_fogact import common  # importing tfds_fogact registers its builders
 
@@ -167,7 +168,7 @@ class EncodedExample(collections.abc.Mapping):
 class EncodedSource(collections.abc.Sequence):
   """Random access to a split's records as :class:`EncodedExample` (videos stay encoded).
 
-  Records are only parsed (protobuf); frames are decoded by the caller, and only
+  `data_source` returns each record's bytes; they are only parsed (protobuf); frames are decoded by the caller, and only
   those a clip needs. A foggy-only reader never decodes the clean frames.
   """
 
@@ -178,14 +179,14 @@ class EncodedSource(collections.abc.Sequence):
     return len(self._src)
 
   def __getitem__(self, index):
-    return EncodedExample(self._src[int(index)])
+    return EncodedExample(tf_example_pb2.Example.FromString(self._src[int(index)]))
 
 
 def source(data_cfg, split: str) -> EncodedSource:
   """Random-access source of `split` (ArrayRecord copy) with the videos left encoded."""
   builder = _builder_cached(data_cfg.dataset, data_cfg.get("data_dir"))
   src = common.data_source(builder, split,
-                           deserialize_method=tfds.decode.DeserializeMethod.DESERIALIZE_NO_DECODE)
+                           deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
   return EncodedSource(src)
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import functools
+import importlib.util
 import io
 import os
 from typing import Optional, Sequence
@@ -31,6 +33,22 @@ SPLITS: tuple[str, ...] = ("train", "test")
 DEFAULT_FILE_FORMAT = "tfrecord"
 RANDOM_ACCESS_FILE_FORMAT = "array_record"
 ALTERNATIVE_FILE_FORMATS = (RANDOM_ACCESS_FILE_FORMAT,)
+
+
+@functools.cache
+def tensorflow_available() -> bool:
+  """Whether TensorFlow can be imported (it is not needed to read a prepared dataset)."""
+  return importlib.util.find_spec("tensorflow") is not None
+
+
+def _video_feature(shape) -> tfds.features.FeatureConnector:
+  """A JPEG ``tfds.features.Video``; without TensorFlow, whose constructor needs it, the
+  ``Sequence`` of JPEG ``Image``s that a Video is: the same records, the same parsing
+  (reading a prepared dataset works; building one needs TensorFlow anyway)."""
+  if tensorflow_available():
+    return tfds.features.Video(shape=shape, encoding_format="jpeg")
+  return tfds.features.Sequence(tfds.features.Image(shape=shape[1:], encoding_format="jpeg"),
+                                length=shape[0])
 
 
 def paired_features(class_names: Sequence[str],
@@ -58,7 +76,7 @@ def paired_features(class_names: Sequence[str],
   if len(frame_shape) != 2:
     raise ValueError(f"paired_features: frame_shape must be (height, width), got {frame_shape}")
   h, w = frame_shape
-  video = lambda: tfds.features.Video(shape=(None, h, w, 3), encoding_format="jpeg")  # noqa: E731
+  video = functools.partial(_video_feature, (None, h, w, 3))
   return tfds.features.FeaturesDict({
       "clean": video(),
       "foggy": video(),
@@ -279,7 +297,8 @@ def data_source(builder: tfds.core.DatasetBuilder, split: str, *, decoders=None,
   """Random-access source (ArrayRecord) of a prepared split; converts first if needed.
 
   `deserialize_method` (a ``tfds.decode.DeserializeMethod``) defaults to
-  DESERIALIZE_AND_DECODE; DESERIALIZE_NO_DECODE returns parsed ``tf.train.Example``s.
+  DESERIALIZE_AND_DECODE; DESERIALIZE_NO_DECODE returns parsed ``tf.train.Example``s
+  (needs TensorFlow); RAW_BYTES the serialized records.
   """
   if not has_random_access(builder):
     add_array_record(builder)
