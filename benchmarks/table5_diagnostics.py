@@ -29,12 +29,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from fognet_jax import augment
 from fognet_jax import evaluate
 from fognet_jax import input_pipeline
 from fognet_jax import losses
 from fognet_jax import main as main_lib
-from fognet_jax import records
 
 
 def _top1(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -52,10 +50,6 @@ def _single_stream(config, run, graphdef, state, split: str, stream: str) -> flo
 
 def _paired(config, run, graphdef, state) -> float:
   """Test Top-1 of the two-stream path (clean twin present), foggy output classified."""
-  data_cfg = config.data
-  split = data_cfg.eval_split
-  source = records.source(data_cfg, split)
-  idx = records.indices(data_cfg, split, 'eval')
   text = evaluate.encode_prompts(graphdef, state.params, state.rest, mesh=run.mesh,
                                  prompt_tokens=run.prompt_tokens,
                                  num_templates=config.eval.num_templates)  # (K, C, D)
@@ -67,15 +61,17 @@ def _paired(config, run, graphdef, state) -> float:
     logits = losses.similarity_logits(out['video_f'], text_emb, model.logit_scale)  # (B,K,C)
     return jnp.mean(jax.nn.softmax(logits, -1), axis=1)
 
-  correct, n, bs = 0, 0, config.eval.batch_size
-  for start in range(0, len(idx), bs):
-    exs = [source[int(i)] for i in idx[start:start + bs]]
-    clean = np.stack([augment.make_eval_views(e, data_cfg, 'clean')[0] for e in exs])
-    foggy = np.stack([augment.make_eval_views(e, data_cfg, 'foggy')[0] for e in exs])
-    labels = np.array([int(e['label']) for e in exs])
-    probs = np.asarray(probs_fn(state.params, state.rest, clean, foggy, text))
-    correct += int(np.sum(np.argmax(probs, -1) == labels))
-    n += len(exs)
+  # The evaluation iterator of each stream: the same examples in the same order and padding.
+  streams = [input_pipeline.eval_iterator(config.data, batch_size=config.eval.batch_size,
+                                          stream=s) for s in ('clean', 'foggy')]
+  correct = n = 0
+  for clean, foggy in zip(*streams):
+    assert np.array_equal(clean['label'], foggy['label'])
+    probs = np.asarray(probs_fn(state.params, state.rest, clean['foggy'][:, 0],
+                                foggy['foggy'][:, 0], text))  # view 0 of (B, V, T, H, W, 3)
+    mask = foggy['mask']
+    correct += int(np.sum((np.argmax(probs, -1) == foggy['label'])[mask]))
+    n += int(np.sum(mask))
   return 100.0 * correct / n
 
 

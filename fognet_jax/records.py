@@ -168,8 +168,9 @@ class EncodedExample(collections.abc.Mapping):
 class EncodedSource(collections.abc.Sequence):
   """Random access to a split's records as :class:`EncodedExample` (videos stay encoded).
 
-  `data_source` returns each record's bytes; they are only parsed (protobuf); frames are decoded by the caller, and only
-  those a clip needs. A foggy-only reader never decodes the clean frames.
+  `data_source` returns each record's bytes; they are only parsed (protobuf); frames are
+  decoded by the caller, and only those a clip needs. A foggy-only reader never decodes the
+  clean frames.
   """
 
   def __init__(self, data_source):

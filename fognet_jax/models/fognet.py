@@ -172,7 +172,7 @@ class FogAwareSelection(nnx.Module):
     q = jnp.concatenate([split(self.q(hc)), split(self.q(hf))], axis=-1) * (2.0**-0.5)
     k = jnp.concatenate([split(self.k(hc)), split(self.k(hf))], axis=-1)
     v = jnp.concatenate([split(self.v(hc)), split(self.v(hf))], axis=-1)  # (B, H, T, 2d)
-    att = clip.attention(q.astype(self.dtype), k, v, causal=False)  # (B, H, T, 2d)
+    att = clip.attention(q, k, v, causal=False)  # (B, H, T, 2d)
     dh = att.shape[-1] // 2
     merge = lambda t: einops.rearrange(t, "b h n d -> b n (h d)")
     out_c = self.out(merge(att[..., :dh])).astype(v_c.dtype)
