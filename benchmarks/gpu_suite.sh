@@ -15,7 +15,8 @@
 #   2 e2e            python -m fognet_jax.main, configs/synthetic_224.py (real input pipeline,
 #                    synthetic_fog_act/bench224, 8x224^2, B=16, 60 steps) -> e2e_metrics.jsonl
 #   2b cudnn_b16     FogNet bf16 B=16 with XLA attention and with cuDNN fused attention (tokens
-#                    padded to a multiple of 64 and masked), same process (skipped with --tiny)
+#                    padded to a multiple of 64 and masked), same process (--tiny: fp32 against
+#                    fp32+remat, to run the same plumbing)
 #   3 fognet_b32     FogNet bf16 B=32: torch first, then ours (both do not fit at once on 80 GB)
 #   4 actionclip_b16 ActionCLIP bf16 B=16: ours against torch eager
 #   5 e2e_step       the step alone at the e2e shapes (14 classes), for the e2e comparison
@@ -210,11 +211,11 @@ else
   rm -rf "$E2E_WORKDIR"
 fi
 
-# 2b: cuDNN fused attention (padded to 256 tokens, masked) against XLA's, same process.
-if (( TINY == 0 )); then
-  run_part cudnn_b16 110 "$PYTHON" "${TS[@]}" --batch=$B16 --variants=bf16,bf16+cudnn \
-      --json_out="$OUTDIR/cudnn_b16.json"
-fi
+# 2b: cuDNN fused attention (padded to 256 tokens, masked) against XLA's, same process. With
+# --tiny (no cuDNN on a CPU) the same plumbing runs fp32 against fp32+remat.
+if (( TINY == 0 )); then ATTN_VARIANTS=bf16,bf16+cudnn; else ATTN_VARIANTS=fp32,fp32+remat; fi
+run_part cudnn_b16 110 "$PYTHON" "${TS[@]}" --batch=$B16 --variants=$ATTN_VARIANTS \
+    --json_out="$OUTDIR/cudnn_b16.json"
 
 # 3: FogNet B=32 (torch first: both frameworks' working sets do not fit at once).
 run_part fognet_b32 130 "$PYTHON" "${TS[@]}" --batch=$B32 --compare_torch \
@@ -287,6 +288,20 @@ for part in ('fognet_b16', 'fognet_b32', 'actionclip_b16'):
             f'| {r["clip_pairs_per_s"]:.2f} | {mfu} | {r["step_tflops"]:.4g} | {mode} '
             f'| {f(tm["clip_pairs_per_s"])} | {f(tm["ours_over_torch"], ".3f")} '
             f'| {", ".join(f(x) for x in ours)}; {", ".join(f(x) for x in reps)} |')
+
+d = load('cudnn_b16.json')
+if d:
+  print('\n## Part 2b, one process: XLA attention against cuDNN fused attention (padded to a '
+        'multiple of 64, masked; --tiny: fp32 against fp32+remat)\n')
+  print('| variant | batch | pairs/s | MFU | compile s | XLA memory (GiB) | vs first row |')
+  print('|---|---|---|---|---|---|---|')
+  first = d['results'][0]['clip_pairs_per_s'] if d['results'] else None
+  for r in d['results']:
+    mfu = f(100 * r['mfu'], '.1f') + ' %' if r.get('mfu') is not None else 'n/a'
+    mem = r.get('xla_total_bytes')
+    print(f'| {r["variant"]} | {d["meta"]["batch"]} | {r["clip_pairs_per_s"]:.2f} | {mfu} '
+          f'| {f(r.get("compile_s"), ".1f")} | {f(mem / 2**30 if mem else None)} '
+          f'| {f(r["clip_pairs_per_s"] / first if first else None, ".3f")} |')
 
 print('\n## End to end (python -m fognet_jax.main, real input pipeline)\n')
 path = os.path.join(out, 'e2e_metrics.jsonl')
