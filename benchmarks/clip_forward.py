@@ -1,4 +1,5 @@
-"""CLIP image-encoder forward time: fognet_jax (jit) vs transformers' PyTorch CLIPModel.
+"""CLIP image-encoder forward (or forward + backward) time: fognet_jax (jit) vs transformers'
+PyTorch CLIPModel.
 
 Both run the same random weights (written by ``CLIPModel.save_pretrained`` and read with
 ``clip_weights.load``) on the same frames, in one process, alternating. Reports the
@@ -8,6 +9,11 @@ difference as a sanity check. Uses the GPU when one is visible to both framework
 
     python benchmarks/clip_forward.py                       # ViT-B/16, 8 frames at 224^2, fp32
     python benchmarks/clip_forward.py --dtype bfloat16 --reps 20
+    python benchmarks/clip_forward.py --grad --reps 3 --warmup 1   # forward + backward
+
+With ``--grad`` each call is a training pass of the image tower: the gradient of
+``sum(features**2)`` with respect to every parameter of the vision tower (the text tower is
+left out on both sides).
 """
 from __future__ import annotations
 
@@ -56,6 +62,8 @@ def main(argv=None):
   parser.add_argument('--attention', default='xla', choices=['xla', 'cudnn'],
                       help="JAX attention implementation ('cudnn': GPU, bfloat16 only)")
   parser.add_argument('--no-torch', action='store_true', help='time only the JAX model')
+  parser.add_argument('--grad', action='store_true',
+                      help='time forward + backward of the image tower instead of the forward')
   parser.add_argument('--threads', type=int, default=None,
                       help='CPU threads for both frameworks (default: their own choice)')
   args = parser.parse_args(argv)
@@ -100,8 +108,20 @@ def main(argv=None):
   def jax_forward():
     return forward(state, x_jax).block_until_ready()
 
+  vis_graphdef, vis_state = nnx.split(model.visual)
+
+  @jax.jit
+  def vision_grad(vis_state, pixels):
+    def loss(s):
+      return jnp.sum(nnx.merge(vis_graphdef, s)(pixels).astype(jnp.float32)**2)
+    return jax.grad(loss)(vis_state)
+
+  def jax_grad():
+    return jax.block_until_ready(vision_grad(vis_state, x_jax))
+
   impl = model.visual.transformer.resblocks[0].attn.attention_impl or 'xla'
-  fns = {f'JAX/Flax NNX ({jax.devices()[0].platform}, jit, {impl})': jax_forward}
+  fns = {f'JAX/Flax NNX ({jax.devices()[0].platform}, jit, {impl})':
+         jax_grad if args.grad else jax_forward}
   if not args.no_torch:
     hf = hf.to(device=torch_device, dtype=torch_dtype)
     x_t = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch_device, torch_dtype)  # NCHW
@@ -114,8 +134,16 @@ def main(argv=None):
         torch.cuda.synchronize()
       return out
 
+    def torch_grad():
+      out = hf.get_image_features(pixel_values=x_t, interpolate_pos_encoding=interpolate)
+      out = getattr(out, 'pooler_output', out)
+      (out.float()**2).sum().backward()
+      hf.zero_grad(set_to_none=True)
+      if torch_device == 'cuda':
+        torch.cuda.synchronize()
+
     fns[f'transformers PyTorch ({torch_device}, {hf.config._attn_implementation})'] = (
-        torch_forward)
+        torch_grad if args.grad else torch_forward)
   # Warm-up (includes the JAX compile), then alternate the implementations rep by rep so
   # both see the same machine load.
   for fn in fns.values():
@@ -134,7 +162,8 @@ def main(argv=None):
     out_t = torch_forward().float().cpu().numpy()
     max_rel = float(np.max(np.abs(out_jax - out_t)) / np.max(np.abs(out_t)))
 
-  print(f'\nCLIP {args.model} image encoder, {args.frames} frames at {size}x{size}, '
+  what = 'forward + backward' if args.grad else 'forward'
+  print(f'\nCLIP {args.model} image encoder {what}, {args.frames} frames at {size}x{size}, '
         f'{args.dtype}, median/min of {args.reps} reps after {args.warmup} warm-up')
   print(f'host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; '
         f'jax {jax.__version__} {jax.devices()[0].device_kind}; torch {torch.__version__} '
