@@ -16,8 +16,9 @@ Mixed precision: parameters are always float32. With ``dtype=jnp.bfloat16`` the 
 and the convolution run in bfloat16, while LayerNorm, the attention softmax and the
 residual stream stay in float32; the encoders always return float32.
 
-Speed (exact rewrites, see ``docs/clip.md``): dense layers run as 2-D matmuls, q/k/v as one
-matmul, attention head-major, and the last layer only at the pooled token.
+Speed (exact rewrites, see ``docs/clip.md``): dense layers run as 2-D matmuls, the residual
+stream as rows, q/k/v as one matmul, attention head-major, and the last layer only at the
+pooled token.
 
 Typical use::
 
@@ -387,10 +388,22 @@ class ResidualAttentionBlock(nnx.Module):
                    proj_std=proj_std)
 
   def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+    """(N, L, width) -> (N, L, width)."""
+    n, length, width = x.shape
+    return self.flat(x.reshape(n * length, width), length, causal).reshape(x.shape)
+
+  def flat(self, x: jax.Array, length: int, causal: bool = False) -> jax.Array:
+    """The block on its tokens flattened to rows: (N*L, width) -> (N*L, width), L = length.
+
+    :class:`Transformer` keeps its residual stream in this form from the first block to the
+    last. With no reshape between the residual adds, XLA:CPU recomputes the stream's
+    gradient in fewer places in the backward pass (benchmarks/RESULTS.md, "Where the rest of
+    the CPU gap is"). The same arithmetic as on (N, L, width).
+    """
     # The residual stream stays float32; sub-layer outputs are added in float32.
-    x = x + self.attn(self.ln_1(x), causal=causal).astype(x.dtype)
-    x = x + self.mlp(self.ln_2(x)).astype(x.dtype)
-    return x
+    attn = self.attn(self.ln_1(x).reshape(-1, length, x.shape[-1]), causal=causal)
+    x = x + attn.reshape(x.shape).astype(x.dtype)
+    return x + self.mlp(self.ln_2(x)).astype(x.dtype)
 
   def row(self, x: jax.Array, rows: jax.Array, causal: bool = False) -> jax.Array:
     """``__call__(x, causal)[n, rows[n]]`` for (N, L, width) ``x`` and (N,) ``rows``,
@@ -422,11 +435,14 @@ class Transformer(nnx.Module):
     """
     blocks = list(self.resblocks)
     last = blocks.pop() if rows is not None else None
+    n, length, width = x.shape
+    x = x.reshape(n * length, width)  # the residual stream as rows (ResidualAttentionBlock.flat)
     for block in blocks:
       if self.remat:
-        x = nnx.remat(_apply, static_argnums=(2,))(block, x, causal)
+        x = nnx.remat(_apply_flat, static_argnums=(2, 3))(block, x, length, causal)
       else:
-        x = block(x, causal)
+        x = block.flat(x, length, causal)
+    x = x.reshape(n, length, width)
     if last is None:
       return x
     if self.remat:
@@ -437,6 +453,12 @@ class Transformer(nnx.Module):
 def _apply(module: nnx.Module, x: jax.Array, *args) -> jax.Array:
   """``module(x, *args)``: a function of the module, for ``nnx.remat``."""
   return module(x, *args)
+
+
+def _apply_flat(block: ResidualAttentionBlock, x: jax.Array, length: int,
+                causal: bool) -> jax.Array:
+  """``block.flat(x, length, causal)``, for ``nnx.remat``."""
+  return block.flat(x, length, causal)
 
 
 def _apply_row(block: ResidualAttentionBlock, x: jax.Array, rows: jax.Array,
