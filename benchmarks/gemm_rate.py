@@ -1,10 +1,12 @@
-"""GEMM rate of a dense layer's three products, jax (XLA) against torch, in one process.
+"""GEMM rate of a dense layer's three products on the CPU, jax (XLA) against torch, in one
+process.
 
 A dense layer ``y = x w`` with ``x`` of (M, K) and ``w`` of (K, N) costs three matmuls per
 train step: the forward ``x w``, the input gradient ``g wᵀ`` and the weight gradient ``xᵀ g``.
 Each is timed as a jitted ``lax.dot_general`` (so XLA picks its own kernel: on CPU, YNNPACK or
 Eigen) and as the same torch product, alternating round by round; the table gives GFLOP/s
-(the median of ``--reps`` calls) per round and the ratio of the medians over rounds.
+(the median of ``--reps`` calls) per round and the ratio of the medians over rounds. Both run
+on the host CPU, also where a GPU is visible.
 
   python benchmarks/gemm_rate.py                       # the ViT-B/16 MLP at 8 x 197 tokens
   python benchmarks/gemm_rate.py --m=1576 --k=768 --n=2304 --rounds=5
@@ -46,7 +48,6 @@ def main(argv=None) -> int:
     p.error('--m, --k, --n, --reps and --rounds must be >= 1')
 
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax import lax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   if a.threads:
@@ -54,7 +55,8 @@ def main(argv=None) -> int:
 
   rng = np.random.default_rng(0)
   x, w, g = (rng.standard_normal(s, dtype=np.float32) for s in ((a.m, a.k), (a.k, a.n), (a.m, a.n)))
-  jx, jw, jg = (jnp.asarray(v) for v in (x, w, g))
+  cpu = jax.devices('cpu')[0]  # torch's tensors below are CPU tensors: compare like with like
+  jx, jw, jg = (jax.device_put(v, cpu) for v in (x, w, g))
   tx, tw, tg = (torch.from_numpy(v) for v in (x, w, g))
   dims = {PRODUCTS[0]: (((1,), (0,)), ((), ())), PRODUCTS[1]: (((1,), (1,)), ((), ())),
           PRODUCTS[2]: (((0,), (0,)), ((), ()))}
