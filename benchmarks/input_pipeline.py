@@ -1,14 +1,18 @@
 """Input-pipeline throughput and generated-benchmark build cost.
 
   python benchmarks/input_pipeline.py [--data_dir DIR] [--steps 6] [--batch 8]
-                                      [--workers 1,2] [--skip_default_build]
+                                      [--workers 1,2] [--pixels host,device]
+                                      [--skip_default_build]
 
 1. Builds `synthetic_fog_act/default` in a fresh directory (TFRecord + ArrayRecord
    copy) and reports wall time, CPU time and size on disk.
 2. Builds (or reuses) `synthetic_fog_act/bench224` (224x224, 16 frames) and measures
    training clip pairs/s at 8x224x224 (paired decode + augmentation + normalisation)
    and foggy-only evaluation clips/s (1x1 view), for each decode-thread count, plus
-   the rate per busy core (process CPU time / wall time).
+   the rate per busy core (process CPU time / wall time), for each place the per-pixel
+   float work runs (`config.data.pixels_on_device`): 'host' (jitter and normalisation in
+   NumPy, float32 batches) or 'device' (uint8 batches; the same work in the jitted step,
+   timed separately on jax's default backend, with the bytes each clip sends).
 """
 import argparse
 import os
@@ -65,6 +69,8 @@ def main():
   parser.add_argument("--steps", type=int, default=6)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--workers", default="1,2")
+  parser.add_argument("--pixels", default="host,device",
+                      help="where jitter and normalisation run: host, device or both")
   parser.add_argument("--skip_default_build", action="store_true")
   args = parser.parse_args()
   print(f"cpus visible: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
@@ -92,20 +98,53 @@ def main():
   cfg.num_frames = 8
   cfg.image_size = 224
   records.prepare(cfg)
-  rows = []
+  rows, sizes = [], {}
+  places = [p.strip() for p in args.pixels.split(",")]
   for workers in [int(w) for w in args.workers.split(",")]:
     cfg.num_workers = workers
-    it = ip.train_iterator(cfg, batch_size=args.batch, seed=0, process_index=0, process_count=1)
-    rows.append(("train pairs (clean+foggy, augmented)", workers) + measure(it, args.steps, args.batch))
-    it = iter(_cycle(lambda: ip.eval_iterator(cfg, split="test", batch_size=args.batch,
-                                              process_index=0, process_count=1)))
-    rows.append(("eval clips (foggy only, 1x1 view)", workers) + measure(it, args.steps, args.batch))
-  base = rows[0][2]
+    for place in places:
+      if place not in ("host", "device"):
+        raise SystemExit(f"--pixels: unknown place {place!r} (host, device)")
+      cfg.pixels_on_device = place == "device"
+      it = ip.train_iterator(cfg, batch_size=args.batch, seed=0, process_index=0, process_count=1)
+      rows.append(("train pairs (clean+foggy, augmented)", place, workers)
+                  + measure(it, args.steps, args.batch))
+      batch = next(it)
+      sizes[("train", place)] = sum(v.nbytes for v in batch.values()) / args.batch
+      it = iter(_cycle(lambda: ip.eval_iterator(cfg, split="test", batch_size=args.batch,
+                                                process_index=0, process_count=1)))
+      rows.append(("eval clips (foggy only, 1x1 view)", place, workers)
+                  + measure(it, args.steps, args.batch))
+      if place == "device":
+        device_ms = _device_conversion_ms(batch)
+  base = rows[0][3]
   print(f"\n8x224x224 clips, batch {args.batch}, {args.steps} batches after one warm-up batch")
-  print("| path | decode threads | clips/s | busy cores | clips/s per core | ratio to first row |")
-  print("|---|---|---|---|---|---|")
-  for name, w, rate, cores, per_core in rows:
-    print(f"| {name} | {w} | {rate:.1f} | {cores:.2f} | {per_core:.1f} | {rate / base:.2f} |")
+  print("| path | pixels | decode threads | clips/s | busy cores | clips/s per core | ratio to first row |")
+  print("|---|---|---|---|---|---|---|")
+  for name, place, w, rate, cores, per_core in rows:
+    print(f"| {name} | {place} | {w} | {rate:.1f} | {cores:.2f} | {per_core:.1f} | {rate / base:.2f} |")
+  for place in places:
+    print(f"training batch bytes per pair, pixels on {place}: {sizes[('train', place)] / 2**20:.2f} MiB")
+  if "device" in places:
+    import jax  # pylint: disable=g-import-not-at-top
+    print(f"device-side jitter + normalisation of one training batch ({jax.default_backend()}): "
+          f"{device_ms:.1f} ms, {device_ms / args.batch:.2f} ms per pair")
+
+
+def _device_conversion_ms(batch, repeats=5):
+  """Median ms of `pixels.train_inputs` on the batch, jitted, on jax's default backend."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from fognet_jax import pixels  # pylint: disable=g-import-not-at-top
+  fn = jax.jit(pixels.train_inputs)
+  batch = jax.device_put({k: batch[k] for k in ("clean", "foggy", "color")})
+  jax.block_until_ready(fn(batch))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(batch))
+    times.append(1e3 * (time.perf_counter() - t))
+  return float(np.median(times))
 
 
 def _cycle(make):

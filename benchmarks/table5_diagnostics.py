@@ -33,6 +33,7 @@ from fognet_jax import evaluate
 from fognet_jax import input_pipeline
 from fognet_jax import losses
 from fognet_jax import main as main_lib
+from fognet_jax import pixels
 
 
 def _top1(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -57,7 +58,7 @@ def _paired(config, run, graphdef, state) -> float:
   @jax.jit
   def probs_fn(params, rest, clean, foggy, text_emb):
     model = nnx.merge(graphdef, params, rest)
-    out = model.train_outputs(clean, foggy, text_emb[0])
+    out = model.train_outputs(pixels.model_input(clean), pixels.model_input(foggy), text_emb[0])
     logits = losses.similarity_logits(out['video_f'], text_emb, model.logit_scale)  # (B,K,C)
     return jnp.mean(jax.nn.softmax(logits, -1), axis=1)
 

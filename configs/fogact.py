@@ -58,6 +58,9 @@ def get_config(arg=None):
   d.train_sim_fog = placeholder(str)
   d.num_workers = 4             # decoding threads per process
   d.prefetch = 2                # batches prepared ahead
+  # Send uint8 frames and each pair's colour jitter as affine maps; the jitter and CLIP
+  # normalisation run in the jitted step (fognet_jax.pixels). False: float32 from the host.
+  d.pixels_on_device = True
   # ActionCLIP's augmentation, one draw per pair applied to both streams.
   a = d.augment = ml_collections.ConfigDict()
   a.enabled = True

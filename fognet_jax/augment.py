@@ -44,6 +44,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from fognet_jax import pixels
 from fognet_jax.models import clip as clip_lib
 from tfds_fogact import common
 from tfds_fogact import fog as fog_lib
@@ -123,6 +124,13 @@ _RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 _YIQ2RGB = np.linalg.inv(_RGB2YIQ).astype(np.float32)
 
 
+def _hue_matrix(hue: float) -> np.ndarray:
+  """RGB -> RGB rotation of the hue by `hue` turns (a rotation of the I/Q plane of YIQ)."""
+  a = 2 * np.pi * hue
+  rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]], np.float32)
+  return _YIQ2RGB @ rot @ _RGB2YIQ
+
+
 def apply_color(x: np.ndarray, cj: ColorJitter) -> np.ndarray:
   """Per-pixel colour jitter + grayscale on float frames in [0, 1], (..., 3)."""
   if cj.apply:
@@ -135,9 +143,7 @@ def apply_color(x: np.ndarray, cj: ColorJitter) -> np.ndarray:
         g = (x @ _GRAY)[..., None]
         x = g + (x - g) * np.float32(cj.saturation)
       else:
-        a = 2 * np.pi * cj.hue
-        rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]], np.float32)
-        x = x @ (_YIQ2RGB @ rot @ _RGB2YIQ).T
+        x = x @ _hue_matrix(cj.hue).T
       x = np.clip(x, 0.0, 1.0)
   if cj.grayscale:
     x = np.repeat((x @ _GRAY)[..., None], 3, axis=-1)
@@ -169,10 +175,12 @@ def normalize(frames_uint8_or_unit: np.ndarray, already_unit: bool = False) -> n
   return (x - np.asarray(clip_lib.IMAGE_MEAN, np.float32)) / np.asarray(clip_lib.IMAGE_STD, np.float32)
 
 
-def make_train_pair(example, data_cfg, rng: np.random.Generator, return_flip: bool = False):
-  """Augmented (clean, foggy), each (T, S, S, 3) float32 CLIP-normalised, from an encoded pair.
+def sample_train_pair(example, data_cfg, rng: np.random.Generator
+                      ) -> tuple[np.ndarray, np.ndarray, ColorJitter, bool]:
+  """(clean, foggy) uint8 (T, S, S, 3) frames, sampled, cropped, resized and flipped, with the
+  pair's drawn colour jitter (not applied) and whether it was flipped.
 
-  With `return_flip`, also returns whether the pair was flipped horizontally.
+  Draws from `rng` exactly what ``make_train_pair`` draws, in the same order.
   """
   sim = data_cfg.get("train_sim_fog")  # one of SIM_FOG (config_lib.validate_data)
   clean = example["clean"]
@@ -188,20 +196,51 @@ def make_train_pair(example, data_cfg, rng: np.random.Generator, return_flip: bo
     cj = sample_color_jitter(rng, aug)
   else:
     box, flip, cj = eval_crop_boxes(h, w, 1)[0], False, ColorJitter()
-  decoded = [np.stack([_decode_crop(clean[int(i)], box, size, flip) for i in t_idx])]
+  clean_u8 = np.stack([_decode_crop(clean[int(i)], box, size, flip) for i in t_idx])
   if sim:
     fog_seed = int(rng.integers(2 ** 31))
-    decoded.append(fog_lib.apply_fog(decoded[0], intensity=_fog_level(example), seed=fog_seed,
-                                     heterogeneous=False))
+    foggy_u8 = fog_lib.apply_fog(clean_u8, intensity=_fog_level(example), seed=fog_seed,
+                                 heterogeneous=False)
   else:
-    decoded.append(np.stack([_decode_crop(foggy[int(i)], box, size, flip) for i in t_idx]))
+    foggy_u8 = np.stack([_decode_crop(foggy[int(i)], box, size, flip) for i in t_idx])
+  return clean_u8, foggy_u8, cj, flip
+
+
+def make_train_pair(example, data_cfg, rng: np.random.Generator, return_flip: bool = False):
+  """Augmented (clean, foggy), each (T, S, S, 3) float32 CLIP-normalised, from an encoded pair.
+
+  With `return_flip`, also returns whether the pair was flipped horizontally.
+  """
+  clean_u8, foggy_u8, cj, flip = sample_train_pair(example, data_cfg, rng)
   out = []
-  for frames in decoded:
+  for frames in (clean_u8, foggy_u8):
     x = apply_color(frames.astype(np.float32) * np.float32(1 / 255), cj)
     out.append(normalize(x, already_unit=True))
   if return_flip:
     return out[0], out[1], flip
   return out[0], out[1]
+
+
+def color_affines(cj: ColorJitter) -> np.ndarray:
+  """`cj` followed by CLIP normalisation as the (pixels.COLOR_STEPS, 3, 4) affine chain that
+  ``pixels.apply_color`` runs on the device; equal to ``normalize(apply_color(x, cj))``."""
+  out = pixels.identity_chain()
+  eye = np.eye(3, dtype=np.float64)
+  if cj.apply:
+    for k, op in enumerate(cj.order):
+      a, b = eye, np.zeros(3)
+      if op == 0:
+        a = cj.brightness * eye
+      elif op == 1:
+        a, b = cj.contrast * eye, np.full(3, 0.5 * (1 - cj.contrast))
+      elif op == 2:
+        a = cj.saturation * eye + (1 - cj.saturation) * np.outer(np.ones(3), _GRAY)
+      else:
+        a = _hue_matrix(cj.hue)
+      out[k, :, :3], out[k, :, 3] = a, b
+  if cj.grayscale:
+    out[-1, :, :3] = out[-1, :, :3] @ np.outer(np.ones(3), _GRAY)
+  return out
 
 
 def _fog_level(example) -> str:
@@ -247,8 +286,11 @@ def flip_table(data_cfg, class_names: Optional[Sequence[str]], default_pairs=())
   return table
 
 
-def make_eval_views(example, data_cfg, stream: str = "foggy") -> np.ndarray:
-  """(V, T, S, S, 3) CLIP-normalised views of one stream; reads only ``example[stream]``."""
+def make_eval_views(example, data_cfg, stream: str = "foggy", uint8: bool = False) -> np.ndarray:
+  """(V, T, S, S, 3) CLIP-normalised views of one stream; reads only ``example[stream]``.
+
+  With `uint8`, the views are returned as uint8 pixels, for ``pixels.normalize`` on the device.
+  """
   foggy = example[stream]
   n = len(foggy)
   size = data_cfg.image_size
@@ -267,5 +309,5 @@ def make_eval_views(example, data_cfg, stream: str = "foggy") -> np.ndarray:
           with Image.open(io.BytesIO(foggy[i])) as im:
             cache[i] = im.convert("RGB")
         frames.append(np.asarray(cache[i].resize((size, size), Image.BILINEAR, box=box)))
-      views.append(normalize(np.stack(frames)))
+      views.append(np.stack(frames) if uint8 else normalize(np.stack(frames)))
   return np.stack(views)

@@ -129,8 +129,9 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
       records.perspective_filter(d, role)
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  if not isinstance(d.get('replicate_to_full', False), bool):
-    _fail('data.replicate_to_full', f'must be True or False, got {d.replicate_to_full!r}')
+  for key in ('replicate_to_full', 'pixels_on_device'):
+    if not isinstance(d.get(key, False), bool):
+      _fail(f'data.{key}', f'must be True or False, got {d.get(key)!r}')
   if d.get('train_sim_fog') not in augment.SIM_FOG:
     _fail('data.train_sim_fog', f"must be None or 'homogeneous', got {d.train_sim_fog!r}")
   a = d.augment

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from fognet_jax import pixels
 from fognet_jax import sharding as sharding_lib
 
 RESULTS_FILE = 'results.json'
@@ -120,14 +121,16 @@ def make_text_encoder(graphdef, mesh):
 
 
 def make_predict_step(graphdef, mesh):
-  """jit: (params, rest, foggy (B, V, T, H, W, 3), text (K, C, D)) -> (B, C) view-mean probs."""
+  """jit: (params, rest, foggy (B, V, T, H, W, 3), text (K, C, D)) -> (B, C) view-mean probs.
+
+  `foggy`: uint8 pixels (normalised here) or float frames normalised on the host."""
   data = sharding_lib.batch_sharding(mesh)
   rep = sharding_lib.replicated(mesh)
 
   def predict(params, rest, foggy, text_emb):
     model = nnx.merge(graphdef, params, rest)
     v = foggy.shape[1]
-    x = einops.rearrange(foggy, 'b v t h w c -> (b v) t h w c')
+    x = einops.rearrange(pixels.model_input(foggy), 'b v t h w c -> (b v) t h w c')
     probs = model.predict(x, text_emb)  # (B*V, C), averaged over the K templates
     probs = einops.rearrange(probs, '(b v) c -> b v c', v=v)
     return jnp.mean(probs.astype(jnp.float32), axis=1)  # (B, C)

@@ -87,7 +87,10 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
                    source=None) -> Iterator[dict]:
   """Infinite iterator of per-process training batches.
 
-  Yields {'clean': (B, T, S, S, 3) float32, 'foggy': same, 'label': (B,) int32}.
+  Yields {'clean': (B, T, S, S, 3), 'foggy': same, 'label': (B,) int32}: with
+  ``data_cfg.pixels_on_device``, uint8 frames and 'color': (B, COLOR_STEPS, 3, 4) float32, the
+  pairs' colour jitter and normalisation for ``pixels.train_inputs`` (in the train step);
+  otherwise float32 frames, jittered and CLIP-normalised here.
   `process_index` / `process_count` default to ``jax.process_index()`` /
   ``jax.process_count()``; `source` (a sequence of examples with encoded
   'clean' / 'foggy' frame lists and 'label') replaces the dataset, for tests.
@@ -107,19 +110,25 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
   if n == 0:
     raise ValueError("config.data: the training split is empty after filtering")
 
+  on_device = data_cfg.get("pixels_on_device", False)
+
   def one(g: int, index: int):
     ex = source[int(index)]
     rng = np.random.default_rng([seed, int(g), 13])
-    clean, foggy, flipped = augment.make_train_pair(ex, data_cfg, rng, return_flip=True)
+    if on_device:
+      clean, foggy, cj, flipped = augment.sample_train_pair(ex, data_cfg, rng)
+      item = {"clean": clean, "foggy": foggy, "color": augment.color_affines(cj)}
+    else:
+      clean, foggy, flipped = augment.make_train_pair(ex, data_cfg, rng, return_flip=True)
+      item = {"clean": clean, "foggy": foggy}
     label = int(ex["label"])
     if flipped and label < len(swap):
       label = int(swap[label])
-    return clean, foggy, label
+    item["label"] = np.int32(label)
+    return item
 
   def collate(items):
-    return {"clean": np.stack([c for c, _, _ in items]),
-            "foggy": np.stack([f for _, f, _ in items]),
-            "label": np.asarray([l for _, _, l in items], np.int32)}
+    return {k: np.stack([it[k] for it in items]) for k in items[0]}
 
   def make_batch(step: int, pool):
     g, pos = train_sample_ids(n, batch_size=batch_size, seed=seed, step=step,
@@ -150,7 +159,9 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
                   source=None, stream: str = "foggy") -> Iterator[dict]:
   """Finite iterator of single-stream evaluation batches.
 
-  Yields {'foggy': (B, V, T, S, S, 3) float32, 'label': (B,) int32, 'mask': (B,) bool},
+  Yields {'foggy': (B, V, T, S, S, 3), 'label': (B,) int32, 'mask': (B,) bool} (the frames
+  uint8 with ``data_cfg.pixels_on_device``, normalised by ``pixels.model_input`` in the eval
+  step; else float32 CLIP-normalised),
   V = num_clips * num_crops. 'foggy' holds the views of `stream` ('foggy', or 'clean' for a
   clean-test row); the other stream is never decoded.
   """
@@ -172,15 +183,17 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
   v = data_cfg.num_clips * data_cfg.num_crops
   s, t = data_cfg.image_size, data_cfg.num_frames
 
+  on_device = data_cfg.get("pixels_on_device", False)
+
   def one(index: int):
     ex = source[int(index)]
-    return augment.make_eval_views(ex, data_cfg, stream=stream), int(ex["label"])
+    return augment.make_eval_views(ex, data_cfg, stream=stream, uint8=on_device), int(ex["label"])
 
   def make_batch(b: int, pool):
     chunk = mine[b * batch_size:(b + 1) * batch_size]
 
     def collate(items):
-      foggy = np.zeros((batch_size, v, t, s, s, 3), np.float32)
+      foggy = np.zeros((batch_size, v, t, s, s, 3), np.uint8 if on_device else np.float32)
       label = np.zeros((batch_size,), np.int32)
       mask = np.zeros((batch_size,), bool)
       for k, (x, l) in enumerate(items):

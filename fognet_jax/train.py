@@ -42,6 +42,7 @@ import optax
 from fognet_jax import checkpointing
 from fognet_jax import losses
 from fognet_jax import metrics as metrics_lib
+from fognet_jax import pixels
 from fognet_jax import prompts
 from fognet_jax import sharding as sharding_lib
 from fognet_jax.models import clip
@@ -141,7 +142,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
                     prompt_sampler: PromptSampler = prompts.sample_train_prompts):
   """Returns `step(state, batch, prompt_tokens) -> (state, metrics)`, jitted and sharded.
 
-  batch: {'clean', 'foggy': (B, T, H, W, 3), 'label': (B,)} global arrays split over `data`.
+  batch: {'clean', 'foggy': (B, T, H, W, 3), 'label': (B,)} global arrays split over `data`:
+  float frames normalised on the host, or uint8 frames with optional 'color' (B, 5, 3, 4)
+  chains, turned into model input in the step (`pixels.train_inputs`).
   prompt_tokens: (K, C, L) int32 replicated. The state is donated.
   A `prompt_sampler` marked `per_sample` draws one prompt per sample from the batch labels
   ((B, L), split into micro-batches with the batch); the model then sees (B, D) text
@@ -161,7 +164,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
     text_emb = model.encode_text(text_tokens)  # (C, D)
     if freeze_text:
       text_emb = jax.lax.stop_gradient(text_emb)
-    outputs = model.train_outputs(micro['clean'], micro['foggy'], text_emb)
+    clean, foggy = pixels.train_inputs(micro)  # uint8 + colour chains, or host-normalised
+    outputs = model.train_outputs(clean, foggy, text_emb)
     loss, metrics = loss_fn(outputs, micro['label'])
     _, _, new_rest = split_model(model)
     return loss, (dict(metrics), new_rest)

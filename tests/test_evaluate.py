@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fognet_jax import evaluate, sharding, train
+from fognet_jax import augment, evaluate, sharding, train
 import train_toy as toy
 
 
@@ -57,6 +57,23 @@ def test_eval_averages_views_and_drops_padding(tmp_path):
                             batches=toy.eval_batches(8, num_videos=13, views=3),
                             prompt_tokens=tokens, num_templates=1)
   assert np.max(np.abs(p1 - probs)) > 1e-6
+
+
+def test_eval_of_uint8_views_equals_host_normalised_views():
+  """`pixels_on_device`: uint8 views normalised in the eval step = the host's float views."""
+  model = toy.ToyModel(rngs=nnx.Rngs(0))
+  graphdef, params, rest = train.split_model(model)
+  tokens = toy.prompt_tokens()
+  mesh = sharding.make_mesh(8)
+  u8 = [dict(b, foggy=np.clip(b['foggy'] * 60 + 120, 0, 255).astype(np.uint8))
+        for b in toy.eval_batches(8, num_videos=13, views=2)]
+  host = [dict(b, foggy=augment.normalize(b['foggy'])) for b in u8]
+  p_u8, l_u8 = evaluate.run_eval(graphdef, params, rest, mesh=mesh, batches=u8,
+                                 prompt_tokens=tokens)
+  p_host, l_host = evaluate.run_eval(graphdef, params, rest, mesh=mesh, batches=host,
+                                     prompt_tokens=tokens)
+  np.testing.assert_array_equal(l_u8, l_host)
+  np.testing.assert_allclose(p_u8, p_host, rtol=1e-5, atol=1e-6)
 
 
 def test_state_evaluation_writes_png_and_results(tmp_path):

@@ -10,6 +10,7 @@ import config_testutil
 from fognet_jax import augment
 from fognet_jax import config_lib
 from fognet_jax import input_pipeline as ip
+from fognet_jax import pixels
 from fognet_jax import records
 from fognet_jax.models import clip
 
@@ -76,10 +77,12 @@ def source():
 
 
 def _cfg(**kw):
+  """The recipe's data block at test size; the host path (float frames) unless overridden."""
   c = config_testutil.data_block()
   c.num_frames = 4
   c.image_size = 16
   c.num_workers = 2
+  c.pixels_on_device = False
   for k, v in kw.items():
     if k.startswith("augment_"):
       c.augment[k[len("augment_"):]] = v
@@ -363,3 +366,49 @@ def test_flip_swaps_labels_of_mirror_classes():
     augment.flip_table(_cfg(augment_flip_swap="a-b"), ["a", "b"])
   with pytest.raises(ValueError, match="unknown class"):
     augment.flip_table(_cfg(augment_flip_swap="a:z"), ["a", "b"])
+
+
+# ------------------------------------------------------------------ pixels on the device
+
+
+@pytest.mark.parametrize("kw", [
+    dict(augment_color_jitter_prob=1.0, augment_grayscale_prob=0.5),
+    dict(augment_color_jitter_prob=0.8, augment_grayscale_prob=0.2, augment_hue=0.5,
+         augment_saturation=0.9, augment_contrast=0.9, augment_brightness=0.9),
+    dict(augment_enabled=False),
+    dict(train_sim_fog="homogeneous"),
+], ids=["jitter+gray", "strong", "no-augment", "sim-fog"])
+def test_device_pixels_equal_the_host_path(source, kw):
+  """The same seed gives the same training pairs (frames, flips, labels) on both paths: the
+  uint8 frames + colour chains, made model input in the step, equal the host's floats."""
+  if kw.get("train_sim_fog"):
+    source = _Source(6)
+    for ex in source.items:
+      ex["fog"] = 1  # dense
+  host = _take(ip.train_iterator(_cfg(**kw), batch_size=6, seed=5, source=source,
+                                 process_index=0, process_count=1), 2)
+  dev = _take(ip.train_iterator(_cfg(pixels_on_device=True, **kw), batch_size=6, seed=5,
+                                source=source, process_index=0, process_count=1), 2)
+  for h, d in zip(host, dev):
+    assert d["clean"].dtype == d["foggy"].dtype == np.uint8
+    assert d["color"].shape == (6, pixels.COLOR_STEPS, 3, 4) and d["color"].dtype == np.float32
+    np.testing.assert_array_equal(h["label"], d["label"])
+    clean, foggy = pixels.train_inputs(d)
+    np.testing.assert_allclose(np.asarray(clean), h["clean"], atol=2e-5)
+    np.testing.assert_allclose(np.asarray(foggy), h["foggy"], atol=2e-5)
+
+
+def test_device_eval_views_equal_the_host_path():
+  src = _Source(3)
+  cfg = dict(num_clips=2, num_crops=3)
+  host = list(ip.eval_iterator(_cfg(**cfg), batch_size=2, source=src, process_index=0,
+                               process_count=1))
+  dev = list(ip.eval_iterator(_cfg(pixels_on_device=True, **cfg), batch_size=2, source=src,
+                              process_index=0, process_count=1))
+  assert len(host) == len(dev) == 2
+  for h, d in zip(host, dev):
+    assert d["foggy"].dtype == np.uint8 and d["foggy"].shape == h["foggy"].shape
+    np.testing.assert_array_equal(h["mask"], d["mask"])
+    m = h["mask"]
+    np.testing.assert_allclose(np.asarray(pixels.model_input(d["foggy"]))[m], h["foggy"][m],
+                               atol=2e-5)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fognet_jax import checkpointing, losses, sharding, train
+from fognet_jax import augment, checkpointing, losses, sharding, train
 import train_toy as toy
 
 
@@ -74,6 +74,39 @@ def test_gradient_accumulation_keeps_the_effective_batch():
   np.testing.assert_allclose(acc_m['grad_norm'], ref_m['grad_norm'], rtol=1e-5)
   np.testing.assert_allclose(one_dev_m['grad_norm'], ref_m['grad_norm'], rtol=1e-5)
   np.testing.assert_allclose(one_dev_m['loss'], ref_m['loss'], rtol=1e-5)
+
+
+def _uint8_pair_batch(batch_size: int, seed: int = 0):
+  """(uint8 frames + per-pair colour chains, the same pairs as host floats: augment's reference)."""
+  rng = np.random.default_rng(seed)
+  aug = toy.config().data.augment
+  shape = (batch_size, toy.FRAMES, toy.SIZE, toy.SIZE, 3)
+  clean = rng.integers(0, 256, shape, dtype=np.uint8)
+  foggy = (clean // 2 + 100).astype(np.uint8)
+  cjs = [augment.sample_color_jitter(rng, aug) for _ in range(batch_size)]
+  labels = rng.integers(0, toy.NUM_CLASSES, batch_size).astype(np.int32)
+  u8 = {'clean': clean, 'foggy': foggy, 'label': labels,
+        'color': np.stack([augment.color_affines(c) for c in cjs])}
+
+  def host(x):
+    return np.stack([augment.normalize(augment.apply_color(f / np.float32(255), c), already_unit=True)
+                     for f, c in zip(x, cjs)]).astype(np.float32)
+
+  return u8, {'clean': host(clean), 'foggy': host(foggy), 'label': labels}
+
+
+def test_uint8_frames_and_colour_chains_train_like_host_floats():
+  """Pixels made model input in the step (`pixels_on_device`): the same step as the host's
+  normalised floats, on 8 devices (the chains split with the batch) and with accumulation."""
+  u8, host = _uint8_pair_batch(16)
+  ref, ref_m = _one_step(toy.config(), 1, batch=host)
+  for devices, accum in ((8, 1), (8, 2), (1, 4)):
+    got, got_m = _one_step(toy.config(grad_accum_steps=accum), devices, batch=u8)
+    assert _max_rel_diff(got.params, ref.params) < 1e-5, (devices, accum)
+    np.testing.assert_allclose(got_m['loss'], ref_m['loss'], rtol=1e-5)
+  # The colour chains are used: without them the same uint8 frames train differently.
+  plain, plain_m = _one_step(toy.config(), 1, batch={k: v for k, v in u8.items() if k != 'color'})
+  assert abs(float(plain_m['loss']) - float(ref_m['loss'])) > 1e-4
 
 
 def test_freeze_text_leaves_text_parameters_unchanged():
