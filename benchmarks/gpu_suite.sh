@@ -14,6 +14,9 @@
 #                    time -> OUTDIR/profile_b16_top20.txt (traces in OUTDIR/traces/)
 #   2 e2e            python -m fognet_jax.main, configs/synthetic_224.py (real input pipeline,
 #                    synthetic_fog_act/bench224, 8x224^2, B=16, 60 steps) -> e2e_metrics.jsonl
+#   2a pipeline      the input pipeline alone on this host's cores (benchmarks/input_pipeline.py
+#                    on bench224, 8x224^2, pixels on the device, 8 and 16 decode threads):
+#                    training pairs/s the host can feed, to read the e2e figure against
 #   2b cudnn_b16     FogNet bf16 B=16 with XLA attention and with cuDNN fused attention (tokens
 #                    padded to a multiple of 64 and masked), same process (--tiny: fp32 against
 #                    fp32+remat, to run the same plumbing)
@@ -211,6 +214,15 @@ else
   rm -rf "$E2E_WORKDIR"
 fi
 
+# 2a: the input pipeline alone, on this host's cores.
+if [[ ${E2E_RC} -eq 0 && ${E2E_CHECK##*$'\n'} == ok ]]; then
+  if (( TINY == 1 )); then PIPE=(--workers=2 --steps=2 --batch=4); else PIPE=(--workers=8,16 --steps=8 --batch=16); fi
+  run_part pipeline 60 "$PYTHON" benchmarks/input_pipeline.py --skip_default_build \
+      --data_dir="$E2E_DATA_DIR" --pixels=device "${PIPE[@]}"
+else
+  skip_part pipeline "${E2E_CHECK##*$'\n'}"
+fi
+
 # 2b: cuDNN fused attention (padded to 256 tokens, masked) against XLA's, same process. With
 # --tiny (no cuDNN on a CPU) the same plumbing runs fp32 against fp32+remat.
 if (( TINY == 0 )); then ATTN_VARIANTS=bf16,bf16+cudnn; else ATTN_VARIANTS=fp32,fp32+remat; fi
@@ -333,6 +345,15 @@ else:
           3 * fl['image_forward_flops'] + 3 * txt)
       print(f'no e2e_step figure; fognet_b16 scaled by analytic FLOPs to 14 classes: '
             f'{scaled:.2f} clip pairs/s; end to end / step = {e2e / scaled:.3f} (approximate)')
+
+pipe = os.path.join(out, 'pipeline.log')
+if os.path.exists(pipe):
+  with open(pipe) as fh:
+    lines = [l.rstrip() for l in fh if l.startswith('|') or l.startswith('training batch')
+             or l.startswith('device-side') or l.startswith('cpus visible')]
+  if lines:
+    print('\n## Input pipeline alone on this host (part 2a)\n')
+    print('\n'.join(lines))
 
 top = os.path.join(out, 'profile_b16_top20.txt')
 if os.path.exists(top):
