@@ -252,7 +252,7 @@ class OurStep:
   """Our compiled train step of one variant, its state and a fixed batch."""
 
   def __init__(self, variant: str):
-    from fognet_jax import config_lib, losses, sharding, train  # pylint: disable=g-import-not-at-top
+    from fognet_jax import augment, config_lib, losses, sharding, train  # pylint: disable=g-import-not-at-top
     from fognet_jax.models import clip, fognet  # pylint: disable=g-import-not-at-top
     self.variant = variant
     cfg = _config(variant)
@@ -278,9 +278,15 @@ class OurStep:
     tokens[..., _PROMPT_LEN.value:] = 0  # padding
     tokens = prompts.trim_context(tokens)  # (16, C, prompt_len), as main.setup does
     self.tokens = jax.device_put(jnp.asarray(tokens), sharding.replicated(mesh))
-    batch = {'clean': rng.normal(size=(b, t, s, s, 3)).astype(np.float32),
-             'foggy': rng.normal(size=(b, t, s, s, 3)).astype(np.float32),
-             'label': (np.arange(b) % _CLASSES.value).astype(np.int32)}
+    if cfg.data.pixels_on_device:  # what training sends: uint8 frames + colour chains
+      jitter = [augment.sample_color_jitter(rng, cfg.data.augment) for _ in range(b)]
+      batch = {'clean': rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
+               'foggy': rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
+               'color': np.stack([augment.color_affines(c) for c in jitter])}
+    else:
+      batch = {'clean': rng.normal(size=(b, t, s, s, 3)).astype(np.float32),
+               'foggy': rng.normal(size=(b, t, s, s, 3)).astype(np.float32)}
+    batch['label'] = (np.arange(b) % _CLASSES.value).astype(np.int32)
     self.batch = sharding.put_global_batch(batch, mesh)
     t0 = time.perf_counter()
     compiled = self.step.lower(self.state, self.batch, self.tokens).compile()

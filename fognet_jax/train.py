@@ -136,6 +136,10 @@ def shard_state(state: TrainState, mesh, *, fsdp: bool, min_size: int = 2 ** 14)
 
 # ------------------------------------------------------------------------------ train step
 
+# The keys of a training batch that the step reads ('color': per-pair colour chains that go
+# with uint8 frames, `pixels.train_inputs`).
+BATCH_KEYS = ('clean', 'foggy', 'label', 'color')
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_shardings,
                     loss_fn: losses.LossFn, schedule, seed: int, grad_accum_steps: int = 1,
                     freeze_text: bool = False,
@@ -269,7 +273,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh, model: nnx.M
     model: the initial model (its parameters are replaced by a checkpoint's when resuming).
     loss_fn: `(model.train_outputs(...), labels) -> (loss, metrics)`.
     batches: `start_step -> iterator` of this process's rows of the global batches
-      `{'clean', 'foggy', 'label'}`, starting at batch `start_step`.
+      `{'clean', 'foggy', 'label'}` (and 'color' with uint8 frames, see `pixels`), starting
+      at batch `start_step`; other keys are not sent to the devices.
     prompt_tokens: (K, C, L) int32 class prompts, one row per template.
     steps: the run's length (`resolve_steps`).
     prompt_sampler: the per-step prompt draw (`make_train_step`).
@@ -333,7 +338,7 @@ def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, ste
     while step < steps.total:
       batch = next(it)
       batch = sharding_lib.put_global_batch(
-          {k: batch[k] for k in ('clean', 'foggy', 'label')}, mesh)
+          {k: batch[k] for k in BATCH_KEYS if k in batch}, mesh)
       state, step_metrics = step_fn(state, batch, prompt_tokens)
       step += 1
       preempted = sigterm.triggered or ckpt.reached_preemption(step)

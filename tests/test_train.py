@@ -109,6 +109,25 @@ def test_uint8_frames_and_colour_chains_train_like_host_floats():
   assert abs(float(plain_m['loss']) - float(ref_m['loss'])) > 1e-4
 
 
+def test_the_training_loop_sends_the_colour_chains(tmp_path):
+  """train.train on uint8 + colour-chain batches = on the same pairs as host floats (the loop
+  passes 'color' on to the step; extra keys stay on the host)."""
+  cfg = toy.config(num_train_steps=3, checkpoint_every_steps=100, log_every_steps=1,
+                   async_checkpointing=False)
+  mesh = sharding.make_mesh(8)
+  pairs = [_uint8_pair_batch(16, seed=i) for i in range(3)]
+  finals = []
+  for name, which in (('u8', 0), ('host', 1)):
+    def batches(start, which=which):
+      for u8_host in pairs[start:]:
+        yield dict(u8_host[which], note=np.array(['not for the device'] * 16))
+    _, state, _ = train.train(cfg, str(tmp_path / name), **toy.run_parts(cfg, mesh),
+                              model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss,
+                              batches=batches)
+    finals.append(state.params)
+  assert _max_rel_diff(finals[0], finals[1]) < 1e-5
+
+
 def test_freeze_text_leaves_text_parameters_unchanged():
   cfg = toy.config(freeze_text=True)
   init, _ = _one_step(toy.config(learning_rate=1e-12), 1)
