@@ -158,8 +158,9 @@ def _decode_crop(data: bytes, box, size: int, flip: bool) -> np.ndarray:
   with Image.open(io.BytesIO(data)) as im:
     im = im.convert("RGB")
     out = im.resize((size, size), Image.BILINEAR, box=tuple(float(v) for v in box))
-  a = np.asarray(out)
-  return a[:, ::-1] if flip else a
+  if flip:  # in PIL: NumPy's copy of a reversed (W, 3) view runs element by element, ~10x slower
+    out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  return np.asarray(out)
 
 
 def _frame_size(data: bytes) -> tuple[int, int]:

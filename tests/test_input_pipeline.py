@@ -210,6 +210,17 @@ def test_eval_views_crops_and_clips():
   assert augment.eval_crop_boxes(W, H, 1) == [(0.0, (W - H) / 2, float(H), (W - H) / 2 + H)]
 
 
+def test_decoded_crop_flips_left_right():
+  frame = _clean_clip(3)[0]
+  box = (5, 3, 45, 35)
+  plain = augment._decode_crop(_png(frame), box, 16, False)
+  flipped = augment._decode_crop(_png(frame), box, 16, True)
+  assert plain.shape == flipped.shape == (16, 16, 3) and plain.dtype == np.uint8
+  np.testing.assert_array_equal(flipped, plain[:, ::-1])
+  want = np.asarray(Image.fromarray(frame).resize((16, 16), Image.BILINEAR, box=box))
+  np.testing.assert_array_equal(plain, want)
+
+
 def test_frame_sampling_indices():
   np.testing.assert_array_equal(augment.eval_frame_indices(16, 8), [1, 3, 5, 7, 9, 11, 13, 15])
   np.testing.assert_array_equal(augment.eval_frame_indices(16, 8, clip=0, num_clips=2),
