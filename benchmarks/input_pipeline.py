@@ -25,11 +25,14 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 import tfds_fogact  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 from fognet_jax import config_lib  # pylint: disable=g-import-not-at-top
 from fognet_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+from fognet_jax import pixels  # pylint: disable=g-import-not-at-top
 from fognet_jax import records  # pylint: disable=g-import-not-at-top
 from tfds_fogact import common  # pylint: disable=g-import-not-at-top
 
@@ -126,16 +129,12 @@ def main():
   for place in places:
     print(f"training batch bytes per pair, pixels on {place}: {sizes[('train', place)] / 2**20:.2f} MiB")
   if "device" in places:
-    import jax  # pylint: disable=g-import-not-at-top
     print(f"device-side jitter + normalisation of one training batch ({jax.default_backend()}): "
           f"{device_ms:.1f} ms, {device_ms / args.batch:.2f} ms per pair")
 
 
 def _device_conversion_ms(batch, repeats=5):
   """Median ms of `pixels.train_inputs` on the batch, jitted, on jax's default backend."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from fognet_jax import pixels  # pylint: disable=g-import-not-at-top
   fn = jax.jit(pixels.train_inputs)
   batch = jax.device_put({k: batch[k] for k in ("clean", "foggy", "color")})
   jax.block_until_ready(fn(batch))

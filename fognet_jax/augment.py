@@ -213,18 +213,21 @@ def make_train_pair(example, data_cfg, rng: np.random.Generator, return_flip: bo
   With `return_flip`, also returns whether the pair was flipped horizontally.
   """
   clean_u8, foggy_u8, cj, flip = sample_train_pair(example, data_cfg, rng)
-  out = []
-  for frames in (clean_u8, foggy_u8):
-    x = apply_color(frames.astype(np.float32) * np.float32(1 / 255), cj)
-    out.append(normalize(x, already_unit=True))
+  out = [color_and_normalize(frames, cj) for frames in (clean_u8, foggy_u8)]
   if return_flip:
     return out[0], out[1], flip
   return out[0], out[1]
 
 
+def color_and_normalize(frames: np.ndarray, cj: ColorJitter) -> np.ndarray:
+  """uint8 frames (..., 3) -> float32 model input on the host: `cj`, then CLIP normalisation."""
+  return normalize(apply_color(frames.astype(np.float32) * np.float32(1 / 255), cj),
+                   already_unit=True)
+
+
 def color_affines(cj: ColorJitter) -> np.ndarray:
   """`cj` followed by CLIP normalisation as the (pixels.COLOR_STEPS, 3, 4) affine chain that
-  ``pixels.apply_color`` runs on the device; equal to ``normalize(apply_color(x, cj))``."""
+  ``pixels.apply_color`` runs on the device; equal to ``color_and_normalize(x, cj)``."""
   out = pixels.identity_chain()
   eye = np.eye(3, dtype=np.float64)
   if cj.apply:

@@ -1,4 +1,5 @@
-"""fognet_jax/pixels.py: the colour chain on the device against augment's per-operation NumPy code."""
+"""fognet_jax/pixels.py: the colour chain on the device against augment's per-operation NumPy code
+(`augment.color_and_normalize`: one operation at a time in [0, 1], then CLIP normalisation)."""
 import itertools
 
 import numpy as np
@@ -13,11 +14,6 @@ def _frames(seed, n=1):
   return np.random.default_rng(seed).integers(0, 256, (n, 3, 5, 7, 3), dtype=np.uint8)
 
 
-def _host(x_u8, cj):
-  """augment's reference: jitter one operation at a time in [0, 1], then CLIP normalisation."""
-  return augment.normalize(augment.apply_color(x_u8.astype(np.float32) / 255, cj), already_unit=True)
-
-
 @pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
 def test_every_operation_order(order):
   # strong factors so that the clips between operations bite
@@ -25,7 +21,7 @@ def test_every_operation_order(order):
                            order=order, grayscale=False)
   x = _frames(sum(o * 4 ** i for i, o in enumerate(order)))
   got = np.asarray(pixels.apply_color(x, augment.color_affines(cj)[None]))
-  np.testing.assert_allclose(got, _host(x[0], cj)[None], atol=1e-5)
+  np.testing.assert_allclose(got, augment.color_and_normalize(x[0], cj)[None], atol=1e-5)
 
 
 @pytest.mark.parametrize("op, kw", [
@@ -40,7 +36,7 @@ def test_each_operation_alone_and_with_grayscale(op, kw):
     cj = augment.ColorJitter(True, order=order, grayscale=gray, **kw)  # the others: identity
     x = _frames(op)
     got = np.asarray(pixels.apply_color(x, augment.color_affines(cj)[None]))
-    np.testing.assert_allclose(got, _host(x[0], cj)[None], atol=1e-5)
+    np.testing.assert_allclose(got, augment.color_and_normalize(x[0], cj)[None], atol=1e-5)
 
 
 def test_per_sample_chains_and_identity():
@@ -52,7 +48,7 @@ def test_per_sample_chains_and_identity():
   x = _frames(7, n=8)
   got = np.asarray(pixels.apply_color(x, np.stack([augment.color_affines(c) for c in cjs])))
   for i, cj in enumerate(cjs):
-    np.testing.assert_allclose(got[i], _host(x[i], cj), atol=1e-5)
+    np.testing.assert_allclose(got[i], augment.color_and_normalize(x[i], cj), atol=1e-5)
   plain = np.asarray(pixels.apply_color(x, np.stack([pixels.identity_chain()] * 8)))
   want = (x / 255 - np.asarray(clip.IMAGE_MEAN)) / np.asarray(clip.IMAGE_STD)
   np.testing.assert_allclose(plain, want, atol=1e-5)

@@ -89,8 +89,7 @@ def _uint8_pair_batch(batch_size: int, seed: int = 0):
         'color': np.stack([augment.color_affines(c) for c in cjs])}
 
   def host(x):
-    return np.stack([augment.normalize(augment.apply_color(f / np.float32(255), c), already_unit=True)
-                     for f, c in zip(x, cjs)]).astype(np.float32)
+    return np.stack([augment.color_and_normalize(f, c) for f, c in zip(x, cjs)])
 
   return u8, {'clean': host(clean), 'foggy': host(foggy), 'label': labels}
 
