@@ -3,8 +3,11 @@
 The dataset comes from ``records`` (random access to a prepared ``tfds_fogact``
 dataset with the videos left encoded, the fog / perspective filters); every
 example is turned into a training pair or evaluation views by ``augment``
-(sampling, crops, colour, decoding). Examples are processed in a thread pool of
-``num_workers`` threads, ``prefetch`` batches ahead.
+(sampling, crops, colour, decoding). Examples are processed by ``num_workers`` workers,
+``prefetch`` batches ahead: threads, or with ``data.worker_type='process'`` spawned
+processes (decoding and augmentation hold the GIL for part of their time, which caps what
+threads of one process can feed; processes take seconds to start and each holds its own
+copy of the imported modules). Both give the same batches.
 
 Training (``train_iterator``): determinism and resume: global sample
 ``g = step * B * P + process * B + j`` (B per-process batch, P processes) is example
@@ -25,7 +28,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import math
+import multiprocessing
+import signal
 from typing import Iterator, Optional
 
 import jax
@@ -59,11 +65,61 @@ def train_sample_ids(num_examples: int, *, batch_size: int, seed: int, step: int
   return g, pos
 
 
+WORKER_TYPES = ("thread", "process")
+
+_WORKER_FN = None  # in a worker process: the per-example function of its pool
+
+
+def _init_worker(fn) -> None:
+  """Initializer of a worker process: keeps `fn`; the worker never touches an accelerator."""
+  global _WORKER_FN
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+  # The worker only decodes and augments with NumPy / PIL; should anything call into jax
+  # here, it must not claim the accelerator the parent trains on.
+  jax.config.update("jax_platforms", "cpu")
+  _WORKER_FN = fn
+
+
+def _call_worker_fn(*args):
+  return _WORKER_FN(*args)
+
+
+class _Pool:
+  """`num_workers` threads or (``data.worker_type='process'``) spawned processes that run
+  `fn(*args)` per example.
+
+  Process workers get `fn` once, pickled (the dataset source reopens itself there, see
+  ``records.EncodedSource``), and send back NumPy arrays; the GIL-held Python of decoding
+  and augmentation then runs in parallel. Threads start at once and share memory; spawned
+  processes take seconds to start (each imports this package) and hold their own copy.
+  """
+
+  def __init__(self, data_cfg, fn):
+    kind = data_cfg.get("worker_type", "thread")
+    if kind not in WORKER_TYPES:
+      raise ValueError(f"config.data.worker_type must be one of {WORKER_TYPES}, got {kind!r}")
+    self._fn = fn
+    if kind == "thread":
+      self._pool = concurrent.futures.ThreadPoolExecutor(data_cfg.num_workers)
+      self._call = fn
+    else:
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+          data_cfg.num_workers, mp_context=multiprocessing.get_context("spawn"),
+          initializer=_init_worker, initargs=(fn,))
+      self._call = _call_worker_fn
+
+  def submit(self, *args) -> concurrent.futures.Future:
+    return self._pool.submit(self._call, *args)
+
+  def shutdown(self):
+    self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _prefetched(make_batch, batch_numbers, prefetch: int, pool):
   """Yields the batches of `batch_numbers`, submitting `prefetch` batches ahead.
 
   make_batch(i, pool) returns (collate, futures): per-example futures submitted to
-  the thread pool and the function that stacks their results.
+  the worker pool (a :class:`_Pool`) and the function that stacks their results.
   """
   pending = collections.deque()
   it = iter(batch_numbers)
@@ -79,7 +135,71 @@ def _prefetched(make_batch, batch_numbers, prefetch: int, pool):
     if not pending:
       return
     collate, futures = pending.popleft()
-    yield collate([f.result() for f in futures])
+    try:
+      items = [f.result() for f in futures]
+    except concurrent.futures.process.BrokenProcessPool as e:
+      raise RuntimeError(
+          "an input-pipeline worker process died (config.data.worker_type='process'): killed "
+          "(e.g. out of memory: fewer config.data.num_workers), or it failed to start. Workers "
+          "are spawned and import the main module again: a script that starts training when "
+          "imported needs `if __name__ == '__main__':`. config.data.worker_type='thread' runs "
+          "the workers as threads") from e
+    yield collate(items)
+
+
+class _Item:
+  """Base of the per-example functions: picklable (for process workers); an example that
+  fails to load names itself in the error."""
+
+  def __init__(self, source, data_cfg, split: Optional[str]):
+    self.source, self.data_cfg = source, data_cfg
+    self.where = ("the given source" if split is None
+                  else f"config.data.dataset {data_cfg.dataset!r}, split {split!r}")
+
+  def __call__(self, *args):
+    try:
+      return self.make(*args)
+    except MemoryError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"{self.where}: example {args[-1]}: {type(e).__name__}: {e}") from e
+
+
+class _TrainItem(_Item):
+  """(global sample number g, example index) -> one training pair."""
+
+  def __init__(self, source, data_cfg, split, seed: int, swap: np.ndarray):
+    super().__init__(source, data_cfg, split)
+    self.seed, self.swap = seed, swap
+
+  def make(self, g: int, index: int) -> dict:
+    ex = self.source[index]
+    rng = np.random.default_rng([self.seed, g, 13])
+    if self.data_cfg.get("pixels_on_device", False):
+      clean, foggy, cj, flipped = augment.sample_train_pair(ex, self.data_cfg, rng)
+      item = {"clean": clean, "foggy": foggy, "color": augment.color_affines(cj)}
+    else:
+      clean, foggy, flipped = augment.make_train_pair(ex, self.data_cfg, rng, return_flip=True)
+      item = {"clean": clean, "foggy": foggy}
+    label = int(ex["label"])
+    if flipped and label < len(self.swap):
+      label = int(self.swap[label])
+    item["label"] = np.int32(label)
+    return item
+
+
+class _EvalItem(_Item):
+  """Example index -> (evaluation views of one stream, label)."""
+
+  def __init__(self, source, data_cfg, split, stream: str):
+    super().__init__(source, data_cfg, split)
+    self.stream = stream
+
+  def make(self, index: int):
+    ex = self.source[index]
+    views = augment.make_eval_views(ex, self.data_cfg, stream=self.stream,
+                                    uint8=self.data_cfg.get("pixels_on_device", False))
+    return views, int(ex["label"])
 
 
 def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
@@ -98,6 +218,7 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   pi, pc = _process(process_index, process_count)
+  split = None if source is not None else data_cfg.train_split
   if source is None:
     info = records.prepare(data_cfg)
     source = records.source(data_cfg, data_cfg.train_split)
@@ -110,22 +231,7 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
   if n == 0:
     raise ValueError("config.data: the training split is empty after filtering")
 
-  on_device = data_cfg.get("pixels_on_device", False)
-
-  def one(g: int, index: int):
-    ex = source[int(index)]
-    rng = np.random.default_rng([seed, int(g), 13])
-    if on_device:
-      clean, foggy, cj, flipped = augment.sample_train_pair(ex, data_cfg, rng)
-      item = {"clean": clean, "foggy": foggy, "color": augment.color_affines(cj)}
-    else:
-      clean, foggy, flipped = augment.make_train_pair(ex, data_cfg, rng, return_flip=True)
-      item = {"clean": clean, "foggy": foggy}
-    label = int(ex["label"])
-    if flipped and label < len(swap):
-      label = int(swap[label])
-    item["label"] = np.int32(label)
-    return item
+  one = _TrainItem(source, data_cfg, split, seed, swap)
 
   def collate(items):
     return {k: np.stack([it[k] for it in items]) for k in items[0]}
@@ -133,14 +239,14 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
   def make_batch(step: int, pool):
     g, pos = train_sample_ids(n, batch_size=batch_size, seed=seed, step=step,
                               process_index=pi, process_count=pc)
-    return collate, [pool.submit(one, gi, indices[p]) for gi, p in zip(g, pos)]
+    return collate, [pool.submit(int(gi), int(indices[p])) for gi, p in zip(g, pos)]
 
-  pool = concurrent.futures.ThreadPoolExecutor(data_cfg.num_workers)
+  pool = _Pool(data_cfg, one)
   try:
     steps = iter(range(start_step, 1 << 62))
     yield from _prefetched(make_batch, steps, data_cfg.get("prefetch", 2), pool)
   finally:
-    pool.shutdown(wait=False)
+    pool.shutdown()
 
 
 def eval_process_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -171,6 +277,7 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
     raise ValueError(f"stream must be one of {augment.STREAMS}, got {stream!r}")
   split = split or data_cfg.eval_split
   pi, pc = _process(process_index, process_count)
+  given = source is not None
   if source is None:
     records.prepare(data_cfg)
     source = records.source(data_cfg, split)
@@ -184,10 +291,7 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
   s, t = data_cfg.image_size, data_cfg.num_frames
 
   on_device = data_cfg.get("pixels_on_device", False)
-
-  def one(index: int):
-    ex = source[int(index)]
-    return augment.make_eval_views(ex, data_cfg, stream=stream, uint8=on_device), int(ex["label"])
+  one = _EvalItem(source, data_cfg, None if given else split, stream)
 
   def make_batch(b: int, pool):
     chunk = mine[b * batch_size:(b + 1) * batch_size]
@@ -200,10 +304,10 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
         foggy[k], label[k], mask[k] = x, l, True
       return {"foggy": foggy, "label": label, "mask": mask}
 
-    return collate, [pool.submit(one, i) for i in chunk]
+    return collate, [pool.submit(int(i)) for i in chunk]
 
-  pool = concurrent.futures.ThreadPoolExecutor(data_cfg.num_workers)
+  pool = _Pool(data_cfg, one)
   try:
     yield from _prefetched(make_batch, range(nb), data_cfg.get("prefetch", 2), pool)
   finally:
-    pool.shutdown(wait=False)
+    pool.shutdown()

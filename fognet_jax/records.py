@@ -170,7 +170,8 @@ class EncodedSource(collections.abc.Sequence):
 
   `data_source` returns each record's bytes; they are only parsed (protobuf); frames are
   decoded by the caller, and only those a clip needs. A foggy-only reader never decodes the
-  clean frames.
+  clean frames. Picklable when `data_source` is (the ArrayRecord reader that ``source``
+  uses is, in a few hundred bytes: the input pipeline's worker processes get it that way).
   """
 
   def __init__(self, data_source):
@@ -188,7 +189,10 @@ def source(data_cfg, split: str) -> EncodedSource:
   builder = _builder_cached(data_cfg.dataset, data_cfg.get("data_dir"))
   src = common.data_source(builder, split,
                            deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-  return EncodedSource(src)
+  # With RAW_BYTES, TFDS's wrapper hands out its ArrayRecord reader's records unchanged; the
+  # reader alone is read without TensorFlow and pickles small (TFDS's wrapper carries the
+  # DatasetInfo, whose unpickling imports TensorFlow: seconds and ~0.5 GB in each worker).
+  return EncodedSource(getattr(src, "data_source", src))
 
 
 def _metadata(data_cfg, split: str) -> dict[str, np.ndarray]:
