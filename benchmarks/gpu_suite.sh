@@ -15,8 +15,9 @@
 #   2 e2e            python -m fognet_jax.main, configs/synthetic_224.py (real input pipeline,
 #                    synthetic_fog_act/bench224, 8x224^2, B=16, 60 steps) -> e2e_metrics.jsonl
 #   2a pipeline      the input pipeline alone on this host's cores (benchmarks/input_pipeline.py
-#                    on bench224, 8x224^2, pixels on the device, 8 and 16 decode threads):
-#                    training pairs/s the host can feed, to read the e2e figure against
+#                    on bench224, 8x224^2, pixels on the device, 8 and 16 thread workers and
+#                    process workers): training pairs/s the host can feed, to read the e2e
+#                    figure against, and which config.data.worker_type feeds more here
 #   2b cudnn_b16     FogNet bf16 B=16 with XLA attention and with cuDNN fused attention (tokens
 #                    padded to a multiple of 64 and masked), same process (--tiny: fp32 against
 #                    fp32+remat, to run the same plumbing)
@@ -217,8 +218,8 @@ fi
 # 2a: the input pipeline alone, on this host's cores.
 if [[ ${E2E_RC} -eq 0 && ${E2E_CHECK##*$'\n'} == ok ]]; then
   if (( TINY == 1 )); then PIPE=(--workers=2 --steps=2 --batch=4); else PIPE=(--workers=8,16 --steps=8 --batch=16); fi
-  run_part pipeline 60 "$PYTHON" benchmarks/input_pipeline.py --skip_default_build \
-      --data_dir="$E2E_DATA_DIR" --pixels=device "${PIPE[@]}"
+  run_part pipeline 75 "$PYTHON" benchmarks/input_pipeline.py --skip_default_build \
+      --data_dir="$E2E_DATA_DIR" --pixels=device --worker_type=thread,process "${PIPE[@]}"
 else
   skip_part pipeline "${E2E_CHECK##*$'\n'}"
 fi

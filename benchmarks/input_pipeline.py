@@ -2,14 +2,18 @@
 
   python benchmarks/input_pipeline.py [--data_dir DIR] [--steps 6] [--batch 8]
                                       [--workers 1,2] [--pixels host,device]
+                                      [--worker_type thread,process]
                                       [--skip_default_build]
 
 1. Builds `synthetic_fog_act/default` in a fresh directory (TFRecord + ArrayRecord
    copy) and reports wall time, CPU time and size on disk.
 2. Builds (or reuses) `synthetic_fog_act/bench224` (224x224, 16 frames) and measures
    training clip pairs/s at 8x224x224 (paired decode + augmentation + normalisation)
-   and foggy-only evaluation clips/s (1x1 view), for each decode-thread count, plus
-   the rate per busy core (process CPU time / wall time), for each place the per-pixel
+   and foggy-only evaluation clips/s (1x1 view), for each worker count and kind
+   (`config.data.worker_type`: threads, or spawned processes), plus the rate per busy core
+   (CPU time of the process and its workers / wall time), the main process's own CPU time
+   per clip (with process workers: receiving and stacking the results; the cap of what one
+   main process can take in) and the workers' resident memory; for each place the per-pixel
    float work runs (`config.data.pixels_on_device`): 'host' (jitter and normalisation in
    NumPy, float32 batches) or 'device' (uint8 batches; the same work in the jitted step,
    timed separately on jax's default backend, with the bytes each clip sends).
@@ -37,9 +41,31 @@ from fognet_jax import records  # pylint: disable=g-import-not-at-top
 from tfds_fogact import common  # pylint: disable=g-import-not-at-top
 
 
-def _cpu():
+def _children():
+  """[(CPU seconds, resident MiB)] of this process's live child processes (Linux /proc)."""
+  out, me, tick = [], os.getpid(), os.sysconf("SC_CLK_TCK")
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+      if int(fields[1]) != me:
+        continue
+      with open(f"/proc/{pid}/status") as f:
+        rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+      out.append(((int(fields[11]) + int(fields[12])) / tick, rss))
+    except (OSError, StopIteration, ValueError, IndexError):
+      continue  # gone meanwhile
+  return out
+
+
+def _cpu(parent_only=False):
+  """CPU seconds of this process, plus (unless parent_only) of its children, live or reaped."""
   r = resource.getrusage(resource.RUSAGE_SELF)
-  return r.ru_utime + r.ru_stime
+  own = r.ru_utime + r.ru_stime
+  if parent_only:
+    return own
+  c = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own + c.ru_utime + c.ru_stime + sum(cpu for cpu, _ in _children())
 
 
 def _dir_size(path):
@@ -57,13 +83,16 @@ def build(name, data_dir):
 
 
 def measure(it, steps, per_batch):
-  next(it)  # warm-up (thread pool, first records)
-  wall, cpu = time.perf_counter(), _cpu()
+  """(clips/s, busy cores, clips/s per busy core, parent's CPU ms per clip, workers' MiB)."""
+  next(it)  # warm-up (worker pool, first records)
+  wall, cpu, parent = time.perf_counter(), _cpu(), _cpu(parent_only=True)
   for _ in range(steps):
     next(it)
   wall, cpu = time.perf_counter() - wall, _cpu() - cpu
+  parent = _cpu(parent_only=True) - parent
+  rss = sum(r for _, r in _children())
   rate = steps * per_batch / wall
-  return rate, cpu / wall, rate / max(cpu / wall, 1e-9)
+  return (rate, cpu / wall, rate / max(cpu / wall, 1e-9), 1e3 * parent / (steps * per_batch), rss)
 
 
 def main():
@@ -74,6 +103,8 @@ def main():
   parser.add_argument("--workers", default="1,2")
   parser.add_argument("--pixels", default="host,device",
                       help="where jitter and normalisation run: host, device or both")
+  parser.add_argument("--worker_type", default="thread",
+                      help="config.data.worker_type: thread, process or both (thread,process)")
   parser.add_argument("--skip_default_build", action="store_true")
   args = parser.parse_args()
   print(f"cpus visible: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
@@ -102,30 +133,46 @@ def main():
   cfg.image_size = 224
   records.prepare(cfg)
   rows, sizes = [], {}
+  eval_steps = min(args.steps, records.prepare(cfg).num_examples["test"] // args.batch - 1)
+  if eval_steps < 1:
+    raise SystemExit(f"--batch {args.batch}: the test split holds fewer than two batches")
   places = [p.strip() for p in args.pixels.split(",")]
+  kinds = [k.strip() for k in args.worker_type.split(",")]
+  for kind in kinds:
+    if kind not in ip.WORKER_TYPES:
+      raise SystemExit(f"--worker_type: unknown {kind!r} ({', '.join(ip.WORKER_TYPES)})")
+  for place in places:
+    if place not in ("host", "device"):
+      raise SystemExit(f"--pixels: unknown place {place!r} (host, device)")
   for workers in [int(w) for w in args.workers.split(",")]:
     cfg.num_workers = workers
-    for place in places:
-      if place not in ("host", "device"):
-        raise SystemExit(f"--pixels: unknown place {place!r} (host, device)")
-      cfg.pixels_on_device = place == "device"
-      it = ip.train_iterator(cfg, batch_size=args.batch, seed=0, process_index=0, process_count=1)
-      rows.append(("train pairs (clean+foggy, augmented)", place, workers)
-                  + measure(it, args.steps, args.batch))
-      batch = next(it)
-      sizes[("train", place)] = sum(v.nbytes for v in batch.values()) / args.batch
-      it = iter(_cycle(lambda: ip.eval_iterator(cfg, split="test", batch_size=args.batch,
-                                                process_index=0, process_count=1)))
-      rows.append(("eval clips (foggy only, 1x1 view)", place, workers)
-                  + measure(it, args.steps, args.batch))
-      if place == "device":
-        device_ms = _device_conversion_ms(batch)
-  base = rows[0][3]
-  print(f"\n8x224x224 clips, batch {args.batch}, {args.steps} batches after one warm-up batch")
-  print("| path | pixels | decode threads | clips/s | busy cores | clips/s per core | ratio to first row |")
-  print("|---|---|---|---|---|---|---|")
-  for name, place, w, rate, cores, per_core in rows:
-    print(f"| {name} | {place} | {w} | {rate:.1f} | {cores:.2f} | {per_core:.1f} | {rate / base:.2f} |")
+    for kind in kinds:
+      cfg.worker_type = kind
+      for place in places:
+        cfg.pixels_on_device = place == "device"
+        it = ip.train_iterator(cfg, batch_size=args.batch, seed=0, process_index=0, process_count=1)
+        rows.append(("train pairs (clean+foggy, augmented)", place, kind, workers)
+                    + measure(it, args.steps, args.batch))
+        batch = next(it)
+        it.close()
+        sizes[("train", place)] = sum(v.nbytes for v in batch.values()) / args.batch
+        # within one pass over the test split: a new pass would start a new worker pool
+        it = ip.eval_iterator(cfg, split="test", batch_size=args.batch, process_index=0,
+                              process_count=1)
+        rows.append(("eval clips (foggy only, 1x1 view)", place, kind, workers)
+                    + measure(it, eval_steps, args.batch))
+        it.close()
+        if place == "device":
+          device_ms = _device_conversion_ms(batch)
+  base = rows[0][4]
+  print(f"\n8x224x224 clips, batch {args.batch}, {args.steps} training / {eval_steps} evaluation "
+        "batches after one warm-up batch")
+  print("| path | pixels | workers | clips/s | busy cores | clips/s per core | main process CPU ms "
+        "per clip | workers' resident MiB | ratio to first row |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for name, place, kind, w, rate, cores, per_core, parent_ms, rss in rows:
+    print(f"| {name} | {place} | {w} {kind}{'es' if kind == 'process' and w > 1 else 's' if w > 1 else ''} | {rate:.1f} | {cores:.2f} | "
+          f"{per_core:.1f} | {parent_ms:.1f} | {rss:.0f} | {rate / base:.2f} |")
   for place in places:
     print(f"training batch bytes per pair, pixels on {place}: {sizes[('train', place)] / 2**20:.2f} MiB")
   if "device" in places:
@@ -144,11 +191,6 @@ def _device_conversion_ms(batch, repeats=5):
     jax.block_until_ready(fn(batch))
     times.append(1e3 * (time.perf_counter() - t))
   return float(np.median(times))
-
-
-def _cycle(make):
-  while True:
-    yield from make()
 
 
 if __name__ == "__main__":

@@ -56,7 +56,10 @@ def get_config(arg=None):
   # homogeneous ASM fog of the clean frames (the usual way of simulating fog), at the
   # example's own fog level, drawn per training sample (tfds_fogact.fog.apply_fog).
   d.train_sim_fog = placeholder(str)
-  d.num_workers = 4             # decoding threads per process
+  d.num_workers = 4             # decoding workers per process
+  # 'thread' or 'process' (spawned workers: no GIL between them, seconds to start, ~250 MB
+  # each; see docs/data.md)
+  d.worker_type = 'thread'
   d.prefetch = 2                # batches prepared ahead
   # Send uint8 frames and each pair's colour jitter as affine maps; the jitter and CLIP
   # normalisation run in the jitted step (fognet_jax.pixels). False: float32 from the host.

@@ -27,7 +27,12 @@ def get_config(arg=None):
   config.data.dataset = 'synthetic_fog_act/bench224'
   config.data.num_frames = 8
   config.data.image_size = 224
-  config.data.num_workers = 16  # decoding threads: one per core of a 16-core GPU host
+  # Worker processes, two cores left to the training loop on a 16-core GPU host: threads of
+  # one process top out near 200 training pairs/s here, whatever the core count, as the
+  # Python parts of reading and sampling hold the GIL (benchmarks/RESULTS.md, "Worker
+  # processes").
+  config.data.worker_type = 'process'
+  config.data.num_workers = 14
   config.data.prefetch = 4
 
   config.model.backbone = 'ViT-B/16'
