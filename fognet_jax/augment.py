@@ -153,17 +153,58 @@ def apply_color(x: np.ndarray, cj: ColorJitter) -> np.ndarray:
 # ----------------------------------------------------------------------------- decoding
 
 
-def _decode_crop(data: bytes, box, size: int, flip: bool) -> np.ndarray:
-  """Decodes one JPEG frame, crops `box` (l, t, r, b) and resizes to (size, size)."""
+def _jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
+  """(h, w) from a JPEG's start-of-frame marker, or None if `data` is not a JPEG that says."""
+  if data[:2] != b"\xff\xd8":
+    return None
+  i, n = 2, len(data)
+  while i + 9 <= n:
+    if data[i] != 0xFF:
+      return None
+    m = data[i + 1]
+    if m == 0xFF:  # fill byte
+      i += 1
+    elif 0xD0 <= m <= 0xD9 or m == 0x01:  # markers without a length
+      i += 2
+    elif 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):  # SOF0..SOF15
+      h, w = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+      return (h, w) if h and w else None
+    else:
+      i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+  return None
+
+
+def _decode(data: bytes) -> Image.Image:
+  """One encoded frame as an RGB image.
+
+  A JPEG goes straight to PIL's JPEG decoder at the size its start-of-frame marker gives: the
+  same decoder and pixels as ``Image.open``, without its marker parsing and loading in
+  Python, which hold the GIL (about a third of the GIL time of a training pair, see
+  benchmarks/RESULTS.md "Worker processes"). Other formats, and JPEGs that decoder refuses,
+  go through ``Image.open``.
+  """
+  hw = _jpeg_size(data)
+  if hw is not None:
+    try:
+      return Image.frombytes("RGB", (hw[1], hw[0]), data, "jpeg", "RGB", "")
+    except (ValueError, OSError):
+      pass
   with Image.open(io.BytesIO(data)) as im:
-    im = im.convert("RGB")
-    out = im.resize((size, size), Image.BILINEAR, box=tuple(float(v) for v in box))
+    return im.convert("RGB")
+
+
+def _decode_crop(data: bytes, box, size: int, flip: bool) -> np.ndarray:
+  """Decodes one frame, crops `box` (l, t, r, b) and resizes to (size, size)."""
+  out = _decode(data).resize((size, size), Image.BILINEAR, box=tuple(float(v) for v in box))
   if flip:  # in PIL: NumPy's copy of a reversed (W, 3) view runs element by element, ~10x slower
     out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   return np.asarray(out)
 
 
 def _frame_size(data: bytes) -> tuple[int, int]:
+  hw = _jpeg_size(data)
+  if hw is not None:
+    return hw
   with Image.open(io.BytesIO(data)) as im:
     return im.height, im.width
 
@@ -310,8 +351,7 @@ def make_eval_views(example, data_cfg, stream: str = "foggy", uint8: bool = Fals
       for i in idx:
         i = int(i)
         if i not in cache:
-          with Image.open(io.BytesIO(foggy[i])) as im:
-            cache[i] = im.convert("RGB")
+          cache[i] = _decode(foggy[i])
         frames.append(np.asarray(cache[i].resize((size, size), Image.BILINEAR, box=box)))
       views.append(np.stack(frames) if uint8 else normalize(np.stack(frames)))
   return np.stack(views)

@@ -221,6 +221,64 @@ def test_decoded_crop_flips_left_right():
   np.testing.assert_array_equal(plain, want)
 
 
+def _jpeg(frame, **kw):
+  buf = io.BytesIO()
+  Image.fromarray(frame).save(buf, format="JPEG", **kw)
+  return buf.getvalue()
+
+
+def _opened(data):
+  with Image.open(io.BytesIO(data)) as im:
+    return np.asarray(im.convert("RGB"))
+
+
+_JPEG_KINDS = ["rgb", "gray", "progressive", "4:4:4", "exif + icc + comment", "restart markers",
+               "odd size"]
+
+
+def _jpeg_of_kind(kind):
+  frame = _clean_clip(2)[0]
+  if kind == "gray":
+    return _jpeg(frame[..., 0])
+  if kind == "odd size":
+    return _jpeg(frame[:37, :51])
+  extra = {"progressive": dict(progressive=True), "4:4:4": dict(subsampling=0),
+           "exif + icc + comment": dict(exif=Image.Exif().tobytes() + b"\0" * 40,
+                                        icc_profile=b"\1" * 3000, comment=b"fog" * 30),
+           "restart markers": dict(restart_marker_blocks=2)}.get(kind, {})
+  return _jpeg(frame, **extra)
+
+
+@pytest.mark.parametrize("kind", _JPEG_KINDS)
+def test_jpeg_frames_skip_image_open(kind, monkeypatch):
+  data = _jpeg_of_kind(kind)
+  want = _opened(data)
+  with Image.open(io.BytesIO(data)) as im:
+    assert augment._jpeg_size(data) == augment._frame_size(data) == (im.height, im.width)
+  # the size from the start-of-frame marker goes straight to the JPEG decoder
+  monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("Image.open was called"))
+  np.testing.assert_array_equal(np.asarray(augment._decode(data)), want)
+  box = (5, 3, 35, 33)
+  np.testing.assert_array_equal(
+      augment._decode_crop(data, box, 16, True),
+      np.asarray(Image.fromarray(want).resize((16, 16), Image.BILINEAR, box=box))[:, ::-1])
+
+
+def test_other_frames_go_through_image_open():
+  frame = _clean_clip(5)[0]
+  # PNG
+  np.testing.assert_array_equal(np.asarray(augment._decode(_png(frame))), frame)
+  assert augment._jpeg_size(_png(frame)) is None and augment._frame_size(_png(frame)) == (H, W)
+  # CMYK: PIL's JPEG decoder cannot give RGB from it; Image.open + convert does
+  cmyk = io.BytesIO()
+  Image.fromarray(frame).convert("CMYK").save(cmyk, format="JPEG")
+  np.testing.assert_array_equal(np.asarray(augment._decode(cmyk.getvalue())),
+                                _opened(cmyk.getvalue()))
+  # a truncated JPEG: the error is Image.open's
+  with pytest.raises(OSError):
+    augment._decode(_jpeg(frame)[:300])
+
+
 def test_frame_sampling_indices():
   np.testing.assert_array_equal(augment.eval_frame_indices(16, 8), [1, 3, 5, 7, 9, 11, 13, 15])
   np.testing.assert_array_equal(augment.eval_frame_indices(16, 8, clip=0, num_clips=2),
