@@ -27,10 +27,11 @@ def get_config(arg=None):
   config.data.dataset = 'synthetic_fog_act/bench224'
   config.data.num_frames = 8
   config.data.image_size = 224
-  # Worker processes, two cores left to the training loop on a 16-core GPU host: threads of
-  # one process top out near 200 training pairs/s here, whatever the core count, as the
-  # Python parts of reading and sampling hold the GIL (benchmarks/RESULTS.md, "Worker
-  # processes").
+  # Worker processes, two cores left to the training loop on a 16-core GPU host. Threads of
+  # one process top out near 360-400 training pairs/s whatever the core count, as the Python
+  # parts of reading and sampling hold the GIL, and the training loop needs it too; the main
+  # process of process workers holds it 2.4 ms per pair, about 420 pairs/s
+  # (benchmarks/RESULTS.md, "Worker processes"; part 2a of gpu_suite.sh measures both).
   config.data.worker_type = 'process'
   config.data.num_workers = 14
   config.data.prefetch = 4
