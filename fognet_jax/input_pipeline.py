@@ -5,9 +5,7 @@ dataset with the videos left encoded, the fog / perspective filters); every
 example is turned into a training pair or evaluation views by ``augment``
 (sampling, crops, colour, decoding). Examples are processed by ``num_workers`` workers,
 ``prefetch`` batches ahead: threads, or with ``data.worker_type='process'`` spawned
-processes (decoding and augmentation hold the GIL for part of their time, which caps what
-threads of one process can feed; processes take seconds to start and each holds its own
-copy of the imported modules). Both give the same batches.
+processes (``worker_pool``). Both give the same batches.
 
 Training (``train_iterator``): determinism and resume: global sample
 ``g = step * B * P + process * B + j`` (B per-process batch, P processes) is example
@@ -30,8 +28,6 @@ import collections
 import concurrent.futures
 import concurrent.futures.process
 import math
-import multiprocessing
-import signal
 from typing import Iterator, Optional
 
 import jax
@@ -40,6 +36,7 @@ import numpy as np
 
 from fognet_jax import augment
 from fognet_jax import records
+from fognet_jax import worker_pool
 
 
 def _process(process_index, process_count):
@@ -65,61 +62,14 @@ def train_sample_ids(num_examples: int, *, batch_size: int, seed: int, step: int
   return g, pos
 
 
-WORKER_TYPES = ("thread", "process")
-
-_WORKER_FN = None  # in a worker process: the per-example function of its pool
-
-
-def _init_worker(fn) -> None:
-  """Initializer of a worker process: keeps `fn`; the worker never touches an accelerator."""
-  global _WORKER_FN
-  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-  # The worker only decodes and augments with NumPy / PIL; should anything call into jax
-  # here, it must not claim the accelerator the parent trains on.
-  jax.config.update("jax_platforms", "cpu")
-  _WORKER_FN = fn
-
-
-def _call_worker_fn(*args):
-  return _WORKER_FN(*args)
-
-
-class _Pool:
-  """`num_workers` threads or (``data.worker_type='process'``) spawned processes that run
-  `fn(*args)` per example.
-
-  Process workers get `fn` once, pickled (the dataset source reopens itself there, see
-  ``records.EncodedSource``), and send back NumPy arrays; the GIL-held Python of decoding
-  and augmentation then runs in parallel. Threads start at once and share memory; spawned
-  processes take seconds to start (each imports this package) and hold their own copy.
-  """
-
-  def __init__(self, data_cfg, fn):
-    kind = data_cfg.get("worker_type", "thread")
-    if kind not in WORKER_TYPES:
-      raise ValueError(f"config.data.worker_type must be one of {WORKER_TYPES}, got {kind!r}")
-    self._fn = fn
-    if kind == "thread":
-      self._pool = concurrent.futures.ThreadPoolExecutor(data_cfg.num_workers)
-      self._call = fn
-    else:
-      self._pool = concurrent.futures.ProcessPoolExecutor(
-          data_cfg.num_workers, mp_context=multiprocessing.get_context("spawn"),
-          initializer=_init_worker, initargs=(fn,))
-      self._call = _call_worker_fn
-
-  def submit(self, *args) -> concurrent.futures.Future:
-    return self._pool.submit(self._call, *args)
-
-  def shutdown(self):
-    self._pool.shutdown(wait=False, cancel_futures=True)
+WORKER_TYPES = worker_pool.WORKER_TYPES
 
 
 def _prefetched(make_batch, batch_numbers, prefetch: int, pool):
   """Yields the batches of `batch_numbers`, submitting `prefetch` batches ahead.
 
   make_batch(i, pool) returns (collate, futures): per-example futures submitted to
-  the worker pool (a :class:`_Pool`) and the function that stacks their results.
+  the worker pool (a ``worker_pool.Pool``) and the function that stacks their results.
   """
   pending = collections.deque()
   it = iter(batch_numbers)
@@ -241,10 +191,11 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
                               process_index=pi, process_count=pc)
     return collate, [pool.submit(int(gi), int(indices[p])) for gi, p in zip(g, pos)]
 
-  pool = _Pool(data_cfg, one)
+  prefetch = data_cfg.get("prefetch", 2)
+  pool = worker_pool.Pool(data_cfg, one, max_in_flight=(prefetch + 1) * batch_size)
   try:
     steps = iter(range(start_step, 1 << 62))
-    yield from _prefetched(make_batch, steps, data_cfg.get("prefetch", 2), pool)
+    yield from _prefetched(make_batch, steps, prefetch, pool)
   finally:
     pool.shutdown()
 
@@ -306,8 +257,9 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
 
     return collate, [pool.submit(int(i)) for i in chunk]
 
-  pool = _Pool(data_cfg, one)
+  prefetch = data_cfg.get("prefetch", 2)
+  pool = worker_pool.Pool(data_cfg, one, max_in_flight=(prefetch + 1) * batch_size)
   try:
-    yield from _prefetched(make_batch, range(nb), data_cfg.get("prefetch", 2), pool)
+    yield from _prefetched(make_batch, range(nb), prefetch, pool)
   finally:
     pool.shutdown()

@@ -1,8 +1,9 @@
 """Process workers of the input pipeline (``config.data.worker_type='process'``).
 
 They must give the thread workers' batches exactly (the batches are a pure function of the
-config, seed and step), read a prepared dataset through a source that pickles, report a
-worker's exception and a dead worker in the parent, and never claim the accelerator.
+config, seed and step), read a prepared dataset through a source that pickles, return large
+arrays through shared memory (or the pipe when there is no room), report a worker's exception
+and a dead worker in the parent, and never claim the accelerator.
 """
 import io
 import json
@@ -21,6 +22,7 @@ import config_testutil
 from fognet_jax import config_lib
 from fognet_jax import input_pipeline as ip
 from fognet_jax import records
+from fognet_jax import worker_pool
 from tfds_fogact import common
 
 
@@ -165,7 +167,7 @@ def _probe(example):
 def test_workers_do_not_claim_the_accelerator(monkeypatch):
   # as on a GPU host: the worker inherits no platform choice (tests/conftest.py sets cpu)
   monkeypatch.delenv("JAX_PLATFORMS", raising=False)
-  pool = ip._Pool(_cfg(worker_type="process", num_workers=1), _probe)
+  pool = worker_pool.Pool(_cfg(worker_type="process", num_workers=1), _probe, max_in_flight=1)
   try:
     assert pool.submit(_examples(1)[0]).result(timeout=120) == (False, "cpu")
   finally:
@@ -178,3 +180,84 @@ def test_worker_type_is_validated():
   with pytest.raises(ValueError, match="config.data.worker_type"):
     next(ip.eval_iterator(_cfg(worker_type="fork"), batch_size=2, process_index=0,
                           process_count=1, source=_examples(2)))
+
+
+def _result(i, n=300):
+  """A result as the pipeline's: large frames, a small array, a scalar, nested."""
+  return {"frames": np.full((n, n, 3), i % 251, np.uint8), "color": np.full((5, 3, 4), i, np.float32),
+          "label": np.int32(i), "pair": (np.arange(70000, dtype=np.int32) + i, "text")}
+
+
+def _check(out, i, n=300):
+  want = _result(i, n)
+  assert out.keys() == want.keys() and out["pair"][1] == "text"
+  for got, exp in ((out["frames"], want["frames"]), (out["color"], want["color"]),
+                   (out["label"], want["label"]), (out["pair"][0], want["pair"][0])):
+    assert got.dtype == exp.dtype and got.shape == exp.shape
+    np.testing.assert_array_equal(got, exp)
+
+
+def _sizes(i):
+  return _result(i, 300 if i != 7 else 400)  # result 7 does not fit a slot
+
+
+def _run(pool, n, window=4):
+  """Submits n tasks with at most `window` in flight, as the iterators do; results in order."""
+  pending, out = [], []
+  for i in range(n):
+    pending.append(pool.submit(i))
+    if len(pending) == window:
+      out.append(pending.pop(0).result(timeout=120))
+  return out + [f.result(timeout=120) for f in pending]
+
+
+def test_large_arrays_come_back_through_shared_memory():
+  pool = worker_pool.Pool(_cfg(worker_type="process"), _result, max_in_flight=4)
+  try:
+    out = _run(pool, 16)
+    name = pool._block.name
+    assert os.path.exists(f"/dev/shm/{name}")
+  finally:
+    pool.shutdown()
+  for i, o in enumerate(out):
+    _check(o, i)
+  # the first result sets the slot size; the ones submitted before it came back used the pipe
+  assert pool.transfers["pipe"] <= 4 and pool.transfers["shared"] >= 12
+  assert sum(pool.transfers.values()) == 16
+  assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_a_result_larger_than_a_slot_takes_the_pipe():
+  pool = worker_pool.Pool(_cfg(worker_type="process", num_workers=1), _sizes, max_in_flight=2)
+  try:
+    out = _run(pool, 10, window=2)
+  finally:
+    pool.shutdown()
+  for i, o in enumerate(out):
+    _check(o, i, 300 if i != 7 else 400)
+  assert pool.transfers["shared"] >= 7 and pool.transfers["pipe"] >= 2
+
+
+def test_without_room_in_dev_shm_the_pipe_carries_everything(monkeypatch, caplog):
+  monkeypatch.setattr(worker_pool, "_shm_room", lambda: 1 << 20)
+  pool = worker_pool.Pool(_cfg(worker_type="process"), _result, max_in_flight=8)
+  try:
+    with caplog.at_level("WARNING"):
+      out = _run(pool, 6)
+  finally:
+    pool.shutdown()
+  for i, o in enumerate(out):
+    _check(o, i)
+  assert pool.transfers == {"shared": 0, "pipe": 6}
+  assert "/dev/shm has 1 MB free" in caplog.text and "config.data.prefetch" in caplog.text
+
+
+def test_thread_workers_return_the_results_themselves():
+  pool = worker_pool.Pool(_cfg(worker_type="thread"), _result, max_in_flight=4)
+  try:
+    out = _run(pool, 5)
+  finally:
+    pool.shutdown()
+  for i, o in enumerate(out):
+    _check(o, i)
+  assert pool.transfers == {"shared": 0, "pipe": 0}
