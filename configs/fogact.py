@@ -57,8 +57,8 @@ def get_config(arg=None):
   # example's own fog level, drawn per training sample (tfds_fogact.fog.apply_fog).
   d.train_sim_fog = placeholder(str)
   d.num_workers = 4             # decoding workers per process
-  # 'thread' or 'process' (spawned workers: no GIL between them, seconds to start, ~250 MB
-  # each; see docs/data.md)
+  # 'thread' or 'process' (spawned workers: no GIL between them, seconds to start, ~300 MB
+  # each, frames back through /dev/shm; see docs/data.md)
   d.worker_type = 'thread'
   d.prefetch = 2                # batches prepared ahead
   # Send uint8 frames and each pair's colour jitter as affine maps; the jitter and CLIP
