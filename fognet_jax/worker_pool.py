@@ -187,11 +187,12 @@ class Pool:
     size = item_bytes * self._slots
     room = _shm_room()
     if room is None or room < 2 * size:
+      have = "cannot be read" if room is None else f"has {room >> 20} MB free"
       logging.warning(
-          "input pipeline: /dev/shm has %s MB free, under twice the %d MB that %d in-flight "
-          "results need; worker processes send their frames through a pipe (slower). Give the "
-          "container more shared memory (e.g. docker --shm-size) or lower "
-          "config.data.prefetch.", "no" if room is None else room >> 20, size >> 20, self._slots)
+          "input pipeline: /dev/shm %s, under twice the %d MB that %d in-flight results need; "
+          "worker processes send their frames through a pipe (slower). Give the container "
+          "more shared memory (e.g. docker --shm-size) or lower config.data.prefetch.",
+          have, size >> 20, self._slots)
       return
     try:
       self._block = shared_memory.SharedMemory(create=True, size=size)

@@ -238,8 +238,10 @@ def test_a_result_larger_than_a_slot_takes_the_pipe():
   assert pool.transfers["shared"] >= 7 and pool.transfers["pipe"] >= 2
 
 
-def test_without_room_in_dev_shm_the_pipe_carries_everything(monkeypatch, caplog):
-  monkeypatch.setattr(worker_pool, "_shm_room", lambda: 1 << 20)
+@pytest.mark.parametrize("room, says", [(1 << 20, "/dev/shm has 1 MB free"),
+                                        (None, "/dev/shm cannot be read")])
+def test_without_room_in_dev_shm_the_pipe_carries_everything(monkeypatch, caplog, room, says):
+  monkeypatch.setattr(worker_pool, "_shm_room", lambda: room)
   pool = worker_pool.Pool(_cfg(worker_type="process"), _result, max_in_flight=8)
   try:
     with caplog.at_level("WARNING"):
@@ -249,7 +251,7 @@ def test_without_room_in_dev_shm_the_pipe_carries_everything(monkeypatch, caplog
   for i, o in enumerate(out):
     _check(o, i)
   assert pool.transfers == {"shared": 0, "pipe": 6}
-  assert "/dev/shm has 1 MB free" in caplog.text and "config.data.prefetch" in caplog.text
+  assert says in caplog.text and "config.data.prefetch" in caplog.text
 
 
 def test_thread_workers_return_the_results_themselves():
