@@ -38,6 +38,7 @@ from fognet_jax import config_lib  # pylint: disable=g-import-not-at-top
 from fognet_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
 from fognet_jax import pixels  # pylint: disable=g-import-not-at-top
 from fognet_jax import records  # pylint: disable=g-import-not-at-top
+from fognet_jax import worker_pool  # pylint: disable=g-import-not-at-top
 from tfds_fogact import common  # pylint: disable=g-import-not-at-top
 
 
@@ -139,8 +140,8 @@ def main():
   places = [p.strip() for p in args.pixels.split(",")]
   kinds = [k.strip() for k in args.worker_type.split(",")]
   for kind in kinds:
-    if kind not in ip.WORKER_TYPES:
-      raise SystemExit(f"--worker_type: unknown {kind!r} ({', '.join(ip.WORKER_TYPES)})")
+    if kind not in worker_pool.WORKER_TYPES:
+      raise SystemExit(f"--worker_type: unknown {kind!r} ({', '.join(worker_pool.WORKER_TYPES)})")
   for place in places:
     if place not in ("host", "device"):
       raise SystemExit(f"--pixels: unknown place {place!r} (host, device)")

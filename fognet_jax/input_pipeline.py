@@ -25,7 +25,6 @@ the last one padded (``mask`` False).
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import concurrent.futures.process
 import math
 from typing import Iterator, Optional
@@ -62,15 +61,22 @@ def train_sample_ids(num_examples: int, *, batch_size: int, seed: int, step: int
   return g, pos
 
 
-WORKER_TYPES = worker_pool.WORKER_TYPES
-
-
-def _prefetched(make_batch, batch_numbers, prefetch: int, pool):
-  """Yields the batches of `batch_numbers`, submitting `prefetch` batches ahead.
+def _prefetched(make_batch, batch_numbers, data_cfg, one, batch_size: int):
+  """Yields the batches of `batch_numbers`, submitting ``data_cfg.prefetch`` batches ahead to
+  a ``worker_pool.Pool`` running `one` per example (shut down when the iterator ends).
 
   make_batch(i, pool) returns (collate, futures): per-example futures submitted to
-  the worker pool (a ``worker_pool.Pool``) and the function that stacks their results.
+  the pool and the function that stacks their results.
   """
+  prefetch = data_cfg.get("prefetch", 2)
+  pool = worker_pool.Pool(data_cfg, one, max_in_flight=(prefetch + 1) * batch_size)
+  try:
+    yield from _batches(make_batch, batch_numbers, prefetch, pool)
+  finally:
+    pool.shutdown()
+
+
+def _batches(make_batch, batch_numbers, prefetch: int, pool):
   pending = collections.deque()
   it = iter(batch_numbers)
   done = False
@@ -168,7 +174,7 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   pi, pc = _process(process_index, process_count)
-  split = None if source is not None else data_cfg.train_split
+  named_split = None if source is not None else data_cfg.train_split
   if source is None:
     info = records.prepare(data_cfg)
     source = records.source(data_cfg, data_cfg.train_split)
@@ -181,7 +187,7 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
   if n == 0:
     raise ValueError("config.data: the training split is empty after filtering")
 
-  one = _TrainItem(source, data_cfg, split, seed, swap)
+  one = _TrainItem(source, data_cfg, named_split, seed, swap)
 
   def collate(items):
     return {k: np.stack([it[k] for it in items]) for k in items[0]}
@@ -191,13 +197,7 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
                               process_index=pi, process_count=pc)
     return collate, [pool.submit(int(gi), int(indices[p])) for gi, p in zip(g, pos)]
 
-  prefetch = data_cfg.get("prefetch", 2)
-  pool = worker_pool.Pool(data_cfg, one, max_in_flight=(prefetch + 1) * batch_size)
-  try:
-    steps = iter(range(start_step, 1 << 62))
-    yield from _prefetched(make_batch, steps, prefetch, pool)
-  finally:
-    pool.shutdown()
+  yield from _prefetched(make_batch, range(start_step, 1 << 62), data_cfg, one, batch_size)
 
 
 def eval_process_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -228,7 +228,7 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
     raise ValueError(f"stream must be one of {augment.STREAMS}, got {stream!r}")
   split = split or data_cfg.eval_split
   pi, pc = _process(process_index, process_count)
-  given = source is not None
+  named_split = None if source is not None else split  # for errors: a given source has none
   if source is None:
     records.prepare(data_cfg)
     source = records.source(data_cfg, split)
@@ -242,7 +242,7 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
   s, t = data_cfg.image_size, data_cfg.num_frames
 
   on_device = data_cfg.get("pixels_on_device", False)
-  one = _EvalItem(source, data_cfg, None if given else split, stream)
+  one = _EvalItem(source, data_cfg, named_split, stream)
 
   def make_batch(b: int, pool):
     chunk = mine[b * batch_size:(b + 1) * batch_size]
@@ -257,9 +257,4 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
 
     return collate, [pool.submit(int(i)) for i in chunk]
 
-  prefetch = data_cfg.get("prefetch", 2)
-  pool = worker_pool.Pool(data_cfg, one, max_in_flight=(prefetch + 1) * batch_size)
-  try:
-    yield from _prefetched(make_batch, range(nb), prefetch, pool)
-  finally:
-    pool.shutdown()
+  yield from _prefetched(make_batch, range(nb), data_cfg, one, batch_size)

@@ -23,7 +23,7 @@ import multiprocessing
 from multiprocessing import shared_memory
 import os
 import signal
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np

@@ -201,38 +201,43 @@ def _sizes(i):
   return _result(i, 300 if i != 7 else 400)  # result 7 does not fit a slot
 
 
-def _run(pool, n, window=4):
-  """Submits n tasks with at most `window` in flight, as the iterators do; results in order."""
-  pending, out = [], []
-  for i in range(n):
-    pending.append(pool.submit(i))
-    if len(pending) == window:
-      out.append(pending.pop(0).result(timeout=120))
-  return out + [f.result(timeout=120) for f in pending]
+def _run(fn, n, *, window=4, max_in_flight=4, while_open=None, **cfg):
+  """A pool of `fn` (`cfg` over the test data block) fed n tasks with at most `window` in
+  flight, as the iterators do; (the shut-down pool, the results in order).
+  `while_open(pool)` runs before the shutdown."""
+  pool = worker_pool.Pool(_cfg(**cfg), fn, max_in_flight=max_in_flight)
+  try:
+    pending, out = [], []
+    for i in range(n):
+      pending.append(pool.submit(i))
+      if len(pending) == window:
+        out.append(pending.pop(0).result(timeout=120))
+    out += [f.result(timeout=120) for f in pending]
+    if while_open:
+      while_open(pool)
+  finally:
+    pool.shutdown()
+  return pool, out
 
 
 def test_large_arrays_come_back_through_shared_memory():
-  pool = worker_pool.Pool(_cfg(worker_type="process"), _result, max_in_flight=4)
-  try:
-    out = _run(pool, 16)
-    name = pool._block.name
-    assert os.path.exists(f"/dev/shm/{name}")
-  finally:
-    pool.shutdown()
+  names = []
+
+  def block_exists(pool):
+    names.append(pool._block.name)
+    assert os.path.exists(f"/dev/shm/{names[0]}")
+
+  pool, out = _run(_result, 16, worker_type="process", while_open=block_exists)
   for i, o in enumerate(out):
     _check(o, i)
   # the first result sets the slot size; the ones submitted before it came back used the pipe
   assert pool.transfers["pipe"] <= 4 and pool.transfers["shared"] >= 12
   assert sum(pool.transfers.values()) == 16
-  assert not os.path.exists(f"/dev/shm/{name}")
+  assert not os.path.exists(f"/dev/shm/{names[0]}")
 
 
 def test_a_result_larger_than_a_slot_takes_the_pipe():
-  pool = worker_pool.Pool(_cfg(worker_type="process", num_workers=1), _sizes, max_in_flight=2)
-  try:
-    out = _run(pool, 10, window=2)
-  finally:
-    pool.shutdown()
+  pool, out = _run(_sizes, 10, window=2, max_in_flight=2, worker_type="process", num_workers=1)
   for i, o in enumerate(out):
     _check(o, i, 300 if i != 7 else 400)
   assert pool.transfers["shared"] >= 7 and pool.transfers["pipe"] >= 2
@@ -242,12 +247,8 @@ def test_a_result_larger_than_a_slot_takes_the_pipe():
                                         (None, "/dev/shm cannot be read")])
 def test_without_room_in_dev_shm_the_pipe_carries_everything(monkeypatch, caplog, room, says):
   monkeypatch.setattr(worker_pool, "_shm_room", lambda: room)
-  pool = worker_pool.Pool(_cfg(worker_type="process"), _result, max_in_flight=8)
-  try:
-    with caplog.at_level("WARNING"):
-      out = _run(pool, 6)
-  finally:
-    pool.shutdown()
+  with caplog.at_level("WARNING"):
+    pool, out = _run(_result, 6, max_in_flight=8, worker_type="process")
   for i, o in enumerate(out):
     _check(o, i)
   assert pool.transfers == {"shared": 0, "pipe": 6}
@@ -255,11 +256,7 @@ def test_without_room_in_dev_shm_the_pipe_carries_everything(monkeypatch, caplog
 
 
 def test_thread_workers_return_the_results_themselves():
-  pool = worker_pool.Pool(_cfg(worker_type="thread"), _result, max_in_flight=4)
-  try:
-    out = _run(pool, 5)
-  finally:
-    pool.shutdown()
+  pool, out = _run(_result, 5, worker_type="thread")
   for i, o in enumerate(out):
     _check(o, i)
   assert pool.transfers == {"shared": 0, "pipe": 0}
