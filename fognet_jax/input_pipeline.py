@@ -92,7 +92,7 @@ def _batches(make_batch, batch_numbers, prefetch: int, pool):
       return
     collate, futures = pending.popleft()
     try:
-      items = [f.result() for f in futures]
+      batch = pool.collate(futures, collate)
     except concurrent.futures.process.BrokenProcessPool as e:
       raise RuntimeError(
           "an input-pipeline worker process died (config.data.worker_type='process'): killed "
@@ -100,7 +100,7 @@ def _batches(make_batch, batch_numbers, prefetch: int, pool):
           "are spawned and import the main module again: a script that starts training when "
           "imported needs `if __name__ == '__main__':`. config.data.worker_type='thread' runs "
           "the workers as threads") from e
-    yield collate(items)
+    yield batch
 
 
 class _Item:

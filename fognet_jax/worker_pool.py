@@ -10,8 +10,9 @@ shared memory.
   as its ArrayRecord reader, ``records.EncodedSource``), imports the package (seconds) and
   holds its own memory. A result's large arrays (the frames) come back through one
   shared-memory block of ``max_in_flight + 1`` slots owned by the pool: the worker writes
-  them into the slot its task was given and returns their places; the main process copies
-  them out and frees the slot. The rest of a result, and everything when shared memory is
+  them into the slot its task was given and returns their places. ``Pool.collate`` hands
+  them, in place, to the function that stacks a batch, and frees the slots once it has
+  copied them: one copy in the main process. The rest of a result, and everything when shared memory is
   not available (no room in /dev/shm, as in containers with the default 64 MB; a result
   larger than a slot; the first result, whose size sets the slots'), goes through the pipe.
 """
@@ -115,7 +116,8 @@ def _shm_room() -> Optional[int]:
 
 
 class _Result:
-  """A process worker's future: `result()` copies the arrays out of the slot and frees it."""
+  """A process worker's future: `result()` copies the arrays out of the slot and frees it
+  (``Pool.collate`` reads them in place instead)."""
 
   def __init__(self, pool: "Pool", future: concurrent.futures.Future, slot: Optional[int]):
     self._pool, self._future, self._slot = pool, future, slot
@@ -124,9 +126,12 @@ class _Result:
     try:
       return self._pool._received(self._future.result(timeout))  # pylint: disable=protected-access
     finally:  # copied out (or failed): the slot may take the next result
-      if self._slot is not None:
-        self._pool._free.append(self._slot)  # pylint: disable=protected-access
-        self._slot = None
+      self._release()
+
+  def _release(self) -> None:
+    if self._slot is not None:
+      self._pool._free.append(self._slot)  # pylint: disable=protected-access
+      self._slot = None
 
 
 class Pool:
@@ -144,6 +149,7 @@ class Pool:
     self.transfers = {"shared": 0, "pipe": 0}  # how process results came back
     self._slots = max_in_flight + 1
     self._block: Optional[shared_memory.SharedMemory] = None
+    self._block_view: Optional[np.ndarray] = None  # the whole block, for np.may_share_memory
     self._slot_bytes = 0
     self._free: list[int] = []
     self._tried_shared = False
@@ -163,7 +169,36 @@ class Pool:
     where = None if slot is None else (self._block.name, slot * self._slot_bytes, self._slot_bytes)
     return _Result(self, self._pool.submit(_call_worker_fn, where, *args), slot)
 
-  def _received(self, out):
+  def collate(self, futures, collate):
+    """``collate([f.result() for f in futures])`` for futures of this pool's `submit`.
+
+    `collate` must copy the arrays of the results into its own (``np.stack`` does): a process
+    result's shared arrays are handed to it in place, views into their slots, which are freed
+    once it returns. One copy per frame fewer than ``result()``'s. An output array that still
+    lies in the shared block is copied out before the slots are freed.
+    """
+    if self.kind == "thread":
+      return collate([f.result() for f in futures])
+    taken = []
+    try:
+      items = []
+      for f in futures:
+        out = f._future.result()  # pylint: disable=protected-access
+        taken.append(f)  # its worker is done with the slot
+        items.append(self._received(out, copy=False))
+      return _map(collate(items), self._owned)
+    finally:
+      for f in taken:
+        f._release()  # pylint: disable=protected-access
+
+  def _owned(self, x):
+    """`x`, or a copy of it if its memory lies in the shared block."""
+    if (self._block is not None and isinstance(x, np.ndarray)
+        and np.may_share_memory(x, self._block_view)):
+      return np.array(x)
+    return x
+
+  def _received(self, out, copy: bool = True):
     if not self._tried_shared:
       self._tried_shared = True
       self._open_block(shared_bytes(out))
@@ -173,8 +208,8 @@ class Pool:
       if not isinstance(x, _Shared):
         return x
       shared[0] = True
-      return np.array(np.ndarray(x.shape, np.dtype(x.dtype), buffer=self._block.buf,
-                                 offset=x.offset))
+      view = np.ndarray(x.shape, np.dtype(x.dtype), buffer=self._block.buf, offset=x.offset)
+      return np.array(view) if copy else view
 
     out = _map(out, take)
     self.transfers["shared" if shared[0] else "pipe"] += 1
@@ -201,12 +236,14 @@ class Pool:
                       "send their frames through a pipe.", size >> 20, e)
       return
     self._slot_bytes = item_bytes
+    self._block_view = np.ndarray((size,), np.uint8, buffer=self._block.buf)
     self._free = list(range(self._slots))
 
   def shutdown(self) -> None:
     self._pool.shutdown(wait=False, cancel_futures=True)
     if self._block is not None:
       block, self._block, self._free = self._block, None, []
+      self._block_view = None
       try:
         block.close()
       except BufferError:  # an array still views it; the unlink below still frees the name

@@ -260,3 +260,36 @@ def test_thread_workers_return_the_results_themselves():
   for i, o in enumerate(out):
     _check(o, i)
   assert pool.transfers == {"shared": 0, "pipe": 0}
+
+
+def _stack(items):
+  return {"frames": np.stack([it["frames"] for it in items]), "label": [it["label"] for it in items]}
+
+
+def _first_frames(items):
+  """A collate that passes a result's array through instead of copying it."""
+  return {"frames": items[0]["frames"], "label": [it["label"] for it in items]}
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_collate_reads_slots_in_place_and_returns_arrays_of_its_own(kind):
+  pool = worker_pool.Pool(_cfg(worker_type=kind), _result, max_in_flight=8)
+  try:
+    for b in range(4):  # batch 0 opens the block (its results take the pipe), then slots
+      futures = [pool.submit(4 * b + j) for j in range(4)]
+      batch = pool.collate(futures, _stack if b % 2 == 0 else _first_frames)
+      if kind == "process" and b > 0:
+        assert pool._block is not None and len(pool._free) == 9  # every slot free again
+        assert not np.may_share_memory(batch["frames"], pool._block_view)
+      want = (np.stack([_result(4 * b + j)["frames"] for j in range(4)]) if b % 2 == 0
+              else _result(4 * b)["frames"])
+      np.testing.assert_array_equal(batch["frames"], want)
+      assert batch["label"] == [4 * b + j for j in range(4)]
+      # the slots are reused by the next batch: what came out must not change with them
+      keep = np.array(batch["frames"])
+      pool.collate([pool.submit(99) for _ in range(4)], _stack)
+      np.testing.assert_array_equal(batch["frames"], keep)
+    if kind == "process":
+      assert pool.transfers["shared"] >= 24
+  finally:
+    pool.shutdown()
