@@ -217,7 +217,7 @@ fi
 
 # 2a: the input pipeline alone, on this host's cores.
 if [[ ${E2E_RC} -eq 0 && ${E2E_CHECK##*$'\n'} == ok ]]; then
-  if (( TINY == 1 )); then PIPE=(--workers=2 --steps=2 --batch=4); else PIPE=(--workers=8,16 --steps=8 --batch=16); fi
+  if (( TINY == 1 )); then PIPE=(--workers=2 --steps=2 --batch=4); else PIPE=(--workers=8,16 --steps=30 --warmup=6 --batch=16); fi
   run_part pipeline 75 "$PYTHON" benchmarks/input_pipeline.py --skip_default_build \
       --data_dir="$E2E_DATA_DIR" --pixels=device --worker_type=thread,process "${PIPE[@]}"
 else

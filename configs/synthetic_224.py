@@ -30,7 +30,8 @@ def get_config(arg=None):
   # Worker processes, two cores left to the training loop on a 16-core GPU host. Threads of
   # one process top out near 360-400 training pairs/s whatever the core count, as the Python
   # parts of reading and sampling hold the GIL, and the training loop needs it too; the main
-  # process of process workers holds it 0.8 ms per pair, about 1200 pairs/s
+  # process of process workers holds it 0.6 ms per pair, about 1700 pairs/s, and in steady
+  # state they feed as much per core as threads
   # (benchmarks/RESULTS.md, "Worker processes"; part 2a of gpu_suite.sh measures both).
   config.data.worker_type = 'process'
   config.data.num_workers = 14
