@@ -334,6 +334,25 @@ def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, ste
   last_values: dict = {}
   t_log, step_log = time.time(), start_step
   step = start_step
+  # A logging step's metrics are read after the next step is dispatched, so that reading them
+  # does not leave the devices idle while the host prepares that step; a saving step's are read
+  # at once (a non-finite step is never saved).
+  pending = None  # (step, its metrics on the devices), to log
+
+  def read(at: int, on_device, log: bool) -> dict:
+    nonlocal t_log, step_log
+    values = {k: float(v) for k, v in jax.device_get(on_device).items()}
+    _check_finite(at, values, workdir, ckpt)
+    if log:
+      dt = max(time.time() - t_log, 1e-9)
+      values['steps_per_sec'] = (at - step_log) / dt
+      values['clip_pairs_per_sec'] = values['steps_per_sec'] * t.batch_size
+      values['epoch'] = at / steps.per_epoch
+      t_log, step_log = time.time(), at
+      writer.write_scalars(at, values)
+      progress.update(at, values)
+    return values
+
   try:
     while step < steps.total:
       batch = next(it)
@@ -341,28 +360,29 @@ def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, ste
           {k: batch[k] for k in BATCH_KEYS if k in batch}, mesh)
       state, step_metrics = step_fn(state, batch, prompt_tokens)
       step += 1
+      if pending is not None:
+        (at, on_device), pending = pending, None
+        last_values = read(at, on_device, log=True)
       preempted = sigterm.triggered or ckpt.reached_preemption(step)
       log_now = step % t.log_every_steps == 0 or step == steps.total
       save_now = ckpt.should_save(step) or step == steps.total or preempted
-      if log_now or save_now:
-        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        _check_finite(step, values, workdir, ckpt)
-        if log_now:
-          dt = max(time.time() - t_log, 1e-9)
-          values['steps_per_sec'] = (step - step_log) / dt
-          values['clip_pairs_per_sec'] = values['steps_per_sec'] * t.batch_size
-          values['epoch'] = step / steps.per_epoch
-          t_log, step_log = time.time(), step
-          writer.write_scalars(step, values)
-          progress.update(step, values)
-        last_values = values
+      if save_now:
+        last_values = read(step, step_metrics, log=log_now)
+        ckpt.save(step, state)
+      elif log_now:
+        pending = (step, step_metrics)
       else:
         progress.update(step)
-      if save_now:
-        ckpt.save(step, state)
       if preempted:
         metrics_lib.log_info('Stopping at step %d after a preemption signal.', step)
         break
+  except BaseException:
+    if pending is not None:  # the last logging step's metrics, unless they are what failed
+      try:
+        read(*pending, log=True)
+      except Exception:  # pylint: disable=broad-except
+        pass
+    raise
   finally:
     progress.close()
     sigterm.restore()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fognet_jax import augment, checkpointing, losses, sharding, train
+from fognet_jax import augment, checkpointing, losses, metrics, sharding, train
 import train_toy as toy
 
 
@@ -174,6 +174,62 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   ck.close()
   assert int(restored.step) == 4
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored.params))
+
+
+def _events_of_a_run(tmp_path, monkeypatch, batches):
+  """Runs the toy for 6 steps (log every 2, save at the end); returns the order in which steps
+  were dispatched ('step') and metrics read back ('read')."""
+  cfg = toy.config(num_train_steps=6, log_every_steps=2, checkpoint_every_steps=100,
+                   async_checkpointing=False)
+  events = []
+  make = train.make_train_step
+
+  def recording_make(*args, **kwargs):
+    step_fn = make(*args, **kwargs)
+
+    def step(*a):
+      out = step_fn(*a)
+      events.append('step')
+      return out
+    return step
+
+  get = jax.device_get
+  monkeypatch.setattr(train, 'make_train_step', recording_make)
+
+  def reading(x):
+    if isinstance(x, dict) and 'loss' in x:  # a step's metrics (others read parameters)
+      events.append('read')
+    return get(x)
+
+  monkeypatch.setattr(train.jax, 'device_get', reading)
+  try:
+    train.train(cfg, str(tmp_path), **toy.run_parts(cfg, sharding.make_mesh(1)),
+                model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss, batches=batches)
+  finally:
+    monkeypatch.undo()
+  return events
+
+
+def test_logged_metrics_are_read_after_the_next_step_is_dispatched(tmp_path, monkeypatch):
+  events = _events_of_a_run(tmp_path, monkeypatch, lambda s: toy.batches(0, 16, s))
+  reads = [events[:i].count('step') for i, e in enumerate(events) if e == 'read']
+  # step 2's metrics after step 3 is dispatched, step 4's after step 5; step 6 (saved) at once
+  assert reads[:3] == [3, 5, 6], events
+  history = metrics.read_history(str(tmp_path))
+  assert [h['step'] for h in history] == [2, 4, 6]
+  assert all(np.isfinite(h['loss']) and h['clip_pairs_per_sec'] > 0 for h in history)
+
+
+def test_a_logged_step_is_written_when_the_run_fails_before_the_next(tmp_path, monkeypatch):
+  def failing(start):
+    for i, b in enumerate(toy.batches(0, 16, start), start):
+      if i == 4:  # the batch of step 5: step 4's metrics are still on the devices
+        raise OSError('disk gone')
+      yield b
+
+  with pytest.raises(OSError, match='disk gone'):
+    _events_of_a_run(tmp_path, monkeypatch, failing)
+  assert [h['step'] for h in metrics.read_history(str(tmp_path))] == [2, 4]
 
 
 # ------------------------------------------------------------------ gradients themselves
