@@ -3,6 +3,7 @@ Table 5a switch combinations (one loss step each), gradients, batch-order invari
 import inspect
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -524,3 +525,52 @@ def test_frame_centering_cancels_a_static_background():
       np.testing.assert_allclose(p0, p1, rtol=1e-5, atol=1e-6)
     else:
       assert np.abs(p0 - p1).max() > 1e-3
+
+
+# ------------------------------------------------------------------ bf16: each weight cast once
+def _bf16_casts_per_param(jaxpr, num_params):
+  """How many times each parameter (an input of `jaxpr`) is converted to bfloat16, following
+  it through reshapes, slices and concatenations, and into nested jaxprs (remat, pjit)."""
+  counts = [0] * num_params
+  moves = {"concatenate", "reshape", "broadcast_in_dim", "squeeze", "transpose", "slice",
+           "dynamic_slice", "copy", "copy_p"}
+
+  def walk(jx, origin):  # origin: var -> set of parameter indices it is made of
+    for e in jx.eqns:
+      src = set().union(*[origin.get(v, set()) for v in e.invars
+                          if not isinstance(v, jax.extend.core.Literal)])
+      if e.primitive.name == "convert_element_type" and e.params["new_dtype"] == jnp.bfloat16:
+        for i in src:
+          counts[i] += 1
+      if e.primitive.name in moves and src:
+        for o in e.outvars:
+          origin[o] = src
+      for name in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+        sub = e.params.get(name)
+        if sub is not None:
+          sub = getattr(sub, "jaxpr", sub)
+          walk(sub, {iv: origin[ov] for iv, ov in zip(sub.invars, e.invars)
+                     if not isinstance(ov, jax.extend.core.Literal) and ov in origin})
+
+  walk(jaxpr.jaxpr, {v: {i} for i, v in enumerate(jaxpr.jaxpr.invars)})
+  return counts
+
+
+def test_bf16_step_casts_each_clip_weight_matrix_once():
+  """Both streams go through the towers in one pass: every CLIP weight matrix is cast to
+  bfloat16 once in the training gradient (XLA keeps that one copy for the backward pass)."""
+  model = fognet.create_model(tiny_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  clean, foggy, tokens = batch()
+
+  def loss(p):
+    m = nnx.merge(graphdef, p, rest)
+    out = m.train_outputs(clean, foggy, m.encode_text(tokens))
+    return sum(jnp.sum(v.astype(jnp.float32)) for v in jax.tree.leaves(out))
+
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  counts = _bf16_casts_per_param(jax.make_jaxpr(jax.grad(loss))(params), len(flat))
+  tower = {jax.tree_util.keystr(path): n for (path, leaf), n in zip(flat, counts)
+           if leaf.ndim >= 2 and "'clip'" in jax.tree_util.keystr(path)
+           and "embedding" not in jax.tree_util.keystr(path)}  # embeddings stay float32
+  assert len(tower) >= 10 and set(tower.values()) == {1}, tower
