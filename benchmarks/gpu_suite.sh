@@ -18,9 +18,10 @@
 #                    on bench224, 8x224^2, pixels on the device, 8 and 16 thread workers and
 #                    process workers): training pairs/s the host can feed, to read the e2e
 #                    figure against, and which config.data.worker_type feeds more here
-#   2b cudnn_b16     FogNet bf16 B=16 with XLA attention and with cuDNN fused attention (tokens
-#                    padded to a multiple of 64 and masked), same process (--tiny: fp32 against
-#                    fp32+remat, to run the same plumbing)
+#   2b cudnn_b16     FogNet bf16 B=16 with XLA attention, with cuDNN fused attention (tokens
+#                    padded to a multiple of 64 and masked), and with cuDNN and a bfloat16
+#                    residual stream (model.residual_dtype), same process (--tiny: fp32,
+#                    fp32+remat and bf16+res16, to run the same plumbing)
 #   3 fognet_b32     FogNet bf16 B=32: torch first, then ours (both do not fit at once on 80 GB)
 #   4 actionclip_b16 ActionCLIP bf16 B=16: ours against torch eager
 #   5 e2e_step       the step alone at the e2e shapes (14 classes), for the e2e comparison
@@ -224,10 +225,13 @@ else
   skip_part pipeline "${E2E_CHECK##*$'\n'}"
 fi
 
-# 2b: cuDNN fused attention (padded to 256 tokens, masked) against XLA's, same process. With
-# --tiny (no cuDNN on a CPU) the same plumbing runs fp32 against fp32+remat.
-if (( TINY == 0 )); then ATTN_VARIANTS=bf16,bf16+cudnn; else ATTN_VARIANTS=fp32,fp32+remat; fi
-run_part cudnn_b16 110 "$PYTHON" "${TS[@]}" --batch=$B16 --variants=$ATTN_VARIANTS \
+# 2b: cuDNN fused attention (padded to 256 tokens, masked) against XLA's, then with the
+# towers' residual stream in bfloat16 too (model.residual_dtype), same process; the JSON keeps
+# the variants finished if the last is cut short. With --tiny (no cuDNN on a CPU) the same
+# plumbing runs fp32, fp32+remat and bf16+res16.
+if (( TINY == 0 )); then ATTN_VARIANTS=bf16,bf16+cudnn,bf16+cudnn+res16
+else ATTN_VARIANTS=fp32,fp32+remat,bf16+res16; fi
+run_part cudnn_b16 150 "$PYTHON" "${TS[@]}" --batch=$B16 --variants=$ATTN_VARIANTS \
     --json_out="$OUTDIR/cudnn_b16.json"
 
 # 3: FogNet B=32 (torch first: both frameworks' working sets do not fit at once).
@@ -305,7 +309,10 @@ for part in ('fognet_b16', 'fognet_b32', 'actionclip_b16'):
 d = load('cudnn_b16.json')
 if d:
   print('\n## Part 2b, one process: XLA attention against cuDNN fused attention (padded to a '
-        'multiple of 64, masked; --tiny: fp32 against fp32+remat)\n')
+        'multiple of 64, masked), then cuDNN with a bfloat16 residual stream (res16); --tiny: '
+        'fp32, fp32+remat, bf16+res16' + ('' if d['meta'].get('complete', True) else
+        '; cut short, variants finished: ' + ', '.join(r['variant'] for r in d['results']))
+        + '\n')
   print('| variant | batch | pairs/s | MFU | compile s | XLA memory (GiB) | vs first row |')
   print('|---|---|---|---|---|---|---|')
   first = d['results'][0]['clip_pairs_per_s'] if d['results'] else None

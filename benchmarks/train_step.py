@@ -64,7 +64,8 @@ _PROMPT_LEN = flags.DEFINE_integer(
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per variant (per repeat).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps before each timing.')
 _VARIANTS = flags.DEFINE_list('variants', ['fp32', 'bf16', 'fp32+remat', 'bf16+remat'],
-                              'Variants: dtype (fp32|bf16) with optional +remat, +fsdp, +cudnn.')
+                              'Variants: dtype (fp32|bf16) with optional +remat, +fsdp, +cudnn, '
+                              '+res16 (bf16 only: a bfloat16 residual stream).')
 _ARCH = flags.DEFINE_enum('arch', 'fognet', ['fognet', 'actionclip'], 'Model architecture.')
 _ACCUM = flags.DEFINE_integer('accum', 1, 'Gradient accumulation micro-batches.')
 _FREEZE_TEXT = flags.DEFINE_bool('freeze_text', False, 'Freeze the text tower.')
@@ -203,10 +204,12 @@ def _config(variant: str):
   parts = variant.split('+')
   if parts[0] not in ('fp32', 'bf16'):
     raise ValueError(f'--variants: {variant!r} must start with fp32 or bf16')
-  unknown = sorted(set(parts[1:]) - {'remat', 'fsdp', 'cudnn'})
+  unknown = sorted(set(parts[1:]) - {'remat', 'fsdp', 'cudnn', 'res16'})
   if unknown:
     raise ValueError(f'--variants: unknown modifier(s) {unknown} in {variant!r} '
-                     '(remat, fsdp, cudnn)')
+                     '(remat, fsdp, cudnn, res16)')
+  if 'res16' in parts and parts[0] != 'bf16':
+    raise ValueError(f'--variants: {variant!r}: res16 (a bfloat16 residual stream) needs bf16')
   cfg = config_lib.load_config('fogact')
   cfg.model.backbone = _BACKBONE.value
   cfg.model.init_from = None
@@ -217,6 +220,8 @@ def _config(variant: str):
     cfg.model.attention_impl = _ATTN.value
   if 'cudnn' in parts:  # cuDNN fused attention (sequences padded to a multiple of 64)
     cfg.model.attention_impl = 'cudnn'
+  if 'res16' in parts:  # the towers' residual stream in bfloat16 too
+    cfg.model.residual_dtype = 'bfloat16'
   cfg.mesh.fsdp = 'fsdp' in parts
   cfg.model.clip_overrides.image_size = _IMAGE.value
   cfg.data.num_frames = _FRAMES.value
@@ -476,6 +481,8 @@ def main(argv):
   for v in _VARIANTS.value:
     print(f'running {v} ...', file=sys.stderr, flush=True)
     results.append(run_variant(v, devices))
+    if _JSON.value and len(results) < len(_VARIANTS.value):
+      _write_json(results, devices, complete=False)  # kept if a later variant is cut short
   _print_tables(results, devices)
   if _PROFILE_DIR.value:
     import profile_step  # pylint: disable=g-import-not-at-top
@@ -485,19 +492,27 @@ def main(argv):
   if _CHECK_XLA.value:
     _check_xla(results)
   if _JSON.value:
-    meta = {'backbone': _BACKBONE.value, 'image_size': _IMAGE.value, 'frames': _FRAMES.value,
-            'batch': _BATCH.value, 'accum': _ACCUM.value, 'arch': _ARCH.value,
-            'classes': _CLASSES.value, 'devices': len(devices), 'steps': _STEPS.value,
-            'warmup': _WARMUP.value, 'repeats': _REPEATS.value, 'order': _ORDER.value,
-            'device_kind': devices[0].device_kind, 'platform': platform.platform(),
-            'jax': jax.__version__, 'date': time.strftime('%Y-%m-%d %H:%M:%S')}
-    if _COMPARE.value:
-      import torch_reference  # pylint: disable=g-import-not-at-top
-      meta.update(torch_reference.environment(), torch_modes=list(_TORCH_MODES.value))
-    os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
-    with open(_JSON.value, 'w') as f:
-      json.dump({'meta': meta, 'results': results}, f, indent=2)
+    _write_json(results, devices, complete=True)
     print(f'wrote {_JSON.value}')
+
+
+def _write_json(results, devices, *, complete: bool) -> None:
+  """--json_out: the variants run so far; meta.complete is False until the last one."""
+  meta = {'backbone': _BACKBONE.value, 'image_size': _IMAGE.value, 'frames': _FRAMES.value,
+          'batch': _BATCH.value, 'accum': _ACCUM.value, 'arch': _ARCH.value,
+          'classes': _CLASSES.value, 'devices': len(devices), 'steps': _STEPS.value,
+          'warmup': _WARMUP.value, 'repeats': _REPEATS.value, 'order': _ORDER.value,
+          'device_kind': devices[0].device_kind, 'platform': platform.platform(),
+          'jax': jax.__version__, 'date': time.strftime('%Y-%m-%d %H:%M:%S'),
+          'variants': list(_VARIANTS.value), 'complete': complete}
+  if _COMPARE.value:
+    import torch_reference  # pylint: disable=g-import-not-at-top
+    meta.update(torch_reference.environment(), torch_modes=list(_TORCH_MODES.value))
+  os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
+  tmp = f'{_JSON.value}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump({'meta': meta, 'results': results}, f, indent=2)
+  os.replace(tmp, _JSON.value)
 
 
 def _check_xla(results) -> None:

@@ -91,6 +91,9 @@ def get_config(arg=None):
   m.dtype = 'bfloat16'          # compute dtype; parameters and losses stay float32
   m.remat = False               # rematerialise the tower blocks in the backward pass
   m.attention_impl = placeholder(str)  # None / 'xla' (einsum) | 'cudnn' (fused, GPU)
+  # The CLIP transformers' residual stream between blocks: None (float32) | model.dtype
+  # (16-bit activations throughout; opt-in until measured on a GPU, see docs/clip.md)
+  m.residual_dtype = placeholder(str)
   # CLIPConfig fields replacing the backbone's (random initialisation only); None = keep.
   m.clip_overrides = ml_collections.ConfigDict(
       {k: placeholder(int) for k in config_lib.CLIP_OVERRIDE_KEYS})

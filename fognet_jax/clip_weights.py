@@ -372,9 +372,10 @@ _OPENAI_IGNORED = re.compile(
     r'^(input_resolution|context_length|vocab_size)$|(^|\.)attn_mask$|\.num_batches_tracked$')
 
 
-def _abstract_model(config, dtype, remat, attention_impl=None):
+def _abstract_model(config, dtype, remat, attention_impl=None, residual_dtype=None):
   return nnx.eval_shape(lambda: clip_lib.CLIP(config, dtype=dtype, remat=remat,
                                               attention_impl=attention_impl,
+                                              residual_dtype=residual_dtype,
                                               rngs=nnx.Rngs(0)))
 
 
@@ -385,14 +386,15 @@ def _path_str(path: tuple) -> str:
 def convert_state_dict(tensors: dict[str, np.ndarray], config: clip_lib.CLIPConfig,
                        key_map: dict[str, tuple[str, Transform]], *, source: str,
                        ignored: re.Pattern | None = None, dtype=jnp.float32,
-                       remat: bool = False, attention_impl: str | None = None) -> clip_lib.CLIP:
+                       remat: bool = False, attention_impl: str | None = None,
+                       residual_dtype=None) -> clip_lib.CLIP:
   """Builds a :class:`clip.CLIP` from a flat tensor dict through a key map.
 
   Every model parameter must be provided, every checkpoint tensor must be used (except
   known buffers matched by ``ignored``), and every shape must agree; otherwise a single
   :class:`CheckpointMismatchError` lists all problems.
   """
-  abstract = _abstract_model(config, dtype, remat, attention_impl)
+  abstract = _abstract_model(config, dtype, remat, attention_impl, residual_dtype)
   graphdef, state = nnx.split(abstract)
   flat = nnx.to_flat_state(state)
   expected = {_path_str(p): v for p, v in flat}
@@ -558,7 +560,7 @@ def _hf_tensors(directory: str) -> dict[str, np.ndarray]:
 
 
 def load_hf(directory: str, *, dtype=jnp.float32, remat: bool = False,
-            attention_impl: str | None = None) -> clip_lib.CLIP:
+            attention_impl: str | None = None, residual_dtype=None) -> clip_lib.CLIP:
   """Loads a Hugging Face ``CLIPModel`` checkpoint directory."""
   cfg_path = os.path.join(directory, 'config.json')
   try:
@@ -570,12 +572,12 @@ def load_hf(directory: str, *, dtype=jnp.float32, remat: bool = False,
   tensors = _hf_tensors(directory)
   return convert_state_dict(tensors, config, hf_key_map(config), source=directory,
                             ignored=_HF_IGNORED, dtype=dtype, remat=remat,
-                            attention_impl=attention_impl)
+                            attention_impl=attention_impl, residual_dtype=residual_dtype)
 
 
 def load_openai(path: str, *, dtype=jnp.float32, remat: bool = False,
                 config: clip_lib.CLIPConfig | str | None = None,
-                attention_impl: str | None = None) -> clip_lib.CLIP:
+                attention_impl: str | None = None, residual_dtype=None) -> clip_lib.CLIP:
   """Loads an OpenAI CLIP ``.pt`` (TorchScript archive or plain state dict).
 
   The config is inferred from the tensor shapes with 64-dimensional attention heads (true
@@ -588,7 +590,7 @@ def load_openai(path: str, *, dtype=jnp.float32, remat: bool = False,
     config = clip_lib.get_config(config)
   return convert_state_dict(tensors, config, openai_key_map(config), source=path,
                             ignored=_OPENAI_IGNORED, dtype=dtype, remat=remat,
-                            attention_impl=attention_impl)
+                            attention_impl=attention_impl, residual_dtype=residual_dtype)
 
 
 def save(model: clip_lib.CLIP, path: str) -> None:
@@ -607,7 +609,7 @@ def save(model: clip_lib.CLIP, path: str) -> None:
 
 
 def load_orbax(path: str, *, dtype=jnp.float32, remat: bool = False,
-               attention_impl: str | None = None) -> clip_lib.CLIP:
+               attention_impl: str | None = None, residual_dtype=None) -> clip_lib.CLIP:
   """Loads a model written by :func:`save`."""
   path = os.path.abspath(path)
   meta_path = os.path.join(path, ORBAX_CONFIG_FILE)
@@ -620,7 +622,7 @@ def load_orbax(path: str, *, dtype=jnp.float32, remat: bool = False,
   if unknown:
     raise ValueError(f'{meta_path}: unknown config keys {unknown}')
   config = clip_lib.CLIPConfig(**meta['config'])
-  abstract = _abstract_model(config, dtype, remat, attention_impl)
+  abstract = _abstract_model(config, dtype, remat, attention_impl, residual_dtype)
   graphdef, state = nnx.split(abstract)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
   with ocp.StandardCheckpointer() as ckptr:
@@ -664,7 +666,7 @@ def download_hub(name: str) -> str:
 
 def load(path_or_name: str, *, dtype=jnp.float32, remat: bool = False,
          config: clip_lib.CLIPConfig | str | None = None,
-         attention_impl: str | None = None) -> clip_lib.CLIP:
+         attention_impl: str | None = None, residual_dtype=None) -> clip_lib.CLIP:
   """Dispatches on what ``path_or_name`` is; see the module docstring.
 
   ``config`` only applies to OpenAI ``.pt`` files (whose head count is not stored); the
@@ -673,7 +675,8 @@ def load(path_or_name: str, *, dtype=jnp.float32, remat: bool = False,
   path = os.fspath(path_or_name)
   if config is not None and not os.path.isfile(path):
     raise ValueError(f'{path}: config= is only accepted for OpenAI .pt files')
-  kw = dict(dtype=dtype, remat=remat, attention_impl=attention_impl)
+  kw = dict(dtype=dtype, remat=remat, attention_impl=attention_impl,
+            residual_dtype=residual_dtype)
   if os.path.isdir(path):
     if os.path.exists(os.path.join(path, ORBAX_CONFIG_FILE)):
       return load_orbax(path, **kw)

@@ -166,6 +166,9 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     _fail('model.dtype', f"must be 'float32', 'bfloat16' or 'float16', got {m.dtype!r}")
   if m.attention_impl not in ATTENTION_IMPLS:
     _fail('model.attention_impl', f"must be None, 'xla' or 'cudnn', got {m.attention_impl!r}")
+  if m.get('residual_dtype') not in (None, 'float32', m.dtype):
+    _fail('model.residual_dtype', f"must be None, 'float32' or model.dtype ({m.dtype!r}), "
+          f"got {m.residual_dtype!r}")
   if m.temporal_fusion not in FUSIONS:
     _fail('model.temporal_fusion', f'must be one of {FUSIONS}, got {m.temporal_fusion!r}')
   if m.train_stream not in TRAIN_STREAMS:

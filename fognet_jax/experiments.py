@@ -147,7 +147,7 @@ def _digest(d: dict) -> str:
 
 # Keys added to the recipe after runs were made, with the value that reproduces the older
 # behaviour: at that value they hash as if absent, so finished runs keep their directories.
-HASH_NEUTRAL = {('model', 'fas', 'concat'): 'tokens'}
+HASH_NEUTRAL = {('model', 'fas', 'concat'): 'tokens', ('model', 'residual_dtype'): None}
 
 
 def _canonical(config: ml_collections.ConfigDict) -> dict:

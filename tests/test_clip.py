@@ -115,6 +115,40 @@ def test_pos_embed_interpolation():
   assert img.shape == (1, 32) and bool(jnp.all(jnp.isfinite(img)))
 
 
+def test_bf16_residual_stream():
+  """residual_dtype=bfloat16: the stream between the blocks is bfloat16 (the towers still
+  return float32); outputs and gradients stay near the float32-stream ones."""
+  with pytest.raises(ValueError, match='residual_dtype'):
+    clip.create('tiny', residual_dtype=jnp.bfloat16)  # float32 compute
+  pixels = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  tokens = _tokens(2)
+  fp32 = clip.create('tiny', seed=1)
+  bf16 = clip.create('tiny', seed=1, dtype=jnp.bfloat16)
+  res16 = clip.create('tiny', seed=1, dtype=jnp.bfloat16, residual_dtype='bfloat16')
+  same = clip.create('tiny', seed=1, dtype=jnp.bfloat16, residual_dtype='float32')
+  np.testing.assert_array_equal(same.encode_image(pixels), bf16.encode_image(pixels))
+  for model, want in ((bf16, jnp.float32), (res16, jnp.bfloat16)):
+    assert model.visual.transformer(model.visual._embed(pixels)).dtype == want
+    assert model.text.transformer(model.text._embed(tokens), causal=True).dtype == want
+  assert res16.visual.tokens(pixels).dtype == jnp.float32
+  for method, arg in (('encode_image', pixels), ('encode_text', tokens)):
+    ref, a, b = (getattr(m, method)(arg) for m in (fp32, bf16, res16))
+    assert b.dtype == jnp.float32
+    rel_a = float(jnp.max(jnp.abs(ref - a)) / jnp.max(jnp.abs(ref)))
+    rel_b = float(jnp.max(jnp.abs(ref - b)) / jnp.max(jnp.abs(ref)))
+    assert not np.array_equal(a, b)  # the stream really is rounded
+    assert rel_b < max(4 * rel_a, 1e-2), (method, rel_a, rel_b)
+
+  def grads(m):
+    g = nnx.grad(lambda m: jnp.sum(m.encode_image(pixels) ** 2) + jnp.sum(m.encode_text(tokens)))(m)
+    return jnp.concatenate([x.ravel() for x in jax.tree.leaves(nnx.state(g))])
+
+  ga, gb = grads(bf16), grads(res16)
+  assert gb.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(gb)))
+  cosine = float(ga @ gb / (jnp.linalg.norm(ga) * jnp.linalg.norm(gb)))
+  assert cosine > 0.999, cosine
+
+
 def test_attention_impl_option():
   with pytest.raises(ValueError, match='attention_impl'):
     clip.create('tiny', attention_impl='flash')

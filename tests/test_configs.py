@@ -91,6 +91,7 @@ def test_unknown_variant_and_unknown_key_fail():
     ('train.num_templates', 0, 1, 'train.num_templates'),
     ('eval.num_templates', 17, 1, 'eval.num_templates'),
     ('model.fas.concat', 'frames', 1, 'model.fas.concat'),
+    ('model.residual_dtype', 'bfloat16', 1, 'model.residual_dtype'),  # the demo runs float32
 ])
 def test_validation_names_the_key(key, value, devices, match):
   cfg = _parse(f'--config={ROOT}/configs/synthetic.py')

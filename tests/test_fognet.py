@@ -574,3 +574,18 @@ def test_bf16_step_casts_each_clip_weight_matrix_once():
            if leaf.ndim >= 2 and "'clip'" in jax.tree_util.keystr(path)
            and "embedding" not in jax.tree_util.keystr(path)}  # embeddings stay float32
   assert len(tower) >= 10 and set(tower.values()) == {1}, tower
+
+
+def test_residual_dtype_reaches_the_towers_built_and_loaded(tmp_path):
+  from fognet_jax import clip_weights  # pylint: disable=g-import-not-at-top
+  built = fognet.create_model(tiny_cfg(dtype="bfloat16", residual_dtype="bfloat16"),
+                              rngs=nnx.Rngs(0))
+  path = str(tmp_path / "tiny")
+  clip_weights.save(clip.create("tiny", seed=0), path)
+  cfg = tiny_cfg(dtype="bfloat16", residual_dtype="bfloat16", init_from=path)
+  for k in TINY:  # the loaded weights carry their config
+    cfg.clip_overrides[k] = None
+  loaded = fognet.create_model(cfg, rngs=nnx.Rngs(0))
+  default = fognet.create_model(tiny_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0))
+  for model, want in ((built, jnp.bfloat16), (loaded, jnp.bfloat16), (default, jnp.float32)):
+    assert model.clip.visual.residual_dtype == want and model.clip.text.residual_dtype == want

@@ -14,7 +14,10 @@ load without change:
 
 Mixed precision: parameters are always float32. With ``dtype=jnp.bfloat16`` the matmuls
 and the convolution run in bfloat16, while LayerNorm, the attention softmax and the
-residual stream stay in float32; the encoders always return float32.
+residual stream stay in float32; the encoders always return float32. With
+``residual_dtype=jnp.bfloat16`` as well, the residual stream between the blocks is bfloat16
+too (half the bytes of the activations the blocks pass on and save for the backward pass;
+LayerNorm still computes in float32).
 
 Speed (exact rewrites, see ``docs/clip.md``): dense layers run as 2-D matmuls, the residual
 stream as rows, q/k/v as one matmul, attention head-major, and the last layer only at the
@@ -400,7 +403,7 @@ class ResidualAttentionBlock(nnx.Module):
     gradient in fewer places in the backward pass (benchmarks/RESULTS.md, "Where the rest of
     the CPU gap is"). The same arithmetic as on (N, L, width).
     """
-    # The residual stream stays float32; sub-layer outputs are added in float32.
+    # Sub-layer outputs are added in the residual stream's dtype (float32 unless residual_dtype).
     attn = self.attn(self.ln_1(x).reshape(-1, length, x.shape[-1]), causal=causal)
     x = x + attn.reshape(x.shape).astype(x.dtype)
     return x + self.mlp(self.ln_2(x)).astype(x.dtype)
@@ -529,10 +532,11 @@ class VisionTransformer(nnx.Module):
   """CLIP image tower: (N, H, W, 3) CLIP-normalised pixels -> (N, embed_dim)."""
 
   def __init__(self, config: CLIPConfig, *, dtype, remat: bool, rngs: nnx.Rngs,
-               attention_impl: str | None = None):
+               attention_impl: str | None = None, residual_dtype=jnp.float32):
     width, p = config.vision_width, config.patch_size
     self.config = config
     self.dtype = dtype
+    self.residual_dtype = residual_dtype
     scale = width**-0.5
     self.conv1 = nnx.Conv(3, width, kernel_size=(p, p), strides=(p, p), padding='VALID',
                           use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
@@ -547,8 +551,8 @@ class VisionTransformer(nnx.Module):
     self.proj = nnx.Param(scale * jax.random.normal(rngs.params(), (width, config.embed_dim)))
 
   def tokens(self, pixels: jax.Array) -> jax.Array:
-    """Final-layer tokens before ``ln_post``: (N, H, W, 3) -> (N, 1 + gh*gw, width)."""
-    return self.transformer(self._embed(pixels), causal=False)
+    """Final-layer tokens before ``ln_post``: (N, H, W, 3) -> (N, 1 + gh*gw, width) float32."""
+    return self.transformer(self._embed(pixels), causal=False).astype(jnp.float32)
 
   def _embed(self, pixels: jax.Array) -> jax.Array:
     """Input tokens of the transformer: (N, H, W, 3) -> (N, 1 + gh*gw, width)."""
@@ -565,7 +569,7 @@ class VisionTransformer(nnx.Module):
     x = jnp.concatenate([cls, x], axis=1)  # (N, 1 + gh*gw, width)
     g = self.config.grid_size
     x = x + interpolate_pos_embed(self.positional_embedding[...], (g, g), (gh, gw))[None]
-    return self.ln_pre(x)
+    return self.ln_pre(x).astype(self.residual_dtype)
 
   def __call__(self, pixels: jax.Array) -> jax.Array:
     x = self._embed(pixels)
@@ -582,10 +586,11 @@ class TextTransformer(nnx.Module):
   """
 
   def __init__(self, config: CLIPConfig, *, dtype, remat: bool, rngs: nnx.Rngs,
-               attention_impl: str | None = None):
+               attention_impl: str | None = None, residual_dtype=jnp.float32):
     width = config.text_width
     self.config = config
     self.dtype = dtype
+    self.residual_dtype = residual_dtype
     self.token_embedding = nnx.Embed(config.vocab_size, width, dtype=jnp.float32,
                                      param_dtype=jnp.float32, embedding_init=_normal(0.02),
                                      rngs=rngs)
@@ -609,7 +614,8 @@ class TextTransformer(nnx.Module):
                        f'got shape {token_ids.shape}')
     length = token_ids.shape[1]
     x = self.token_embedding(token_ids)  # (N, L, width)
-    return x + self.positional_embedding[...][:length].astype(jnp.float32)[None]
+    x = x + self.positional_embedding[...][:length].astype(jnp.float32)[None]
+    return x.astype(self.residual_dtype)
 
   def __call__(self, token_ids: jax.Array) -> jax.Array:
     eot = jnp.argmax(token_ids, axis=-1)  # (N,) end-of-text = largest id
@@ -788,14 +794,22 @@ class CLIP(nnx.Module):
       any shape and platform), or 'cudnn' (cuDNN's fused kernel through
       ``jax.nn.dot_product_attention``: GPU, 16-bit dtype; sequences padded to a multiple
       of ``CUDNN_SEQ_MULTIPLE`` and masked; opt-in until measured on a GPU).
+    residual_dtype: dtype of the transformers' residual stream between the blocks: None
+      (float32) or ``dtype`` itself (16-bit activations throughout; opt-in until measured
+      on a GPU). The ResNet image tower has no residual stream of this kind.
     rngs: random streams for the initialisation.
   """
 
   def __init__(self, config: CLIPConfig, *, dtype=jnp.float32, remat: bool = False,
-               attention_impl: str | None = None, rngs: nnx.Rngs):
+               attention_impl: str | None = None, residual_dtype=None, rngs: nnx.Rngs):
     dtype = canonical_dtype(dtype)
     if attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}')
+    residual_dtype = jnp.dtype(jnp.float32) if residual_dtype is None else canonical_dtype(
+        residual_dtype)
+    if residual_dtype not in (jnp.dtype(jnp.float32), dtype):
+      raise ValueError(f'residual_dtype must be None, float32 or the compute dtype {dtype}, '
+                       f'got {residual_dtype}')
     self.config = config
     self.dtype = dtype
     self.remat = remat
@@ -803,9 +817,10 @@ class CLIP(nnx.Module):
       self.visual = ModifiedResNet(config, dtype=dtype, remat=remat, rngs=rngs)
     else:
       self.visual = VisionTransformer(config, dtype=dtype, remat=remat, rngs=rngs,
-                                      attention_impl=attention_impl)
+                                      attention_impl=attention_impl,
+                                      residual_dtype=residual_dtype)
     self.text = TextTransformer(config, dtype=dtype, remat=remat, rngs=rngs,
-                                attention_impl=attention_impl)
+                                attention_impl=attention_impl, residual_dtype=residual_dtype)
     self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
 
   def encode_image(self, pixels: jax.Array) -> jax.Array:
@@ -828,14 +843,14 @@ class CLIP(nnx.Module):
 
 def create(name_or_config: str | CLIPConfig = 'ViT-B/16', *, dtype=jnp.float32,
            remat: bool = False, seed: int = 0, attention_impl: str | None = None,
-           **overrides: Any) -> CLIP:
+           residual_dtype=None, **overrides: Any) -> CLIP:
   """Builds a randomly initialised CLIP from a config name (or config) plus overrides.
 
   Example: ``clip.create('tiny', image_size=64, seed=1)``.
   """
   config = get_config(name_or_config, **overrides)
   return CLIP(config, dtype=dtype, remat=remat, attention_impl=attention_impl,
-              rngs=nnx.Rngs(seed))
+              residual_dtype=residual_dtype, rngs=nnx.Rngs(seed))
 
 
 def count_params(tree: Any) -> int:

@@ -406,13 +406,15 @@ def create_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Fog
   overrides = clip_overrides(model_cfg)
   if model_cfg.get("init_from"):
     clip_model = clip_weights.load(model_cfg.init_from, dtype=dtype, remat=bool(model_cfg.remat),
-                                   attention_impl=model_cfg.get("attention_impl"))
+                                   attention_impl=model_cfg.get("attention_impl"),
+                                   residual_dtype=model_cfg.get("residual_dtype"))
   else:
     try:
       clip_cfg = clip.get_config(model_cfg.backbone, **overrides)
     except (ValueError, TypeError) as e:
       raise ValueError(f"config keys model.backbone / model.clip_overrides: {e}") from e
     clip_model = clip.CLIP(clip_cfg, dtype=dtype, remat=bool(model_cfg.remat),
-                           attention_impl=model_cfg.get("attention_impl"), rngs=rngs)
+                           attention_impl=model_cfg.get("attention_impl"),
+                           residual_dtype=model_cfg.get("residual_dtype"), rngs=rngs)
   return FogNet(model_cfg, clip_model, rngs=rngs)
 
