@@ -61,15 +61,17 @@ def train_sample_ids(num_examples: int, *, batch_size: int, seed: int, step: int
   return g, pos
 
 
-def _prefetched(make_batch, batch_numbers, data_cfg, one, batch_size: int):
+def _prefetched(make_batch, batch_numbers, data_cfg, one, batch_size: int, item: dict):
   """Yields the batches of `batch_numbers`, submitting ``data_cfg.prefetch`` batches ahead to
   a ``worker_pool.Pool`` running `one` per example (shut down when the iterator ends).
 
   make_batch(i, pool) returns (collate, futures): per-example futures submitted to
-  the pool and the function that stacks their results.
+  the pool and the function that stacks their results. `item`: the frame arrays of one
+  result, unfilled (``np.empty``), for the size of the pool's shared-memory slots.
   """
   prefetch = data_cfg.get("prefetch", 2)
-  pool = worker_pool.Pool(data_cfg, one, max_in_flight=(prefetch + 1) * batch_size)
+  pool = worker_pool.Pool(data_cfg, one, max_in_flight=(prefetch + 1) * batch_size,
+                          item_bytes=worker_pool.shared_bytes(item))
   try:
     yield from _batches(make_batch, batch_numbers, prefetch, pool)
   finally:
@@ -188,6 +190,8 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
     raise ValueError("config.data: the training split is empty after filtering")
 
   one = _TrainItem(source, data_cfg, named_split, seed, swap)
+  frames = np.empty((data_cfg.num_frames, data_cfg.image_size, data_cfg.image_size, 3),
+                    np.uint8 if data_cfg.get("pixels_on_device", False) else np.float32)
 
   def collate(items):
     return {k: np.stack([it[k] for it in items]) for k in items[0]}
@@ -197,7 +201,8 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
                               process_index=pi, process_count=pc)
     return collate, [pool.submit(int(gi), int(indices[p])) for gi, p in zip(g, pos)]
 
-  yield from _prefetched(make_batch, range(start_step, 1 << 62), data_cfg, one, batch_size)
+  yield from _prefetched(make_batch, range(start_step, 1 << 62), data_cfg, one, batch_size,
+                         {"clean": frames, "foggy": frames})
 
 
 def eval_process_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -257,4 +262,5 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
 
     return collate, [pool.submit(int(i)) for i in chunk]
 
-  yield from _prefetched(make_batch, range(nb), data_cfg, one, batch_size)
+  views = np.empty((v, t, s, s, 3), np.uint8 if on_device else np.float32)
+  yield from _prefetched(make_batch, range(nb), data_cfg, one, batch_size, {"views": views})

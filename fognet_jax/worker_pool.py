@@ -1,7 +1,7 @@
 """The input pipeline's workers: threads, or spawned processes that return frames through
 shared memory.
 
-``Pool(data_cfg, fn, max_in_flight)`` runs ``fn(*args)`` per example in
+``Pool(data_cfg, fn, max_in_flight, item_bytes=None)`` runs ``fn(*args)`` per example in
 ``data_cfg.num_workers`` workers of ``data_cfg.worker_type``:
 
 * ``'thread'``: a thread pool. Starts at once, shares memory; the Python parts of reading and
@@ -12,13 +12,17 @@ shared memory.
   shared-memory block of ``max_in_flight + 1`` slots owned by the pool: the worker writes
   them into the slot its task was given and returns their places. ``Pool.collate`` hands
   them, in place, to the function that stacks a batch, and frees the slots once it has
-  copied them: one copy in the main process. The rest of a result, and everything when shared memory is
-  not available (no room in /dev/shm, as in containers with the default 64 MB; a result
-  larger than a slot; the first result, whose size sets the slots'), goes through the pipe.
+  copied them: one copy in the main process. The rest of a result, and everything when
+  shared memory is not available (no room in /dev/shm, as in containers with the default
+  64 MB; a result larger than a slot), goes through the pipe. The slot size is
+  ``item_bytes`` when the caller knows it (the input pipeline computes it from the config:
+  every result takes a slot from the first); otherwise the first result sets it, and the
+  results submitted before it came back take the pipe.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import logging
 import multiprocessing
 from multiprocessing import shared_memory
@@ -37,10 +41,27 @@ _WORKER_FN = None  # in a worker process: the per-example function of its pool
 _ATTACHED: dict[str, shared_memory.SharedMemory] = {}  # in a worker process: blocks by name
 
 
+def _keep_freed_memory() -> None:
+  """glibc: serve the frame arrays from the heap and keep freed memory there.
+
+  A worker allocates and frees the same few MB for every example. With glibc's defaults, each
+  such array is a fresh mapping, or the heap is trimmed under it, and every page is faulted in
+  again: about 1000 page faults and 2 ms of system time per training pair at 8 x 224^2, 11 %
+  of the worker's time (benchmarks/RESULTS.md, "Worker processes"). Not glibc: nothing.
+  """
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: arrays up to 32 MB from the heap
+    libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MB freed at its top
+  except (OSError, AttributeError):
+    pass
+
+
 def _init_worker(fn) -> None:
   """Initializer of a worker process: keeps `fn`; the worker never touches an accelerator."""
   global _WORKER_FN
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+  _keep_freed_memory()
   # The worker only decodes and augments with NumPy / PIL; should anything call into jax
   # here, it must not claim the accelerator the parent trains on.
   jax.config.update("jax_platforms", "cpu")
@@ -138,10 +159,10 @@ class Pool:
   """`num_workers` threads or processes running `fn(*args)`; see the module docstring.
 
   `max_in_flight`: the most results submitted and not yet taken at any time (the shared
-  block holds one slot more).
+  block holds one slot more). `item_bytes`: ``shared_bytes`` of one result, if known.
   """
 
-  def __init__(self, data_cfg, fn, max_in_flight: int):
+  def __init__(self, data_cfg, fn, max_in_flight: int, item_bytes: Optional[int] = None):
     kind = data_cfg.get("worker_type", "thread")
     if kind not in WORKER_TYPES:
       raise ValueError(f"config.data.worker_type must be one of {WORKER_TYPES}, got {kind!r}")
@@ -160,6 +181,9 @@ class Pool:
       self._pool = concurrent.futures.ProcessPoolExecutor(
           data_cfg.num_workers, mp_context=multiprocessing.get_context("spawn"),
           initializer=_init_worker, initargs=(fn,))
+      if item_bytes is not None:
+        self._tried_shared = True
+        self._open_block(item_bytes)
 
   def submit(self, *args):
     """A future of `fn(*args)` (one with ``result()``)."""

@@ -5,6 +5,7 @@ config, seed and step), read a prepared dataset through a source that pickles, r
 arrays through shared memory (or the pipe when there is no room), report a worker's exception
 and a dead worker in the parent, and never claim the accelerator.
 """
+import concurrent.futures
 import io
 import json
 import os
@@ -293,3 +294,63 @@ def test_collate_reads_slots_in_place_and_returns_arrays_of_its_own(kind):
       assert pool.transfers["shared"] >= 24
   finally:
     pool.shutdown()
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_the_iterators_size_the_slots_from_the_config(monkeypatch, on_device):
+  """Every process result takes a shared-memory slot, the first ones too: the iterators give
+  the pool the size of a result before any came back."""
+  pools = []
+
+  class Recording(worker_pool.Pool):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      pools.append(self)
+
+  monkeypatch.setattr(worker_pool, "Pool", Recording)
+  # 3 frames of 96^2: 83 KB a stream in uint8, above worker_pool.MIN_SHARED_BYTES
+  batches = _batches(dict(image_size=96, pixels_on_device=on_device), "process",
+                     source=_examples(8))
+  assert len(pools) == 2 and len(batches) == 2 + 3
+  train, ev = pools
+  assert train.transfers == {"shared": 2 * 4, "pipe": 0}  # 2 batches of 4 (no prefetch left)
+  assert ev.transfers == {"shared": 8, "pipe": 0}
+
+
+def _mmapped_bytes_of_a_2mb_array():
+  """In a fresh process: bytes glibc maps anew (mallinfo2().hblkhd) for one 2 MB array."""
+  import ctypes  # pylint: disable=g-import-not-at-top
+  fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+            "fordblks", "keepcost")
+
+  class Info(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in fields]
+
+  libc = ctypes.CDLL("libc.so.6")
+  libc.mallinfo2.restype = Info
+  before = libc.mallinfo2().hblkhd
+  x = np.ones(1 << 18)  # 2 MB
+  return int(libc.mallinfo2().hblkhd - before), float(x.sum())
+
+
+def _in_fresh_process(fn, *, worker):
+  """fn() in a new spawned process: a pool worker (its initializer ran) or a bare process."""
+  if worker:
+    pool = worker_pool.Pool(_cfg(worker_type="process", num_workers=1), fn, max_in_flight=1)
+    try:
+      return pool.submit().result(timeout=120)
+    finally:
+      pool.shutdown()
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  with concurrent.futures.ProcessPoolExecutor(
+      1, mp_context=multiprocessing.get_context("spawn")) as bare:
+    return bare.submit(fn).result(timeout=120)
+
+
+def test_workers_serve_frame_arrays_from_the_heap():
+  """A worker allocates and frees the same few MB per example; glibc's defaults map each such
+  array anew (and fault its pages in again). Workers raise the mmap threshold instead."""
+  mapped, _ = _in_fresh_process(_mmapped_bytes_of_a_2mb_array, worker=False)
+  assert mapped >= 1 << 21  # glibc's default: a fresh mapping (the probe can see it)
+  mapped, _ = _in_fresh_process(_mmapped_bytes_of_a_2mb_array, worker=True)
+  assert mapped == 0
