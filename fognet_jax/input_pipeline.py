@@ -61,6 +61,12 @@ def train_sample_ids(num_examples: int, *, batch_size: int, seed: int, step: int
   return g, pos
 
 
+def _frame_dtype(data_cfg):
+  """The frames' dtype in a batch: uint8 with ``data.pixels_on_device`` (normalised in the
+  step), else float32 (normalised here)."""
+  return np.uint8 if data_cfg.get("pixels_on_device", False) else np.float32
+
+
 def _prefetched(make_batch, batch_numbers, data_cfg, one, batch_size: int, item: dict):
   """Yields the batches of `batch_numbers`, submitting ``data_cfg.prefetch`` batches ahead to
   a ``worker_pool.Pool`` running `one` per example (shut down when the iterator ends).
@@ -191,7 +197,7 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
 
   one = _TrainItem(source, data_cfg, named_split, seed, swap)
   frames = np.empty((data_cfg.num_frames, data_cfg.image_size, data_cfg.image_size, 3),
-                    np.uint8 if data_cfg.get("pixels_on_device", False) else np.float32)
+                    _frame_dtype(data_cfg))
 
   def collate(items):
     return {k: np.stack([it[k] for it in items]) for k in items[0]}
@@ -246,14 +252,14 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
   v = data_cfg.num_clips * data_cfg.num_crops
   s, t = data_cfg.image_size, data_cfg.num_frames
 
-  on_device = data_cfg.get("pixels_on_device", False)
   one = _EvalItem(source, data_cfg, named_split, stream)
+  views = np.empty((v, t, s, s, 3), _frame_dtype(data_cfg))  # one example's, unfilled
 
   def make_batch(b: int, pool):
     chunk = mine[b * batch_size:(b + 1) * batch_size]
 
     def collate(items):
-      foggy = np.zeros((batch_size, v, t, s, s, 3), np.uint8 if on_device else np.float32)
+      foggy = np.zeros((batch_size,) + views.shape, views.dtype)
       label = np.zeros((batch_size,), np.int32)
       mask = np.zeros((batch_size,), bool)
       for k, (x, l) in enumerate(items):
@@ -262,5 +268,4 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
 
     return collate, [pool.submit(int(i)) for i in chunk]
 
-  views = np.empty((v, t, s, s, 3), np.uint8 if on_device else np.float32)
   yield from _prefetched(make_batch, range(nb), data_cfg, one, batch_size, {"views": views})

@@ -240,7 +240,8 @@ class Pool:
     return out
 
   def _open_block(self, item_bytes: int) -> None:
-    """The shared block, once the first result gave the slot size (nothing when too small)."""
+    """The shared block of `item_bytes` per slot, the size given to the pool or that of the
+    first result (no block when 0, or without room in /dev/shm)."""
     if item_bytes == 0:
       return
     size = item_bytes * self._slots

@@ -202,11 +202,8 @@ def _events_of_a_run(tmp_path, monkeypatch, batches):
     return get(x)
 
   monkeypatch.setattr(train.jax, 'device_get', reading)
-  try:
-    train.train(cfg, str(tmp_path), **toy.run_parts(cfg, sharding.make_mesh(1)),
-                model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss, batches=batches)
-  finally:
-    monkeypatch.undo()
+  train.train(cfg, str(tmp_path), **toy.run_parts(cfg, sharding.make_mesh(1)),
+              model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss, batches=batches)
   return events
 
 
