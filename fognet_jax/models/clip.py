@@ -374,6 +374,39 @@ class MLP(nnx.Module):
     return self.c_proj(_ACTIVATIONS[self.activation](self.c_fc(x)))
 
 
+@jax.custom_vjp
+def keep_gradient(x: jax.Array) -> jax.Array:
+  """The identity, whose gradient XLA:CPU computes once and stores.
+
+  In the backward pass the gradient of the residual stream at a block is the sum of the
+  contributions of every later block. XLA:CPU's fusion does not store that sum: each fusion
+  that reads it recomputes it from all those contributions, so the deepest blocks' fusions
+  read 40 and more activation-sized arrays (benchmarks/RESULTS.md, "A fusion barrier for the
+  residual gradient"). On CPU this function's backward passes the gradient through a
+  conditional, which XLA does not fuse across, so the sum is computed once, into a buffer.
+  On other platforms it is the identity both ways. Values are unchanged on every platform.
+  """
+  return x
+
+
+def _keep_gradient_fwd(x: jax.Array):
+  return x, None
+
+
+def _keep_gradient_bwd(_, g: jax.Array):
+  def stored(g):
+    # A predicate XLA cannot fold (a constant one lets it drop the conditional), with no
+    # data dependence (a sharded array's element would need a collective). The second
+    # branch never runs; it computes something so that jax does not forward the operand
+    # past the conditional.
+    keep = jax.lax.optimization_barrier(jnp.bool_(True))
+    return jax.lax.cond(keep, lambda g: g, lambda g: g * 1.0, g)
+  return (jax.lax.platform_dependent(g, cpu=stored, default=lambda g: g),)
+
+
+keep_gradient.defvjp(_keep_gradient_fwd, _keep_gradient_bwd)
+
+
 class ResidualAttentionBlock(nnx.Module):
   """Pre-LayerNorm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
 
@@ -401,11 +434,13 @@ class ResidualAttentionBlock(nnx.Module):
     :class:`Transformer` keeps its residual stream in this form from the first block to the
     last. With no reshape between the residual adds, XLA:CPU recomputes the stream's
     gradient in fewer places in the backward pass (benchmarks/RESULTS.md, "Where the rest of
-    the CPU gap is"). The same arithmetic as on (N, L, width).
+    the CPU gap is"). The same arithmetic as on (N, L, width). The stream's gradient is
+    stored at both residual adds (:func:`keep_gradient`).
     """
     # Sub-layer outputs are added in the residual stream's dtype (float32 unless residual_dtype).
+    x = keep_gradient(x)
     attn = self.attn(self.ln_1(x).reshape(-1, length, x.shape[-1]), causal=causal)
-    x = x + attn.reshape(x.shape).astype(x.dtype)
+    x = keep_gradient(x + attn.reshape(x.shape).astype(x.dtype))
     return x + self.mlp(self.ln_2(x)).astype(x.dtype)
 
   def row(self, x: jax.Array, rows: jax.Array, causal: bool = False) -> jax.Array:
