@@ -374,6 +374,12 @@ class MLP(nnx.Module):
     return self.c_proj(_ACTIVATIONS[self.activation](self.c_fc(x)))
 
 
+# The platforms on which keep_gradient stores the gradient; on the others it is the identity
+# both ways. A conditional on a GPU waits for its predicate on the host, so GPUs are left out
+# until measured (benchmarks/fusion_reads.py sets this to try them).
+KEEP_GRADIENT_PLATFORMS = ('cpu',)
+
+
 @jax.custom_vjp
 def keep_gradient(x: jax.Array) -> jax.Array:
   """The identity, whose gradient XLA:CPU computes once and stores.
@@ -384,7 +390,8 @@ def keep_gradient(x: jax.Array) -> jax.Array:
   read 40 and more activation-sized arrays (benchmarks/RESULTS.md, "A fusion barrier for the
   residual gradient"). On CPU this function's backward passes the gradient through a
   conditional, which XLA does not fuse across, so the sum is computed once, into a buffer.
-  On other platforms it is the identity both ways. Values are unchanged on every platform.
+  On other platforms (see ``KEEP_GRADIENT_PLATFORMS``) it is the identity both ways. Values
+  are unchanged on every platform.
   """
   return x
 
@@ -401,7 +408,8 @@ def _keep_gradient_bwd(_, g: jax.Array):
     # past the conditional.
     keep = jax.lax.optimization_barrier(jnp.bool_(True))
     return jax.lax.cond(keep, lambda g: g, lambda g: g * 1.0, g)
-  return (jax.lax.platform_dependent(g, cpu=stored, default=lambda g: g),)
+  branches = {platform: stored for platform in KEEP_GRADIENT_PLATFORMS}
+  return (jax.lax.platform_dependent(g, **branches, default=lambda g: g),)
 
 
 keep_gradient.defvjp(_keep_gradient_fwd, _keep_gradient_bwd)
