@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     return jnp.sum(nnx.merge(graphdef, p, rest).encode_image(x).astype(jnp.float32)**2)
 
   default = clip.KEEP_GRADIENT_PLATFORMS
-  modes = {'plain': (), 'kept': (platform,)}
+  modes = {'plain': (), 'kept': (platform,)}  # 'gpu': clip.keep_gradient takes it for cuda/rocm
   compiled, report = {}, {}
   try:
     for name, platforms in modes.items():

@@ -188,6 +188,12 @@ def test_cpu_backward_computes_the_residual_gradient_once(monkeypatch):
   assert 'optimization_barrier' in step.lower(params, pixels, tokens).as_text()
   assert 'optimization_barrier' not in exported
   assert 'optimization_barrier' not in ops  # the forward pass is untouched
+  monkeypatch.setattr(clip, 'KEEP_GRADIENT_PLATFORMS', ('gpu',))  # as fusion_reads.py sets it
+  exported = jax.export.export(jax.jit(jax.grad(loss)), platforms=('cuda',))(
+      params, pixels, tokens).mlir_module()
+  assert 'optimization_barrier' in exported
+  assert 'optimization_barrier' not in jax.jit(jax.grad(loss)).lower(
+      params, pixels, tokens).as_text()  # now off on CPU
   monkeypatch.setattr(clip, 'keep_gradient', lambda x: x)
   want = jax.jit(jax.grad(loss))(params, pixels, tokens)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):

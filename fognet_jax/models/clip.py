@@ -374,9 +374,10 @@ class MLP(nnx.Module):
     return self.c_proj(_ACTIVATIONS[self.activation](self.c_fc(x)))
 
 
-# The platforms on which keep_gradient stores the gradient; on the others it is the identity
-# both ways. A conditional on a GPU waits for its predicate on the host, so GPUs are left out
-# until measured (benchmarks/fusion_reads.py sets this to try them).
+# The platforms on which keep_gradient stores the gradient ('cpu', 'cuda', 'rocm', 'tpu';
+# 'gpu' means both GPU kinds); on the others it is the identity both ways. A conditional on
+# a GPU may wait for its predicate on the host, so GPUs are left out until measured
+# (benchmarks/fusion_reads.py sets this to try them).
 KEEP_GRADIENT_PLATFORMS = ('cpu',)
 
 
@@ -408,7 +409,9 @@ def _keep_gradient_bwd(_, g: jax.Array):
     # past the conditional.
     keep = jax.lax.optimization_barrier(jnp.bool_(True))
     return jax.lax.cond(keep, lambda g: g, lambda g: g * 1.0, g)
-  branches = {platform: stored for platform in KEEP_GRADIENT_PLATFORMS}
+  platforms = {p for name in KEEP_GRADIENT_PLATFORMS
+               for p in (('cuda', 'rocm') if name == 'gpu' else (name,))}
+  branches = {platform: stored for platform in sorted(platforms)}
   return (jax.lax.platform_dependent(g, **branches, default=lambda g: g),)
 
 
