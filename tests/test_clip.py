@@ -164,8 +164,8 @@ def _operands_of_shape(hlo_text, shape):
 def test_cpu_backward_computes_the_residual_gradient_once(monkeypatch):
   """keep_gradient: in the compiled CPU gradient no fusion recomputes the residual stream's
   gradient from the later blocks' contributions (without it the deepest fusions of this
-  6-layer model read 17 stream-sized arrays); gradients are unchanged; and it lowers to
-  nothing for a GPU."""
+  6-layer model read 17 stream-sized arrays); gradients and forward-mode derivatives are
+  unchanged; and it lowers to nothing for a GPU unless asked."""
   config = clip.get_config('tiny', vision_layers=6, text_layers=6)
   model = clip.create(config, seed=0)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -182,6 +182,9 @@ def test_cpu_backward_computes_the_residual_gradient_once(monkeypatch):
     counts = _operands_of_shape(hlo, f'f32[{rows},64]')
     assert len(counts) > 20 and counts[0] <= 3, (rows, counts[:8])
   got = step(params, pixels, tokens)
+  image = lambda x: nnx.merge(graphdef, params, rest).encode_image(x)
+  direction = jax.random.normal(jax.random.key(1), pixels.shape)
+  got_jvp = jax.jit(lambda x, d: jax.jvp(image, (x,), (d,)))(pixels, direction)
   ops = jax.jit(loss).lower(params, pixels, tokens).as_text()
   exported = jax.export.export(jax.jit(jax.grad(loss)), platforms=('cuda',))(
       params, pixels, tokens).mlir_module()
@@ -198,6 +201,10 @@ def test_cpu_backward_computes_the_residual_gradient_once(monkeypatch):
   want = jax.jit(jax.grad(loss))(params, pixels, tokens)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # Forward mode goes through it as through the identity.
+  want_jvp = jax.jit(lambda x, d: jax.jvp(image, (x,), (d,)))(pixels, direction)
+  for a, b in zip(got_jvp, want_jvp):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_impl_option():

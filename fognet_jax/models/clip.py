@@ -381,7 +381,7 @@ class MLP(nnx.Module):
 KEEP_GRADIENT_PLATFORMS = ('cpu',)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def keep_gradient(x: jax.Array) -> jax.Array:
   """The identity, whose gradient XLA:CPU computes once and stores.
 
@@ -389,33 +389,34 @@ def keep_gradient(x: jax.Array) -> jax.Array:
   contributions of every later block. XLA:CPU's fusion does not store that sum: each fusion
   that reads it recomputes it from all those contributions, so the deepest blocks' fusions
   read 40 and more activation-sized arrays (benchmarks/RESULTS.md, "A fusion barrier for the
-  residual gradient"). On CPU this function's backward passes the gradient through a
-  conditional, which XLA does not fuse across, so the sum is computed once, into a buffer.
-  On other platforms (see ``KEEP_GRADIENT_PLATFORMS``) it is the identity both ways. Values
-  are unchanged on every platform.
+  residual gradient"). On CPU the tangent of this function goes through a conditional, and
+  so does its transpose, the gradient: XLA does not fuse across a conditional, so the sum is
+  computed once, into a buffer. On other platforms (see ``KEEP_GRADIENT_PLATFORMS``) it is
+  the identity both ways. Values are unchanged on every platform, and forward-mode
+  differentiation (``jax.jvp``, ``jax.hessian``) works as through the identity.
   """
   return x
 
 
-def _keep_gradient_fwd(x: jax.Array):
-  return x, None
-
-
-def _keep_gradient_bwd(_, g: jax.Array):
-  def stored(g):
+def _stored(t: jax.Array) -> jax.Array:
+  """``t``, through a conditional on the platforms of ``KEEP_GRADIENT_PLATFORMS``."""
+  def through_conditional(t):
     # A predicate XLA cannot fold (a constant one lets it drop the conditional), with no
     # data dependence (a sharded array's element would need a collective). The second
     # branch never runs; it computes something so that jax does not forward the operand
     # past the conditional.
     keep = jax.lax.optimization_barrier(jnp.bool_(True))
-    return jax.lax.cond(keep, lambda g: g, lambda g: g * 1.0, g)
+    return jax.lax.cond(keep, lambda t: t, lambda t: t * 1.0, t)
   platforms = {p for name in KEEP_GRADIENT_PLATFORMS
                for p in (('cuda', 'rocm') if name == 'gpu' else (name,))}
-  branches = {platform: stored for platform in sorted(platforms)}
-  return (jax.lax.platform_dependent(g, **branches, default=lambda g: g),)
+  branches = {platform: through_conditional for platform in sorted(platforms)}
+  return jax.lax.platform_dependent(t, **branches, default=lambda t: t)
 
 
-keep_gradient.defvjp(_keep_gradient_fwd, _keep_gradient_bwd)
+@keep_gradient.defjvp
+def _keep_gradient_jvp(primals, tangents):
+  (x,), (t,) = primals, tangents
+  return x, _stored(t)
 
 
 class ResidualAttentionBlock(nnx.Module):
