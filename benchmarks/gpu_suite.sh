@@ -384,7 +384,7 @@ if d:
     print(f'| {name} | {1e3 * r["median_s"]:.1f} | {r["stream_operands"]} '
           f'| {(r["largest"] or [0])[0]} | {r["compile_s"]:.1f} |')
   print(f'\nplain / kept time {d["plain_over_kept"]:.3f}; gradients max relative difference '
-        f'{d["grad_max_rel_diff"]:.1e}; stored by default on {d["meta"]["default_platforms"]}')
+        f'{d["grad_max_rel_diff"]:.1e}; stored by default on {m["default_platforms"]}')
 
 top = os.path.join(out, 'profile_b16_top20.txt')
 if os.path.exists(top):

@@ -177,7 +177,8 @@ def test_cpu_backward_computes_the_residual_gradient_once(monkeypatch):
     return jnp.sum(m.encode_image(x) ** 2) + jnp.sum(m.encode_text(t) ** 2)
 
   step = jax.jit(jax.grad(loss))
-  hlo = step.lower(params, pixels, tokens).compile().as_text()
+  lowered = step.lower(params, pixels, tokens)
+  hlo = lowered.compile().as_text()
   for rows in (2 * 17, 2 * 77):  # (N*L, width) of the vision and the text stream
     counts = _operands_of_shape(hlo, f'f32[{rows},64]')
     assert len(counts) > 20 and counts[0] <= 3, (rows, counts[:8])
@@ -188,7 +189,7 @@ def test_cpu_backward_computes_the_residual_gradient_once(monkeypatch):
   ops = jax.jit(loss).lower(params, pixels, tokens).as_text()
   exported = jax.export.export(jax.jit(jax.grad(loss)), platforms=('cuda',))(
       params, pixels, tokens).mlir_module()
-  assert 'optimization_barrier' in step.lower(params, pixels, tokens).as_text()
+  assert 'optimization_barrier' in lowered.as_text()
   assert 'optimization_barrier' not in exported
   assert 'optimization_barrier' not in ops  # the forward pass is untouched
   monkeypatch.setattr(clip, 'KEEP_GRADIENT_PLATFORMS', ('gpu',))  # as fusion_reads.py sets it
