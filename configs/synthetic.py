@@ -37,6 +37,9 @@ def get_config(arg=None):
   config.model.clip_overrides.image_size = 64
   config.model.clip_overrides.patch_size = 8   # 8x8 patches per frame
   config.model.tokenizer.kind = 'byte'
+  # The byte tokenizer's ids are 0..258: a text tower with CLIP's 49408 token embeddings
+  # would train (and store, and zero-fill the gradient of) 49149 rows no prompt uses.
+  config.model.clip_overrides.vocab_size = 259
   # A tower trained from scratch on ~1000 clips otherwise locks onto the static background.
   config.model.frame_centering = True
 

@@ -97,9 +97,27 @@ def setup(config: ml_collections.ConfigDict) -> Run:
   sharding.maybe_initialize_distributed(config.distributed.initialize)
   mesh = sharding.make_mesh(config.mesh.num_devices)
   config_lib.validate(config, num_devices=mesh.size, num_processes=jax.process_count())
+  check_vocabulary(config)
   data = records.prepare(config.data)
   steps = train.resolve_steps(config.train, data.num_examples[config.data.train_split])
   return Run(mesh, data, class_prompt_tokens(config, data.class_names), steps)
+
+
+def check_vocabulary(config: ml_collections.ConfigDict) -> None:
+  """The tokenizer's ids must index the text tower's token embedding (a gather clamps ids
+  past its end without an error). Checked for a randomly initialised CLIP, whose vocabulary
+  comes from the config; loaded weights bring CLIP's own (49408 rows)."""
+  if config.model.get('init_from'):
+    return
+  tok = tokenizer_lib.get_tokenizer(config.model.tokenizer.kind, path=config.model.tokenizer.path)
+  vocab = fognet.clip_config(config.model).vocab_size
+  if tok.vocab_size > vocab:
+    raise ValueError(
+        f'config: model.tokenizer.kind={config.model.tokenizer.kind!r} gives token ids up to '
+        f'{tok.vocab_size - 1}, but the text tower has {vocab} token embeddings '
+        f'(model.backbone={config.model.backbone!r}, model.clip_overrides.vocab_size='
+        f'{config.model.clip_overrides.get("vocab_size")}); set '
+        f'model.clip_overrides.vocab_size={tok.vocab_size}')
 
 
 def class_prompt_tokens(config: ml_collections.ConfigDict, class_names) -> np.ndarray:

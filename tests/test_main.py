@@ -57,6 +57,25 @@ def test_bad_values_fail_at_startup_naming_the_key(tmp_path):
   assert not os.path.exists(os.path.join(str(tmp_path), 'checkpoints'))
 
 
+def test_a_text_tower_smaller_than_the_tokenizer_fails_before_the_data_is_built(tmp_path):
+  # Byte ids run to 258; 200 embeddings would clamp the larger ids in the gather, silently.
+  data_dir = tmp_path / 'tfds'
+  r = _main('--config=configs/synthetic.py', f'--workdir={tmp_path / "run"}',
+            f'--config.data.data_dir={data_dir}', '--config.model.clip_overrides.vocab_size=200',
+            timeout=120)
+  assert r.returncode != 0
+  assert 'model.clip_overrides.vocab_size=259' in r.stderr, r.stderr[-2000:]
+  assert not data_dir.exists()
+
+
+def test_the_demo_text_tower_has_one_embedding_per_byte_token():
+  from fognet_jax import config_lib, tokenizer
+  from fognet_jax.models import fognet
+  config = config_lib.load_config('synthetic')
+  tok = tokenizer.get_tokenizer(config.model.tokenizer.kind)
+  assert fognet.clip_config(config.model).vocab_size == tok.vocab_size == 259
+
+
 def test_library_info_lines_are_dropped_but_warnings_kept():
   import logging as std_logging
   from fognet_jax import main as main_lib

@@ -74,6 +74,15 @@ def clip_overrides(model_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   return {k: v for k, v in dict(ov).items() if v is not None}
 
 
+def clip_config(model_cfg: ml_collections.ConfigDict) -> clip.CLIPConfig:
+  """The CLIP architecture of a randomly initialised model: ``model.backbone`` with
+  ``model.clip_overrides``."""
+  try:
+    return clip.get_config(model_cfg.backbone, **clip_overrides(model_cfg))
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"config keys model.backbone / model.clip_overrides: {e}") from e
+
+
 def _normal(std: float):
   return nnx.initializers.normal(stddev=std)
 
@@ -403,17 +412,12 @@ def create_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Fog
   initialised CLIP ``backbone`` (+ ``clip_overrides``) is built from ``rngs``.
   """
   dtype = clip.canonical_dtype(model_cfg.dtype)
-  overrides = clip_overrides(model_cfg)
   if model_cfg.get("init_from"):
     clip_model = clip_weights.load(model_cfg.init_from, dtype=dtype, remat=bool(model_cfg.remat),
                                    attention_impl=model_cfg.get("attention_impl"),
                                    residual_dtype=model_cfg.get("residual_dtype"))
   else:
-    try:
-      clip_cfg = clip.get_config(model_cfg.backbone, **overrides)
-    except (ValueError, TypeError) as e:
-      raise ValueError(f"config keys model.backbone / model.clip_overrides: {e}") from e
-    clip_model = clip.CLIP(clip_cfg, dtype=dtype, remat=bool(model_cfg.remat),
+    clip_model = clip.CLIP(clip_config(model_cfg), dtype=dtype, remat=bool(model_cfg.remat),
                            attention_impl=model_cfg.get("attention_impl"),
                            residual_dtype=model_cfg.get("residual_dtype"), rngs=rngs)
   return FogNet(model_cfg, clip_model, rngs=rngs)
