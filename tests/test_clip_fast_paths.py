@@ -8,6 +8,8 @@
   and gradients, with and without remat;
 * `prompts.trim_context` (positions after the last end-of-text token dropped) leaves every
   text embedding unchanged;
+* the attention scale folded into the query projection gives bit-identical values and
+  gradients to scaling the logits (head widths of a power of 4);
 * the cuDNN path's padding and masking (run with XLA's kernel here) equals unpadded attention.
 """
 import numpy as np
@@ -64,6 +66,41 @@ def test_attention_equals_numpy_with_random_biases(causal):
   rows = jnp.asarray([6, 2])
   row_out = mha.attend_row(jnp.asarray(x), rows, causal=causal)
   np.testing.assert_allclose(row_out, ref[np.arange(2), [6, 2]], rtol=1e-5, atol=1e-5)
+
+
+def _mha_scaling_the_logits(mha, x, causal):
+  """`MultiHeadAttention` as it was before the scale moved into the query projection."""
+  n, length, width = x.shape
+  projs = (mha.q_proj, mha.k_proj, mha.v_proj)
+  kernel = jnp.concatenate([p.kernel[...] for p in projs], axis=1)
+  bias = jnp.concatenate([p.bias[...] for p in projs])
+  y = x.reshape(n * length, width) @ kernel + bias
+  y = y.reshape(n, length, 3, mha.heads, width // mha.heads).transpose(2, 0, 3, 1, 4)
+  out = clip.attention(y[0], y[1], y[2], causal=causal)  # scales the logits
+  return mha.out_proj(out.transpose(0, 2, 1, 3).reshape(n, length, width))
+
+
+@pytest.mark.parametrize('width,heads', [(64, 4), (128, 2)])  # head widths 16 and 64
+@pytest.mark.parametrize('causal', [False, True])
+def test_scale_in_the_query_projection_is_bit_identical(width, heads, causal):
+  mha = clip.MultiHeadAttention(width, heads, dtype=jnp.float32, rngs=nnx.Rngs(0),
+                                in_std=0.5, out_std=0.3)
+  for i, proj in enumerate((mha.q_proj, mha.k_proj, mha.v_proj)):
+    proj.bias[...] = 0.5 * jax.random.normal(jax.random.key(10 + i), (width,))
+  x = jax.random.normal(jax.random.key(3), (2, 9, width))
+  g = jax.random.normal(jax.random.key(4), (2, 9, width))
+  graphdef, params = nnx.split(mha)
+
+  def loss(fn):
+    return lambda p: jnp.sum(fn(nnx.merge(graphdef, p), x) * g)
+
+  ours = jax.jit(jax.value_and_grad(loss(lambda m, x: m(x, causal=causal))))(params)
+  ref = jax.jit(jax.value_and_grad(loss(lambda m, x: _mha_scaling_the_logits(m, x, causal))))(
+      params)
+  np.testing.assert_array_equal(ours[0], ref[0])
+  for a, b in zip(jax.tree.leaves(ours[1]), jax.tree.leaves(ref[1])):
+    np.testing.assert_array_equal(a, b)
+  assert float(jnp.abs(ours[1]['q_proj']['kernel'][...]).max()) > 0
 
 
 def _full_image(model, x):
@@ -154,3 +191,7 @@ def test_cudnn_padding_and_masking_equal_unpadded(length, causal):
   padded = clip._cudnn_attention(q, k, v, causal=causal, implementation='xla')
   assert padded.shape == ref.shape
   np.testing.assert_allclose(padded, ref, rtol=1e-5, atol=1e-5)
+  # Queries scaled already, as MultiHeadAttention gives them: no second scaling.
+  prescaled = clip._cudnn_attention(q * 8**-0.5, k, v, causal=causal, implementation='xla',
+                                    scale=1.0)
+  np.testing.assert_allclose(prescaled, ref, rtol=1e-5, atol=1e-5)
