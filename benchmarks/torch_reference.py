@@ -35,12 +35,12 @@ from typing import Callable, Optional
 BACKBONES = ('tiny', 'ViT-B/16', 'ViT-B/32', 'ViT-L/14')
 ARCHS = ('fognet', 'actionclip')
 MODES = ('eager', 'compile')
-EOT_TOKEN = 49407
+VOCAB = 49408  # CLIP's BPE; end-of-text is the largest id, vocab - 1
 CONTEXT = 77
 CROSS_STREAM_WEIGHT = 0.1
 
 
-def clip_config(backbone: str, image_size: int):
+def clip_config(backbone: str, image_size: int, vocab_size: int = VOCAB):
   """transformers ``CLIPConfig`` matching ``fognet_jax.models.clip.CONFIGS[backbone]``."""
   from transformers import CLIPConfig  # pylint: disable=g-import-not-at-top
   shapes = {
@@ -60,8 +60,8 @@ def clip_config(backbone: str, image_size: int):
                 num_hidden_layers=vl, image_size=image_size, patch_size=patch,
                 hidden_act='quick_gelu', layer_norm_eps=1e-5)
   text = dict(hidden_size=tw, intermediate_size=4 * tw, num_attention_heads=th,
-              num_hidden_layers=tl, max_position_embeddings=CONTEXT, vocab_size=49408,
-              hidden_act='quick_gelu', layer_norm_eps=1e-5, eos_token_id=EOT_TOKEN)
+              num_hidden_layers=tl, max_position_embeddings=CONTEXT, vocab_size=vocab_size,
+              hidden_act='quick_gelu', layer_norm_eps=1e-5, eos_token_id=vocab_size - 1)
   return CLIPConfig(text_config=text, vision_config=vision, projection_dim=embed)
 
 
@@ -127,12 +127,15 @@ class ReferenceStep:
 def build_reference(*, backbone: str = 'ViT-B/16', arch: str = 'fognet', image_size: int = 224,
                     frames: int = 8, batch: int = 16, classes: int = 55, dtype: str = 'bf16',
                     modes: tuple[str, ...] = MODES, device: Optional[str] = None,
-                    seed: int = 0, prompt_len: int = 77) -> ReferenceStep:
+                    seed: int = 0, prompt_len: int = 77,
+                    vocab_size: int = VOCAB) -> ReferenceStep:
   """Builds the reference model, optimizer and a fixed random batch; nothing runs yet.
 
   One model and optimizer serve all ``modes`` (the compiled mode wraps the same loss function),
   so building both costs one set of weights. Prompts are 77 tokens: random ids, end-of-text at
   ``prompt_len - 1``, zeros after it (as ``clip.tokenize`` pads), all 77 encoded.
+  ``vocab_size`` sizes the token embedding (259 for the demo's byte tokenizer); the
+  end-of-text id is its largest, ``vocab_size - 1``.
   """
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -151,7 +154,7 @@ def build_reference(*, backbone: str = 'ViT-B/16', arch: str = 'fognet', image_s
       raise ValueError(f'torch reference: {name} must be positive, got {v}')
   device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
   torch.manual_seed(seed)
-  cfg = clip_config(backbone, image_size)
+  cfg = clip_config(backbone, image_size, vocab_size)
   model = CLIPModel._from_config(cfg, attn_implementation='sdpa').to(device).train()  # pylint: disable=protected-access
   n_params = sum(p.numel() for p in model.parameters())
   opt = torch.optim.AdamW(model.parameters(), lr=5e-6, weight_decay=0.2, betas=(0.9, 0.98),
@@ -160,10 +163,10 @@ def build_reference(*, backbone: str = 'ViT-B/16', arch: str = 'fognet', image_s
   streams = 2 if arch == 'fognet' else 1
   gen = torch.Generator(device='cpu').manual_seed(seed)
   pixels = torch.randn(streams * b * t, 3, s, s, generator=gen).to(device)  # (S*B*T, 3, H, W)
-  ids = torch.randint(1, 400, (c, CONTEXT), generator=gen)
+  ids = torch.randint(1, min(400, vocab_size - 1), (c, CONTEXT), generator=gen)
   if not 2 <= prompt_len <= CONTEXT:
     raise ValueError(f'torch reference: prompt_len must be in [2, {CONTEXT}], got {prompt_len}')
-  ids[:, prompt_len - 1] = EOT_TOKEN
+  ids[:, prompt_len - 1] = vocab_size - 1
   ids[:, prompt_len:] = 0
   ids = ids.to(device)
   labels = (torch.arange(b) % c).to(device)

@@ -61,6 +61,9 @@ _PROMPT_LEN = flags.DEFINE_integer(
     'prompt_len', 77, 'Tokens up to and including end-of-text in every prompt (2..77); the '
     'rest of the 77 is zero padding, as clip.tokenize writes it. Ours trims the padding '
     '(prompts.trim_context, as training does); the torch reference encodes all 77.')
+_VOCAB = flags.DEFINE_integer(
+    'vocab_size', None, "Text vocabulary (model.clip_overrides.vocab_size); default the "
+    "backbone's, 49408. 259 is the embedded demo's byte tokenizer (configs/synthetic.py).")
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per variant (per repeat).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps before each timing.')
 _VARIANTS = flags.DEFINE_list('variants', ['fp32', 'bf16', 'fp32+remat', 'bf16+remat'],
@@ -224,6 +227,7 @@ def _config(variant: str):
     cfg.model.residual_dtype = 'bfloat16'
   cfg.mesh.fsdp = 'fsdp' in parts
   cfg.model.clip_overrides.image_size = _IMAGE.value
+  cfg.model.clip_overrides.vocab_size = _VOCAB.value
   cfg.data.num_frames = _FRAMES.value
   cfg.data.image_size = _IMAGE.value
   cfg.train.batch_size = _BATCH.value
@@ -278,8 +282,9 @@ class OurStep:
     rng = np.random.default_rng(0)
     b, t, s = _BATCH.value, _FRAMES.value, _IMAGE.value
     from fognet_jax import prompts  # pylint: disable=g-import-not-at-top
-    tokens = rng.integers(1, 400, size=(16, _CLASSES.value, 77)).astype(np.int32)
-    tokens[..., _PROMPT_LEN.value - 1] = 49407  # EOT, the text tower pools at the largest id
+    eot = self.clip_cfg.vocab_size - 1  # the text tower pools at the largest id
+    tokens = rng.integers(1, min(400, eot), size=(16, _CLASSES.value, 77)).astype(np.int32)
+    tokens[..., _PROMPT_LEN.value - 1] = eot
     tokens[..., _PROMPT_LEN.value:] = 0  # padding
     tokens = prompts.trim_context(tokens)  # (16, C, prompt_len), as main.setup does
     self.tokens = jax.device_put(jnp.asarray(tokens), sharding.replicated(mesh))
@@ -339,7 +344,8 @@ def run_variant(variant: str, devices) -> dict:
     ref = torch_reference.build_reference(
         backbone=_BACKBONE.value, arch=_ARCH.value, image_size=_IMAGE.value,
         frames=_FRAMES.value, batch=_BATCH.value, classes=_CLASSES.value, dtype=dtype,
-        modes=tuple(_TORCH_MODES.value), prompt_len=_PROMPT_LEN.value)
+        modes=tuple(_TORCH_MODES.value), prompt_len=_PROMPT_LEN.value,
+        vocab_size=ours.clip_cfg.vocab_size)
   timings = []
 
   def time_ours(r):
@@ -461,6 +467,9 @@ def main(argv):
     raise app.UsageError('--repeats and --steps must be >= 1, --warmup >= 0')
   if not 2 <= _PROMPT_LEN.value <= 77:
     raise app.UsageError(f'--prompt_len must be in [2, 77], got {_PROMPT_LEN.value}')
+  if _VOCAB.value is not None and _VOCAB.value < 3:
+    raise app.UsageError(f'--vocab_size must be >= 3 (padding, a token, end-of-text), got '
+                         f'{_VOCAB.value}')
   if _COMPARE.value:
     bad = [m for m in _TORCH_MODES.value if m not in ('eager', 'compile')]
     if bad or not _TORCH_MODES.value:

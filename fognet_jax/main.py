@@ -104,9 +104,9 @@ def setup(config: ml_collections.ConfigDict) -> Run:
 
 
 def check_vocabulary(config: ml_collections.ConfigDict) -> None:
-  """The tokenizer's ids must index the text tower's token embedding (a gather clamps ids
-  past its end without an error). Checked for a randomly initialised CLIP, whose vocabulary
-  comes from the config; loaded weights bring CLIP's own (49408 rows)."""
+  """The tokenizer's ids must index the text tower's token embedding: an id past its end
+  embeds as NaN, and training goes on with a NaN loss. Checked for a randomly initialised
+  CLIP, whose vocabulary comes from the config; loaded weights bring CLIP's own (49408)."""
   if config.model.get('init_from'):
     return
   tok = tokenizer_lib.get_tokenizer(config.model.tokenizer.kind, path=config.model.tokenizer.path)

@@ -8,8 +8,8 @@
   and gradients, with and without remat;
 * `prompts.trim_context` (positions after the last end-of-text token dropped) leaves every
   text embedding unchanged;
-* the attention scale folded into the query projection gives bit-identical values and
-  gradients to scaling the logits (head widths of a power of 4);
+* the attention scale applied to the queries as they are projected gives bit-identical
+  values and gradients to scaling the logits (head widths of a power of 4);
 * the cuDNN path's padding and masking (run with XLA's kernel here) equals unpadded attention.
 """
 import numpy as np

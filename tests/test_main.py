@@ -58,7 +58,7 @@ def test_bad_values_fail_at_startup_naming_the_key(tmp_path):
 
 
 def test_a_text_tower_smaller_than_the_tokenizer_fails_before_the_data_is_built(tmp_path):
-  # Byte ids run to 258; 200 embeddings would clamp the larger ids in the gather, silently.
+  # Byte ids run to 258; with 200 embeddings the larger ids would embed as NaN.
   data_dir = tmp_path / 'tfds'
   r = _main('--config=configs/synthetic.py', f'--workdir={tmp_path / "run"}',
             f'--config.data.data_dir={data_dir}', '--config.model.clip_overrides.vocab_size=200',

@@ -269,7 +269,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
       fused kernel, GPU, 16-bit; the sequence is padded to a multiple of
       ``CUDNN_SEQ_MULTIPLE`` and the padded keys masked).
     scale: the logits' factor; None = ``head_dim ** -0.5``. 1.0 when the queries come
-      scaled already (``MultiHeadAttention`` folds the factor into the query projection).
+      scaled already (``MultiHeadAttention`` scales them as it projects them).
 
   Returns:
     (N, heads, L, head_dim) in the dtype of ``v``.
@@ -338,19 +338,20 @@ class MultiHeadAttention(nnx.Module):
   def _project(self, x: jax.Array, projs) -> jax.Array:
     """(N, L, width) -> (len(projs), N, heads, L, head_dim): the projections as one matmul.
 
-    The query projection comes multiplied by the attention scale ``head_dim ** -0.5``, so
-    the logits need no scaling: one multiply of its (width, width) kernel instead of one of
-    every (L, L) logit. For a head width of a power of 4 (64 in every CLIP preset) the scale
-    is a power of 2, and the values and gradients are bit-identical to scaling the logits.
+    The queries come multiplied by the attention scale ``head_dim ** -0.5``, in the copy
+    that makes them head-major, so the logits need no scaling: a multiply of (L, head_dim)
+    per head instead of (L, L). For a head width of a power of 4 (64 in every CLIP preset)
+    the scale is a power of 2, and values and gradients are bit-identical to scaling the
+    logits.
     """
     n, length, width = x.shape
-    scaled = lambda p, t: t * self.query_scale if p is self.q_proj else t
-    kernel = jnp.concatenate([scaled(p, p.kernel[...]) for p in projs], axis=1)
-    bias = jnp.concatenate([scaled(p, p.bias[...]) for p in projs])
-    kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+    kernel = jnp.concatenate([p.kernel[...] for p in projs], axis=1).astype(self.dtype)
+    bias = jnp.concatenate([p.bias[...] for p in projs]).astype(self.dtype)
     # (N*L, width) @ (width, P*width)
     y = jnp.dot(x.reshape(n * length, width).astype(self.dtype), kernel) + bias
-    return einops.rearrange(y, '(n l) (p h d) -> p n h l d', n=n, p=len(projs), h=self.heads)
+    y = einops.rearrange(y, '(n l) (p h d) -> p n h l d', n=n, p=len(projs), h=self.heads)
+    scales = [self.query_scale if p is self.q_proj else 1.0 for p in projs]
+    return y * jnp.asarray(scales, y.dtype)[:, None, None, None, None]
 
   def __call__(self, x: jax.Array, *, causal: bool) -> jax.Array:
     q, k, v = self._project(x, (self.q_proj, self.k_proj, self.v_proj))
