@@ -1,8 +1,6 @@
 """The CLIP towers' fast paths compute what the plain paths compute.
 
 * `clip.Linear` (leading dims merged into one 2-D matmul) equals `nnx.Linear`;
-* the patch embedding as one matmul of flattened patches equals the patch convolution, in
-  values and kernel gradients;
 * `MultiHeadAttention` (q/k/v as one matmul, head-major attention) equals an independent
   NumPy multi-head attention, causal and not;
 * the pooled last layer (`Transformer(rows=...)`: query, output projection and MLP of the
@@ -103,28 +101,6 @@ def test_scale_in_the_query_projection_is_bit_identical(width, heads, causal):
   for a, b in zip(jax.tree.leaves(ours[1]), jax.tree.leaves(ref[1])):
     np.testing.assert_array_equal(a, b)
   assert float(jnp.abs(ours[1]['q_proj']['kernel'][...]).max()) > 0
-
-
-@pytest.mark.parametrize('size', [(32, 32), (35, 41)])  # whole patches; a ragged edge dropped
-def test_patch_matmul_equals_the_patch_convolution(size):
-  v = clip.create('tiny').visual
-  x = jax.random.normal(jax.random.key(5), (3, *size, 3))
-  p, kernel = v.config.patch_size, v.conv1.kernel[...]
-  ref = v.conv1(x)  # (N, gh, gw, width): the convolution the parameters belong to
-  ours = clip.patch_embed(x, kernel)
-  assert ours.shape == (3, (size[0] // p) * (size[1] // p), v.config.vision_width)
-  np.testing.assert_allclose(ours, ref.reshape(ours.shape), rtol=1e-5, atol=1e-5)
-
-  def conv(k):
-    return jax.lax.conv_general_dilated(x, k, (p, p), 'VALID',
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-  g = jax.random.normal(jax.random.key(6), ours.shape)
-  grad = lambda f: jax.grad(lambda k: jnp.sum(f(k).reshape(g.shape) * g))(kernel)
-  expected = grad(conv)
-  np.testing.assert_allclose(grad(lambda k: clip.patch_embed(x, k)), expected,
-                             rtol=1e-4, atol=1e-4)
-  assert float(jnp.abs(expected).max()) > 1
 
 
 def _full_image(model, x):

@@ -591,22 +591,6 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid_in: tuple[int, int],
 # --------------------------------------------------------------------------------------
 
 
-def patch_embed(pixels: jax.Array, kernel: jax.Array) -> jax.Array:
-  """The patch convolution (stride = kernel size, no padding; rows and columns past the last
-  whole patch dropped) as one matmul of the flattened patches with the flattened kernel.
-
-  pixels: (N, H, W, C); kernel: (p, p, C, width), ``nnx.Conv``'s layout. Returns
-  (N, gh * gw, width). The same sums as the convolution; XLA:CPU runs the convolution's
-  weight gradient several times slower than this GEMM's.
-  """
-  p, _, c, width = kernel.shape
-  n, h, w, _ = pixels.shape
-  gh, gw = h // p, w // p
-  patches = pixels[:, :gh * p, :gw * p].reshape(n, gh, p, gw, p, c)
-  patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(n * gh * gw, p * p * c)
-  return jnp.dot(patches, kernel.reshape(p * p * c, width)).reshape(n, gh * gw, width)
-
-
 class VisionTransformer(nnx.Module):
   """CLIP image tower: (N, H, W, 3) CLIP-normalised pixels -> (N, embed_dim)."""
 
@@ -641,10 +625,9 @@ class VisionTransformer(nnx.Module):
     if pixels.shape[1] < p or pixels.shape[2] < p:
       raise ValueError(f'Image {pixels.shape[1]}x{pixels.shape[2]} is smaller than the '
                        f'patch size {p}')
-    x = patch_embed(pixels.astype(self.dtype), self.conv1.kernel[...].astype(self.dtype))
-    n = x.shape[0]
-    gh, gw = pixels.shape[1] // p, pixels.shape[2] // p
-    x = x.astype(jnp.float32)
+    x = self.conv1(pixels.astype(self.dtype))  # (N, gh, gw, width)
+    n, gh, gw, _ = x.shape
+    x = einops.rearrange(x, 'n h w c -> n (h w) c').astype(jnp.float32)
     cls = jnp.broadcast_to(self.class_embedding[...].astype(jnp.float32), (n, 1, x.shape[-1]))
     x = jnp.concatenate([cls, x], axis=1)  # (N, 1 + gh*gw, width)
     g = self.config.grid_size
