@@ -69,7 +69,7 @@ def test_attention_equals_numpy_with_random_biases(causal):
 
 
 def _mha_scaling_the_logits(mha, x, causal):
-  """`MultiHeadAttention` as it was before the scale moved into the query projection."""
+  """`MultiHeadAttention` as it was when the logits, not the queries, carried the scale."""
   n, length, width = x.shape
   projs = (mha.q_proj, mha.k_proj, mha.v_proj)
   kernel = jnp.concatenate([p.kernel[...] for p in projs], axis=1)
@@ -82,7 +82,7 @@ def _mha_scaling_the_logits(mha, x, causal):
 
 @pytest.mark.parametrize('width,heads', [(64, 4), (128, 2)])  # head widths 16 and 64
 @pytest.mark.parametrize('causal', [False, True])
-def test_scale_in_the_query_projection_is_bit_identical(width, heads, causal):
+def test_queries_carrying_the_scale_are_bit_identical(width, heads, causal):
   mha = clip.MultiHeadAttention(width, heads, dtype=jnp.float32, rngs=nnx.Rngs(0),
                                 in_std=0.5, out_std=0.3)
   for i, proj in enumerate((mha.q_proj, mha.k_proj, mha.v_proj)):
