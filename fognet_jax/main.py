@@ -19,6 +19,12 @@ model, the loss and the iterators) and hands the pieces to `train.train` and
 import logging as std_logging
 import os
 
+if __name__ == '__main__':
+  # First, before the imports below: restart once with huge pages for the host's large
+  # buffers, which glibc reads only at start-up (fognet_jax/host_memory.py).
+  from fognet_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.reexec_with_huge_pages()
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import dataclasses  # pylint: disable=g-import-not-at-top
@@ -37,6 +43,7 @@ import numpy as np
 from fognet_jax import checkpointing
 from fognet_jax import config_lib
 from fognet_jax import evaluate
+from fognet_jax import host_memory
 from fognet_jax import input_pipeline
 from fognet_jax import losses
 from fognet_jax import metrics as metrics_lib
@@ -232,6 +239,7 @@ def main(argv):
   if FLAGS.quiet_libraries:
     logging.get_absl_handler().addFilter(_DropLibraryInfo(FLAGS.quiet_libraries))
   config = FLAGS.config
+  logging.info('%s', host_memory.describe())
   logging.info('Config:\n%s', config)
   try:
     if FLAGS.mode == 'eval':

@@ -15,9 +15,10 @@ TINY = [
 ]
 
 
-def run_module(module, *args, timeout=300):
-  """`python -m module args` from the repository root; the CompletedProcess."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+def run_module(module, *args, timeout=300, env=None):
+  """`python -m module args` from the repository root (environment `env`, default this
+  process's); the CompletedProcess."""
+  env = dict(os.environ if env is None else env, TF_CPP_MIN_LOG_LEVEL='2')
   return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
