@@ -10,7 +10,7 @@ imports, with the tunable added to ``GLIBC_TUNABLES`` (`reexec_with_huge_pages`)
 
 ``FOGNET_JAX_HUGE_PAGES=0`` turns this off; a ``GLIBC_TUNABLES`` that already names
 ``glibc.malloc.hugetlb`` is left as it is. Figures: benchmarks/RESULTS.md, "Huge pages for
-the step's buffers"; docs/training.md, "Training on CPU: huge pages".
+the host's buffers"; docs/training.md, "Host memory: huge pages".
 """
 from __future__ import annotations
 
