@@ -19,10 +19,11 @@ model, the loss and the iterators) and hands the pieces to `train.train` and
 import logging as std_logging
 import os
 
+from fognet_jax import host_memory  # the standard library only
+
 if __name__ == '__main__':
   # First, before the imports below: restart once with huge pages for the host's large
   # buffers, which glibc reads only at start-up (fognet_jax/host_memory.py).
-  from fognet_jax import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.reexec_with_huge_pages()
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -43,7 +44,6 @@ import numpy as np
 from fognet_jax import checkpointing
 from fognet_jax import config_lib
 from fognet_jax import evaluate
-from fognet_jax import host_memory
 from fognet_jax import input_pipeline
 from fognet_jax import losses
 from fognet_jax import metrics as metrics_lib
