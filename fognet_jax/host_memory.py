@@ -37,6 +37,13 @@ def _glibc_version(libc: tuple[str, str]) -> Optional[tuple[int, int]]:
     return None
 
 
+def _tunables(environ: Mapping[str, str]) -> dict[str, str]:
+  """``GLIBC_TUNABLES`` (``name=value:name=value``) as a dict; an item without ``=`` maps
+  to ''."""
+  items = (item.partition('=') for item in environ.get('GLIBC_TUNABLES', '').split(':') if item)
+  return {name: value for name, _, value in items}
+
+
 def tunables_with_huge_pages(environ: Mapping[str, str], *, system: str,
                              libc: tuple[str, str]) -> Optional[str]:
   """The ``GLIBC_TUNABLES`` value to restart with, or None to leave the process as it is.
@@ -52,10 +59,9 @@ def tunables_with_huge_pages(environ: Mapping[str, str], *, system: str,
   version = _glibc_version(libc)
   if version is None or version < MIN_GLIBC:
     return None
-  current = environ.get('GLIBC_TUNABLES', '')
-  names = [item.split('=', 1)[0] for item in current.split(':') if item]
-  if TUNABLE in names:
+  if TUNABLE in _tunables(environ):
     return None
+  current = environ.get('GLIBC_TUNABLES', '')
   return f'{current}:{SETTING}' if current else SETTING
 
 
@@ -78,9 +84,10 @@ def reexec_with_huge_pages() -> None:
 
 def describe(environ: Mapping[str, str] = os.environ) -> str:
   """One line for the run's log: whether this process runs with huge pages."""
-  names = dict(item.split('=', 1) for item in environ.get('GLIBC_TUNABLES', '').split(':')
-               if '=' in item)
-  if names.get(TUNABLE, '0') != '0':
-    return (f'host memory: glibc malloc with transparent huge pages ({TUNABLE}='
-            f'{names[TUNABLE]}; {OPT_OUT}=0 turns it off)')
-  return 'host memory: glibc malloc defaults (4 KiB pages)'
+  value = _tunables(environ).get(TUNABLE, '0')
+  if value in ('', '0'):
+    return 'host memory: glibc malloc defaults (4 KiB pages)'
+  kind = 'transparent huge pages' if value == '1' else 'huge pages'  # 2: hugetlbfs pages
+  source = (f'set at start-up; {OPT_OUT}=0 turns it off' if environ.get(_DONE)
+            else 'from GLIBC_TUNABLES')
+  return f'host memory: glibc malloc with {kind} ({TUNABLE}={value}; {source})'

@@ -1,5 +1,6 @@
 """Huge pages for the host's buffers: when the entry points restart with glibc's tunable."""
 import os
+import platform
 
 import pytest
 
@@ -59,6 +60,11 @@ def test_systems_without_the_tunable_are_not_restarted(system, libc):
 
 def test_the_log_line_says_which_allocator_setting_the_process_has():
   assert 'transparent huge pages' in hm.describe({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'})
+  hugetlbfs = hm.describe({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=2'})
+  assert 'huge pages' in hugetlbfs and 'transparent' not in hugetlbfs  # 2: hugetlbfs pages
+  assert 'from GLIBC_TUNABLES' in hugetlbfs
+  assert 'set at start-up' in hm.describe({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1',
+                                           hm._DONE: '1'})  # pylint: disable=protected-access
   assert 'defaults' in hm.describe({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'})
   assert 'defaults' in hm.describe({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=1'})
   assert 'defaults' in hm.describe({})
@@ -75,12 +81,13 @@ def _main_log(tmp_path, **env):
   return r.stderr
 
 
-@pytest.mark.skipif(hm.tunables_with_huge_pages({}, system=os.uname().sysname,
-                                                libc=__import__('platform').libc_ver()) is None,
+@pytest.mark.skipif(hm.tunables_with_huge_pages({}, system=platform.system(),
+                                                libc=platform.libc_ver()) is None,
                     reason='needs Linux with glibc >= 2.35')
 def test_the_training_entry_point_runs_with_huge_pages_unless_turned_off(tmp_path):
   on = _main_log(tmp_path / 'on')
-  assert 'glibc malloc with transparent huge pages (glibc.malloc.hugetlb=1' in on, on[-2000:]
+  assert ('glibc malloc with transparent huge pages (glibc.malloc.hugetlb=1; set at start-up'
+          in on), on[-2000:]
   off = _main_log(tmp_path / 'off', FOGNET_JAX_HUGE_PAGES='0')
   assert 'glibc malloc defaults' in off, off[-2000:]
   kept = _main_log(tmp_path / 'kept', GLIBC_TUNABLES='glibc.malloc.hugetlb=0')
