@@ -49,10 +49,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from fognet_jax import host_memory  # pylint: disable=g-import-not-at-top
+
 if __name__ == '__main__':
   # The host allocator `python -m fognet_jax.main` runs with (both sides of --compare_torch
   # share it); FOGNET_JAX_HUGE_PAGES=0 measures glibc's defaults.
-  from fognet_jax import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.reexec_with_huge_pages()
 
 from absl import app  # pylint: disable=g-import-not-at-top
@@ -425,7 +426,6 @@ def _print_tables(results, devices) -> None:
         f'classes {_CLASSES.value} prompt_len {_PROMPT_LEN.value} accum {_ACCUM.value} arch {_ARCH.value}, {len(devices)} x '
         f'{devices[0].device_kind}, {results[0]["params"] / 1e6:.1f}M params, '
         f'{base["step_tflops"]:.4g} TFLOP/step (analytic), peak {base["peak_source"]}')
-  from fognet_jax import host_memory  # pylint: disable=g-import-not-at-top
   print(host_memory.describe())
   print(f'{"variant":<16}{"pairs/s":>10}{"ratio":>8}{"step ms":>10}{"TFLOP/s":>10}{"MFU":>8}'
         f'{"XLA mem GiB":>13}{"mem ratio":>10}{"compile s":>11}{"loss":>9}')
