@@ -98,12 +98,14 @@ def get_config(arg=None):
   m.clip_overrides = ml_collections.ConfigDict(
       {k: placeholder(int) for k in config_lib.CLIP_OVERRIDE_KEYS})
   # Fog-Aware Selection (eqs. 1-2): self-attention over the clean and foggy frame embeddings
-  # joined by `concat`: 'tokens' (2T tokens; foggy outputs mix in clean frames) or 'channels'
-  # (T tokens of width 2D: both streams weigh the frames, each stream keeps its own; the sums
-  # of eq. 1 run to T). `temperature` only with `parameter_free`; `init_scale` scales the out
-  # projection's init (the residual branch starts small).
+  # joined by `concat`: 'channels' (T tokens of width 2D: both streams weigh the frames, each
+  # stream keeps its own; eq. 1's sums run to T as written, and the foggy output, like the
+  # foggy-only test, holds foggy frames only) or 'tokens' (2T tokens; foggy outputs mix in
+  # clean frames, which the foggy-only test does not have; docs/model.md). `temperature`
+  # only with `parameter_free`; `init_scale` scales the out projection's init (the residual
+  # branch starts small).
   m.fas = ml_collections.ConfigDict(dict(enabled=True, parameter_free=False, num_heads=8,
-                                         temperature=1.0, init_scale=0.1, concat='tokens'))
+                                         temperature=1.0, init_scale=0.1, concat='channels'))
   # Mutual Enhancement (eqs. 3-5); `init_scale` scales the init of Wv.
   m.me = ml_collections.ConfigDict(dict(enabled=True, shared_weights=True, num_heads=1,
                                         init_scale=0.1))
@@ -152,6 +154,10 @@ def get_config(arg=None):
   t.grad_accum_steps = 1        # micro-batches per step; batch_size stays the effective batch
   t.freeze_text = False         # True: the text tower gets no gradient and no update
   t.freeze_text_pattern = r'(^|/)text(/|$)'  # parameter paths of the text tower
+  # The temporal fusion module's learning rate as a multiple of learning_rate (ActionCLIP's
+  # f_ratio: 10 for its transformer fusion; the `fusion=transformer` variant sets it).
+  t.fusion_lr_ratio = 1.0
+  t.fusion_pattern = r'(^|/)temporal(/|$)'  # parameter paths of the fusion module
   t.num_templates = -1          # prompt templates drawn from: the first N of 16; -1 = all
   t.log_every_steps = 50
   t.checkpoint_every_steps = 500
@@ -193,7 +199,11 @@ def apply_variant(config, arg):
     test=clean | test=foggy    the test stream (eval.stream)
     sim_fog                    train on homogeneous ASM fog of the clean stream (Table 5b)
     modules=fas+me             exactly these FogNet modules on (fas, me, csa, or 'none')
-    fas=tokens | fas=channels  what FAS's [v_c ; v_f] concatenates (model.fas.concat)
+    fusion=transformer         ActionCLIP's temporal transformer (model.temporal_fusion) at 10x
+                               the learning rate (train.fusion_lr_ratio, ActionCLIP's f_ratio)
+    fusion=mean                mean over frames (the default)
+    fas=channels | fas=tokens  what FAS's [v_c ; v_f] concatenates (model.fas.concat;
+                               default channels)
     no_fas | no_me | no_csa    one module off
     b32 | b16 | l14 | l14_336  backbone ViT-B/32, B/16, L/14, L/14@336 (with its OpenAI weights
     rn50 | rn101 | rn50x4      when init_from is set; ResNets: OpenAI's .pt file, default ./RN50.pt)
@@ -231,6 +241,9 @@ def apply_variant(config, arg):
       _set_modules(config, mods)
     elif key == 'fas':
       config.model.fas.concat = value
+    elif key == 'fusion':
+      config.model.temporal_fusion = value
+      config.train.fusion_lr_ratio = 10.0 if value == 'transformer' else 1.0
     elif key in ('no_fas', 'no_me', 'no_csa'):
       config.model[key[3:]].enabled = False
     elif key in _BACKBONES:

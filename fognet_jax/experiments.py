@@ -54,15 +54,22 @@ from fognet_jax import main as main_lib
 
 # Each table: its rows as (label, variant tokens, the paper's (Top-1, Top-5) on FogAct, or None).
 # Tokens are those of configs/fogact.py's apply_variant; [] is the config as given (FogNet,
-# FAS + ME + CSA, trained on clean + foggy pairs, tested on the foggy stream).
+# FAS + ME + CSA with FAS over channel-joined streams, trained on clean + foggy pairs, tested
+# on the foggy stream). "(tokens)" rows read FAS's [v_c ; v_f] as 2T tokens instead.
 TABLES: dict[str, dict[str, Any]] = {
     '5a': dict(title='Table 5a: FogNet components (tested on foggy video)', rows=[
         ('Baseline (ActionCLIP)', ['baseline'], (75.0, 95.7)),
+        # Control, not in the paper: ActionCLIP with its released temporal fusion (a
+        # transformer over the frames, at 10x the learning rate).
+        ('Baseline, transformer fusion', ['baseline', 'fusion=transformer'], None),
         ('FAS', ['modules=fas'], (86.9, 98.9)),
+        ('FAS (tokens)', ['modules=fas', 'fas=tokens'], (86.9, 98.9)),
         ('ME', ['modules=me'], (79.4, 97.2)),
         ('CSA', ['modules=csa'], (84.1, 98.5)),
         ('FAS + ME', ['modules=fas+me'], (88.1, 99.4)),
+        ('FAS + ME (tokens)', ['modules=fas+me', 'fas=tokens'], (88.1, 99.4)),
         ('FAS + ME + CSA', [], (88.7, 99.4)),
+        ('FAS + ME + CSA (tokens)', ['fas=tokens'], (88.7, 99.4)),
     ]),
     '5b': dict(title='Table 5b: training / test inputs', rows=[
         ('ActionCLIP clean -> clean', ['baseline', 'train=clean', 'test=clean'], (86.7, 98.9)),
@@ -78,15 +85,11 @@ TABLES: dict[str, dict[str, Any]] = {
     ]),
     # Not in the paper, to explain 5a: the baseline with FogNet's loss and the two-stream
     # model with no module separate the loss (KL vs eqs. 8-10) and the second stream from the
-    # modules; FAS read with the streams joined along the channels (eq. 1's sums over T
-    # frames; the foggy output holds foggy frames only).
-    '5a-diag': dict(title='Table 5a diagnostics (not in the paper): loss, second stream, '
-                          'FAS over channel-joined streams', rows=[
+    # modules.
+    '5a-diag': dict(title='Table 5a diagnostics (not in the paper): loss, second stream',
+                    rows=[
         ('Baseline with eqs. 8-10 loss', ['baseline', 'fognet_loss'], None),
         ('Two streams, no module', ['modules=none'], None),
-        ('FAS (channels)', ['modules=fas', 'fas=channels'], (86.9, 98.9)),
-        ('FAS + ME (channels)', ['modules=fas+me', 'fas=channels'], (88.1, 99.4)),
-        ('FAS + ME + CSA (channels)', ['fas=channels'], (88.7, 99.4)),
     ]),
     '5f': dict(title='Table 5f: training fog intensity (tested on light + dense)', rows=[
         ('Light (replicated to full size)', ['light', 'replicate'], (66.0, 87.2)),
@@ -98,7 +101,8 @@ TABLES: dict[str, dict[str, Any]] = {
 # The orderings of Top-1 that the paper states, per table: (row A, '>' or '>=', row B).
 ORDERINGS: dict[str, list[tuple[str, str, str]]] = {
     '5a': [('FAS + ME + CSA', '>', 'FAS'), ('FAS', '>', 'Baseline (ActionCLIP)'),
-           ('ME', '>=', 'Baseline (ActionCLIP)'), ('CSA', '>=', 'Baseline (ActionCLIP)')],
+           ('ME', '>=', 'Baseline (ActionCLIP)'), ('CSA', '>=', 'Baseline (ActionCLIP)'),
+           ('FAS + ME + CSA', '>', 'Baseline, transformer fusion')],
     '5b': [('ActionCLIP clean -> clean', '>', 'ActionCLIP clean -> foggy'),
            ('FogNet clean+foggy -> foggy', '>', 'ActionCLIP foggy -> foggy'),
            ('ActionCLIP foggy -> foggy', '>', 'ActionCLIP clean -> foggy'),
@@ -109,11 +113,10 @@ ORDERINGS: dict[str, list[tuple[str, str, str]]] = {
 }
 
 # Run length per dataset when --steps is not given; datasets not listed keep their recipe's
-# (configs/fogact.py: 30 epochs). synthetic_fog_act: 5a + 5b + 5f with 3 seeds are 11 distinct
-# trainings x 3 seeds = 33 runs (+ 3 clean-stream evaluations); at the demo's 4.6 steps/s on
-# 2 CPU cores (5.3 measured on a quiet machine) and ~35 s of start-up, compilation and
-# evaluation per run, 1000 steps take 33 x (1000 / 4.6 + 35) s = 2.3 h (2.0 h at 5.3 steps/s).
-DEFAULT_STEPS = {'synthetic_fog_act': 1000}
+# (configs/synthetic.py: its fine-tuning length; configs/fogact.py: 30 epochs). The
+# from-scratch tables of benchmarks/RESULTS.md ran `--config=configs/synthetic.py:scratch
+# --steps=1000`.
+DEFAULT_STEPS: dict[str, int] = {}
 
 RESULTS_FILE = evaluate.RESULTS_FILE
 
@@ -153,7 +156,9 @@ def _digest(d: dict) -> str:
 
 # Keys added to the recipe after runs were made, with the value that reproduces the older
 # behaviour: at that value they hash as if absent, so finished runs keep their directories.
-HASH_NEUTRAL = {('model', 'fas', 'concat'): 'tokens', ('model', 'residual_dtype'): None}
+HASH_NEUTRAL = {('model', 'fas', 'concat'): 'tokens', ('model', 'residual_dtype'): None,
+                ('train', 'fusion_lr_ratio'): 1.0,
+                ('train', 'fusion_pattern'): r'(^|/)temporal(/|$)'}
 
 
 def _canonical(config: ml_collections.ConfigDict) -> dict:
@@ -187,8 +192,8 @@ def describe(config: ml_collections.ConfigDict) -> str:
     parts = ['actionclip', m.train_stream.replace('+', '-')]
   else:
     parts = ['fognet', '-'.join(x for x in ('fas', 'me', 'csa') if m[x].enabled) or 'none']
-    if m.fas.enabled and m.fas.get('concat', 'tokens') != 'tokens':
-      parts.append(f'fas-{m.fas.concat}')
+    if m.fas.enabled and m.fas.get('concat', 'tokens') != 'channels':
+      parts.append(f"fas-{m.fas.get('concat', 'tokens')}")
   if d.get('train_sim_fog'):
     parts.append('sim')
   if d.get('fog') not in (None, '', 'multi', 'all'):

@@ -80,12 +80,21 @@ def path_str(path) -> str:
   return '/'.join(p for p in parts if p != 'value')
 
 
-def trainable_labels(params: nnx.State, freeze_pattern: Optional[str]) -> Any:
-  """'train' / 'frozen' per parameter (frozen: path matches `freeze_pattern`)."""
-  regex = re.compile(freeze_pattern) if freeze_pattern else None
-  return jax.tree_util.tree_map_with_path(
-      lambda p, _: 'frozen' if regex is not None and regex.search(path_str(p)) else 'train',
-      params)
+def trainable_labels(params: nnx.State, freeze_pattern: Optional[str],
+                     fusion_pattern: Optional[str] = None) -> Any:
+  """'frozen' / 'fusion' / 'train' per parameter: frozen where the path matches
+  `freeze_pattern`, else fusion where it matches `fusion_pattern`, else train."""
+  frozen = re.compile(freeze_pattern) if freeze_pattern else None
+  fusion = re.compile(fusion_pattern) if fusion_pattern else None
+
+  def label(p, _):
+    path = path_str(p)
+    if frozen is not None and frozen.search(path):
+      return 'frozen'
+    if fusion is not None and fusion.search(path):
+      return 'fusion'
+    return 'train'
+  return jax.tree_util.tree_map_with_path(label, params)
 
 
 def make_schedule(tcfg: ml_collections.ConfigDict, total_steps: int, warmup_steps: int):
@@ -98,19 +107,37 @@ def make_schedule(tcfg: ml_collections.ConfigDict, total_steps: int, warmup_step
 
 
 def make_optimizer(tcfg: ml_collections.ConfigDict, params: nnx.State, schedule) -> optax.GradientTransformation:
-  """AdamW (no decay on biases, norms, scalars), optional clipping, optional frozen text."""
+  """AdamW (no decay on biases, norms, scalars), optional clipping, optional frozen text,
+  the temporal fusion module at `fusion_lr_ratio` x the learning rate (ActionCLIP's f_ratio)."""
   decay_mask = jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
-  tx = optax.adamw(schedule, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps,
-                   weight_decay=tcfg.weight_decay, mask=decay_mask)
+
+  def adamw(lr):
+    return optax.adamw(lr, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps,
+                       weight_decay=tcfg.weight_decay, mask=decay_mask)
+  ratio = float(tcfg.get('fusion_lr_ratio', 1.0))
+  fusion_pattern = tcfg.get('fusion_pattern') if ratio != 1.0 else None
+  labels = trainable_labels(params, tcfg.freeze_text_pattern if tcfg.freeze_text else None,
+                            fusion_pattern)
+  names = set(jax.tree.leaves(labels))
+  if tcfg.freeze_text and 'frozen' not in names:
+    raise ValueError('config.train.freeze_text=True but config.train.freeze_text_pattern '
+                     f'{tcfg.freeze_text_pattern!r} matches no parameter')
+  if fusion_pattern and 'fusion' not in names:
+    raise ValueError(f'config.train.fusion_lr_ratio={ratio} but config.train.fusion_pattern '
+                     f'{fusion_pattern!r} matches no parameter (model.temporal_fusion is '
+                     "'mean': there is no fusion module)")
+  if names == {'train'}:
+    tx = adamw(schedule)
+  else:
+    tx = optax.multi_transform(
+        {'train': adamw(schedule), 'fusion': adamw(lambda step: ratio * schedule(step)),
+         'frozen': optax.set_to_zero()}, labels)
   if tcfg.grad_clip_norm and tcfg.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(tcfg.grad_clip_norm), tx)
-  if tcfg.freeze_text:
-    labels = trainable_labels(params, tcfg.freeze_text_pattern)
-    n_frozen = sum(1 for l in jax.tree.leaves(labels) if l == 'frozen')
-    if n_frozen == 0:
-      raise ValueError('config.train.freeze_text=True but config.train.freeze_text_pattern '
-                       f'{tcfg.freeze_text_pattern!r} matches no parameter')
-    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+    # The global norm of the gradients that are applied (frozen ones zeroed first).
+    zero_frozen = ([optax.multi_transform({'train': optax.identity(), 'fusion': optax.identity(),
+                                           'frozen': optax.set_to_zero()}, labels)]
+                   if 'frozen' in names else [])
+    tx = optax.chain(*zero_frozen, optax.clip_by_global_norm(tcfg.grad_clip_norm), tx)
   return tx
 
 

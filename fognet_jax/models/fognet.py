@@ -7,7 +7,8 @@ goes through the CLIP image tower frame by frame (frames folded into the batch).
 Training (``FogNet.train_outputs``), ``arch='fognet'``::
 
     v_c, v_f            = CLIP image tower on the clean / foggy clip          (B, T, D) each
-    v_c^A, v_f^A        = FAS([v_c ; v_f])   self-attention (over 2T tokens)   eqs. 1-2
+    v_c^A, v_f^A        = FAS([v_c ; v_f])   self-attention over T frame tokens eqs. 1-2
+                          of width 2D (both streams of frame i), split back
     v_f^D               = Attn(Q = v_c^A Wq, K = v_f^A Wk, V = v_f^A Wv) + v_f^A   eqs. 3-4
     v_c^D               = Attn(Q = v_f^A Wq, K = v_c^A Wk, V = v_c^A Wv) + v_c^A   eq. 5
     L_temp              = CSA on (v_f^D, v_c^D)  (in ``losses``)                eqs. 6-7
@@ -23,14 +24,16 @@ Readings of the paper (the alternative is a config switch; the default is listed
   learned q/k/v/out projections and a residual, ``v + Wo MHA(v Wq, v Wk, v Wv)``. With
   ``parameter_free=True``: eq. 1 literally, ``v_att[i] = sum_j softmax_j(cos(v_i, v_j) /
   temperature) v_j``, no parameters, no residual. What ``[v_c ; v_f]`` concatenates
-  (``concat``): 'tokens' (default): the 2T frame tokens of both streams, every token attends
-  over all 2T, so a foggy output mixes in clean frames (eq. 1's sums then run to 2T, not T).
-  'channels': the two D-wide embeddings of each frame, so the sums run to T as eq. 1 writes
-  them: one T x T attention whose logits come from both streams (the cosine of the 2D-wide
-  concatenation; learned: the mean of the two streams' scaled q.k) weighs each stream's own
-  frames, and ``chunk(v_att, 2)`` splits the 2D channels back. A foggy output then holds
-  foggy frames only, weighed with help of the clean stream. Inference (foggy only) is the
-  same for both readings.
+  (``concat``): 'channels' (default): the two D-wide embeddings of each frame, so the sums
+  run to T as eq. 1 writes them: one T x T attention whose logits come from both streams (the
+  cosine of the 2D-wide concatenation; learned: the mean of the two streams' scaled q.k)
+  weighs each stream's own frames, and ``chunk(v_att, 2)`` (eq. 2) splits the 2D channels
+  back. A foggy output then holds foggy frames only, weighed with help of the clean stream,
+  as at the foggy-only test. 'tokens': the 2T frame tokens of both streams, every token
+  attends over all 2T, so a foggy output mixes in clean frames (eq. 1's sums then run to 2T,
+  not T) that the foggy-only test does not have. Inference (foggy only) is the same for
+  both readings. A run config without the key (``config.json`` of a run made before the
+  key existed) means 'tokens'.
 * ME (``model.me``). Default ``shared_weights=True``: one set Wq, Wk, Wv used in both
   directions (the paper's notation); ``False`` gives each direction its own set, and
   inference then uses the set of the direction producing ``v_f^D``. ``num_heads`` (default
@@ -105,16 +108,16 @@ def attention(q: Array, k: Array, v: Array, num_heads: int) -> Array:
 class FogAwareSelection(nnx.Module):
   """Fog-Aware Selection (eqs. 1-2): self-attention over a set of frame tokens.
 
-  ``__call__(x)`` maps (B, N, D) -> (B, N, D). Training calls it on the 2T tokens
-  ``[v_c ; v_f]`` and splits the output (``select_pair``); inference on the T foggy tokens.
+  ``__call__(x)`` maps (B, N, D) -> (B, N, D): inference runs it on the T foggy tokens.
+  Training joins the two streams and splits the output (``select_pair``).
 
   Args:
     dim: embedding width D.
     parameter_free: False (default): ``x + Wo MHA(x Wq, x Wk, x Wv)`` with learned
       projections (biases included). True: eq. 1 literally,
       ``sum_j softmax_j(cos(x_i, x_j) / temperature) x_j``, no parameters, no residual.
-    concat: how training joins the streams (``select_pair``): 'tokens' (2T tokens) or
-      'channels' (T tokens of width 2D; see the module docstring).
+    concat: how training joins the streams (``select_pair``): 'channels' (T tokens of
+      width 2D) or 'tokens' (2T tokens); see the module docstring.
     num_heads: heads of the learned variant (must divide D).
     temperature: softmax temperature of the parameter-free variant (eq. 1: 1.0).
     init_scale: the out projection starts with std ``init_scale / sqrt(D)`` (residual
@@ -122,7 +125,7 @@ class FogAwareSelection(nnx.Module):
   """
 
   def __init__(self, dim: int, *, parameter_free: bool = False, num_heads: int = 8,
-               temperature: float = 1.0, init_scale: float = 0.1, concat: str = "tokens",
+               temperature: float = 1.0, init_scale: float = 0.1, concat: str = "channels",
                dtype=jnp.float32, rngs: nnx.Rngs):
     if concat not in FAS_CONCAT:
       raise ValueError(f"config key model.fas.concat: must be one of {FAS_CONCAT}, got "
@@ -291,6 +294,7 @@ class FogNet(nnx.Module):
     self.fas = FogAwareSelection(
         dim, parameter_free=model_cfg.fas.parameter_free, num_heads=model_cfg.fas.num_heads,
         temperature=model_cfg.fas.temperature, init_scale=model_cfg.fas.init_scale,
+        # A config without the key is a run's config.json from before it existed: 'tokens'.
         concat=model_cfg.fas.get("concat", "tokens"), dtype=dtype,
         rngs=rngs) if self.use_fas else None
     self.me = MutualEnhancement(

@@ -18,7 +18,9 @@ config's `seed`, so two builds give identical records.
 
 Configs: `default` (64x64, 16 frames, 1008 train / 168 test; builds in under a
 minute on 2 cores), `bench224` (224x224, 56 / 56, for the input-pipeline
-benchmark) and `large` (224x298, 2240 / 560).
+benchmark), `large` (224x298, 2240 / 560) and `pretrain` (64x64, 5600 / 112, generation
+seed 1: the clean pretraining set of configs/synthetic_pretrain.py, disjoint from
+`default`'s clips).
 
 A manual dir is never needed. When one is given and holds `generation.json`,
 its keys `train_per_group`, `test_per_group` and `num_frames` override the
@@ -39,6 +41,10 @@ from tfds_fogact.synthetic_fog_act import renderer
 
 GENERATION_FILE = "generation.json"
 _OVERRIDABLE = ("train_per_group", "test_per_group", "num_frames")
+# The `pretrain` config: 100 clips per (class, perspective) group, generation seed 1 (the
+# other configs use 0; every clip's scene, figure, motion and fog derive from the seed).
+PRETRAIN_PER_GROUP = 100
+PRETRAIN_SEED = 1
 
 
 @dataclasses.dataclass(eq=False)
@@ -144,6 +150,12 @@ class SyntheticFogAct(common.DualFormatMixin, tfds.core.GeneratorBasedBuilder):
       SyntheticFogActConfig(name="large", frame_size=(224, 298), num_frames=16,
                             train_per_group=40, test_per_group=10,
                             description="224x298 (short side 224), 16 frames, 2240 / 560 clips."),
+      # The clean pretraining set (configs/synthetic_pretrain.py reads its clean stream only):
+      # its own seed, so none of its clips is one of `default`'s train or test clips.
+      SyntheticFogActConfig(name="pretrain", frame_size=(64, 64), num_frames=16,
+                            train_per_group=PRETRAIN_PER_GROUP, test_per_group=2, seed=PRETRAIN_SEED,
+                            description="64x64, 16 frames, 5600 / 112 clips of their own seed: "
+                                        "the clean pretraining set."),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "default"
   # Class pairs that are each other's mirror image: a horizontally flipped clip of one
