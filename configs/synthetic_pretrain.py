@@ -23,7 +23,7 @@ def get_config(arg=None):
   config = synthetic.get_config('scratch,baseline,train=clean,test=clean')
   config.data.dataset = 'synthetic_fog_act/pretrain'
   config.train.batch_size = 32
-  config.train.num_train_steps = 12000
+  config.train.num_train_steps = 8000
   config.train.learning_rate = 2e-3
   config.train.warmup_epochs = 1.0
   config.train.checkpoint_every_steps = 1000

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# configs/synthetic.py shrunk to seconds: 2 frames of 32x32, batch 8, 3 steps.
+# configs/synthetic.py:scratch shrunk to seconds: 2 frames of 32x32, batch 8, 3 steps.
 TINY = [
     '--config.data.num_frames=2', '--config.data.image_size=32',
     '--config.model.clip_overrides.image_size=32', '--config.model.clip_overrides.patch_size=16',

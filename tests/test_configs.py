@@ -49,8 +49,8 @@ def test_variants_and_overrides():
   assert cfg.train.grad_accum_steps == 4
   base = _parse(f'--config={ROOT}/configs/fogact.py:baseline')
   assert base.model.arch == 'actionclip' and not base.model.fas.enabled
-  assert cfg.model.fas.concat == 'tokens'
-  assert _parse(f'--config={ROOT}/configs/fogact.py:fas=channels').model.fas.concat == 'channels'
+  assert cfg.model.fas.concat == 'channels'   # eq. 1 over channel-joined streams
+  assert _parse(f'--config={ROOT}/configs/fogact.py:fas=tokens').model.fas.concat == 'tokens'
   single = _parse(f'--config={ROOT}/configs/fogact.py:single_persp,l14,fsdp')
   assert single.data.perspective == 'front' and single.model.backbone == 'ViT-L/14'
   assert single.mesh.fsdp

@@ -57,8 +57,17 @@ def test_rows_are_the_papers_protocols(tmp_path):
   jobs = {(j.table, j.row): j.config for j in _plan(tmp_path, ('5a', '5b', '5c', '5f'), (0,))}
   full = jobs[('5a', 'FAS + ME + CSA')]
   assert full.model.arch == 'fognet' and full.loss.kind == 'fognet'
+  assert full.model.fas.concat == 'channels'   # the default reading of eq. 1
+  assert jobs[('5a', 'FAS + ME + CSA (tokens)')].model.fas.concat == 'tokens'
+  assert jobs[('5a', 'FAS (tokens)')].model.fas.concat == 'tokens'
   base = jobs[('5a', 'Baseline (ActionCLIP)')]
   assert base.model.arch == 'actionclip' and base.loss.kind == 'actionclip_kl'
+  assert base.model.temporal_fusion == 'mean' and base.train.fusion_lr_ratio == 1.0
+  transf = jobs[('5a', 'Baseline, transformer fusion')]
+  assert transf.model.arch == 'actionclip' and transf.model.temporal_fusion == 'transformer'
+  assert transf.train.fusion_lr_ratio == 10.0   # ActionCLIP's f_ratio
+  for cfg in jobs.values():   # every row fine-tunes the same pretrained towers
+    assert cfg.model.init_from == jobs[('5a', 'FAS + ME + CSA')].model.init_from
   cc = jobs[('5b', 'ActionCLIP clean -> clean')]
   assert cc.model.train_stream == 'clean' and cc.eval.stream == 'clean'
   assert jobs[('5b', 'ActionCLIP clean+foggy -> foggy')].model.train_stream == 'clean+foggy'
@@ -75,10 +84,10 @@ def test_rows_are_the_papers_protocols(tmp_path):
 
 def test_shared_runs_and_defaults(tmp_path):
   jobs = _plan(tmp_path, ('5a', '5b', '5f'), (0, 1, 2))
-  assert len(jobs) == 45
-  assert len({j.run_dir for j in jobs}) == 33   # 11 distinct trainings x 3 seeds
-  assert len({j.eval_dir for j in jobs}) == 36  # + clean -> clean evaluations
-  assert experiments.resolve_steps('configs/synthetic.py', None)[0] == 1000
+  assert len(jobs) == 57
+  assert len({j.run_dir for j in jobs}) == 45   # 15 distinct trainings x 3 seeds
+  assert len({j.eval_dir for j in jobs}) == 48  # + clean -> clean evaluations
+  assert experiments.resolve_steps('configs/synthetic.py', None)[0] is None   # the recipe's
   assert experiments.resolve_steps('configs/fogact.py', None)[0] is None
   assert experiments.resolve_steps('configs/fogact.py', 7)[0] == 7
   with pytest.raises(ValueError, match='unknown table'):
@@ -86,22 +95,28 @@ def test_shared_runs_and_defaults(tmp_path):
 
 
 def test_keys_added_at_their_neutral_value_keep_the_run_directories(tmp_path):
-  cfg = experiments.row_config('configs/synthetic.py', ['modules=fas'], seed=0, steps=4)
-  older = experiments.row_config('configs/synthetic.py', ['modules=fas'], seed=0, steps=4)
-  with older.unlocked():
-    del older.model.fas['concat']   # a config written before the key existed
-  assert experiments.train_key(cfg) == experiments.train_key(older)
-  assert experiments.eval_key(cfg) == experiments.eval_key(older)
-  channels = experiments.row_config('configs/synthetic.py', ['modules=fas', 'fas=channels'],
+  tokens = experiments.row_config('configs/synthetic.py:scratch', ['modules=fas', 'fas=tokens'],
+                                  seed=0, steps=4)
+  older = experiments.row_config('configs/synthetic.py:scratch', ['modules=fas', 'fas=tokens'],
+                                 seed=0, steps=4)
+  with older.unlocked():   # a config written before these keys existed
+    del older.model.fas['concat']
+    del older.train['fusion_lr_ratio']
+    del older.train['fusion_pattern']
+  assert experiments.train_key(tokens) == experiments.train_key(older)
+  assert experiments.eval_key(tokens) == experiments.eval_key(older)
+  channels = experiments.row_config('configs/synthetic.py:scratch', ['modules=fas'],
                                     seed=0, steps=4)
-  assert experiments.train_key(channels) != experiments.train_key(cfg)
-  assert experiments.describe(channels) == 'fognet_fas_fas-channels'
+  assert channels.model.fas.concat == 'channels'
+  assert experiments.train_key(channels) != experiments.train_key(tokens)
+  assert experiments.describe(channels) == 'fognet_fas'
+  assert experiments.describe(tokens) == 'fognet_fas_fas-tokens'
+  assert experiments.describe(older) == 'fognet_fas_fas-tokens'   # no key: 'tokens'
   jobs = {(j.table, j.row): j for j in _plan(tmp_path, ('5a', '5a-diag'), (0,))}
-  assert jobs[('5a-diag', 'FAS (channels)')].config.model.fas.concat == 'channels'
   assert jobs[('5a-diag', 'Two streams, no module')].config.model.arch == 'fognet'
   kl_free = jobs[('5a-diag', 'Baseline with eqs. 8-10 loss')].config
   assert kl_free.model.arch == 'actionclip' and kl_free.loss.kind == 'fognet'
-  assert jobs[('5a-diag', 'FAS + ME + CSA (channels)')].run_dir != jobs[('5a', 'FAS + ME + CSA')].run_dir
+  assert jobs[('5a', 'FAS (tokens)')].run_dir != jobs[('5a', 'FAS')].run_dir
 
 
 def test_skip_finished_and_resume_interrupted(tmp_path):
@@ -183,7 +198,7 @@ def test_orderings_margin_in_seed_std_units():
   assert experiments.check_orderings(rows, '5c')[0]['holds'] is None
   # '>=' holds on a tie, '>' does not
   ties = [row(n, [30.0, 32.0]) for n in ('Baseline (ActionCLIP)', 'FAS', 'ME', 'CSA',
-                                        'FAS + ME + CSA')]
+                                        'FAS + ME + CSA', 'Baseline, transformer fusion')]
   got = {(o['a'], o['op']): o['holds'] for o in experiments.check_orderings(ties, '5a')}
   assert got[('ME', '>=')] is True and got[('FAS', '>')] is False
   for table, claims in experiments.ORDERINGS.items():   # every claim names rows of its table

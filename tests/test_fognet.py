@@ -138,7 +138,8 @@ def randomize_biases(fas, rng):
 @pytest.mark.parametrize("parameter_free", [False, True])
 def test_fas_matches_numpy(parameter_free):
   mod = fognet.FogAwareSelection(16, parameter_free=parameter_free, num_heads=4,
-                                 temperature=0.3, init_scale=1.0, rngs=nnx.Rngs(0))
+                                 temperature=0.3, init_scale=1.0, concat="tokens",
+                                 rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   if not parameter_free:
     randomize_biases(mod, rng)
@@ -180,7 +181,8 @@ def test_fas_channel_concat_matches_numpy(parameter_free):
   np.testing.assert_allclose(a_same, a_same2, rtol=1e-5, atol=1e-5)
   # Inference is the same for both readings: attention over the T foggy tokens.
   tokens_mod = fognet.FogAwareSelection(16, parameter_free=parameter_free, num_heads=4,
-                                        temperature=0.3, init_scale=1.0, rngs=nnx.Rngs(0))
+                                        temperature=0.3, init_scale=1.0, concat="tokens",
+                                        rngs=nnx.Rngs(0))
   if not parameter_free:
     randomize_biases(tokens_mod, np.random.default_rng(3))
   np.testing.assert_allclose(mod(jnp.asarray(v_f, jnp.float32)),
@@ -235,8 +237,9 @@ def test_train_outputs_and_predict_match_numpy_pipeline(default_model):
   out = model.train_outputs(clean, foggy, model.encode_text(tokens))
   v_c = np.asarray(model.encode_frames(clean), np.float64)
   v_f = np.asarray(model.encode_frames(foggy), np.float64)
-  cat = np_fas(model.fas, np.concatenate([v_c, v_f], axis=1))
-  ref_c, ref_f = np_me(model.me, cat[:, :T], cat[:, T:])
+  assert model.fas.concat == "channels"   # the default reading of eq. 1
+  a_c, a_f = np_fas_channels(model.fas, v_c, v_f)
+  ref_c, ref_f = np_me(model.me, a_c, a_f)
   np.testing.assert_allclose(out["frames_f"], ref_f, rtol=2e-3, atol=2e-4)
   np.testing.assert_allclose(out["frames_c"], ref_c, rtol=2e-3, atol=2e-4)
   np.testing.assert_allclose(out["video_f"], ref_f.mean(1), rtol=2e-3, atol=2e-4)
@@ -305,7 +308,7 @@ COMBOS = {
                                                "temporal_fusion": "transformer",
                                                "dtype": "bfloat16"},
     "fognet_resnet_tower": {"backbone": "tiny-rn"},  # Table 5d's RN50 row, in small
-    "fas_channels+me+csa": {"fas.concat": "channels"},
+    "fas_tokens+me+csa": {"fas.concat": "tokens"},
 }
 
 

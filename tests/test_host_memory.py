@@ -74,7 +74,7 @@ def _main_log(tmp_path, **env):
   """stderr of `python -m fognet_jax.main --mode=eval` on an empty workdir (fails fast)."""
   base = {k: v for k, v in os.environ.items()
           if k not in ('GLIBC_TUNABLES', hm.OPT_OUT, hm._DONE)}  # pylint: disable=protected-access
-  r = main_testutil.run_module('fognet_jax.main', '--config=configs/synthetic.py',
+  r = main_testutil.run_module('fognet_jax.main', '--config=configs/synthetic.py:scratch',
                                '--mode=eval', f'--workdir={tmp_path}', env=dict(base, **env),
                                timeout=120)
   assert r.returncode != 0, r.stderr[-2000:]  # nothing to evaluate

@@ -221,7 +221,7 @@ def test_config_values_reach_the_loss_through_train(emb):
 
 
 def test_synthetic_config_beta_reaches_the_loss(emb):
-  """configs/synthetic.py sets β = 1 for L_temp: the loss built from that file uses it."""
+  """configs/synthetic.py:scratch sets β = 1 for L_temp: the loss built from that file uses it."""
   import importlib.util
   import os
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -229,7 +229,7 @@ def test_synthetic_config_beta_reaches_the_loss(emb):
   spec = importlib.util.spec_from_file_location("synthetic_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  cfg = module.get_config()
+  cfg = module.get_config('scratch')
   assert cfg.loss.beta_temp == 1.0 and cfg.model.arch == "fognet" and cfg.model.csa.enabled
   total, m = losses.make_loss_fn(cfg)(_outputs(emb), LABELS)
   want, _, _, l_t = _np_total(emb, cfg.loss.lambda_clean, 1.0, cfg.loss.temp_temperature,

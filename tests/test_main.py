@@ -22,7 +22,7 @@ def data_args(tmp_path_factory):
 
 def test_train_then_eval_reproduces_results(tmp_path, data_args):
   workdir = str(tmp_path / 'run')
-  r = _main('--config=configs/synthetic.py', f'--workdir={workdir}', *data_args, *TINY)
+  r = _main('--config=configs/synthetic.py:scratch', f'--workdir={workdir}', *data_args, *TINY)
   assert r.returncode == 0, r.stderr[-4000:]
   for name in ('results.json', 'confusion_matrix.png', 'metrics.jsonl', 'config.json'):
     assert os.path.exists(os.path.join(workdir, name)), name
@@ -37,7 +37,7 @@ def test_train_then_eval_reproduces_results(tmp_path, data_args):
                 if d.isdigit()) == [2, 3]
 
   out = str(tmp_path / 'again')
-  r = _main('--config=configs/synthetic.py', f'--workdir={workdir}', '--mode=eval',
+  r = _main('--config=configs/synthetic.py:scratch', f'--workdir={workdir}', '--mode=eval',
             f'--output_dir={out}', *data_args, *TINY)
   assert r.returncode == 0, r.stderr[-4000:]
   with open(os.path.join(out, 'results.json')) as f:
@@ -48,10 +48,10 @@ def test_train_then_eval_reproduces_results(tmp_path, data_args):
 
 
 def test_bad_values_fail_at_startup_naming_the_key(tmp_path):
-  r = _main('--config=configs/synthetic.py', f'--workdir={tmp_path}',
+  r = _main('--config=configs/synthetic.py:scratch', f'--workdir={tmp_path}',
             '--config.train.batch_size=12', timeout=120)
   assert r.returncode != 0 and 'config.train.batch_size' in r.stderr
-  r = _main('--config=configs/synthetic.py', f'--workdir={tmp_path}',
+  r = _main('--config=configs/synthetic.py:scratch', f'--workdir={tmp_path}',
             '--config.train.no_such_key=1', timeout=120)
   assert r.returncode != 0 and 'no_such_key' in r.stderr
   assert not os.path.exists(os.path.join(str(tmp_path), 'checkpoints'))
@@ -60,7 +60,7 @@ def test_bad_values_fail_at_startup_naming_the_key(tmp_path):
 def test_a_text_tower_smaller_than_the_tokenizer_fails_before_the_data_is_built(tmp_path):
   # Byte ids run to 258; with 200 embeddings the larger ids would embed as NaN.
   data_dir = tmp_path / 'tfds'
-  r = _main('--config=configs/synthetic.py', f'--workdir={tmp_path / "run"}',
+  r = _main('--config=configs/synthetic.py:scratch', f'--workdir={tmp_path / "run"}',
             f'--config.data.data_dir={data_dir}', '--config.model.clip_overrides.vocab_size=200',
             timeout=120)
   assert r.returncode != 0

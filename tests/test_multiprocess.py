@@ -31,7 +31,7 @@ ROOT = os.path.dirname(HERE)
 TRACE_ENV = 'FOGNET_TEST_TRACE_DIR'
 BATCH = 8  # main_testutil.TINY's batch: 2 rows per device on 4 devices
 TINY = [
-    '--config=configs/synthetic.py', *main_testutil.TINY,
+    '--config=configs/synthetic.py:scratch', *main_testutil.TINY,
     '--config.model.clip_overrides.vision_layers=1', '--config.model.clip_overrides.text_layers=1',
     '--config.train.checkpoint_every_steps=2', '--config.eval.confusion_matrix=True',
     # A constant learning rate: 2 steps + 2 resumed steps equal 4 steps in one go.

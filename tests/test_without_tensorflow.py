@@ -41,7 +41,7 @@ def _rows(workdir):
 
 def test_train_and_evaluate_without_tensorflow(tmp_path):
   data = main_testutil.tiny_data_args(tmp_path)
-  args = ['--config=configs/synthetic.py', *main_testutil.TINY, *data]
+  args = ['--config=configs/synthetic.py:scratch', *main_testutil.TINY, *data]
   # With TensorFlow: builds the dataset (that needs it), trains, evaluates.
   with_tf = main_testutil.run_module('fognet_jax.main', *args, f'--workdir={tmp_path / "a"}')
   assert with_tf.returncode == 0, with_tf.stderr[-3000:]
