@@ -194,6 +194,8 @@ def describe(config: ml_collections.ConfigDict) -> str:
     parts = ['fognet', '-'.join(x for x in ('fas', 'me', 'csa') if m[x].enabled) or 'none']
     if m.fas.enabled and m.fas.get('concat', 'tokens') != 'channels':
       parts.append(f"fas-{m.fas.get('concat', 'tokens')}")
+  if m.get('temporal_fusion', 'mean') != 'mean':
+    parts.append(str(m.temporal_fusion))
   if d.get('train_sim_fog'):
     parts.append('sim')
   if d.get('fog') not in (None, '', 'multi', 'all'):

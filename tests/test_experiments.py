@@ -66,6 +66,7 @@ def test_rows_are_the_papers_protocols(tmp_path):
   transf = jobs[('5a', 'Baseline, transformer fusion')]
   assert transf.model.arch == 'actionclip' and transf.model.temporal_fusion == 'transformer'
   assert transf.train.fusion_lr_ratio == 10.0   # ActionCLIP's f_ratio
+  assert experiments.describe(transf) == 'actionclip_foggy_transformer'
   for cfg in jobs.values():   # every row fine-tunes the same pretrained towers
     assert cfg.model.init_from == jobs[('5a', 'FAS + ME + CSA')].model.init_from
   cc = jobs[('5b', 'ActionCLIP clean -> clean')]
