@@ -398,3 +398,27 @@ def test_prompt_templates_are_redrawn_every_step():
   losses = [loss_at(n) for n in range(6)]
   assert len({round(x, 6) for x in losses}) >= 3, losses
   assert loss_at(4) == losses[4]
+
+
+def test_fusion_module_learning_rate_ratio():
+  """train.fusion_lr_ratio: parameters under `fusion_pattern` (the temporal transformer) move
+  at ratio x the learning rate, the others at 1x: AdamW's first step is lr * sign(g)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  params = {'temporal': {'w': jnp.ones((2, 2))}, 'visual': {'w': jnp.ones((2, 2))}}
+  grads = jax.tree.map(lambda x: 0.5 * x, params)
+
+  def first_update(ratio, pattern=r'(^|/)temporal(/|$)'):
+    tcfg = ml_collections.ConfigDict(dict(
+        b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.0, grad_clip_norm=0.0, freeze_text=False,
+        freeze_text_pattern=r'(^|/)text(/|$)', fusion_lr_ratio=ratio, fusion_pattern=pattern))
+    tx = train.make_optimizer(tcfg, params, lambda step: 1e-3)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return jax.tree.map(np.asarray, updates)
+
+  u = first_update(10.0)
+  np.testing.assert_allclose(u['temporal']['w'], -1e-2, rtol=1e-5)
+  np.testing.assert_allclose(u['visual']['w'], -1e-3, rtol=1e-5)
+  u1 = first_update(1.0)
+  np.testing.assert_allclose(u1['temporal']['w'], -1e-3, rtol=1e-5)
+  with pytest.raises(ValueError, match='fusion_pattern'):
+    first_update(10.0, pattern='no_such_module')
