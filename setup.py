@@ -34,8 +34,8 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch + transformers + safetensors: the parity references; dill: tfds.testing;
-        # nbformat: the notebook test
+        # nbformat, nbclient, ipykernel: the notebook test (a real IPython kernel)
         "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers", "safetensors", "dill",
-                 "nbformat"],
+                 "nbformat", "nbclient", "ipykernel"],
     },
 )

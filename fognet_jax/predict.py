@@ -1,6 +1,7 @@
 r"""Recognise the action in video files with a trained run, from the foggy video alone.
 
   python -m fognet_jax.predict --workdir=RUN [--checkpoint=STEP] VIDEO [VIDEO ...] [--json]
+      [--labels="a person jumping,a person bowing,..." | --labels_file=FILE] [--verbose]
 
 Loads the run's config (`RUN/config.json`), its class names (`RUN/class_names.json`, or the
 dataset's when the file is missing) and its latest checkpoint (or `--checkpoint`: a step or a
@@ -9,16 +10,26 @@ the run's config (`data.num_clips` x `data.num_crops` clips of `data.num_frames`
 `evaluate` samples the test split); the class probabilities are the mean over views and
 prompt templates of the foggy-only inference path (`FogNet.predict`).
 
+Open vocabulary: `--labels` (comma-separated) or `--labels_file` (one label a line, blank
+lines skipped) replaces the run's class names by any action names; they are ranked through
+the text tower with the run's prompt templates (`main.class_prompt_tokens`), exactly as the
+run's own classes are, so the run's class names given as labels reproduce the default output.
+
 Output, per video: the top 5 classes with their probabilities; with `--json` one JSON object
 per line: {"video": PATH, "top5": [[CLASS, PROB], ...], "num_frames": N} (N: frames
 decoded). A file that is missing or not a video gets a one-line error on stderr naming it;
-the other files are still processed and the exit status is 1.
+the other files are still processed and the exit status is 1. Bad labels (empty, repeated, a
+missing labels file) are one `error:` line and exit status 1 before the model loads.
+
+The command is quiet: no INFO log lines of the libraries (absl, JAX, Orbax), so stderr holds
+the `error:` lines (and warnings, if any); `--verbose` shows the libraries' log lines too.
 """
 from __future__ import annotations
 
 import collections.abc
 import io
 import json
+import logging as py_logging
 import os
 import sys
 from typing import Optional, Sequence
@@ -27,6 +38,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -48,6 +60,44 @@ def _define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Run directory (config.json, checkpoints/).')
   flags.DEFINE_string('checkpoint', None, 'Checkpoint step or directory (default: the latest).')
   flags.DEFINE_bool('json', False, 'One JSON object per video and line.')
+  flags.DEFINE_string('labels', None, 'Comma-separated action names to rank instead of the '
+                      "run's classes (open vocabulary).")
+  flags.DEFINE_string('labels_file', None, 'A file of action names, one a line, to rank '
+                      "instead of the run's classes.")
+  flags.DEFINE_bool('verbose', False, "Show the libraries' log lines (absl, JAX, Orbax).")
+
+
+class LabelError(ValueError):
+  """Unusable --labels / --labels_file; the message is the user's error line."""
+
+
+def parse_labels(labels: Optional[str] = None,
+                 labels_file: Optional[str] = None) -> Optional[list[str]]:
+  """The label list of `--labels` (comma-separated) or `--labels_file` (one a line); None
+  when neither is given (the run's own classes)."""
+  if labels is not None and labels_file is not None:
+    raise LabelError('give --labels or --labels_file, not both')
+  if labels is None and labels_file is None:
+    return None
+  if labels is not None:
+    names, where = [x.strip() for x in labels.split(',')], '--labels'
+    names = [x for x in names if x]
+    if not names:
+      raise LabelError('--labels is empty')
+  else:
+    if not os.path.isfile(labels_file):
+      raise LabelError(f'{labels_file}: no such file')
+    with open(labels_file, encoding='utf-8') as f:
+      names = [line.strip() for line in f if line.strip()]
+    where = labels_file
+    if not names:
+      raise LabelError(f'{labels_file} holds no labels')
+  seen = set()
+  for name in names:
+    if name in seen:
+      raise LabelError(f'{where} names {name!r} twice')
+    seen.add(name)
+  return names
 
 
 class _LazyPNG(collections.abc.Sequence):
@@ -85,10 +135,13 @@ def load_class_names(config: ml_collections.ConfigDict, workdir: str) -> list[st
 class Predictor:
   """A trained run's model, prompts and test views, applied to one video at a time."""
 
-  def __init__(self, workdir: str, checkpoint: Optional[str] = None):
+  def __init__(self, workdir: str, checkpoint: Optional[str] = None,
+               labels: Optional[Sequence[str]] = None):
+    """`labels`: action names to rank instead of the run's classes (None: the run's)."""
     run_dir, step = checkpointing.locate(workdir, checkpoint)
     self.config = load_config(workdir)
-    self.class_names = load_class_names(self.config, workdir)
+    self.class_names = (list(labels) if labels is not None
+                        else load_class_names(self.config, workdir))
     self.mesh = sharding.make_mesh(1)
     self.graphdef, state = main_lib.restore_state(self.config, self.mesh, run_dir, step)
     self.params, self.rest = state.params, state.rest
@@ -114,10 +167,12 @@ class Predictor:
 
 
 def run(videos: Sequence[str], workdir: str, *, checkpoint: Optional[str] = None,
-        as_json: bool = False, out=None, err=None) -> int:
-  """Prints the predictions of `videos`; returns the exit status (1 if any file failed)."""
+        as_json: bool = False, labels: Optional[Sequence[str]] = None, out=None,
+        err=None) -> int:
+  """Prints the predictions of `videos` over the run's classes or `labels`; returns the exit
+  status (1 if any file failed)."""
   out, err = out or sys.stdout, err or sys.stderr
-  predictor = Predictor(workdir, checkpoint)
+  predictor = Predictor(workdir, checkpoint, labels=labels)
   status = 0
   for path in videos:
     try:
@@ -137,15 +192,27 @@ def run(videos: Sequence[str], workdir: str, *, checkpoint: Optional[str] = None
   return status
 
 
+def quiet_logs() -> None:
+  """Only warnings and errors from absl and the Python loggers (JAX, Orbax)."""
+  logging.set_verbosity(logging.WARNING)
+  py_logging.getLogger().setLevel(py_logging.WARNING)
+  for name in ('jax', 'orbax', 'absl'):
+    py_logging.getLogger(name).setLevel(py_logging.WARNING)
+
+
 def main(argv):
   videos = argv[1:]
   if not videos:
     raise app.UsageError('give one or more video files')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
+  if not FLAGS.verbose:
+    quiet_logs()
   try:
-    return run(videos, FLAGS.workdir, checkpoint=FLAGS.checkpoint, as_json=FLAGS.json)
-  except FileNotFoundError as e:
+    labels = parse_labels(FLAGS.labels, FLAGS.labels_file)
+    return run(videos, FLAGS.workdir, checkpoint=FLAGS.checkpoint, as_json=FLAGS.json,
+               labels=labels)
+  except (FileNotFoundError, LabelError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
 

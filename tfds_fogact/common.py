@@ -26,6 +26,20 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+#: The paper's arXiv listing (abstract, PDF and the authors' links): the builders' homepage.
+HOMEPAGE = "https://arxiv.org/abs/2605.20645"
+#: BibTeX of the paper that introduces FogAct and FogNet; every builder's citation starts with it.
+CITATION = """\
+@misc{liu2026seeing,
+  title         = {Seeing Through Fog: Towards Fog-Invariant Action Recognition},
+  author        = {Liu, Enqi and Pan, Liyuan and Gao, Zhi and Li, Lingzhi and Li, Qing},
+  year          = {2026},
+  eprint        = {2605.20645},
+  archivePrefix = {arXiv},
+  primaryClass  = {cs.CV},
+  url           = {https://arxiv.org/abs/2605.20645}
+}"""
+
 PERSPECTIVES: tuple[str, ...] = ("front", "back", "left", "right")
 FOG_LEVELS: tuple[str, ...] = ("light", "dense")
 SPLITS: tuple[str, ...] = ("train", "test")

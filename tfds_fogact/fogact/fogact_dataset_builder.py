@@ -101,6 +101,8 @@ class Builder(common.DualFormatMixin, video_pairs.ReportingBuilderMixin,
                     "4 perspectives, light and dense real fog.",
         features=features_without_label_names(self.builder_config.frame_shape),
         supervised_keys=None,
+        homepage=common.HOMEPAGE,
+        citation=common.CITATION,
         metadata=tfds.core.MetadataDict(),
         alternative_file_formats=list(common.ALTERNATIVE_FILE_FORMATS),
     )

@@ -84,17 +84,21 @@ def _configs(source: str) -> list[FoggedConfig]:
 class _FoggedPublicBuilder(common.DualFormatMixin, video_pairs.ReportingBuilderMixin,
                            tfds.core.GeneratorBasedBuilder,
                            skip_registration=True):
-  """Shared logic; subclasses set SOURCE, DESCRIPTION and `_read_manual_dir`."""
+  """Shared logic; subclasses set DESCRIPTION, SOURCE_CITATION and `_read_manual_dir`."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   DEFAULT_BUILDER_CONFIG_NAME = "default"
   DESCRIPTION = ""
+  # BibTeX of the source dataset, cited after the paper (which fogs it the same way, Table 4).
+  SOURCE_CITATION = ""
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description=self.DESCRIPTION,
         features=fogact_builder.features_without_label_names(self.builder_config.frame_shape),
+        homepage=common.HOMEPAGE,
+        citation="\n\n".join(c for c in (common.CITATION, self.SOURCE_CITATION) if c),
         metadata=tfds.core.MetadataDict(),
         alternative_file_formats=list(common.ALTERNATIVE_FILE_FORMATS),
     )
@@ -131,6 +135,13 @@ class Ucf101Fog(_FoggedPublicBuilder):
   BUILDER_CONFIGS = _configs("UCF-101 split 1")
   DESCRIPTION = ("UCF-101 (101 actions) with a clean stream and an ASM-fogged stream made "
                  "at build time; official train/test split.")
+  SOURCE_CITATION = """\
+@article{soomro2012ucf101,
+  title   = {{UCF101}: A Dataset of 101 Human Actions Classes From Videos in The Wild},
+  author  = {Soomro, Khurram and Zamir, Amir Roshan and Shah, Mubarak},
+  journal = {arXiv preprint arXiv:1212.0402},
+  year    = {2012}
+}"""
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS.format(name="ucf101_fog", layout="""
     UCF-101/<Class>/v_<Class>_gXX_cYY.avi     (UCF101.rar extracted; or UCF101/, videos/)
     ucfTrainTestlist/classInd.txt, trainlist01.txt, testlist01.txt
@@ -147,6 +158,16 @@ class Hmdb51Fog(_FoggedPublicBuilder):
   BUILDER_CONFIGS = _configs("HMDB-51 split 1")
   DESCRIPTION = ("HMDB-51 (51 actions) with a clean stream and an ASM-fogged stream made "
                  "at build time; official 70/30 split (unused videos left out).")
+  SOURCE_CITATION = """\
+@inproceedings{kuehne2011hmdb,
+  title     = {{HMDB}: A Large Video Database for Human Motion Recognition},
+  author    = {Kuehne, Hildegard and Jhuang, Hueihan and Garrote, Est{\\'\\i}baliz and
+               Poggio, Tomaso and Serre, Thomas},
+  booktitle = {2011 International Conference on Computer Vision},
+  pages     = {2556--2563},
+  publisher = {IEEE},
+  year      = {2011}
+}"""
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS.format(name="hmdb51_fog", layout="""
     hmdb51_org/<class>/<file>.avi             (each class .rar extracted; or videos/)
     testTrainMulti_7030_splits/<class>_test_split1.txt   lines "<file>.avi 0|1|2"
@@ -162,6 +183,15 @@ class Kinetics100Fog(_FoggedPublicBuilder):
   BUILDER_CONFIGS = _configs("Kinetics-100")
   DESCRIPTION = ("Kinetics-100 (the 100-class Kinetics subset of the few-shot literature) "
                  "with a clean stream and an ASM-fogged stream made at build time.")
+  SOURCE_CITATION = """\
+@article{kay2017kinetics,
+  title   = {The Kinetics Human Action Video Dataset},
+  author  = {Kay, Will and Carreira, Joao and Simonyan, Karen and Zhang, Brian and
+             Hillier, Chloe and Vijayanarasimhan, Sudheendra and Viola, Fabio and Green, Tim
+             and Back, Trevor and Natsev, Paul and others},
+  journal = {arXiv preprint arXiv:1705.06950},
+  year    = {2017}
+}"""
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS.format(name="kinetics100_fog", layout="""
     kinetics100.csv      header "filename,label,split"; filename relative to the manual
                          dir (e.g. videos/<label>/<youtube_id>.mp4); empty or missing

@@ -169,7 +169,8 @@ class SyntheticFogAct(common.DualFormatMixin, tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(
         features=common.paired_features(renderer.CLASS_NAMES, self.builder_config.frame_shape),
         supervised_keys=None,
-        homepage="https://github.com/fognet_jax",
+        homepage=common.HOMEPAGE,
+        citation=common.CITATION,
         description=__doc__,
         alternative_file_formats=list(common.ALTERNATIVE_FILE_FORMATS),
     )
