@@ -87,7 +87,9 @@ def get_config(arg=None):
   m.backbone = 'ViT-B/16'       # a CLIP config name (fognet_jax.models.clip.CONFIGS)
   # None: random initialisation; else an OpenAI .pt file, a Hugging Face directory, an Orbax
   # directory written by clip_weights.save, or a hub name (the config then comes from it).
-  m.init_from = config_lib.pretrained_name('ViT-B/16')
+  # Typed `object`, like clip_overrides below: `--config.model.init_from=None` gives None.
+  m.init_from = ml_collections.FieldReference(config_lib.pretrained_name('ViT-B/16'),
+                                              field_type=object)
   m.dtype = 'bfloat16'          # compute dtype; parameters and losses stay float32
   m.remat = False               # rematerialise the tower blocks in the backward pass
   m.attention_impl = placeholder(str)  # None / 'xla' (einsum) | 'cudnn' (fused, GPU)
@@ -96,7 +98,7 @@ def get_config(arg=None):
   m.residual_dtype = placeholder(str)
   # CLIPConfig fields replacing the backbone's (random initialisation only); None = keep.
   m.clip_overrides = ml_collections.ConfigDict(
-      {k: placeholder(int) for k in config_lib.CLIP_OVERRIDE_KEYS})
+      {k: placeholder(object) for k in config_lib.CLIP_OVERRIDE_KEYS})
   # Fog-Aware Selection (eqs. 1-2): self-attention over the clean and foggy frame embeddings
   # joined by `concat`: 'channels' (T tokens of width 2D: both streams weigh the frames, each
   # stream keeps its own; eq. 1's sums run to T as written, and the foggy output, like the

@@ -7,19 +7,26 @@ of step s and restarting the input pipeline at s continues exactly as an uninter
 Arrays are restored directly into their target shardings (replicated or FSDP).
 
 Faults: a latest checkpoint that does not restore (a truncated array file, missing metadata:
-a run killed while writing, a full disk) is skipped with a warning naming it and renamed to
-`<step>.unrestorable`; the newest one that restores is used. When none restores, one error
-names the directory.
+a run killed while writing, a full disk) is skipped and renamed to `<step>.unrestorable`; the
+newest one that restores is used, and one warning names both. When none restores, one error
+names the directory. A save that cannot be written (a full disk) raises one error naming the
+directory and the last complete checkpoint, and leaves no temporary directory behind; a save
+is logged only once it is complete.
 """
 from __future__ import annotations
 
 import fcntl
+import glob
 import os
+import re
+import shutil
 import signal
 import socket
+import sys
 import threading
 import time
-from typing import Any, Optional
+import traceback
+from typing import Any, NoReturn, Optional
 
 from absl import logging
 import jax
@@ -33,6 +40,11 @@ UNRESTORABLE_SUFFIX = '.unrestorable'
 
 class CheckpointError(RuntimeError):
   """No checkpoint of the directory could be restored; the message names it."""
+
+
+class CheckpointSaveError(CheckpointError):
+  """A checkpoint could not be written; the message names the directory and the last complete
+  checkpoint."""
 
 
 class WorkdirLockedError(RuntimeError):
@@ -103,6 +115,10 @@ class Checkpointer:
                async_save: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     self.every_steps = every_steps
+    self._async = async_save
+    self._writing: Optional[int] = None  # the step of a background write not yet confirmed
+    self._failed: Optional[int] = None  # the step of a save that failed and was reported
+    _drop_failed_read_reports()  # a failing write may leave them before its error is seen
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -117,19 +133,78 @@ class Checkpointer:
     return step % self.every_steps == 0
 
   def save(self, step: int, state: Any, *, force: bool = True) -> bool:
-    saved = self.manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state))),
-        force=force)
+    """Saves `state` as checkpoint `step` (in the background with `async_save`).
+
+    The log says `Checkpoint of step N` once the checkpoint is complete: at once for a
+    synchronous save, else at the `poll`, `save` or `close` that finds its write finished.
+    Raises CheckpointSaveError when this or the previous background write failed.
+    """
+    self._confirm_write()
+    try:
+      saved = self.manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state))),
+          force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      self._save_failed(step, e)
     if saved:
-      logging.info('Checkpoint of step %d -> %s', step, self.directory)
+      if self._async:
+        self._writing = step
+      else:
+        self._confirm(step)
     return saved
+
+  def poll(self) -> None:
+    """Confirms a finished background write (raising CheckpointSaveError if it failed); cheap
+    while it is still being written. Call it once per training step."""
+    if self._writing is not None and not self.manager.is_saving_in_progress():
+      self._confirm_write()
+
+  def _confirm_write(self) -> None:
+    step, self._writing = self._writing, None
+    if step is None:
+      return
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._save_failed(step, e)
+    self._confirm(step)
+
+  def _confirm(self, step: int) -> None:
+    # Orbax may log a failed background write and go on without raising; a step that was not
+    # finalised is not in the directory (checked by a single process: in a multi-process job
+    # the processes must fail together, and Orbax's own errors do that).
+    if jax.process_count() == 1:
+      self.manager.reload()
+      if step not in self.manager.all_steps():
+        self._save_failed(step, None)
+    logging.info('Checkpoint of step %d -> %s', step, self.directory)
+
+  def _save_failed(self, step: int, error: Optional[BaseException]) -> NoReturn:
+    """Removes the failed write's temporary directory and raises CheckpointSaveError naming the
+    last complete checkpoint."""
+    self._failed = step
+    self._remove_partial(step)
+    self.manager.reload()
+    complete = [s for s in self.all_steps() if s != step]
+    last = (f'{self.directory}/{max(complete)}' if complete
+            else 'none (there is no complete checkpoint)')
+    reason = _write_error(error) if error is not None else 'the write did not complete'
+    raise CheckpointSaveError(
+        f'cannot write the checkpoint of step {step} to {self.directory} ({reason}); the last '
+        f'complete checkpoint is {last}') from error
+
+  def _remove_partial(self, step: int) -> None:
+    """Removes the temporary directory of a save of `step` (process 0)."""
+    if jax.process_index() == 0:
+      for tmp in glob.glob(os.path.join(self.directory, f'{step}.orbax-checkpoint-tmp*')):
+        shutil.rmtree(tmp, ignore_errors=True)
 
   def restore(self, template: Any, step: Optional[int] = None) -> Any:
     """Restores into the structure, dtypes and shardings of `template` (a live state).
 
-    `step=None`: the newest checkpoint that restores; newer ones that do not are skipped
-    with a warning and renamed `<step>.unrestorable` (so later saves can reuse the step).
-    Raises CheckpointError naming the directory when none restores.
+    `step=None`: the newest checkpoint that restores; newer ones that do not are renamed
+    `<step>.unrestorable` (so later saves can reuse the step), and one warning names them and
+    the step used. Raises CheckpointError naming the directory when none restores.
     """
     if step is not None:
       if step not in self.all_steps():
@@ -144,13 +219,14 @@ class Checkpointer:
       try:
         state = self._restore(template, s)
       except Exception as e:  # pylint: disable=broad-except
-        reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:300]
-        errors.append((s, reason))
-        logging.warning('Checkpoint %s/%d cannot be restored (%s); trying the previous one.',
-                        self.directory, s, reason)
+        errors.append((s, _one_line(e)))
         continue
-      for bad, _ in errors:
-        self._set_aside(bad)
+      if errors:
+        moved = [self._set_aside(bad) for bad, _ in errors]
+        bad = ', '.join(str(b) for b, _ in errors)
+        logging.warning('Checkpoint %s/%s cannot be restored (%s); using step %d instead. '
+                        'Kept for inspection as %s.', self.directory, bad, errors[0][1], s,
+                        ', '.join(moved))
       return state
     raise CheckpointError(
         f'no checkpoint in {self.directory} can be restored (steps {steps}); the newest, step '
@@ -167,16 +243,17 @@ class Checkpointer:
     logging.info('Restored checkpoint of step %d from %s', step, self.directory)
     return _from_saveable(restored['state'], template)
 
-  def _set_aside(self, step: int) -> None:
-    """Renames an unrestorable checkpoint out of the manager's sight (process 0)."""
+  def _set_aside(self, step: int) -> str:
+    """Renames an unrestorable checkpoint out of the manager's sight (process 0); its new
+    name."""
+    src = os.path.join(self.directory, str(step))
+    dst = f'{src}{UNRESTORABLE_SUFFIX}'
+    if os.path.exists(dst):
+      dst = f'{dst}.{int(time.time())}'
     if jax.process_index() == 0:
-      src = os.path.join(self.directory, str(step))
-      dst = f'{src}{UNRESTORABLE_SUFFIX}'
-      if os.path.exists(dst):
-        dst = f'{dst}.{int(time.time())}'
       os.rename(src, dst)
-      logging.warning('Moved the unrestorable checkpoint %s to %s.', src, dst)
     self.manager.reload()
+    return os.path.basename(dst)
 
   def reached_preemption(self, step: int) -> bool:
     """True when JAX's multi-host preemption service saw a preemption notice (TPU pods)."""
@@ -186,8 +263,71 @@ class Checkpointer:
       return False
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for a background write (raising CheckpointSaveError if it failed) and closes."""
+    try:
+      self._confirm_write()
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if self._failed is None:  # else: the failure already reported, again
+          raise
+      if self._failed is not None:  # its writer threads may have gone on until now
+        self._remove_partial(self._failed)
+
+
+def _one_line(error: BaseException) -> str:
+  """'Type: first line of the message', at most 300 characters."""
+  text = str(error).strip()
+  return f'{type(error).__name__}: {text.splitlines()[0] if text else ""}'[:300]
+
+
+def _write_error(error: BaseException) -> str:
+  """The operating system's reason for a failed write ('No space left on device'), from the
+  exception or its causes (TensorStore's messages carry it as `os_error_code`); else
+  `_one_line`."""
+  e = error
+  while e is not None:
+    if isinstance(e, OSError) and e.errno:
+      return os.strerror(e.errno)
+    code = re.search(r"os_error_code='(\d+)'", str(e))
+    if code:
+      return os.strerror(int(code.group(1)))
+    e = e.__cause__ or e.__context__
+  return _one_line(error)
+
+
+def _drop_failed_read_reports() -> None:
+  """Silences the reports that a failed Orbax restore or save leaves behind.
+
+  A restore reads the arrays concurrently on an event loop that Orbax closes as soon as one
+  read fails: the reads still pending are closed, and each reports its error through
+  `sys.unraisablehook` with a traceback ('Exception ignored in: <coroutine object
+  _read_array_index_and_device_put ...>'); a TensorStore read still in flight reports
+  `RuntimeError: Event loop is closed` when it completes. That is hundreds of tracebacks for
+  a large model; a failed background write leaves the same. The failure itself reaches the
+  caller as an exception. Once a Checkpointer is created, those reports are dropped; every
+  other one goes to the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_failed_read_reports', False):
+    return
+
+  def hook(unraisable):
+    if not _left_by_orbax(unraisable):
+      previous(unraisable)
+
+  hook.drops_failed_read_reports = True
+  sys.unraisablehook = hook
+
+
+def _left_by_orbax(unraisable) -> bool:
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+    return True
+  tb = getattr(unraisable, 'exc_traceback', None) or getattr(error, '__traceback__', None)
+  part = f'{os.sep}orbax{os.sep}'
+  return tb is not None and any(part in frame.filename for frame in traceback.extract_tb(tb))
 
 
 class WorkdirLock:
@@ -237,27 +377,45 @@ class WorkdirLock:
       self._file = None
 
 
-class SigtermFlag:
-  """Sets a flag on SIGTERM (preemptible TPUs, Colab, schedulers); the loop saves and exits.
+class StopSignal:
+  """SIGTERM (preemptible TPUs, Colab, schedulers) or Ctrl-C (SIGINT) sets a flag; the training
+  loop finishes its step, saves a checkpoint and stops. A second Ctrl-C stops the process at
+  once (exit status 130) with one line on stderr: the last complete checkpoint stays as it
+  is. (In a notebook's kernel it raises KeyboardInterrupt instead.)
 
-  Only installs from the main thread; restores the previous handler on `restore()`.
+  Only installs from the main thread; `restore()` puts the previous handlers back.
   """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.event = threading.Event()
-    self._previous = None
+    self._previous = {}
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
+      self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
 
   def _handler(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning('SIGTERM received: saving a checkpoint and stopping after this step.')
-    self.event.set()
+    again = self.event.is_set()
+    self.event.set()  # first: a second signal may interrupt this handler
+    if signum == signal.SIGINT and again:
+      if 'ipykernel' in sys.modules:  # a notebook's interrupt: stop the cell, not the kernel
+        raise KeyboardInterrupt
+      # Straight to the file descriptor: the interrupted code may be inside a write to stderr.
+      os.write(2, b'Interrupted again: stopped at once, without saving; the last complete '
+                  b'checkpoint is kept.\n')
+      os._exit(128 + signal.SIGINT)  # pylint: disable=protected-access
+    if signum == signal.SIGINT:
+      logging.warning('Interrupted (Ctrl-C): saving a checkpoint and stopping after this step; '
+                      'press Ctrl-C again to stop at once without saving.')
+    else:
+      logging.warning('SIGTERM received: saving a checkpoint and stopping after this step.')
 
   @property
   def triggered(self) -> bool:
     return self.event.is_set()
 
   def restore(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, previous in self._previous.items():
+      if previous is not None:  # None: a handler installed outside Python
+        signal.signal(signum, previous)
+    self._previous = {}

@@ -189,6 +189,10 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
   if unknown:
     _fail('model.clip_overrides', f'unknown CLIPConfig field(s) {unknown}; known: '
           f'{list(CLIP_OVERRIDE_KEYS)}')
+  # The overrides and init_from take any type, so that None can be given on the command line.
+  _positive_ints(m.clip_overrides, 'model.clip_overrides', sorted(overrides))
+  if m.init_from is not None and not isinstance(m.init_from, str):
+    _fail('model.init_from', f'must be a path, a hub name or None, got {m.init_from!r}')
   if m.init_from and overrides:
     raise ConfigError(f'config.model.clip_overrides {sorted(overrides)} cannot be combined '
                       f'with model.init_from={m.init_from!r}')

@@ -493,4 +493,4 @@ def main(argv):
 
 if __name__ == '__main__':
   main_lib.define_flags()  # --config, --workdir (and main's other flags, unused here)
-  app.run(main)
+  main_lib.run(main)  # main's flag parsing: a user error is one `error:` line

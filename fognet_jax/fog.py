@@ -15,16 +15,25 @@ r"""Fog a video: the atmospheric scattering model of the dataset builders, on yo
 The frames are read, fogged and written in chunks (memory does not grow with the video's
 length), with the same result as fogging the whole clip at once (`tfds_fogact.fog.apply_fog`
 with `start_frame`). Frame rate and size are kept; the output codec is H.264 (.mp4, .mkv,
-.mov) or MPEG-4 Part 2 (.avi).
+.mov) or MPEG-4 Part 2 (.avi). The video is written to a hidden temporary file next to OUT,
+renamed to OUT once complete: an interrupted run (Ctrl-C, SIGTERM) leaves no output.
+
+The console shows the progress and the result only; `--verbose` lets the libraries' log
+messages and warnings through.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
+import logging
 import os
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
+import warnings
 
 import numpy as np
 
@@ -33,6 +42,8 @@ from tfds_fogact import fog as fog_lib
 from tfds_fogact import video_io
 
 CHUNK_FRAMES = 16
+# Output container (extension) -> codec.
+CODECS = {'.mp4': 'libx264', '.mkv': 'libx264', '.mov': 'libx264', '.avi': 'mpeg4'}
 
 
 def fog_params(density: str, airlight: Optional[float], seed: int) -> fog_lib.FogParams:
@@ -82,12 +93,16 @@ def fog_video(src: str, dst: str, *, density: str = 'light', airlight: Optional[
   """
   if not os.path.isfile(src):
     raise FileNotFoundError(f'{src}: no such file')
+  ext = os.path.splitext(dst)[1].lower()
+  if ext not in CODECS:
+    raise ValueError(f'{dst}: unsupported output format {ext or "(no extension)"}; supported: '
+                     '.mp4, .mkv, .mov (H.264), .avi (MPEG-4)')
   info = video_io.probe(src)  # VideoError naming the file when it is not a video
   params = fog_params(density, airlight, seed)
   d, heterogeneous = load_depth(depth, info.height, info.width)
   if os.path.abspath(src) == os.path.abspath(dst):
     raise ValueError(f'{dst}: the output must not overwrite the input')
-  codec = 'mpeg4' if dst.lower().endswith('.avi') else 'libx264'
+  codec = CODECS[ext]
   bar = metrics_lib.Progress(max(info.num_frames, 1), enabled=progress, stream=sys.stderr,
                              unit='frame')
 
@@ -106,17 +121,57 @@ def fog_video(src: str, dst: str, *, density: str = 'light', airlight: Optional[
       every = max(info.num_frames // 10, CHUNK_FRAMES)
       bar.update(start, {} if start % every < len(chunk) else None)
 
-  os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+  directory, name = os.path.split(os.path.abspath(dst))
+  os.makedirs(directory, exist_ok=True)
+  # The container follows the extension, so the temporary file keeps it.
+  partial = os.path.join(directory, f'.{os.path.splitext(name)[0]}.partial-{os.getpid()}{ext}')
   try:
-    n = video_io.write_video(dst, fogged(), info.fps, codec=codec,
+    n = video_io.write_video(partial, fogged(), info.fps, codec=codec,
                              quality=2 if codec == 'mpeg4' else 18)  # both near-transparent
+    os.replace(partial, dst)
   except BaseException:
-    if os.path.exists(dst):
-      os.remove(dst)  # no half-written output left behind
+    if os.path.exists(partial):
+      os.remove(partial)  # no half-written output left behind
     raise
   finally:
     bar.close()
   return n
+
+
+@contextlib.contextmanager
+def _library_output(verbose: bool):
+  """Without `verbose`: no log records below CRITICAL and no Python warnings."""
+  if verbose:
+    yield
+    return
+  previous = logging.root.manager.disable
+  logging.disable(logging.ERROR)
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      yield
+  finally:
+    logging.disable(previous)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+  """SIGTERM raises KeyboardInterrupt, as Ctrl-C does (main thread only); yields the list that
+  records it."""
+  received = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received
+    return
+
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    received.append(signum)
+    raise KeyboardInterrupt
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield received
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -133,13 +188,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="'homogeneous' (one transmission for every pixel) or an (H, W) .npy "
                            'relative-distance map (default: the ground-plane prior)')
   parser.add_argument('--seed', type=int, default=0, help='seed of the fog draw (default 0)')
+  parser.add_argument('--verbose', action='store_true',
+                      help="show the libraries' log messages and warnings")
   args = parser.parse_args(argv)
-  try:
-    n = fog_video(args.input, args.output, density=args.density, airlight=args.airlight,
-                  depth=args.depth, seed=args.seed)
-  except (FileNotFoundError, ValueError, video_io.VideoError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  with _sigterm_interrupts() as sigterm, _library_output(args.verbose):
+    try:
+      n = fog_video(args.input, args.output, density=args.density, airlight=args.airlight,
+                    depth=args.depth, seed=args.seed)
+    except (FileNotFoundError, ValueError, video_io.VideoError) as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+    except KeyboardInterrupt:
+      print(f'interrupted: {args.output} was not written', file=sys.stderr)
+      return 128 + (sigterm[0] if sigterm else signal.SIGINT)
   print(f'{args.output}: {n} frames', file=sys.stderr)
   return 0
 

@@ -36,6 +36,11 @@ from tfds_fogact import common  # importing tfds_fogact registers its builders
 ROLES = ("train", "eval")
 
 
+class DataError(ValueError):
+  """The configured data cannot be used (not prepared, no manual_dir, a missing split, clips
+  shorter than `data.num_frames`, ...); the message names the config key."""
+
+
 def _key(name: str, role: str) -> str:
   if role not in ROLES:
     raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -88,7 +93,7 @@ def _builder(data_cfg):
   try:
     return tfds.builder(data_cfg.dataset, data_dir=data_cfg.get("data_dir"))
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"config.data.dataset: unknown dataset {data_cfg.dataset!r} ({e})") from e
+    raise DataError(f"config.data.dataset: unknown dataset {data_cfg.dataset!r} ({e})") from e
 
 
 @functools.lru_cache(maxsize=16)
@@ -102,37 +107,61 @@ def prepare(data_cfg) -> DataInfo:
 
   A generated dataset (``synthetic_fog_act``) is built when missing (and
   ``build_if_missing``); a manual-download dataset needs ``config.data.manual_dir``.
+  Raises DataError naming the config key of what cannot work.
   """
   builder = _builder_cached(data_cfg.dataset, data_cfg.get("data_dir"))
   if not builder.is_prepared():
     generated = builder.name.startswith("synthetic")
     if not data_cfg.get("build_if_missing", True):
-      raise FileNotFoundError(f"config.data.dataset {data_cfg.dataset!r} is not prepared in {builder.data_dir} "
-                              "and config.data.build_if_missing is False")
+      raise DataError(f"config.data.dataset {data_cfg.dataset!r} is not prepared in {builder.data_dir} "
+                      "and config.data.build_if_missing is False")
     manual_dir = data_cfg.get("manual_dir")
     if not generated and not manual_dir:
-      raise ValueError(f"config.data.manual_dir: dataset {data_cfg.dataset!r} is not prepared in "
-                       f"{builder.data_dir}; give the directory holding its videos "
-                       f"(see docs/data_real.md)")
+      raise DataError(f"config.data.manual_dir: dataset {data_cfg.dataset!r} is not prepared in "
+                      f"{builder.data_dir}; give the directory holding its videos "
+                      f"(see docs/data_real.md)")
     if manual_dir and not os.path.isdir(os.path.expanduser(manual_dir)):
-      raise ValueError(f"config.data.manual_dir: {manual_dir!r} is not a directory")
+      raise DataError(f"config.data.manual_dir: {manual_dir!r} is not a directory")
     dl = tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir)) if manual_dir else None
     common.prepare(builder, dl)
   elif not common.has_random_access(builder):
     common.add_array_record(builder)
   for split in (data_cfg.train_split, data_cfg.eval_split):
     if split not in builder.info.splits:
-      raise ValueError(f"config.data: split {split!r} not in {data_cfg.dataset!r} "
-                       f"(splits: {list(builder.info.splits)})")
+      raise DataError(f"config.data: split {split!r} not in {data_cfg.dataset!r} "
+                      f"(splits: {list(builder.info.splits)})")
   num = {s: len(indices(data_cfg, s, role_of(data_cfg, s))) for s in builder.info.splits}
   for split in (data_cfg.train_split, data_cfg.eval_split):
     if num[split] == 0:
       role = role_of(data_cfg, split)
-      raise ValueError(f"config.data: no {split!r} examples left after the filters "
-                       f"{_key('fog', role)}={data_cfg.get(_key('fog', role))!r}, "
-                       f"{_key('perspective', role)}={data_cfg.get(_key('perspective', role))!r}")
+      raise DataError(f"config.data: no {split!r} examples left after the filters "
+                      f"{_key('fog', role)}={data_cfg.get(_key('fog', role))!r}, "
+                      f"{_key('perspective', role)}={data_cfg.get(_key('perspective', role))!r}")
   return DataInfo(name=data_cfg.dataset, class_names=list(builder.info.features["label"].names),
                   num_examples=num, builder=builder)
+
+
+def stored_frames(data_cfg, builder) -> tuple[Optional[int], bool]:
+  """(frames per stored clip, whether every clip has that many) of a prepared dataset.
+
+  A builder whose config fixes the clip length (a `num_frames` field: the generated datasets)
+  stores clips of one length: the first training example's. Other builders store each video's
+  frames up to the config's `max_frames` (None: no bound known).
+  """
+  if getattr(builder.builder_config, "num_frames", None) is not None:
+    return int(source(data_cfg, data_cfg.train_split)[0]["num_frames"]), True
+  return getattr(builder.builder_config, "max_frames", None), False
+
+
+def check_num_frames(data_cfg, builder) -> None:
+  """Raises DataError when `data.num_frames` exceeds the frames the clips hold (sampling
+  would repeat frames)."""
+  stored, exact = stored_frames(data_cfg, builder)
+  if stored is not None and data_cfg.num_frames > stored:
+    raise DataError(f"config.data.num_frames: {data_cfg.num_frames} frames per clip, but "
+                    f"{data_cfg.dataset!r} in {builder.data_dir} stores "
+                    f"{'' if exact else 'at most '}{stored} frames per clip; "
+                    f"set config.data.num_frames <= {stored}")
 
 
 class EncodedExample(collections.abc.Mapping):

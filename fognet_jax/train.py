@@ -290,7 +290,8 @@ def _check_finite(step: int, values: Mapping[str, float], workdir: str, ckpt) ->
 def train(config: ml_collections.ConfigDict, workdir: str, *, mesh, model: nnx.Module,
           loss_fn: losses.LossFn, batches: Callable[[int], Iterator[dict]],
           prompt_tokens, steps: StepCounts,
-          prompt_sampler: PromptSampler = prompts.sample_train_prompts
+          prompt_sampler: PromptSampler = prompts.sample_train_prompts,
+          on_start: Optional[Callable[[int], None]] = None
           ) -> tuple[Any, TrainState, dict]:
   """Trains `model`, resuming from the latest checkpoint in `workdir`.
 
@@ -305,31 +306,31 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh, model: nnx.M
     prompt_tokens: (K, C, L) int32 class prompts, one row per template.
     steps: the run's length (`resolve_steps`).
     prompt_sampler: the per-step prompt draw (`make_train_step`).
+    on_start: called with the first step once the state is restored from the latest checkpoint
+      or initialised (and `config.json` written), before the first step.
 
   Returns:
-    (graphdef, final state, the metrics of the last logged step). A SIGTERM or a preemption
-    notice ends the run early, after saving a checkpoint.
+    (graphdef, final state, the metrics of the last logged step). A SIGTERM, a Ctrl-C or a
+    preemption notice ends the run early, after saving a checkpoint.
 
   Raises:
     checkpointing.WorkdirLockedError: another training run holds `workdir`.
     checkpointing.CheckpointError: `workdir` has checkpoints and none of them restores.
+    checkpointing.CheckpointSaveError: a checkpoint could not be written.
   """
   lock = checkpointing.WorkdirLock(workdir).acquire()  # a second run on `workdir` stops here
   try:
     return _train(config, workdir, mesh=mesh, model=model, loss_fn=loss_fn, batches=batches,
-                  prompt_tokens=prompt_tokens, steps=steps, prompt_sampler=prompt_sampler)
+                  prompt_tokens=prompt_tokens, steps=steps, prompt_sampler=prompt_sampler,
+                  on_start=on_start)
   finally:
     lock.release()
 
 
 def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, steps,
-           prompt_sampler):
+           prompt_sampler, on_start):
   t = config.train
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-
   schedule = make_schedule(t, steps.total, steps.warmup)
   graphdef, state, shardings, tx = build_state(config, mesh, model, schedule)
   del model
@@ -343,9 +344,19 @@ def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, ste
                                     async_save=t.async_checkpointing)
   start_step = 0
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
+    try:
+      state = ckpt.restore(state)
+    except BaseException:
+      ckpt.close()
+      raise
     start_step = int(jax.device_get(state.step))
     metrics_lib.log_info('Resuming at step %d', start_step)
+  # Only now: a run that cannot restore its checkpoints leaves the config they were written with.
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  if on_start is not None:
+    on_start(start_step)
   writer = metrics_lib.MetricWriter(workdir)
   writer.truncate_after(start_step)
 
@@ -357,7 +368,7 @@ def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, ste
                                  sharding_lib.replicated(mesh))
   it = batches(start_step)
   progress = metrics_lib.Progress(steps.total, start_step)
-  sigterm = checkpointing.SigtermFlag()
+  stop = checkpointing.StopSignal()
   last_values: dict = {}
   t_log, step_log = time.time(), start_step
   step = start_step
@@ -387,10 +398,11 @@ def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, ste
           {k: batch[k] for k in BATCH_KEYS if k in batch}, mesh)
       state, step_metrics = step_fn(state, batch, prompt_tokens)
       step += 1
+      ckpt.poll()  # logs a finished background save; raises if it failed
       if pending is not None:
         (at, on_device), pending = pending, None
         last_values = read(at, on_device, log=True)
-      preempted = sigterm.triggered or ckpt.reached_preemption(step)
+      preempted = stop.triggered or ckpt.reached_preemption(step)
       log_now = step % t.log_every_steps == 0 or step == steps.total
       save_now = ckpt.should_save(step) or step == steps.total or preempted
       if save_now:
@@ -412,7 +424,7 @@ def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, ste
     raise
   finally:
     progress.close()
-    sigterm.restore()
-    ckpt.close()
+    stop.restore()
     writer.close()
+    ckpt.close()  # waits for the last save; raises if it failed
   return graphdef, state, last_values

@@ -1,7 +1,10 @@
 """`python -m fognet_jax.fog`: fog a video file with the builders' ASM, streamed in chunks."""
+import logging
 import os
+import signal
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -107,3 +110,69 @@ def test_bad_input_is_named(clean_video, tmp_path, capsys, args, match):
   assert code == 1
   assert match in capsys.readouterr().err
   assert not os.path.exists(names['out'])  # nothing half-written
+
+
+def test_unknown_output_extension_names_the_path_and_the_formats(clean_video, tmp_path, capsys):
+  out = str(tmp_path / 'foggy.xyz')
+  assert fog_cli.main([clean_video, out]) == 1
+  assert capsys.readouterr().err.splitlines() == [
+      f'error: {out}: unsupported output format .xyz; supported: .mp4, .mkv, .mov (H.264), '
+      '.avi (MPEG-4)']
+  assert os.listdir(tmp_path) == []
+
+
+def test_library_logs_and_warnings_only_with_verbose(clean_video, tmp_path, monkeypatch,
+                                                     caplog):
+  probe = video_io.probe
+
+  def noisy_probe(path):  # a library that logs and warns while the video is processed
+    logging.getLogger('some_library').warning('library noise')
+    warnings.warn('library warning')
+    return probe(path)
+
+  monkeypatch.setattr(video_io, 'probe', noisy_probe)
+  for name, verbose in (('quiet.mp4', []), ('verbose.mp4', ['--verbose'])):
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+      warnings.simplefilter('always')
+      assert fog_cli.main([clean_video, str(tmp_path / name), *verbose]) == 0
+    assert ('library noise' in caplog.text) == bool(verbose)
+    assert bool(caught) == bool(verbose)
+  assert logging.root.manager.disable == logging.NOTSET  # put back
+
+
+@pytest.fixture(scope='module')
+def long_video(tmp_path_factory):
+  """300 frames of 320x240: about 5 s of fogging on 2 cores."""
+  h, w = 240, 320
+  y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+
+  def frames():
+    for t in range(300):
+      f = np.stack([60 + 120 * x / w, 40 + 150 * y / h, 90 + 60 * np.sin((x + 3 * t) / 9)], -1)
+      f[40:90, t % 200:t % 200 + 50] = 230
+      yield np.clip(f, 0, 255).astype(np.uint8)
+
+  path = str(tmp_path_factory.mktemp('long') / 'long.mp4')
+  video_io.write_video(path, frames(), fps=25, quality=23)
+  return path
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_leaves_no_output_and_prints_one_line(long_video, tmp_path, sig):
+  out = tmp_path / 'out' / 'foggy.mp4'
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.Popen([sys.executable, '-m', 'fognet_jax.fog', long_video, str(out)],
+                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  try:
+    first = proc.stderr.readline()  # the first progress line: the output is being written
+    assert first.startswith('['), first
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + sig, err
+  messages = [line for line in err.splitlines() if not line.startswith('[')]
+  assert messages == [f'interrupted: {out} was not written'], err
+  assert os.listdir(out.parent) == []  # neither the output nor a temporary file
