@@ -70,14 +70,16 @@ def test_the_log_line_says_which_allocator_setting_the_process_has():
   assert 'defaults' in hm.describe({})
 
 
-def _main_log(tmp_path, **env):
-  """stderr of `python -m fognet_jax.main --mode=eval` on an empty workdir (fails fast)."""
+def _main_log(tmp_path, data_args, **env):
+  """stderr of a one-step `python -m fognet_jax.main --mode=train_only` run (its start-up log
+  is printed once the run has started)."""
   base = {k: v for k, v in os.environ.items()
           if k not in ('GLIBC_TUNABLES', hm.OPT_OUT, hm._DONE)}  # pylint: disable=protected-access
   r = main_testutil.run_module('fognet_jax.main', '--config=configs/synthetic.py:scratch',
-                               '--mode=eval', f'--workdir={tmp_path}', env=dict(base, **env),
-                               timeout=120)
-  assert r.returncode != 0, r.stderr[-2000:]  # nothing to evaluate
+                               '--mode=train_only', f'--workdir={tmp_path}', *main_testutil.TINY,
+                               '--config.train.num_train_steps=1', *data_args,
+                               env=dict(base, **env), timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
   return r.stderr
 
 
@@ -85,10 +87,11 @@ def _main_log(tmp_path, **env):
                                                 libc=platform.libc_ver()) is None,
                     reason='needs Linux with glibc >= 2.35')
 def test_the_training_entry_point_runs_with_huge_pages_unless_turned_off(tmp_path):
-  on = _main_log(tmp_path / 'on')
+  data = main_testutil.tiny_data_args(tmp_path)
+  on = _main_log(tmp_path / 'on', data)
   assert ('glibc malloc with transparent huge pages (glibc.malloc.hugetlb=1; set at start-up'
           in on), on[-2000:]
-  off = _main_log(tmp_path / 'off', FOGNET_JAX_HUGE_PAGES='0')
+  off = _main_log(tmp_path / 'off', data, FOGNET_JAX_HUGE_PAGES='0')
   assert 'glibc malloc defaults' in off, off[-2000:]
-  kept = _main_log(tmp_path / 'kept', GLIBC_TUNABLES='glibc.malloc.hugetlb=0')
+  kept = _main_log(tmp_path / 'kept', data, GLIBC_TUNABLES='glibc.malloc.hugetlb=0')
   assert 'glibc malloc defaults' in kept, kept[-2000:]
