@@ -30,3 +30,12 @@ def tiny_data_args(base) -> list:
   (manual / 'generation.json').write_text(
       json.dumps({'train_per_group': 1, 'test_per_group': 1, 'num_frames': 3}))
   return [f'--config.data.data_dir={base / "tfds"}', f'--config.data.manual_dir={manual}']
+
+
+def mount_tmpfs(path, size_bytes: int) -> None:
+  """A small disk at `path`: a tmpfs of `size_bytes`, mounted as root (the test machines run
+  as root; a failure to mount fails the test, it does not skip it)."""
+  os.makedirs(path)
+  r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size_bytes // 1024}k', 'tmpfs',
+                      str(path)], capture_output=True, text=True)
+  assert r.returncode == 0, f'cannot mount a tmpfs at {path}: {r.stderr.strip()}'

@@ -152,16 +152,6 @@ def test_a_corrupt_latest_checkpoint_is_one_warning(tmp_path, data_args, trained
   assert sorted(os.listdir(ckpt_dir)) == ['2', '3', '3.unrestorable']
 
 
-def mount_tmpfs(path, size_bytes: int) -> None:
-  """A small disk at `path` (a tmpfs, as root); skips the test where none can be mounted."""
-  os.makedirs(path)
-  try:
-    subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size_bytes // 1024}k', 'tmpfs',
-                    str(path)], check=True, capture_output=True)
-  except (OSError, subprocess.CalledProcessError) as e:
-    pytest.skip(f'cannot mount a tmpfs here ({e})')
-
-
 def _size(directory) -> int:
   return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(directory) for f in fs)
 
@@ -171,7 +161,7 @@ def test_a_full_disk_during_a_save_is_one_error_line(tmp_path, data_args, traine
   # fails, naming the checkpoint before it: test_faults.py.)
   workdir = tmp_path / 'run'
   ckpt_dir = str(workdir / 'checkpoints')
-  mount_tmpfs(ckpt_dir, _size(os.path.join(trained, 'checkpoints', '2')) // 2)
+  U.mount_tmpfs(ckpt_dir, _size(os.path.join(trained, 'checkpoints', '2')) // 2)
   try:
     r = _main(SCRATCH, f'--workdir={workdir}', '--mode=train_only', *data_args, *U.TINY)
     assert r.returncode == 1, r.stderr[-4000:]

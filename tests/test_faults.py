@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from fognet_jax import checkpointing, metrics, sharding, train
+import main_testutil
 import train_toy as toy
 
 
@@ -215,22 +216,12 @@ def test_the_reads_a_failed_restore_leaves_behind_report_nothing(tmp_path, monke
   assert [str(r.exc_value) for r in reported] == ['something else']
 
 
-def _mount_tmpfs(path, size_bytes: int) -> None:
-  """A small disk at `path` (a tmpfs, as root); skips the test where none can be mounted."""
-  os.makedirs(path)
-  try:
-    subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size_bytes // 1024}k', 'tmpfs',
-                    str(path)], check=True, capture_output=True)
-  except (OSError, subprocess.CalledProcessError) as e:
-    pytest.skip(f'cannot mount a tmpfs here ({e})')
-
-
 def test_a_full_disk_during_a_background_save_names_the_last_complete_checkpoint(tmp_path,
                                                                                   caplog):
   import time
   workdir = str(tmp_path / 'run')
   ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
-  _mount_tmpfs(ckpt_dir, 1 << 20)  # the checkpoints on a small disk
+  main_testutil.mount_tmpfs(ckpt_dir, 1 << 20)  # the checkpoints on a small disk
   try:
     def batches(start):
       for i, b in enumerate(toy.batches(0, 16, start), start):
