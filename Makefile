@@ -7,6 +7,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 WORKDIR ?= workdir/demo
+# The XLA:TPU compiler that `python -m fognet_jax.tools.tpu_fit` (and its test) compiles the
+# train step with, no TPU needed: the version jax's `tpu` extra pins for jax 0.10.2. Installed
+# beside the packages, not among them: JAX tries to start a TPU with any libtpu it can import,
+# which would print libtpu's start-up lines and cost a second in every CPU run.
+LIBTPU_VERSION ?= 0.0.42.1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test venv clean
@@ -15,6 +20,7 @@ $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --upgrade --no-deps --target $(VENV)/libtpu libtpu==$(LIBTPU_VERSION)
 	touch $@
 
 venv: $(VENV)/.installed

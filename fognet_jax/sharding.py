@@ -49,9 +49,10 @@ def maybe_initialize_distributed(mode: Any = 'auto') -> bool:
   return True
 
 
-def make_mesh(num_devices: int = -1) -> Mesh:
-  """A 1-D mesh over the first `num_devices` devices (-1: all, across processes)."""
-  devices = jax.devices()
+def make_mesh(num_devices: int = -1, devices=None) -> Mesh:
+  """A 1-D mesh over the first `num_devices` devices (-1: all, across processes) of
+  `devices` (default `jax.devices()`; e.g. a TPU topology's compile-only devices)."""
+  devices = list(jax.devices() if devices is None else devices)
   if num_devices > 0:
     if num_devices > len(devices):
       raise ValueError(f'config.mesh.num_devices={num_devices} but only {len(devices)} devices')
