@@ -163,6 +163,24 @@ def shard_state(state: TrainState, mesh, *, fsdp: bool, min_size: int = 2 ** 14)
 
 # ------------------------------------------------------------------------------ train step
 
+def gather_params(params, shardings, mesh):
+  """FSDP's all-gather of the parameters, explicit: `params` constrained to replicated for the
+  model (the cotangents too: the transpose of a sharding constraint is the same constraint).
+
+  Without it XLA's partitioner is free to keep a sharded weight split and split the matmul
+  along the weight's sharded dimension instead; on a TPU it did, and then all-reduced
+  activations of the whole global batch on every device (2-3x data parallelism's memory).
+  A replicated weight leaves the batch split as the only split of the activations. The
+  gradients go back to `shardings` after the backward pass (`make_train_step`), where the
+  partitioner turns the all-reduce and slice into a reduce-scatter. Parameters that are
+  replicated already pass through unchanged.
+  """
+  if all(s.is_fully_replicated for s in jax.tree.leaves(shardings)):
+    return params
+  full = jax.tree.map(lambda _: sharding_lib.replicated(mesh), shardings)
+  return jax.lax.with_sharding_constraint(params, full)
+
+
 # The keys of a training batch that the step reads ('color': per-pair colour chains that go
 # with uint8 frames, `pixels.train_inputs`).
 BATCH_KEYS = ('clean', 'foggy', 'label', 'color')
@@ -189,6 +207,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
   micro_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding_lib.DATA_AXIS))
 
   def micro_loss(params, rest, micro, text_tokens):
+    params = gather_params(params, state_shardings.params, mesh)  # FSDP: gathered here
     model = nnx.merge(graphdef, params, rest)
     if text_tokens is None:  # per-sample prompts travel with the (micro-)batch
       text_tokens = micro['text_tokens']
@@ -213,6 +232,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
       text_tokens = prompt_sampler(prompt_tokens, jax.random.fold_in(key, 0))  # (C, L)
     if accum == 1:
       (loss, (metrics, rest)), grads = grad_fn(state.params, state.rest, batch, text_tokens)
+      grads = jax.lax.with_sharding_constraint(grads, state_shardings.params)
     else:
       # Row r = m * accum + a goes to micro-batch a, so each micro-batch stays spread over
       # all devices (the batch is split over devices in contiguous blocks of rows).
@@ -223,6 +243,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
       def body(carry, mb):
         g_sum, rest, _ = carry
         (loss, (metrics, rest)), g = grad_fn(state.params, rest, mb, text_tokens)
+        g = jax.lax.with_sharding_constraint(g, state_shardings.params)
         g_sum = jax.tree.map(jnp.add, g_sum, g)
         return (g_sum, rest, None), (loss, metrics)
 

@@ -370,9 +370,14 @@ class FogNet(nnx.Module):
         video = jnp.concatenate([foggy, clean], axis=0)  # (2B, T, H, W, 3)
       out["video_f"] = self.fuse(self.encode_frames(video))
       return out
-    b = clean.shape[0]
-    both = self.encode_frames(jnp.concatenate([clean, foggy], axis=0))  # (2B, T, D), one pass
-    v_c, v_f = both[:b], both[b:]
+    # Both streams in one pass through the image tower, each pair's two clips side by side:
+    # sample b's clips are rows 2b and 2b+1, so they stay on the device that holds sample b
+    # (the batch axis is the one split over devices; joining the streams end to end would
+    # move frames between devices).
+    pairs = einops.rearrange(jnp.stack([clean, foggy], axis=1),
+                             "b s t h w c -> (b s) t h w c")  # (2B, T, H, W, 3)
+    both = einops.rearrange(self.encode_frames(pairs), "(b s) t d -> b s t d", s=2)
+    v_c, v_f = both[:, 0], both[:, 1]  # (B, T, D) each
     v_c_d, v_f_d = self.two_stream(v_c, v_f)
     out.update(video_f=self.fuse(v_f_d), video_c=self.fuse(v_c_d), frames_f=v_f_d,
                frames_c=v_c_d)
