@@ -46,6 +46,24 @@ import tempfile
 import time
 from typing import Any, Optional, Sequence
 
+from absl import app
+from absl import flags
+from flax import nnx
+import jax
+from jax.experimental import topologies
+import jax.numpy as jnp
+from ml_collections import config_flags
+
+from fognet_jax import config_lib
+from fognet_jax import losses
+from fognet_jax import main as main_lib
+from fognet_jax import pixels
+from fognet_jax import prompts
+from fognet_jax import sharding as sharding_lib
+from fognet_jax import train
+from fognet_jax.models import clip
+from fognet_jax.models import fognet
+
 LIBTPU_VERSION = '0.0.42.1'  # what `jax[tpu]` pins for jax 0.10.2 (the Makefile installs it)
 
 # HBM of one JAX device, GiB, matched on `device_kind` (lower case), first match wins:
@@ -141,8 +159,6 @@ def topology_name(topology: str) -> str:
 
 def topology_devices(topology: str, libtpu: str) -> list:
   """The compile-only TPU devices of `topology` ('v5e:1x1', 'v2-8', ...)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   name = topology_name(topology)
   version, _, shape = name.partition(':')
   try:
@@ -158,13 +174,15 @@ def topology_devices(topology: str, libtpu: str) -> list:
   if version.lower() in _MEGACORE:
     kwargs['chip_config_name'] = 'megacore'
   os.environ['TPU_LIBRARY_PATH'] = libtpu  # read when the plugin is loaded (once per process)
+  # Compiling needs no TPU to itself: several processes may compile at once (libtpu otherwise
+  # takes /tmp/libtpu_lockfile and refuses a second process).
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   with tempfile.TemporaryFile('w+') as log:
     try:
       with _stderr_to(log):
         desc = topologies.get_topology_desc(platform='tpu', topology_name=name, **kwargs)
     except Exception as e:  # pylint: disable=broad-except
       raise ToolError(f'--topology={topology}: libtpu {libtpu}: {one_line(e)}') from e
-  del jax
   return list(desc.devices)
 
 
@@ -201,8 +219,6 @@ def step_config(config, *, batch: int, accum: Optional[int] = None,
 def _clip_config(model_cfg):
   """The CLIP architecture without reading weights: a local `init_from` directory's
   clip_config.json, else `model.backbone` + `model.clip_overrides`."""
-  from fognet_jax.models import clip  # pylint: disable=g-import-not-at-top
-  from fognet_jax.models import fognet  # pylint: disable=g-import-not-at-top
   init = model_cfg.get('init_from')
   meta = os.path.join(str(init), 'clip_config.json') if init else None
   if meta and os.path.isfile(meta):
@@ -215,18 +231,6 @@ def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: 
   """(jitted train step, abstract (state, batch, prompt tokens)) of `config` on a 1-D mesh of
   `devices`: `train.make_train_step` as `train.train` builds it, with shape-only arguments
   that carry their shardings."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp
-  from flax import nnx
-  from fognet_jax import config_lib
-  from fognet_jax import losses
-  from fognet_jax import main as main_lib
-  from fognet_jax import pixels
-  from fognet_jax import prompts
-  from fognet_jax import sharding as sharding_lib
-  from fognet_jax import train
-  from fognet_jax.models import clip
-  from fognet_jax.models import fognet
 
   mesh = sharding_lib.make_mesh(-1, devices=devices)
   config_lib.validate_model(config.model)
@@ -413,8 +417,6 @@ def collectives(hlo_text: str) -> list[tuple[str, list[tuple[int, ...]]]]:
 # ------------------------------------------------------------------------------ the program
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags
   config_flags.DEFINE_config_file('config', None, 'Config file, optionally `file.py:variant`.',
                                   lock_config=True)
   flags.DEFINE_string('topology', 'v5e:1x1', 'TPU topology: a libtpu name (v5e:1x1, v2:2x2, '
@@ -432,8 +434,6 @@ def _define_flags():
 
 
 def main(argv) -> int:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from fognet_jax import main as main_lib
   fv = flags.FLAGS
   if len(argv) > 1:
     raise ToolError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -486,8 +486,6 @@ def main(argv) -> int:
 
 
 def _run():
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from fognet_jax import main as main_lib
 
   def guarded(argv):
     try:
@@ -501,7 +499,8 @@ def _run():
 
 
 if __name__ == '__main__':
-  # The compile-only client needs no TPU: keep JAX itself on the CPU (no TPU start-up).
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  # The compile-only client needs no TPU: JAX itself stays on the CPU (no TPU start-up, also
+  # where libtpu is importable), unless JAX_PLATFORMS says otherwise.
+  if not os.environ.get('JAX_PLATFORMS'):
+    jax.config.update('jax_platforms', 'cpu')
   _run()
