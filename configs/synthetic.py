@@ -43,8 +43,7 @@ def get_config(arg=None):
   config.data.image_size = 64
   config.data.num_clips = 1
   config.data.num_crops = 1
-  # Light augmentation: whole-frame crops, and flips (with the mirror-pair label swap) in the
-  # from-scratch recipe only.
+  # Light augmentation: flips (with the mirror-pair label swap) and whole-frame crops only.
   config.data.augment.color_jitter_prob = 0.0
   config.data.augment.grayscale_prob = 0.0
   config.data.augment.scales = (1.0,)
@@ -87,7 +86,4 @@ def get_config(arg=None):
     config.train.learning_rate = 2e-3
     config.train.warmup_epochs = 0.5
     config.train.checkpoint_every_steps = 500
-    # No flips, as in the pretraining (configs/synthetic_pretrain.py says why): a flipped
-    # clip of a mirror pair shows the lighter limb on the side the swapped class never has.
-    config.data.augment.flip = False
   return fogact.apply_variant(config, rest)

@@ -28,10 +28,4 @@ def get_config(arg=None):
   config.train.warmup_epochs = 1.0
   config.train.checkpoint_every_steps = 1000
   config.train.log_every_steps = 250
-  # No flips: the renderer draws each figure's left limbs lighter, and with four
-  # perspectives (front and back included) that shading is what tells "wave left" seen from
-  # the front from "wave right" seen from the back. A flipped clip with the mirror-pair label
-  # swap keeps the lighter limb where the other class never has it: a clip no class can
-  # produce, labelled as one of them (the tower's errors were concentrated in those pairs).
-  config.data.augment.flip = False
   return synthetic.fogact.apply_variant(config, arg)
