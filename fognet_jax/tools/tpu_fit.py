@@ -92,6 +92,14 @@ _MEGACORE = ('v4', 'v5p')  # one JAX device per chip of two TensorCores
 
 GIB = 2 ** 30
 
+# The paper's recipe (configs/fogact.py: ViT-B/16, bf16, 8 x 224², global batch 128) on one
+# TPU host, from this tool's compiles (benchmarks/RESULTS.md, "TPU"): per device kind,
+# (remat, clips per device per micro-batch) that compiled within the HBM with room to spare.
+PAPER_RECIPE_FITS = {
+    'TPU v2': (True, 16),       # v2-8: 8 cores of 8 GiB
+    'TPU v5 lite': (True, 32),  # v5e: 16 GiB
+}
+
 
 class ToolError(Exception):
   """A user error of this tool (bad flag, no libtpu); printed as one `error:` line."""
@@ -199,6 +207,22 @@ def one_line(error: Any, limit: int = 300) -> str:
   text = str(error).strip().splitlines()
   line = ' '.join(text[0].split()) if text else type(error).__name__
   return line if len(line) <= limit else line[:limit - 3] + '...'
+
+
+def paper_recipe(device_kind: str, num_devices: int,
+                 batch: int = 128) -> Optional[tuple[int, bool, int]]:
+  """(global batch, remat, grad_accum_steps) of the paper's recipe on `num_devices` devices
+  of `device_kind` (`jax.devices()[0].device_kind`): the fewest micro-batches whose clips per
+  device fit (`PAPER_RECIPE_FITS`); None for a kind not compiled for."""
+  if device_kind not in PAPER_RECIPE_FITS:
+    return None
+  remat, per_device = PAPER_RECIPE_FITS[device_kind]
+  accum = 1
+  while batch % (num_devices * accum) or batch // (num_devices * accum) > per_device:
+    accum += 1
+    if accum > batch:
+      return None
+  return batch, remat, accum
 
 
 # ------------------------------------------------------------------------------ the step
