@@ -2,7 +2,7 @@
 #   make demo   build the generated paired benchmark, train and evaluate the embedded default
 #   make test   run the whole test suite
 # Both create the virtual environment .venv (python3 -m venv) and install the package into it
-# when it is missing or setup.py changed.
+# when it is missing or setup.py or this Makefile (e.g. the libtpu pin below) changed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
@@ -16,7 +16,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test venv clean
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
