@@ -194,10 +194,21 @@ class Checkpointer:
         f'complete checkpoint is {last}') from error
 
   def _remove_partial(self, step: int) -> None:
-    """Removes the temporary directory of a save of `step` (process 0)."""
-    if jax.process_index() == 0:
-      for tmp in glob.glob(os.path.join(self.directory, f'{step}.orbax-checkpoint-tmp*')):
+    """Removes the temporary directory of a save of `step` (process 0).
+
+    Orbax's writer threads may still be finishing their files when one of them has failed, so
+    a removal that a late file defeats is tried again (for up to about 10 s).
+    """
+    if jax.process_index() != 0:
+      return
+    pattern = os.path.join(self.directory, f'{step}.orbax-checkpoint-tmp*')
+    deadline = time.monotonic() + 10.0
+    while True:
+      for tmp in glob.glob(pattern):
         shutil.rmtree(tmp, ignore_errors=True)
+      if not glob.glob(pattern) or time.monotonic() > deadline:
+        return
+      time.sleep(0.1)
 
   def restore(self, template: Any, step: Optional[int] = None) -> Any:
     """Restores into the structure, dtypes and shardings of `template` (a live state).

@@ -110,6 +110,8 @@ def fog_video(src: str, dst: str, *, density: str = 'light', airlight: Optional[
     frames = video_io.iter_frames(src)
     start = 0
     while True:
+      if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
       chunk = list(itertools.islice(frames, CHUNK_FRAMES))
       if not chunk:
         return
@@ -154,24 +156,33 @@ def _library_output(verbose: bool):
     logging.disable(previous)
 
 
+# Set by `_sigterm_interrupts`' handler: an interrupt that a library call swallowed.
+_INTERRUPTED = threading.Event()
+
+
 @contextlib.contextmanager
 def _sigterm_interrupts():
-  """SIGTERM raises KeyboardInterrupt, as Ctrl-C does (main thread only); yields the list that
-  records it."""
+  """SIGTERM and SIGINT raise KeyboardInterrupt (main thread only); yields the list that
+  records which. The signal is also kept in `_INTERRUPTED`, which `fog_video` checks between
+  chunks: an interrupt raised inside a library call that swallows it still stops the run."""
   received = []
+  _INTERRUPTED.clear()
   if threading.current_thread() is not threading.main_thread():
     yield received
     return
 
   def handler(signum, frame):  # pylint: disable=unused-argument
     received.append(signum)
+    _INTERRUPTED.set()
     raise KeyboardInterrupt
 
-  previous = signal.signal(signal.SIGTERM, handler)
+  previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield received
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for sig, old in previous.items():
+      signal.signal(sig, old)
+    _INTERRUPTED.clear()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
