@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import logging as std_logging
 import os
 import re
 import shutil
@@ -330,6 +331,18 @@ def _drop_failed_read_reports() -> None:
 
   hook.drops_failed_read_reports = True
   sys.unraisablehook = hook
+  # A failed write's other writes end as futures whose errors nobody reads; asyncio logs each
+  # when it is collected ('Future exception was never retrieved'), after the run's own error.
+  std_logging.getLogger('asyncio').addFilter(_drop_orphaned_write_reports)
+
+
+def _drop_orphaned_write_reports(record: std_logging.LogRecord) -> bool:
+  """False (drop) for asyncio's report of an unread error of an Orbax checkpoint write."""
+  message = record.getMessage()
+  if not message.startswith(('Future exception was never retrieved',
+                             'Task exception was never retrieved')):
+    return True
+  return '.orbax-checkpoint-tmp' not in message
 
 
 def _left_by_orbax(unraisable) -> bool:
