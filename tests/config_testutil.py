@@ -26,3 +26,16 @@ def loss_block():
 
 def data_block():
   return recipe().data
+
+
+def parse(*args):
+  """The config that `--config=... --config.KEY=VALUE ...` gives (main's flag, in-process)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  argv = ['prog', *args]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'cfg', flag_values=fv, lock_config=True,
+                                  sys_argv=argv)
+  fv(argv)
+  return fv.config
+

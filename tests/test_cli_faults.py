@@ -7,12 +7,11 @@ import re
 import shutil
 import subprocess
 
-from absl import flags
-from ml_collections import config_flags
 import pytest
 
 from fognet_jax import config_lib
 import main_testutil as U
+import config_testutil
 
 SCRATCH = '--config=configs/synthetic.py:scratch'
 WARNING = re.compile(r'^W\d{4} ')
@@ -177,14 +176,7 @@ def test_a_full_disk_during_a_save_is_one_error_line(tmp_path, data_args, traine
     subprocess.run(['umount', ckpt_dir], check=False)
 
 
-def _parse(*args):
-  """The config that `--config=... --config.KEY=VALUE ...` gives (main's flag, in-process)."""
-  argv = ['prog', *args]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'cfg', flag_values=fv, lock_config=True,
-                                  sys_argv=argv)
-  fv(argv)
-  return fv.config
+_parse = config_testutil.parse
 
 
 def test_init_from_and_the_clip_overrides_can_be_cleared_on_the_command_line():

@@ -2,22 +2,16 @@
 import os
 
 from absl import flags
-from ml_collections import config_flags
 import pytest
 
 from fognet_jax import config_lib
+import config_testutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ['fogact', 'ucf101_fog', 'hmdb51_fog', 'kinetics100_fog', 'synthetic']
 
 
-def _parse(*args):
-  argv = ['prog', *args]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'cfg', flag_values=fv, lock_config=True,
-                                  sys_argv=argv)
-  fv(argv)
-  return fv.config
+_parse = config_testutil.parse
 
 
 @pytest.mark.parametrize('name', FILES)
