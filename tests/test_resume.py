@@ -39,19 +39,9 @@ def _run(workdir, block_at=-1):
   cfg = _config()
   mesh = sharding.make_mesh(8)
 
-  def batches(start):
-    with open(os.path.join(workdir, 'starts.log'), 'a') as f:
-      f.write(f'{start}\n')
-    for i, b in enumerate(toy.batches(cfg.seed, cfg.train.batch_size, start), start):
-      if i == block_at:
-        open(os.path.join(workdir, 'blocked'), 'w').close()
-        while not os.path.exists(os.path.join(workdir, 'release')):
-          time.sleep(0.05)
-      yield b
-
   _, state, _ = train.train(cfg, workdir, **toy.run_parts(cfg, mesh),
                             model=toy.ToyModel(rngs=nnx.Rngs(cfg.seed)), loss_fn=toy.toy_loss,
-                            batches=batches)
+                            batches=toy.blocking_batches(cfg, workdir, block_at))
   return state
 
 

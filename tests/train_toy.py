@@ -3,6 +3,9 @@
 Used by the training tests so that the train step, sharding, accumulation, checkpointing and
 resume logic are tested independently of (and much faster than) the real model.
 """
+import os
+import time
+
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -86,6 +89,23 @@ def batches(seed: int, batch_size: int, start_step: int = 0, nan_at=None):
   while True:
     yield make_batch(seed, i, batch_size, nan=(nan_at is not None and i == nan_at))
     i += 1
+
+
+def blocking_batches(cfg, workdir: str, block_at: int):
+  """`batches` for `train.train` that logs each start step to `workdir/starts.log` and, before
+  batch `block_at`, creates `workdir/blocked` and waits for `workdir/release`."""
+
+  def start_at(start):
+    with open(os.path.join(workdir, 'starts.log'), 'a') as f:
+      f.write(f'{start}\n')
+    for i, b in enumerate(batches(cfg.seed, cfg.train.batch_size, start), start):
+      if i == block_at:
+        open(os.path.join(workdir, 'blocked'), 'w').close()
+        while not os.path.exists(os.path.join(workdir, 'release')):
+          time.sleep(0.05)
+      yield b
+
+  return start_at
 
 
 def eval_batches(batch_size: int, num_videos: int = 13, views: int = 2):
