@@ -56,7 +56,8 @@ def _truncate_largest_file(step_dir):
     f.truncate(os.path.getsize(path) // 3)
 
 
-@pytest.mark.parametrize('args,expected', [
+# (command-line arguments, the start of the one error line they give)
+CONFIG_ERRORS = [
     (['--config=configs/synthetic.py:nonsense'],
      "error: --config=configs/synthetic.py:nonsense: unknown config variant token 'nonsense'"),
     ([SCRATCH, '--config.train.bach_size=3'],
@@ -74,22 +75,19 @@ def _truncate_largest_file(step_dir):
      "error: config.data.manual_dir: directory '/no/such/dir' does not exist"),
     (['--config=configs/fogact.py:rn50', '--config.model.init_from=/no/such/RN50.pt'],
      "error: config.model.init_from: path '/no/such/RN50.pt' does not exist"),
-])
+]
+# The first two and the missing file: the experiments runner takes main's flags.
+RUNNER_CONFIG_ERRORS = [CONFIG_ERRORS[i] for i in (0, 1, 3)]
+
+
+@pytest.mark.parametrize('args,expected', CONFIG_ERRORS)
 def test_a_config_error_is_one_line(tmp_path, args, expected):
   r = _main(*args, f'--workdir={tmp_path / "run"}', timeout=120)
   assert _one_error_line(r).startswith(expected)
   assert not (tmp_path / 'run').exists()
 
 
-@pytest.mark.parametrize('args,expected', [
-    (['--config=configs/synthetic.py:nonsense'],
-     "error: --config=configs/synthetic.py:nonsense: unknown config variant token 'nonsense'"),
-    ([SCRATCH, '--config.train.bach_size=3'],
-     "error: --config.train.bach_size: train has no key 'bach_size'; did you mean "
-     'train.batch_size?'),
-    (['--config=configs/nope.py'],
-     'error: --config=configs/nope.py: no such config file configs/nope.py'),
-])
+@pytest.mark.parametrize('args,expected', RUNNER_CONFIG_ERRORS)
 def test_the_experiments_runner_takes_main_flags_with_one_line_errors(tmp_path, args,
                                                                        expected):
   r = U.run_module('fognet_jax.experiments', *args, f'--workdir={tmp_path / "tables"}',
