@@ -156,12 +156,13 @@ def _library_output(verbose: bool):
     logging.disable(previous)
 
 
-# Set by `_sigterm_interrupts`' handler: an interrupt that a library call swallowed.
+# Set by `_interrupts`' handler on SIGINT or SIGTERM, checked between chunks: it still stops
+# a run whose KeyboardInterrupt a library call swallowed.
 _INTERRUPTED = threading.Event()
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts():
+def _interrupts():
   """SIGTERM and SIGINT raise KeyboardInterrupt (main thread only); yields the list that
   records which. The signal is also kept in `_INTERRUPTED`, which `fog_video` checks between
   chunks: an interrupt raised inside a library call that swallows it still stops the run."""
@@ -202,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--verbose', action='store_true',
                       help="show the libraries' log messages and warnings")
   args = parser.parse_args(argv)
-  with _sigterm_interrupts() as sigterm, _library_output(args.verbose):
+  with _interrupts() as received, _library_output(args.verbose):
     try:
       n = fog_video(args.input, args.output, density=args.density, airlight=args.airlight,
                     depth=args.depth, seed=args.seed)
@@ -211,7 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return 1
     except KeyboardInterrupt:
       print(f'interrupted: {args.output} was not written', file=sys.stderr)
-      return 128 + (sigterm[0] if sigterm else signal.SIGINT)
+      return 128 + (received[0] if received else signal.SIGINT)
   print(f'{args.output}: {n} frames', file=sys.stderr)
   return 0
 
