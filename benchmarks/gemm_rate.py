@@ -12,7 +12,7 @@ on the host CPU, also where a GPU is visible.
   python benchmarks/gemm_rate.py --m=1576 --k=768 --n=2304 --rounds=5
   XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= python benchmarks/gemm_rate.py
 
-Results: benchmarks/RESULTS.md, "Where the rest of the CPU gap is".
+Results: docs/perf_notes.md, "Where the rest of the CPU gap is".
 """
 from __future__ import annotations
 

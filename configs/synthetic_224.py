@@ -32,7 +32,7 @@ def get_config(arg=None):
   # parts of reading and sampling hold the GIL, and the training loop needs it too; the main
   # process of process workers holds it 0.6 ms per pair, about 1700 pairs/s, and in steady
   # state they feed as much per core as threads
-  # (benchmarks/RESULTS.md, "Worker processes"; part 2a of gpu_suite.sh measures both).
+  # (docs/perf_notes.md, "Worker processes"; part 2a of gpu_suite.sh measures both).
   config.data.worker_type = 'process'
   config.data.num_workers = 14
   config.data.prefetch = 4

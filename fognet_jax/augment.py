@@ -180,7 +180,7 @@ def _decode(data: bytes) -> Image.Image:
   A JPEG goes straight to PIL's JPEG decoder at the size its start-of-frame marker gives: the
   same decoder and pixels as ``Image.open``, without its marker parsing and loading in
   Python, which hold the GIL (about a third of the GIL time of a training pair, see
-  benchmarks/RESULTS.md "Worker processes"). Other formats, and JPEGs that decoder refuses,
+  docs/perf_notes.md "Worker processes"). Other formats, and JPEGs that decoder refuses,
   go through ``Image.open``.
   """
   hw = _jpeg_size(data)

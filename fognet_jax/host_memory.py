@@ -9,7 +9,7 @@ when a process starts, so ``python -m fognet_jax.main`` restarts itself once, be
 imports, with the tunable added to ``GLIBC_TUNABLES`` (`reexec_with_huge_pages`).
 
 ``FOGNET_JAX_HUGE_PAGES=0`` turns this off; a ``GLIBC_TUNABLES`` that already names
-``glibc.malloc.hugetlb`` is left as it is. Figures: benchmarks/RESULTS.md, "Huge pages for
+``glibc.malloc.hugetlb`` is left as it is. Figures: docs/perf_notes.md, "Huge pages for
 the host's buffers"; docs/training.md, "Host memory: huge pages".
 """
 from __future__ import annotations

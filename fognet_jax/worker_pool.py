@@ -47,7 +47,7 @@ def _keep_freed_memory() -> None:
   A worker allocates and frees the same few MB for every example. With glibc's defaults, each
   such array is a fresh mapping, or the heap is trimmed under it, and every page is faulted in
   again: about 1000 page faults and 2 ms of system time per training pair at 8 x 224^2, 11 %
-  of the worker's time (benchmarks/RESULTS.md, "Worker processes"). Not glibc: nothing.
+  of the worker's time (docs/perf_notes.md, "Worker processes"). Not glibc: nothing.
   """
   try:
     libc = ctypes.CDLL("libc.so.6")

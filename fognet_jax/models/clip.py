@@ -243,7 +243,7 @@ class Linear(nnx.Linear):
 
   The leading dimensions are merged into the rows first: ``(N, L, in) -> (N*L, in)``.
   Numerically the same product; the weight gradient then contracts one dimension, not two,
-  which XLA:CPU runs about 1.5x faster (benchmarks/RESULTS.md, "CPU train step").
+  which XLA:CPU runs about 1.5x faster (docs/perf_notes.md, "CPU: ours against PyTorch eager").
   """
 
   def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
@@ -404,7 +404,7 @@ def keep_gradient(x: jax.Array) -> jax.Array:
   In the backward pass the gradient of the residual stream at a block is the sum of the
   contributions of every later block. XLA:CPU's fusion does not store that sum: each fusion
   that reads it recomputes it from all those contributions, so the deepest blocks' fusions
-  read 40 and more activation-sized arrays (benchmarks/RESULTS.md, "A fusion barrier for the
+  read 40 and more activation-sized arrays (docs/perf_notes.md, "A fusion barrier for the
   residual gradient"). On CPU the tangent of this function goes through a conditional, and
   so does its transpose, the gradient: XLA does not fuse across a conditional, so the sum is
   computed once, into a buffer. On other platforms (see ``KEEP_GRADIENT_PLATFORMS``) it is
@@ -461,7 +461,7 @@ class ResidualAttentionBlock(nnx.Module):
 
     :class:`Transformer` keeps its residual stream in this form from the first block to the
     last. With no reshape between the residual adds, XLA:CPU recomputes the stream's
-    gradient in fewer places in the backward pass (benchmarks/RESULTS.md, "Where the rest of
+    gradient in fewer places in the backward pass (docs/perf_notes.md, "Where the rest of
     the CPU gap is"). The same arithmetic as on (N, L, width). The stream's gradient is
     stored at both residual adds (:func:`keep_gradient`).
     """
