@@ -18,9 +18,8 @@ GPU, JAX's memory preallocation is switched off so that both frameworks fit; eac
 measurement returns its cached blocks before the next one. When ours and torch do not both fit
 on the device at once, use `--repeats=1 --order=torch_first` (torch runs before our first step).
 
-Host memory: like `python -m fognet_jax.main`, this restarts itself with glibc's transparent
-huge pages for large buffers (fognet_jax/host_memory.py; `FOGNET_JAX_HUGE_PAGES=0` for glibc's
-defaults); the table's header says which.
+Host memory: the table's header and the JSON give the `GLIBC_TUNABLES` the process ran with
+(e.g. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` for transparent huge pages, docs/training.md).
 
 --profile_dir=DIR: after the timing, a `jax.profiler` trace of `--profile_steps` steps per
 variant (DIR/<variant>/), and the top ops by self time from its Perfetto trace
@@ -48,13 +47,6 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from fognet_jax import host_memory  # pylint: disable=g-import-not-at-top
-
-if __name__ == '__main__':
-  # The host allocator `python -m fognet_jax.main` runs with (both sides of --compare_torch
-  # share it); FOGNET_JAX_HUGE_PAGES=0 measures glibc's defaults.
-  host_memory.reexec_with_huge_pages()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -426,7 +418,7 @@ def _print_tables(results, devices) -> None:
         f'classes {_CLASSES.value} prompt_len {_PROMPT_LEN.value} accum {_ACCUM.value} arch {_ARCH.value}, {len(devices)} x '
         f'{devices[0].device_kind}, {results[0]["params"] / 1e6:.1f}M params, '
         f'{base["step_tflops"]:.4g} TFLOP/step (analytic), peak {base["peak_source"]}')
-  print(host_memory.describe())
+  print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
   print(f'{"variant":<16}{"pairs/s":>10}{"ratio":>8}{"step ms":>10}{"TFLOP/s":>10}{"MFU":>8}'
         f'{"XLA mem GiB":>13}{"mem ratio":>10}{"compile s":>11}{"loss":>9}')
   for r in results:

@@ -28,13 +28,7 @@ rewritten from what has finished:
 """
 from __future__ import annotations
 
-from fognet_jax import host_memory  # the standard library only
-
-if __name__ == '__main__':
-  # Huge pages for the host's large buffers, as for fognet_jax.main: restart once, first.
-  host_memory.reexec_with_huge_pages()
-
-import dataclasses  # pylint: disable=g-import-not-at-top
+import dataclasses
 import hashlib
 import json
 import os

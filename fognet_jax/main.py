@@ -21,26 +21,18 @@ This module assembles a run once (`setup`: processes, mesh, validation, data, pr
 model, the loss and the iterators) and hands the pieces to `train.train` and
 `evaluate.evaluate_state`, which never reach back up.
 """
-import logging as std_logging
-import os
-
-from fognet_jax import host_memory  # the standard library only
-
-if __name__ == '__main__':
-  # First, before the imports below: restart once with huge pages for the host's large
-  # buffers, which glibc reads only at start-up (fognet_jax/host_memory.py).
-  host_memory.reexec_with_huge_pages()
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-import dataclasses  # pylint: disable=g-import-not-at-top
+import dataclasses
 import difflib
 import json
+import logging as std_logging
+import os
 import sys
 import traceback
 from typing import Callable, Optional
 
-from absl import app
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow is imported
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 from flax import nnx
@@ -400,7 +392,6 @@ def main(argv):
   console.addFilter(_DropOrbaxTracebacks())
   held = _HeldLog(console)
   config = FLAGS.config
-  logging.info('%s', host_memory.describe())
   logging.info('Config:\n%s', config)
   try:
     if FLAGS.mode == 'eval':
