@@ -18,11 +18,29 @@ Ablations: comma-separated tokens after the colon, read by `apply_variant` below
 The other recipes start from this one: configs/ucf101_fog.py, hmdb51_fog.py and
 kinetics100_fog.py change the dataset; configs/synthetic.py changes what a small model trained
 from scratch on CPU needs. Every key is checked at start-up by `fognet_jax.config_lib.validate`.
+
+Config files import only ml_collections, the standard library and each other (by path:
+`configs/` is a directory of files, not a package), so that reading a recipe costs nothing.
 """
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from fognet_jax import config_lib
+# The OpenAI CLIP weights of each backbone: a Hugging Face hub name, or for the ResNets (which
+# OpenAI publishes only as TorchScript .pt files) the file OpenAI names, in the working directory.
+PRETRAINED_WEIGHTS = {
+    'ViT-B/32': 'openai/clip-vit-base-patch32',
+    'ViT-B/16': 'openai/clip-vit-base-patch16',
+    'ViT-L/14': 'openai/clip-vit-large-patch14',
+    'ViT-L/14@336': 'openai/clip-vit-large-patch14-336',
+    'RN50': './RN50.pt',
+    'RN101': './RN101.pt',
+    'RN50x4': './RN50x4.pt',
+}
+
+# CLIPConfig fields a randomly initialised model may override (`model.clip_overrides`).
+CLIP_OVERRIDE_KEYS = ('embed_dim', 'image_size', 'patch_size', 'vision_width', 'vision_layers',
+                      'vision_heads', 'context_length', 'vocab_size', 'text_width',
+                      'text_layers', 'text_heads')
 
 
 def get_config(arg=None):
@@ -88,7 +106,7 @@ def get_config(arg=None):
   # None: random initialisation; else an OpenAI .pt file, a Hugging Face directory, an Orbax
   # directory written by clip_weights.save, or a hub name (the config then comes from it).
   # Typed `object`, like clip_overrides below: `--config.model.init_from=None` gives None.
-  m.init_from = ml_collections.FieldReference(config_lib.pretrained_name('ViT-B/16'),
+  m.init_from = ml_collections.FieldReference(PRETRAINED_WEIGHTS['ViT-B/16'],
                                               field_type=object)
   m.dtype = 'bfloat16'          # compute dtype; parameters and losses stay float32
   m.remat = False               # rematerialise the tower blocks in the backward pass
@@ -98,7 +116,7 @@ def get_config(arg=None):
   m.residual_dtype = placeholder(str)
   # CLIPConfig fields replacing the backbone's (random initialisation only); None = keep.
   m.clip_overrides = ml_collections.ConfigDict(
-      {k: placeholder(object) for k in config_lib.CLIP_OVERRIDE_KEYS})
+      {k: placeholder(object) for k in CLIP_OVERRIDE_KEYS})
   # Fog-Aware Selection (eqs. 1-2): self-attention over the clean and foggy frame embeddings
   # joined by `concat`: 'channels' (T tokens of width 2D: both streams weigh the frames, each
   # stream keeps its own; eq. 1's sums run to T as written, and the foggy output, like the
@@ -251,7 +269,7 @@ def apply_variant(config, arg):
     elif key in _BACKBONES:
       config.model.backbone = _BACKBONES[key]
       if config.model.init_from:
-        config.model.init_from = config_lib.pretrained_name(config.model.backbone)
+        config.model.init_from = PRETRAINED_WEIGHTS.get(config.model.backbone)
     elif key.startswith('frames'):
       config.data.num_frames = int(value or key[len('frames'):])
     elif key.startswith('views'):

@@ -1,19 +1,19 @@
 """Config files and their start-up validation.
 
 A recipe is one file in `configs/` with `get_config(arg)` returning the whole `ConfigDict`
-(`configs/fogact.py` spells out every key; the other files start from it). This module:
+(`configs/fogact.py` spells out every key; the other files start from it). Config files import
+only ml_collections and the standard library; this module holds what needs the package:
 
-  import_config_file   the module of a config file, for files that build on another
   load_config          'configs/fogact.py:baseline' -> ConfigDict (tools and tests)
-  pretrained_name      the OpenAI weights of a backbone
   validate             one check per config block, run once at start-up before any data or
                        model work; a `ConfigError` names the key of the first impossible value
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
-from typing import Any, Optional
+from typing import Optional
 
 import ml_collections
 
@@ -27,11 +27,6 @@ from fognet_jax.models import fognet
 # The repository's config directory (relative config names resolve here).
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
-# CLIPConfig fields a from-scratch model may override (`model.clip_overrides`).
-CLIP_OVERRIDE_KEYS = ('embed_dim', 'image_size', 'patch_size', 'vision_width', 'vision_layers',
-                      'vision_heads', 'context_length', 'vocab_size', 'text_width',
-                      'text_layers', 'text_heads')
-
 ARCHS = ('fognet', 'actionclip')
 FUSIONS = ('mean', 'transformer')
 TRAIN_STREAMS = ('foggy', 'clean', 'clean+foggy')
@@ -39,42 +34,8 @@ LOSS_KINDS = ('fognet', 'actionclip_kl')
 DTYPES = ('float32', 'bfloat16', 'float16')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')
 
-_PRETRAINED = {
-    'ViT-B/32': 'openai/clip-vit-base-patch32',
-    'ViT-B/16': 'openai/clip-vit-base-patch16',
-    'ViT-L/14': 'openai/clip-vit-large-patch14',
-    'ViT-L/14@336': 'openai/clip-vit-large-patch14-336',
-    # OpenAI publishes its ResNet CLIPs only as TorchScript .pt files (no Hugging Face
-    # checkpoints): the default is the file OpenAI names, in the working directory.
-    'RN50': './RN50.pt',
-    'RN101': './RN101.pt',
-    'RN50x4': './RN50x4.pt',
-}
-
-
-def pretrained_name(backbone: str) -> Optional[str]:
-  """Hub name (or default .pt file) of the OpenAI CLIP weights for a backbone."""
-  return _PRETRAINED.get(backbone)
-
 
 # ------------------------------------------------------------------------------ config files
-
-def import_config_file(base: str, path: str) -> Any:
-  """The module of config file `path` (relative to `base`'s directory when `base` is a file).
-
-  `configs/` is not a package; a recipe that builds on another one reads it with
-  `fogact = config_lib.import_config_file(__file__, 'fogact.py')`.
-  """
-  directory = os.path.dirname(os.path.abspath(base)) if os.path.isfile(base) else base
-  full = os.path.join(directory, path)
-  if not os.path.isfile(full):
-    raise FileNotFoundError(f'config file {full} does not exist')
-  name = 'fognet_config_' + os.path.splitext(os.path.basename(full))[0]
-  spec = importlib.util.spec_from_file_location(name, full)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """'fogact', 'configs/synthetic.py:baseline' or '/path/file.py:arg' -> its ConfigDict.
@@ -86,7 +47,13 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     path += '.py'
   if not os.path.isfile(path):
     path = os.path.join(CONFIG_DIR, os.path.basename(path))
-  return import_config_file(os.getcwd(), path).get_config(arg or None)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file {path} does not exist')
+  name = 'fognet_config_' + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
 
 
 # --------------------------------------------------------------------------------- validation
@@ -185,10 +152,10 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
   _positive_ints(m, 'model', ('max_frames',))
   _positive_ints(m, 'model', ('temporal_layers',), minimum=0)
   overrides = {k: v for k, v in m.clip_overrides.items() if v is not None}
-  unknown = sorted(set(m.clip_overrides) - set(CLIP_OVERRIDE_KEYS))
+  fields = [f.name for f in dataclasses.fields(clip.CLIPConfig)]
+  unknown = sorted(set(m.clip_overrides) - set(fields))
   if unknown:
-    _fail('model.clip_overrides', f'unknown CLIPConfig field(s) {unknown}; known: '
-          f'{list(CLIP_OVERRIDE_KEYS)}')
+    _fail('model.clip_overrides', f'unknown CLIPConfig field(s) {unknown}; known: {fields}')
   # The overrides and init_from take any type, so that None can be given on the command line.
   _positive_ints(m.clip_overrides, 'model.clip_overrides', sorted(overrides))
   if m.init_from is not None and not isinstance(m.init_from, str):

@@ -1,5 +1,9 @@
 """Config files, variants, overrides and start-up validation."""
+import glob
+import importlib.util
 import os
+import subprocess
+import sys
 
 from absl import flags
 import pytest
@@ -20,6 +24,32 @@ def test_config_files_load_and_validate(name):
   for block in ('data', 'model', 'loss', 'train', 'eval', 'mesh'):
     assert block in cfg
   config_lib.validate(cfg, num_devices=8)
+
+
+# Loads a config file as ml_collections' --config flag does (by path, with a variant), and
+# prints the top-level names of the modules it imported beyond the standard library and those
+# that ml_collections itself imports.
+_IMPORTS_OF_A_CONFIG = """
+import importlib.util, sys
+import ml_collections
+before = set(sys.modules)
+path, arg = sys.argv[1], sys.argv[2] or None
+spec = importlib.util.spec_from_file_location('config_under_test', path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+assert isinstance(module.get_config(arg), ml_collections.ConfigDict)
+new = {name.split('.')[0] for name in set(sys.modules) - before}
+print(' '.join(sorted(new - set(sys.stdlib_module_names) - {'ml_collections'})))
+"""
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py'))),
+                         ids=os.path.basename)
+def test_config_files_import_only_ml_collections_and_each_other(path):
+  out = subprocess.run([sys.executable, '-c', _IMPORTS_OF_A_CONFIG, path, 'baseline'],
+                       capture_output=True, text=True, check=True, cwd=ROOT,
+                       env={**os.environ, 'PYTHONPATH': ROOT}).stdout.split()
+  assert out == []
 
 
 def test_paper_setting():
@@ -67,7 +97,9 @@ def test_unknown_variant_and_unknown_key_fail():
                      match=r"unknown config variant token 'nonsense'"):
     _parse(f'--config={ROOT}/configs/fogact.py:nonsense')
   with pytest.raises(ValueError, match=r"unknown config variant token 'nonsense'"):
-    fogact = config_lib.import_config_file(os.path.join(ROOT, 'configs'), 'fogact.py')
+    spec = importlib.util.spec_from_file_location('fogact', f'{ROOT}/configs/fogact.py')
+    fogact = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fogact)
     fogact.apply_variant(fogact.get_config(), 'b32,nonsense')
   with pytest.raises(AttributeError, match='no_such_key'):
     _parse(f'--config={ROOT}/configs/synthetic.py', '--config.train.no_such_key=1')
