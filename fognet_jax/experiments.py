@@ -235,7 +235,7 @@ def plan(base: str, tables: Sequence[str], seeds: Sequence[int], workdir: str,
   return jobs
 
 
-def resolve_steps(base: str, steps: Optional[int]) -> tuple[Optional[int], str]:
+def steps_override(base: str, steps: Optional[int]) -> tuple[Optional[int], str]:
   """(train.num_train_steps override or None, where the run length comes from)."""
   if steps is not None:
     return steps, '--steps'
@@ -477,7 +477,7 @@ def main(argv):
   base = config_flags.get_config_filename(config_flag)
   overrides = config_flags.get_override_values(config_flag)
   workdir = flags.FLAGS.workdir
-  steps, source = resolve_steps(base, _STEPS.value)
+  steps, source = steps_override(base, _STEPS.value)
   seeds = [int(s) for s in _SEEDS.value]
   jobs = plan(base, _TABLES.value, seeds, workdir, steps, overrides)
   steps_info = dict(config=base, overrides={k: str(v) for k, v in overrides.items()},

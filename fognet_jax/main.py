@@ -245,7 +245,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
   check_vocabulary(config)
   data = records.prepare(config.data)
   records.check_num_frames(config.data, data.builder)
-  steps = train.resolve_steps(config.train, data.num_examples[config.data.train_split])
+  steps = train.step_counts(config.train, data.num_examples[config.data.train_split])
   return Run(mesh, data, class_prompt_tokens(config, data.class_names), steps)
 
 

@@ -88,9 +88,9 @@ def test_shared_runs_and_defaults(tmp_path):
   assert len(jobs) == 57
   assert len({j.run_dir for j in jobs}) == 45   # 15 distinct trainings x 3 seeds
   assert len({j.eval_dir for j in jobs}) == 48  # + clean -> clean evaluations
-  assert experiments.resolve_steps('configs/synthetic.py', None)[0] is None   # the recipe's
-  assert experiments.resolve_steps('configs/fogact.py', None)[0] is None
-  assert experiments.resolve_steps('configs/fogact.py', 7)[0] == 7
+  assert experiments.steps_override('configs/synthetic.py', None)[0] is None   # the recipe's
+  assert experiments.steps_override('configs/fogact.py', None)[0] is None
+  assert experiments.steps_override('configs/fogact.py', 7)[0] == 7
   with pytest.raises(ValueError, match='unknown table'):
     _plan(tmp_path, ('5z',))
 

@@ -151,7 +151,7 @@ CLASS_NAMES = [f'class_{i}' for i in range(NUM_CLASSES)]
 
 def steps(cfg, num_train_examples: int = 160):
   from fognet_jax import train
-  return train.resolve_steps(cfg.train, num_train_examples)
+  return train.step_counts(cfg.train, num_train_examples)
 
 
 def run_parts(cfg, mesh, *, num_train_examples: int = 160) -> dict:
