@@ -53,7 +53,6 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 _BACKBONE = flags.DEFINE_string('backbone', 'tiny', 'CLIP backbone name (clip.CONFIGS key).')
 _IMAGE = flags.DEFINE_integer('image_size', 32, 'Frame resolution.')
@@ -76,7 +75,7 @@ _ARCH = flags.DEFINE_enum('arch', 'fognet', ['fognet', 'actionclip'], 'Model arc
 _ACCUM = flags.DEFINE_integer('accum', 1, 'Gradient accumulation micro-batches.')
 _FREEZE_TEXT = flags.DEFINE_bool('freeze_text', False, 'Freeze the text tower.')
 _ATTN = flags.DEFINE_string('attention_impl', None,
-                            "model.attention_impl: None (automatic), 'xla' or 'cudnn'.")
+                            "perf.attention_impl: None (automatic), 'xla' or 'cudnn'.")
 _JSON = flags.DEFINE_string('json_out', None, 'Write the results as JSON here.')
 _PEAK = flags.DEFINE_float('peak_flops', None,
                            'Peak FLOP/s of one device for MFU; overrides the PEAK_FLOPS table.')
@@ -223,11 +222,11 @@ def _config(variant: str):
   cfg.model.dtype = {'fp32': 'float32', 'bf16': 'bfloat16'}[parts[0]]
   cfg.model.remat = 'remat' in parts
   if _ATTN.value:
-    cfg.model.attention_impl = _ATTN.value
+    cfg.perf.attention_impl = _ATTN.value
   if 'cudnn' in parts:  # cuDNN fused attention (sequences padded to a multiple of 64)
-    cfg.model.attention_impl = 'cudnn'
+    cfg.perf.attention_impl = 'cudnn'
   if 'res16' in parts:  # the towers' residual stream in bfloat16 too
-    cfg.model.residual_dtype = 'bfloat16'
+    cfg.perf.residual_dtype = 'bfloat16'
   cfg.mesh.fsdp = 'fsdp' in parts
   cfg.model.clip_overrides.image_size = _IMAGE.value
   cfg.model.clip_overrides.vocab_size = _VOCAB.value
@@ -265,12 +264,13 @@ class OurStep:
 
   def __init__(self, variant: str):
     from fognet_jax import augment, config_lib, losses, sharding, train  # pylint: disable=g-import-not-at-top
-    from fognet_jax.models import clip, fognet  # pylint: disable=g-import-not-at-top
+    from fognet_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+    from fognet_jax.models import clip  # pylint: disable=g-import-not-at-top
     self.variant = variant
     cfg = _config(variant)
     mesh = sharding.make_mesh(-1)
     config_lib.validate(cfg, num_devices=mesh.size)
-    model = fognet.create_model(cfg.model, rngs=nnx.Rngs(0))
+    model = main_lib.create_model(cfg)
     self.clip_cfg = model.clip.config
     self.streams = _streams(cfg)
     schedule = train.make_schedule(cfg.train, 1000, 0)
@@ -291,7 +291,7 @@ class OurStep:
     tokens[..., _PROMPT_LEN.value:] = 0  # padding
     tokens = prompts.trim_context(tokens)  # (16, C, prompt_len), as main.setup does
     self.tokens = jax.device_put(jnp.asarray(tokens), sharding.replicated(mesh))
-    if cfg.data.pixels_on_device:  # what training sends: uint8 frames + colour chains
+    if cfg.perf.pixels_on_device:  # what training sends: uint8 frames + colour chains
       jitter = [augment.sample_color_jitter(rng, cfg.data.augment) for _ in range(b)]
       batch = {'clean': rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
                'foggy': rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),

@@ -79,9 +79,6 @@ def get_config(arg=None):
   # each, frames back through /dev/shm; see docs/data.md)
   d.worker_type = 'thread'
   d.prefetch = 2                # batches prepared ahead
-  # Send uint8 frames and each pair's colour jitter as affine maps; the jitter and CLIP
-  # normalisation run in the jitted step (fognet_jax.pixels). False: float32 from the host.
-  d.pixels_on_device = True
   # ActionCLIP's augmentation, one draw per pair applied to both streams.
   a = d.augment = ml_collections.ConfigDict()
   a.enabled = True
@@ -110,10 +107,6 @@ def get_config(arg=None):
                                               field_type=object)
   m.dtype = 'bfloat16'          # compute dtype; parameters and losses stay float32
   m.remat = False               # rematerialise the tower blocks in the backward pass
-  m.attention_impl = placeholder(str)  # None / 'xla' (einsum) | 'cudnn' (fused, GPU)
-  # The CLIP transformers' residual stream between blocks: None (float32) | model.dtype
-  # (16-bit activations throughout; opt-in until measured on a GPU, see docs/clip.md)
-  m.residual_dtype = placeholder(str)
   # CLIPConfig fields replacing the backbone's (random initialisation only); None = keep.
   m.clip_overrides = ml_collections.ConfigDict(
       {k: placeholder(object) for k in CLIP_OVERRIDE_KEYS})
@@ -182,7 +175,6 @@ def get_config(arg=None):
   t.log_every_steps = 50
   t.checkpoint_every_steps = 500
   t.keep_checkpoints = 3
-  t.async_checkpointing = True
 
   # ---------------------------------------------------------------------------------- eval
   e = config.eval = ml_collections.ConfigDict()
@@ -191,14 +183,28 @@ def get_config(arg=None):
   e.num_templates = -1          # prompt templates averaged at test time; -1 = all
   e.confusion_matrix = True     # confusion_matrix.png (paper Figure 7)
 
-  # ---------------------------------------------------------------------- mesh, processes
+  # ----------------------------------------------------------------------- mesh, processes
   config.mesh = ml_collections.ConfigDict()
   config.mesh.fsdp = False      # shard parameters and AdamW moments over the data axis
-  config.mesh.fsdp_min_size = 2 ** 14  # arrays with fewer elements stay replicated
   config.mesh.num_devices = -1  # -1 = all devices of all processes
   # 'auto': jax.distributed.initialize() when the environment describes a multi-process job
   # (TPU pod slices, SLURM, JAX_COORDINATOR_ADDRESS); True: always; False: never.
   config.distributed = ml_collections.ConfigDict(dict(initialize='auto'))
+
+  # ---------------------------------------------------------------------------------- perf
+  # How a run computes, not what it learns: speed and memory options that leave its results
+  # the same up to floating-point rounding (docs/training.md, "Performance options").
+  p = config.perf = ml_collections.ConfigDict()
+  # Send uint8 frames and each pair's colour jitter as affine maps; the jitter and CLIP
+  # normalisation run in the jitted step (fognet_jax.pixels). False: float32 from the host.
+  p.pixels_on_device = True
+  p.attention_impl = placeholder(str)  # CLIP's attention: None / 'xla' (einsum) | 'cudnn' (GPU)
+  # The CLIP transformers' residual stream between blocks: None (float32) | model.dtype
+  # (16-bit activations throughout; opt-in until measured on a GPU, see docs/clip.md)
+  p.residual_dtype = placeholder(str)
+  p.fsdp_min_size = 2 ** 14     # with mesh.fsdp: arrays with fewer elements stay replicated
+  p.async_checkpointing = True  # write checkpoints in a background thread
+
   return apply_variant(config, arg)
 
 

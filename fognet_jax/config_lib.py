@@ -5,15 +5,17 @@ A recipe is one file in `configs/` with `get_config(arg)` returning the whole `C
 only ml_collections and the standard library; this module holds what needs the package:
 
   load_config          'configs/fogact.py:baseline' -> ConfigDict (tools and tests)
+  upgrade_saved_config a run's config.json in today's layout (the `perf` block)
   validate             one check per config block, run once at start-up before any data or
                        model work; a `ConfigError` names the key of the first impossible value
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import ml_collections
 
@@ -54,6 +56,29 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+# The keys of the `perf` block, each with the place a config.json written before the block
+# existed holds it, and the behaviour of a run whose config.json lacks it.
+PERF_KEYS: dict[str, tuple[tuple[str, str], Any]] = {
+    'pixels_on_device': (('data', 'pixels_on_device'), False),
+    'attention_impl': (('model', 'attention_impl'), None),
+    'residual_dtype': (('model', 'residual_dtype'), None),
+    'fsdp_min_size': (('mesh', 'fsdp_min_size'), 2 ** 14),
+    'async_checkpointing': (('train', 'async_checkpointing'), True),
+}
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+  """A run's config.json (as a dict) with a `perf` block: keys of `PERF_KEYS` found at their
+  older places move there, missing ones get the behaviour the run had without them."""
+  config = copy.deepcopy(saved)
+  perf = config.setdefault('perf', {})
+  for key, ((block, old), default) in PERF_KEYS.items():
+    held = config.get(block)
+    value = held.pop(old, default) if isinstance(held, dict) else default
+    perf.setdefault(key, value)
+  return config
 
 
 # --------------------------------------------------------------------------------- validation
@@ -97,9 +122,8 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
       records.perspective_filter(d, role)
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  for key in ('replicate_to_full', 'pixels_on_device'):
-    if not isinstance(d.get(key, False), bool):
-      _fail(f'data.{key}', f'must be True or False, got {d.get(key)!r}')
+  if not isinstance(d.get('replicate_to_full', False), bool):
+    _fail('data.replicate_to_full', f'must be True or False, got {d.replicate_to_full!r}')
   if d.get('worker_type', 'thread') not in worker_pool.WORKER_TYPES:
     _fail('data.worker_type', f"must be one of {worker_pool.WORKER_TYPES}, got {d.get('worker_type')!r}")
   if d.get('train_sim_fog') not in augment.SIM_FOG:
@@ -131,11 +155,6 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     _fail('model.backbone', f'unknown backbone {m.backbone!r}; known: {sorted(clip.CONFIGS)}')
   if m.dtype not in DTYPES:
     _fail('model.dtype', f"must be 'float32', 'bfloat16' or 'float16', got {m.dtype!r}")
-  if m.attention_impl not in ATTENTION_IMPLS:
-    _fail('model.attention_impl', f"must be None, 'xla' or 'cudnn', got {m.attention_impl!r}")
-  if m.get('residual_dtype') not in (None, 'float32', m.dtype):
-    _fail('model.residual_dtype', f"must be None, 'float32' or model.dtype ({m.dtype!r}), "
-          f"got {m.residual_dtype!r}")
   if m.temporal_fusion not in FUSIONS:
     _fail('model.temporal_fusion', f'must be one of {FUSIONS}, got {m.temporal_fusion!r}')
   if m.train_stream not in TRAIN_STREAMS:
@@ -223,7 +242,19 @@ def _check_templates(key: str, n: int) -> None:
 def validate_mesh(mesh: ml_collections.ConfigDict) -> None:
   if mesh.num_devices != -1:
     _positive_ints(mesh, 'mesh', ('num_devices',))
-  _positive_ints(mesh, 'mesh', ('fsdp_min_size',), minimum=0)
+
+
+def validate_perf(perf: ml_collections.ConfigDict, *, dtype: str) -> None:
+  """The `perf` block; `dtype` is model.dtype, the one 16-bit residual stream allowed."""
+  for key in ('pixels_on_device', 'async_checkpointing'):
+    if not isinstance(perf[key], bool):
+      _fail(f'perf.{key}', f'must be True or False, got {perf[key]!r}')
+  if perf.attention_impl not in ATTENTION_IMPLS:
+    _fail('perf.attention_impl', f"must be None, 'xla' or 'cudnn', got {perf.attention_impl!r}")
+  if perf.residual_dtype not in (None, 'float32', dtype):
+    _fail('perf.residual_dtype', f"must be None, 'float32' or model.dtype ({dtype!r}), "
+          f"got {perf.residual_dtype!r}")
+  _positive_ints(perf, 'perf', ('fsdp_min_size',), minimum=0)
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: Optional[int] = None,
@@ -233,7 +264,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: Optional[int] = 
   Cheap: no I/O but `stat` of the paths the config names. `num_devices` (the mesh size) adds
   the divisibility checks of the batch sizes.
   """
-  for block in ('data', 'model', 'loss', 'train', 'eval', 'mesh'):
+  for block in ('data', 'model', 'loss', 'train', 'eval', 'mesh', 'perf'):
     if block not in config:
       _fail(block, 'missing block')
   validate_data(config.data)
@@ -242,3 +273,4 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: Optional[int] = 
   validate_train(config.train, num_devices=num_devices, num_processes=num_processes)
   validate_eval(config.eval, num_devices=num_devices)
   validate_mesh(config.mesh)
+  validate_perf(config.perf, dtype=config.model.dtype)

@@ -158,6 +158,11 @@ HASH_NEUTRAL = {('model', 'fas', 'concat'): 'tokens', ('model', 'residual_dtype'
 def _canonical(config: ml_collections.ConfigDict) -> dict:
   d = config.to_dict()
   d.pop('seed', None)
+  # The perf keys hash at the places runs made before the `perf` block kept them.
+  perf = d.pop('perf', {})
+  for key, ((block, old), _) in config_lib.PERF_KEYS.items():
+    if key in perf and isinstance(d.get(block), dict):
+      d[block][old] = perf[key]
   for (*parents, leaf), neutral in HASH_NEUTRAL.items():
     block = d
     for name in parents:

@@ -277,10 +277,17 @@ def class_prompt_tokens(config: ml_collections.ConfigDict, class_names) -> np.nd
   return prompts.trim_context(tokens)
 
 
+def create_model(config: ml_collections.ConfigDict) -> fognet.FogNet:
+  """The model of `config`, built with the perf block's attention and residual stream."""
+  return fognet.create_model(config.model, rngs=nnx.Rngs(config.seed),
+                             attention_impl=config.perf.attention_impl,
+                             residual_dtype=config.perf.residual_dtype)
+
+
 def restore_state(config: ml_collections.ConfigDict, mesh, run_dir: str,
                   step: Optional[int] = None):
   """(graphdef, train state) of checkpoint `step` (None = the latest) of `run_dir`."""
-  model = fognet.create_model(config.model, rngs=nnx.Rngs(config.seed))
+  model = create_model(config)
   # The schedule's values are not part of the state; any schedule gives the same structure.
   graphdef, state, _, _ = train.build_state(config, mesh, model,
                                             train.make_schedule(config.train, 1, 0))
@@ -306,7 +313,7 @@ def prompt_sampler(config: ml_collections.ConfigDict) -> train.PromptSampler:
 def _evaluate(config, run: Run, graphdef, state, output_dir: str) -> dict:
   batches = input_pipeline.eval_iterator(
       config.data, batch_size=sharding.local_batch_size(config.eval.batch_size),
-      stream=config.eval.stream)
+      stream=config.eval.stream, pixels_on_device=config.perf.pixels_on_device)
   results = evaluate.evaluate_state(config, graphdef, state, mesh=run.mesh,
                                     class_names=run.data.class_names,
                                     prompt_tokens=run.prompt_tokens, batches=batches,
@@ -333,12 +340,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if on_start is not None:
       on_start(step)
 
-  model = fognet.create_model(config.model, rngs=nnx.Rngs(config.seed))
+  model = create_model(config)
   local_batch = sharding.local_batch_size(config.train.batch_size)
 
   def batches(start_step):
     return input_pipeline.train_iterator(config.data, batch_size=local_batch, seed=config.seed,
-                                         start_step=start_step)
+                                         start_step=start_step,
+                                         pixels_on_device=config.perf.pixels_on_device)
 
   graphdef, state, last = train.train(
       config, workdir, mesh=run.mesh, model=model, loss_fn=losses.make_loss_fn(config),

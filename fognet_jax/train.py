@@ -293,7 +293,7 @@ def build_state(config: ml_collections.ConfigDict, mesh, model: nnx.Module, sche
   tx = make_optimizer(config.train, params, schedule)
   graphdef, state = init_state(model, tx)
   state, shardings = shard_state(state, mesh, fsdp=config.mesh.fsdp,
-                                 min_size=config.mesh.fsdp_min_size)
+                                 min_size=config.perf.fsdp_min_size)
   return graphdef, state, shardings, tx
 
 
@@ -362,7 +362,7 @@ def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, ste
 
   ckpt = checkpointing.Checkpointer(workdir, keep=t.keep_checkpoints,
                                     every_steps=t.checkpoint_every_steps,
-                                    async_save=t.async_checkpointing)
+                                    async_save=config.perf.async_checkpointing)
   start_step = 0
   if ckpt.latest_step() is not None:
     try:

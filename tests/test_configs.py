@@ -117,7 +117,9 @@ def test_unknown_variant_and_unknown_key_fail():
     ('train.num_templates', 0, 1, 'train.num_templates'),
     ('eval.num_templates', 17, 1, 'eval.num_templates'),
     ('model.fas.concat', 'frames', 1, 'model.fas.concat'),
-    ('model.residual_dtype', 'bfloat16', 1, 'model.residual_dtype'),  # the demo runs float32
+    ('perf.residual_dtype', 'bfloat16', 1, 'perf.residual_dtype'),  # the demo runs float32
+    ('perf.attention_impl', 'flash', 1, 'perf.attention_impl'),
+    ('perf.fsdp_min_size', -1, 1, 'perf.fsdp_min_size'),
 ])
 def test_validation_names_the_key(key, value, devices, match):
   cfg = _parse(f'--config={ROOT}/configs/synthetic.py')
@@ -131,3 +133,23 @@ def test_validation_names_the_key(key, value, devices, match):
     parent[name] = value
   with pytest.raises(config_lib.ConfigError, match=match.replace('.', r'\.')):
     config_lib.validate(cfg, num_devices=devices)
+
+
+def test_a_saved_config_from_before_the_perf_block_reads_with_one(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from fognet_jax import predict  # pylint: disable=g-import-not-at-top
+  today = _parse(f'--config={ROOT}/configs/synthetic.py:scratch').to_dict()
+  today['perf'].update(pixels_on_device=False, fsdp_min_size=64, async_checkpointing=False)
+  today = json.loads(json.dumps(today))  # as config.json holds it (lists for tuples)
+  older = json.loads(json.dumps(today))
+  perf = older.pop('perf')
+  older['data']['pixels_on_device'] = perf['pixels_on_device']
+  older['model']['attention_impl'] = perf['attention_impl']
+  older['mesh']['fsdp_min_size'] = perf['fsdp_min_size']
+  older['train']['async_checkpointing'] = perf['async_checkpointing']
+  # residual_dtype is missing: the run had the float32 stream.
+  (tmp_path / 'config.json').write_text(json.dumps(older))
+  config = predict.load_config(str(tmp_path))
+  assert json.loads(json.dumps(config.to_dict())) == today
+  config_lib.validate(config, num_devices=1)
+  assert config_lib.upgrade_saved_config(today) == today   # today's layout is kept as it is
