@@ -20,7 +20,7 @@
 #                    figure against, and which config.data.worker_type feeds more here
 #   2b cudnn_b16     FogNet bf16 B=16 with XLA attention, with cuDNN fused attention (tokens
 #                    padded to a multiple of 64 and masked), and with cuDNN and a bfloat16
-#                    residual stream (model.residual_dtype), same process (--tiny: fp32,
+#                    residual stream (perf.residual_dtype), same process (--tiny: fp32,
 #                    fp32+remat and bf16+res16, to run the same plumbing)
 #   3 fognet_b32     FogNet bf16 B=32: torch first, then ours (both do not fit at once on 80 GB)
 #   4 actionclip_b16 ActionCLIP bf16 B=16: ours against torch eager
@@ -229,7 +229,7 @@ else
 fi
 
 # 2b: cuDNN fused attention (padded to 256 tokens, masked) against XLA's, then with the
-# towers' residual stream in bfloat16 too (model.residual_dtype), same process; the JSON keeps
+# towers' residual stream in bfloat16 too (perf.residual_dtype), same process; the JSON keeps
 # the variants finished if the last is cut short. With --tiny (no cuDNN on a CPU) the same
 # plumbing runs fp32, fp32+remat and bf16+res16.
 if (( TINY == 0 )); then ATTN_VARIANTS=bf16,bf16+cudnn,bf16+cudnn+res16

@@ -14,7 +14,7 @@
    (CPU time of the process and its workers / wall time), the main process's own CPU time
    per clip (with process workers: receiving and stacking the results; the cap of what one
    main process can take in) and the workers' resident memory; for each place the per-pixel
-   float work runs (`config.data.pixels_on_device`): 'host' (jitter and normalisation in
+   float work runs (`config.perf.pixels_on_device`): 'host' (jitter and normalisation in
    NumPy, float32 batches) or 'device' (uint8 batches; the same work in the jitted step,
    timed separately on jax's default backend, with the bytes each clip sends).
 Training is timed after `--warmup` batches, when process workers have paged in their
@@ -163,8 +163,9 @@ def main():
     for kind in kinds:
       cfg.worker_type = kind
       for place in places:
-        cfg.pixels_on_device = place == "device"
-        it = ip.train_iterator(cfg, batch_size=args.batch, seed=0, process_index=0, process_count=1)
+        on_device = place == "device"
+        it = ip.train_iterator(cfg, batch_size=args.batch, seed=0, process_index=0, process_count=1,
+                               pixels_on_device=on_device)
         rows.append(("train pairs (clean+foggy, augmented)", place, kind, workers)
                     + measure(it, args.steps, args.batch, warmup=max(1, args.warmup)))
         batch = next(it)
@@ -172,7 +173,7 @@ def main():
         sizes[("train", place)] = sum(v.nbytes for v in batch.values()) / args.batch
         # within one pass over the test split: a new pass would start a new worker pool
         it = ip.eval_iterator(cfg, split="test", batch_size=args.batch, process_index=0,
-                              process_count=1)
+                              process_count=1, pixels_on_device=on_device)
         rows.append(("eval clips (foggy only, 1x1 view)", place, kind, workers)
                     + measure(it, eval_steps, args.batch))
         it.close()

@@ -47,7 +47,6 @@ def make_cfg(args, changes):
   cfg.backbone = args.backbone
   cfg.dtype = args.dtype
   cfg.remat = args.remat
-  cfg.attention_impl = args.attention_impl
   if args.image_size:
     cfg.clip_overrides.image_size = args.image_size
   for key, value in changes.items():
@@ -57,7 +56,7 @@ def make_cfg(args, changes):
 
 
 def build_step(cfg, args):
-  model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
+  model = fognet.create_model(cfg, rngs=nnx.Rngs(0), attention_impl=args.attention_impl)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   loss_cfg = config_lib.load_config("fogact").loss
 

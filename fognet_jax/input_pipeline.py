@@ -61,10 +61,10 @@ def train_sample_ids(num_examples: int, *, batch_size: int, seed: int, step: int
   return g, pos
 
 
-def _frame_dtype(data_cfg):
-  """The frames' dtype in a batch: uint8 with ``data.pixels_on_device`` (normalised in the
-  step), else float32 (normalised here)."""
-  return np.uint8 if data_cfg.get("pixels_on_device", False) else np.float32
+def _frame_dtype(pixels_on_device: bool):
+  """The frames' dtype in a batch: uint8 with `pixels_on_device` (normalised in the step),
+  else float32 (normalised here)."""
+  return np.uint8 if pixels_on_device else np.float32
 
 
 def _prefetched(make_batch, batch_numbers, data_cfg, one, batch_size: int, item: dict):
@@ -115,8 +115,8 @@ class _Item:
   """Base of the per-example functions: picklable (for process workers); an example that
   fails to load names itself in the error."""
 
-  def __init__(self, source, data_cfg, split: Optional[str]):
-    self.source, self.data_cfg = source, data_cfg
+  def __init__(self, source, data_cfg, split: Optional[str], pixels_on_device: bool):
+    self.source, self.data_cfg, self.pixels_on_device = source, data_cfg, pixels_on_device
     self.where = ("the given source" if split is None
                   else f"config.data.dataset {data_cfg.dataset!r}, split {split!r}")
 
@@ -132,14 +132,15 @@ class _Item:
 class _TrainItem(_Item):
   """(global sample number g, example index) -> one training pair."""
 
-  def __init__(self, source, data_cfg, split, seed: int, swap: np.ndarray):
-    super().__init__(source, data_cfg, split)
+  def __init__(self, source, data_cfg, split, seed: int, swap: np.ndarray,
+               pixels_on_device: bool = False):
+    super().__init__(source, data_cfg, split, pixels_on_device)
     self.seed, self.swap = seed, swap
 
   def make(self, g: int, index: int) -> dict:
     ex = self.source[index]
     rng = np.random.default_rng([self.seed, g, 13])
-    if self.data_cfg.get("pixels_on_device", False):
+    if self.pixels_on_device:
       clean, foggy, cj, flipped = augment.sample_train_pair(ex, self.data_cfg, rng)
       item = {"clean": clean, "foggy": foggy, "color": augment.color_affines(cj)}
     else:
@@ -155,26 +156,27 @@ class _TrainItem(_Item):
 class _EvalItem(_Item):
   """Example index -> (evaluation views of one stream, label)."""
 
-  def __init__(self, source, data_cfg, split, stream: str):
-    super().__init__(source, data_cfg, split)
+  def __init__(self, source, data_cfg, split, stream: str, pixels_on_device: bool = False):
+    super().__init__(source, data_cfg, split, pixels_on_device)
     self.stream = stream
 
   def make(self, index: int):
     ex = self.source[index]
     views = augment.make_eval_views(ex, self.data_cfg, stream=self.stream,
-                                    uint8=self.data_cfg.get("pixels_on_device", False))
+                                    uint8=self.pixels_on_device)
     return views, int(ex["label"])
 
 
 def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
                    process_index: Optional[int] = None, process_count: Optional[int] = None,
-                   source=None) -> Iterator[dict]:
+                   source=None, pixels_on_device: bool = False) -> Iterator[dict]:
   """Infinite iterator of per-process training batches.
 
   Yields {'clean': (B, T, S, S, 3), 'foggy': same, 'label': (B,) int32}: with
-  ``data_cfg.pixels_on_device``, uint8 frames and 'color': (B, COLOR_STEPS, 3, 4) float32, the
-  pairs' colour jitter and normalisation for ``pixels.train_inputs`` (in the train step);
-  otherwise float32 frames, jittered and CLIP-normalised here.
+  `pixels_on_device` (the config's ``perf.pixels_on_device``), uint8 frames and 'color':
+  (B, COLOR_STEPS, 3, 4) float32, the pairs' colour jitter and normalisation for
+  ``pixels.train_inputs`` (in the train step); otherwise float32 frames, jittered and
+  CLIP-normalised here.
   `process_index` / `process_count` default to ``jax.process_index()`` /
   ``jax.process_count()``; `source` (a sequence of examples with encoded
   'clean' / 'foggy' frame lists and 'label') replaces the dataset, for tests.
@@ -195,9 +197,9 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
   if n == 0:
     raise ValueError("config.data: the training split is empty after filtering")
 
-  one = _TrainItem(source, data_cfg, named_split, seed, swap)
+  one = _TrainItem(source, data_cfg, named_split, seed, swap, pixels_on_device)
   frames = np.empty((data_cfg.num_frames, data_cfg.image_size, data_cfg.image_size, 3),
-                    _frame_dtype(data_cfg))
+                    _frame_dtype(pixels_on_device))
 
   def collate(items):
     return {k: np.stack([it[k] for it in items]) for k in items[0]}
@@ -224,11 +226,12 @@ def num_eval_batches(num_examples: int, batch_size: int, process_count: int) -> 
 
 def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
                   process_index: Optional[int] = None, process_count: Optional[int] = None,
-                  source=None, stream: str = "foggy") -> Iterator[dict]:
+                  source=None, stream: str = "foggy",
+                  pixels_on_device: bool = False) -> Iterator[dict]:
   """Finite iterator of single-stream evaluation batches.
 
   Yields {'foggy': (B, V, T, S, S, 3), 'label': (B,) int32, 'mask': (B,) bool} (the frames
-  uint8 with ``data_cfg.pixels_on_device``, normalised by ``pixels.model_input`` in the eval
+  uint8 with `pixels_on_device`, normalised by ``pixels.model_input`` in the eval
   step; else float32 CLIP-normalised),
   V = num_clips * num_crops. 'foggy' holds the views of `stream` ('foggy', or 'clean' for a
   clean-test row); the other stream is never decoded.
@@ -252,8 +255,8 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
   v = data_cfg.num_clips * data_cfg.num_crops
   s, t = data_cfg.image_size, data_cfg.num_frames
 
-  one = _EvalItem(source, data_cfg, named_split, stream)
-  views = np.empty((v, t, s, s, 3), _frame_dtype(data_cfg))  # one example's, unfilled
+  one = _EvalItem(source, data_cfg, named_split, stream, pixels_on_device)
+  views = np.empty((v, t, s, s, 3), _frame_dtype(pixels_on_device))  # one example's, unfilled
 
   def make_batch(b: int, pool):
     chunk = mine[b * batch_size:(b + 1) * batch_size]

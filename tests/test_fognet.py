@@ -581,14 +581,14 @@ def test_bf16_step_casts_each_clip_weight_matrix_once():
 
 def test_residual_dtype_reaches_the_towers_built_and_loaded(tmp_path):
   from fognet_jax import clip_weights  # pylint: disable=g-import-not-at-top
-  built = fognet.create_model(tiny_cfg(dtype="bfloat16", residual_dtype="bfloat16"),
-                              rngs=nnx.Rngs(0))
+  built = fognet.create_model(tiny_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0),
+                              residual_dtype="bfloat16")
   path = str(tmp_path / "tiny")
   clip_weights.save(clip.create("tiny", seed=0), path)
-  cfg = tiny_cfg(dtype="bfloat16", residual_dtype="bfloat16", init_from=path)
+  cfg = tiny_cfg(dtype="bfloat16", init_from=path)
   for k in TINY:  # the loaded weights carry their config
     cfg.clip_overrides[k] = None
-  loaded = fognet.create_model(cfg, rngs=nnx.Rngs(0))
+  loaded = fognet.create_model(cfg, rngs=nnx.Rngs(0), residual_dtype="bfloat16")
   default = fognet.create_model(tiny_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0))
   for model, want in ((built, jnp.bfloat16), (loaded, jnp.bfloat16), (default, jnp.float32)):
     assert model.clip.visual.residual_dtype == want and model.clip.text.residual_dtype == want

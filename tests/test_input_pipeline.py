@@ -77,12 +77,11 @@ def source():
 
 
 def _cfg(**kw):
-  """The recipe's data block at test size; the host path (float frames) unless overridden."""
+  """The recipe's data block at test size."""
   c = config_testutil.data_block()
   c.num_frames = 4
   c.image_size = 16
   c.num_workers = 2
-  c.pixels_on_device = False
   for k, v in kw.items():
     if k.startswith("augment_"):
       c.augment[k[len("augment_"):]] = v
@@ -456,8 +455,8 @@ def test_device_pixels_equal_the_host_path(source, kw):
       ex["fog"] = 1  # dense
   host = _take(ip.train_iterator(_cfg(**kw), batch_size=6, seed=5, source=source,
                                  process_index=0, process_count=1), 2)
-  dev = _take(ip.train_iterator(_cfg(pixels_on_device=True, **kw), batch_size=6, seed=5,
-                                source=source, process_index=0, process_count=1), 2)
+  dev = _take(ip.train_iterator(_cfg(**kw), batch_size=6, seed=5, source=source,
+                                process_index=0, process_count=1, pixels_on_device=True), 2)
   for h, d in zip(host, dev):
     assert d["clean"].dtype == d["foggy"].dtype == np.uint8
     assert d["color"].shape == (6, pixels.COLOR_STEPS, 3, 4) and d["color"].dtype == np.float32
@@ -472,8 +471,8 @@ def test_device_eval_views_equal_the_host_path():
   cfg = dict(num_clips=2, num_crops=3)
   host = list(ip.eval_iterator(_cfg(**cfg), batch_size=2, source=src, process_index=0,
                                process_count=1))
-  dev = list(ip.eval_iterator(_cfg(pixels_on_device=True, **cfg), batch_size=2, source=src,
-                              process_index=0, process_count=1))
+  dev = list(ip.eval_iterator(_cfg(**cfg), batch_size=2, source=src, process_index=0,
+                              process_count=1, pixels_on_device=True))
   assert len(host) == len(dev) == 2
   for h, d in zip(host, dev):
     assert d["foggy"].dtype == np.uint8 and d["foggy"].shape == h["foggy"].shape

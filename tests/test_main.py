@@ -87,3 +87,22 @@ def test_library_info_lines_are_dropped_but_warnings_kept():
   assert not f.filter(rec('/x/site-packages/orbax/checkpoint/manager.py', std_logging.INFO))
   assert f.filter(rec('/x/site-packages/orbax/checkpoint/manager.py', std_logging.WARNING))
   assert f.filter(rec('/x/fognet_jax/train.py', std_logging.INFO))
+
+
+def test_the_model_is_built_with_the_perf_blocks_attention_and_residual_stream():
+  import jax.numpy as jnp
+  from fognet_jax import config_lib
+  from fognet_jax import main as main_lib
+  config = config_lib.load_config('synthetic:scratch,fusion=transformer')
+  config.model.dtype = 'bfloat16'
+  config.perf.residual_dtype = 'bfloat16'
+  config.perf.attention_impl = 'xla'
+  model = main_lib.create_model(config)
+  assert model.clip.visual.residual_dtype == model.clip.text.residual_dtype == jnp.bfloat16
+  attention = model.clip.visual.transformer.resblocks[0].attn
+  assert attention.attention_impl == 'xla'
+  config.perf.residual_dtype = None
+  config.perf.attention_impl = None
+  model = main_lib.create_model(config)
+  assert model.clip.visual.residual_dtype == jnp.float32
+  assert model.clip.visual.transformer.resblocks[0].attn.attention_impl is None

@@ -49,14 +49,15 @@ def _examples(n):
            "label": i} for i in range(n)]
 
 
-def _batches(cfg, kind, *, train_steps=2, start_step=3, source=None, split="test"):
+def _batches(cfg, kind, *, train_steps=2, start_step=3, source=None, split="test",
+             pixels_on_device=True):
   cfg = _cfg(**{**cfg, "worker_type": kind})
   it = ip.train_iterator(cfg, batch_size=4, seed=5, start_step=start_step, process_index=1,
-                         process_count=2, source=source)
+                         process_count=2, source=source, pixels_on_device=pixels_on_device)
   train = [next(it) for _ in range(train_steps)]
   it.close()
   ev = list(ip.eval_iterator(cfg, split=split, batch_size=3, process_index=0, process_count=1,
-                             source=source))
+                             source=source, pixels_on_device=pixels_on_device))
   return train + ev
 
 
@@ -82,9 +83,9 @@ def prepared(tmp_path_factory):
 
 @pytest.mark.parametrize("on_device", [True, False])
 def test_process_workers_give_the_thread_batches_of_a_prepared_dataset(prepared, on_device):
-  cfg = dict(prepared, pixels_on_device=on_device, fog="dense", eval_perspective="front,left")
-  threads = _batches(cfg, "thread")
-  processes = _batches(cfg, "process")
+  cfg = dict(prepared, fog="dense", eval_perspective="front,left")
+  threads = _batches(cfg, "thread", pixels_on_device=on_device)
+  processes = _batches(cfg, "process", pixels_on_device=on_device)
   _assert_same(threads, processes)
   assert threads[0]["clean"].dtype == (np.uint8 if on_device else np.float32)
   assert sum(int(b["mask"].sum()) for b in threads[2:]) == len(
@@ -161,7 +162,7 @@ def test_a_dead_worker_is_reported_with_what_to_do():
 
 def _probe(example):
   """Run in a worker: augment one example, then report what jax set up there."""
-  ip._TrainItem([example], _cfg(pixels_on_device=True), None, 0, np.zeros(0, np.int32))(0, 0)
+  ip._TrainItem([example], _cfg(), None, 0, np.zeros(0, np.int32), pixels_on_device=True)(0, 0)
   return xla_bridge.backends_are_initialized(), jax.config.jax_platforms
 
 
@@ -309,8 +310,8 @@ def test_the_iterators_size_the_slots_from_the_config(monkeypatch, on_device):
 
   monkeypatch.setattr(worker_pool, "Pool", Recording)
   # 3 frames of 96^2: 83 KB a stream in uint8, above worker_pool.MIN_SHARED_BYTES
-  batches = _batches(dict(image_size=96, pixels_on_device=on_device), "process",
-                     source=_examples(8))
+  batches = _batches(dict(image_size=96), "process", source=_examples(8),
+                     pixels_on_device=on_device)
   assert len(pools) == 2 and len(batches) == 2 + 3
   train, ev = pools
   assert train.transfers == {"shared": 2 * 4, "pipe": 0}  # 2 batches of 4 (no prefetch left)

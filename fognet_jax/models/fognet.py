@@ -277,10 +277,11 @@ class FogNet(nnx.Module):
     model_cfg: the ``model`` block of the config (configs/fogact.py).
     clip_model: the CLIP towers (``clip.CLIP``).
     rngs: random streams for the FAS / ME / temporal parameters.
+    attention_impl: the temporal transformer's attention (``clip.attention``'s `impl`).
   """
 
   def __init__(self, model_cfg: ml_collections.ConfigDict, clip_model: clip.CLIP, *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, attention_impl: str | None = None):
     self.clip = clip_model
     dtype = clip.canonical_dtype(model_cfg.dtype)
     dim = clip_model.config.embed_dim
@@ -308,8 +309,7 @@ class FogNet(nnx.Module):
       self.temporal = TemporalTransformer(dim, layers=model_cfg.temporal_layers, heads=heads,
                                           max_frames=model_cfg.max_frames, dtype=dtype,
                                           remat=bool(model_cfg.remat),
-                                          attention_impl=model_cfg.get("attention_impl"),
-                                          rngs=rngs)
+                                          attention_impl=attention_impl, rngs=rngs)
     else:
       self.temporal = None
 
@@ -413,21 +413,23 @@ class FogNet(nnx.Module):
     return probs if probs.ndim == 2 else jnp.mean(probs, axis=1)
 
 
-def create_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> FogNet:
+def create_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs,
+                 attention_impl: str | None = None, residual_dtype=None) -> FogNet:
   """Builds FogNet / ActionCLIP from the ``model`` config block.
 
   With ``model_cfg.init_from`` set the CLIP towers are loaded with
   ``clip_weights.load`` (``clip_overrides`` must then be empty); otherwise a randomly
   initialised CLIP ``backbone`` (+ ``clip_overrides``) is built from ``rngs``.
+  `attention_impl` and `residual_dtype` are the config's ``perf`` keys (``clip.CLIP``'s).
   """
   dtype = clip.canonical_dtype(model_cfg.dtype)
   if model_cfg.get("init_from"):
     clip_model = clip_weights.load(model_cfg.init_from, dtype=dtype, remat=bool(model_cfg.remat),
-                                   attention_impl=model_cfg.get("attention_impl"),
-                                   residual_dtype=model_cfg.get("residual_dtype"))
+                                   attention_impl=attention_impl,
+                                   residual_dtype=residual_dtype)
   else:
     clip_model = clip.CLIP(clip_config(model_cfg), dtype=dtype, remat=bool(model_cfg.remat),
-                           attention_impl=model_cfg.get("attention_impl"),
-                           residual_dtype=model_cfg.get("residual_dtype"), rngs=rngs)
-  return FogNet(model_cfg, clip_model, rngs=rngs)
+                           attention_impl=attention_impl, residual_dtype=residual_dtype,
+                           rngs=rngs)
+  return FogNet(model_cfg, clip_model, rngs=rngs, attention_impl=attention_impl)
 

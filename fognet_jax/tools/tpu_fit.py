@@ -12,7 +12,7 @@ config's `mesh.fsdp`), over a mesh of the topology's devices, on an abstract tra
 (`nnx.eval_shape`: no weights are read or allocated; the architecture is `model.backbone` +
 `model.clip_overrides`, or the `clip_config.json` of a local `model.init_from` directory) and
 an abstract batch of the config's frames (uint8 with colour chains when
-`data.pixels_on_device`), `--classes` class prompts of `--prompt_len` tokens (FogAct: 55).
+`perf.pixels_on_device`), `--classes` class prompts of `--prompt_len` tokens (FogAct: 55).
 
 One row per global batch: the compiler's verdict (or its error, on one line), the bytes per
 device from `compiled.memory_analysis()` (arguments, outputs not aliased to a donated
@@ -263,6 +263,7 @@ def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: 
   config_lib.validate_model(config.model)
   config_lib.validate_loss(config.loss)
   config_lib.validate_train(config.train, num_devices=mesh.size, num_processes=1)
+  config_lib.validate_perf(config.perf, dtype=config.model.dtype)
   m = config.model
   dtype = clip.canonical_dtype(m.dtype)
   clip_cfg = _clip_config(m)
@@ -270,9 +271,9 @@ def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: 
   def create():
     rngs = nnx.Rngs(config.seed)
     towers = clip.CLIP(clip_cfg, dtype=dtype, remat=bool(m.remat),
-                       attention_impl=m.get('attention_impl'),
-                       residual_dtype=m.get('residual_dtype'), rngs=rngs)
-    return fognet.FogNet(m, towers, rngs=rngs)
+                       attention_impl=config.perf.attention_impl,
+                       residual_dtype=config.perf.residual_dtype, rngs=rngs)
+    return fognet.FogNet(m, towers, rngs=rngs, attention_impl=config.perf.attention_impl)
 
   model = nnx.eval_shape(create)
   graphdef, params, rest = train.split_model(model)
@@ -281,7 +282,7 @@ def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: 
   state = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, rest=rest,
                            opt_state=jax.eval_shape(tx.init, params))
   shardings = sharding_lib.state_shardings(state, mesh, fsdp=config.mesh.fsdp,
-                                           min_size=config.mesh.fsdp_min_size)
+                                           min_size=config.perf.fsdp_min_size)
   step = train.make_train_step(
       graphdef, tx, mesh=mesh, state_shardings=shardings, loss_fn=losses.make_loss_fn(config),
       schedule=schedule, seed=config.seed, grad_accum_steps=config.train.grad_accum_steps,
@@ -293,7 +294,7 @@ def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: 
 
   b, d = config.train.batch_size, config.data
   frames = (b, d.num_frames, d.image_size, d.image_size, 3)
-  uint8 = bool(d.get('pixels_on_device', False))
+  uint8 = bool(config.perf.pixels_on_device)
   split = sharding_lib.batch_sharding(mesh)
   batch = {'clean': jax.ShapeDtypeStruct(frames, jnp.uint8 if uint8 else jnp.float32,
                                          sharding=split),
