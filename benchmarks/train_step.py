@@ -273,12 +273,13 @@ class OurStep:
 
   def __init__(self, variant: str):
     from fognet_jax import augment, config_lib, losses, sharding, train  # pylint: disable=g-import-not-at-top
-    from fognet_jax.models import clip, fognet  # pylint: disable=g-import-not-at-top
+    from fognet_jax import weights  # pylint: disable=g-import-not-at-top
+    from fognet_jax.models import clip  # pylint: disable=g-import-not-at-top
     self.variant = variant
     cfg = _config(variant)
     mesh = sharding.make_mesh(-1)
     config_lib.validate(cfg, num_devices=mesh.size)
-    model = fognet.create_model(cfg.model, rngs=nnx.Rngs(0))
+    model = weights.create_model(cfg.model, rngs=nnx.Rngs(0))
     self.clip_cfg = model.clip.config
     self.streams = _streams(cfg)
     schedule = train.make_schedule(cfg.train, 1000, 0)

@@ -60,7 +60,7 @@ from fognet_jax import records
 from fognet_jax import sharding
 from fognet_jax import tokenizer as tokenizer_lib
 from fognet_jax import train
-from fognet_jax.models import fognet
+from fognet_jax import weights
 
 FLAGS = flags.FLAGS
 
@@ -264,7 +264,7 @@ def check_vocabulary(config: ml_collections.ConfigDict) -> None:
   if config.model.get('init_from'):
     return
   tok = tokenizer_lib.get_tokenizer(config.model.tokenizer.kind, path=config.model.tokenizer.path)
-  vocab = fognet.clip_config(config.model).vocab_size
+  vocab = weights.clip_config(config.model).vocab_size
   if tok.vocab_size > vocab:
     raise ValueError(
         f'config: model.tokenizer.kind={config.model.tokenizer.kind!r} gives token ids up to '
@@ -288,7 +288,7 @@ def class_prompt_tokens(config: ml_collections.ConfigDict, class_names) -> np.nd
 def restore_state(config: ml_collections.ConfigDict, mesh, run_dir: str,
                   step: Optional[int] = None):
   """(graphdef, train state) of checkpoint `step` (None = the latest) of `run_dir`."""
-  model = fognet.create_model(config.model, rngs=nnx.Rngs(config.seed))
+  model = weights.create_model(config.model, rngs=nnx.Rngs(config.seed))
   # The schedule's values are not part of the state; any schedule gives the same structure.
   graphdef, state, _, _ = train.build_state(config, mesh, model,
                                             train.make_schedule(config.train, 1, 0))
@@ -341,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if on_start is not None:
       on_start(step)
 
-  model = fognet.create_model(config.model, rngs=nnx.Rngs(config.seed))
+  model = weights.create_model(config.model, rngs=nnx.Rngs(config.seed))
   local_batch = sharding.local_batch_size(config.train.batch_size)
 
   def batches(start_step):
