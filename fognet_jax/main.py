@@ -52,6 +52,7 @@ from fognet_jax import records
 from fognet_jax import sharding
 from fognet_jax import tokenizer as tokenizer_lib
 from fognet_jax import train
+from fognet_jax import weights
 from fognet_jax.models import fognet
 
 FLAGS = flags.FLAGS
@@ -256,7 +257,7 @@ def check_vocabulary(config: ml_collections.ConfigDict) -> None:
   if config.model.get('init_from'):
     return
   tok = tokenizer_lib.get_tokenizer(config.model.tokenizer.kind, path=config.model.tokenizer.path)
-  vocab = fognet.clip_config(config.model).vocab_size
+  vocab = weights.clip_config(config.model).vocab_size
   if tok.vocab_size > vocab:
     raise ValueError(
         f'config: model.tokenizer.kind={config.model.tokenizer.kind!r} gives token ids up to '
@@ -279,7 +280,7 @@ def class_prompt_tokens(config: ml_collections.ConfigDict, class_names) -> np.nd
 
 def create_model(config: ml_collections.ConfigDict) -> fognet.FogNet:
   """The model of `config`, built with the perf block's attention and residual stream."""
-  return fognet.create_model(config.model, rngs=nnx.Rngs(config.seed),
+  return weights.create_model(config.model, rngs=nnx.Rngs(config.seed),
                              attention_impl=config.perf.attention_impl,
                              residual_dtype=config.perf.residual_dtype)
 

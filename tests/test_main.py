@@ -70,12 +70,12 @@ def test_a_text_tower_smaller_than_the_tokenizer_fails_before_the_data_is_built(
 
 def test_the_demo_text_tower_has_one_embedding_per_byte_token():
   from fognet_jax import config_lib, tokenizer
-  from fognet_jax.models import fognet
+  from fognet_jax import weights
   # From scratch the architecture is the config's; fine-tuned, the committed towers' (259 too:
   # tests/test_export_clip.py).
   config = config_lib.load_config('synthetic:scratch')
   tok = tokenizer.get_tokenizer(config.model.tokenizer.kind)
-  assert fognet.clip_config(config.model).vocab_size == tok.vocab_size == 259
+  assert weights.clip_config(config.model).vocab_size == tok.vocab_size == 259
 
 
 def test_library_info_lines_are_dropped_but_warnings_kept():

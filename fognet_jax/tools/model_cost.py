@@ -43,8 +43,8 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from fognet_jax import config_lib  # noqa: E402
+from fognet_jax import weights  # noqa: E402
 from fognet_jax.models import clip  # noqa: E402
-from fognet_jax.models import fognet  # noqa: E402
 
 
 
@@ -120,7 +120,7 @@ def measure(model_cfg, *, frames: int = 8, image_size: int = 224,
   if image_size <= 0 or frames <= 0 or num_classes <= 0:
     raise ValueError("--frames, --image_size and --num_classes must be positive")
   # attention_impl 'xla': compiled for the CPU (see the module docstring)
-  model = nnx.eval_shape(lambda: fognet.create_model(cfg, rngs=nnx.Rngs(0), attention_impl="xla"))
+  model = nnx.eval_shape(lambda: weights.create_model(cfg, rngs=nnx.Rngs(0), attention_impl="xla"))
   graphdef, state = nnx.split(model)
   params = nnx.state(model, nnx.Param)
   clip_cfg = model.clip.config

@@ -62,8 +62,8 @@ from fognet_jax import pixels
 from fognet_jax import prompts
 from fognet_jax import sharding as sharding_lib
 from fognet_jax import train
+from fognet_jax import weights
 from fognet_jax.models import clip
-from fognet_jax.models import fognet
 
 LIBTPU_VERSION = '0.0.42.1'  # what `jax[tpu]` pins for jax 0.10.2 (the Makefile installs it)
 
@@ -251,7 +251,7 @@ def _clip_config(model_cfg):
   if meta and os.path.isfile(meta):
     with open(meta) as f:
       return clip.CLIPConfig(**json.load(f)['config'])
-  return fognet.clip_config(model_cfg)
+  return weights.clip_config(model_cfg)
 
 
 def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: int = 77):
@@ -273,7 +273,7 @@ def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: 
     towers = clip.CLIP(clip_cfg, dtype=dtype, remat=bool(m.remat),
                        attention_impl=config.perf.attention_impl,
                        residual_dtype=config.perf.residual_dtype, rngs=rngs)
-    return fognet.FogNet(m, towers, rngs=rngs, attention_impl=config.perf.attention_impl)
+    return weights.fognet_model(m, towers, rngs=rngs, attention_impl=config.perf.attention_impl)
 
   model = nnx.eval_shape(create)
   graphdef, params, rest = train.split_model(model)
