@@ -96,6 +96,15 @@ def test_a_batch_the_devices_do_not_divide_is_one_error_line():
                                                  'divisible by devices (8)'), run.stderr
 
 
+def test_a_search_unit_the_devices_do_not_divide_is_one_error_line_before_any_compile():
+  run = _tool(['--config=configs/synthetic.py:scratch', '--topology=v2-8', '--batch=16',
+               '--search', '--search_unit=12'])
+  assert run.returncode == 1
+  assert run.stderr.splitlines() == ['error: --search_unit=12: must be a positive multiple of '
+                                     'devices x accumulation steps (8)'], run.stderr
+  assert 'compile' not in run.stdout, run.stdout  # refused before the table's first row
+
+
 def test_the_makefile_installs_the_pinned_libtpu_where_jax_does_not_look():
   with open(os.path.join(REPO, 'Makefile')) as f:
     makefile = f.read()

@@ -1,7 +1,7 @@
 r"""Does the train step fit a TPU? Compiles the real step for a TPU topology, on this machine.
 
   python -m fognet_jax.tools.tpu_fit --config=configs/fogact.py --topology=v5e-1 \
-      --batch=16,32,48 [--remat] [--accum=4] [--search] [--libtpu=PATH]
+      --batch=16,32,48 [--remat] [--accum=4] [--search [--search_unit=8]] [--libtpu=PATH]
   python -m fognet_jax.tools.tpu_fit --config=configs/fogact.py:fsdp --topology=v2:2x2 \
       --batch=64 --config.model.dtype=bfloat16
 
@@ -20,8 +20,8 @@ argument, temporaries, and their total with the generated code) against the devi
 (`HBM_GIB`), the FLOPs of one step over all devices (`cost_analysis()`, multiply-add = 2;
 with accumulation, the micro-batch loop's body times its trip count) and the compile time.
 A row fits when it compiles and its total is within the HBM. Then the largest batch that
-fits; with --search, found by doubling from the smallest multiple of devices x
-accumulation, then bisecting.
+fits; with --search, found by doubling from the largest batch given that fits, then
+bisecting, in steps of --search_unit (default: devices x accumulation steps).
 
 Topologies: libtpu's names ('v5e:1x1', 'v2:2x2', 'v4:2x2x1', ...) or Cloud's slice names
 (`TOPOLOGIES`: 'v5e-1', 'v2-8', 'v4-8', ...). v4 and v5p are compiled as JAX sees them on a
@@ -455,6 +455,8 @@ def _define_flags():
   flags.DEFINE_bool('remat', None, 'Set model.remat (default: the config\'s).')
   flags.DEFINE_integer('accum', None, 'Set train.grad_accum_steps (default: the config\'s).')
   flags.DEFINE_bool('search', False, 'Also search the largest global batch that fits.')
+  flags.DEFINE_integer('search_unit', None, 'The search\'s step: it finds the largest multiple '
+                       'of this that fits (default: devices x accumulation steps).')
   flags.DEFINE_string('libtpu', None, 'Path of libtpu.so (default: TPU_LIBRARY_PATH, the '
                       'libtpu package, or <venv>/libtpu).')
   flags.DEFINE_integer('classes', 55, 'Classes: text prompts encoded per step (FogAct: 55).')
@@ -478,6 +480,10 @@ def main(argv) -> int:
   libtpu = find_libtpu(fv.libtpu)
   devices = topology_devices(fv.topology, libtpu)
   config = fv.config
+  unit = len(devices) * (fv.accum or config.train.grad_accum_steps)
+  if fv.search_unit is not None and (fv.search_unit < 1 or fv.search_unit % unit):
+    raise ToolError(f'--search_unit={fv.search_unit}: must be a positive multiple of devices '
+                    f'x accumulation steps ({unit})')
   kind = devices[0].device_kind
   hbm = hbm_bytes(kind)
   print(f'topology {topology_name(fv.topology)}: {len(devices)} x {kind}, '
@@ -498,8 +504,7 @@ def main(argv) -> int:
 
   fits = [try_batch(b) for b in (batches or [config.train.batch_size])]
   if fv.search:
-    accum = fv.accum or config.train.grad_accum_steps
-    unit = len(devices) * accum
+    unit = fv.search_unit or unit
     start = largest_fit(fits) or unit
     fits += search(try_batch, unit, start=start)
   best = largest_fit(fits)
