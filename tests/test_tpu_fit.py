@@ -134,6 +134,11 @@ def test_search_doubles_then_bisects_over_multiples_of_the_unit():
   too_big = tpu_fit.search(lambda b: tpu_fit.Fit(batch=b, accum=1, remat=False, fsdp=False,
                                                  error='out of memory'), unit=4)
   assert [f.batch for f in too_big] == [4] and tpu_fit.largest_fit(too_big) is None
+  # Batches compiled before the search (the --batch list) are not compiled again.
+  again = tpu_fit.search(lambda b: tpu_fit.Fit(batch=b, accum=1, remat=False, fsdp=False,
+                                               error=None if b <= 40 else 'out of memory'),
+                         unit=8, start=32, known=tried[2:4])
+  assert [f.batch for f in again] == [48, 40]
 
 
 def test_topology_names():

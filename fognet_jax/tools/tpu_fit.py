@@ -370,15 +370,20 @@ def compile_fit(config, devices: Sequence, *, batch: int, accum: Optional[int] =
   return fit
 
 
-def search(try_batch, unit: int, start: Optional[int] = None, limit: int = 1 << 16) -> list[Fit]:
+def search(try_batch, unit: int, start: Optional[int] = None, limit: int = 1 << 16,
+           known: Sequence[Fit] = ()) -> list[Fit]:
   """Largest multiple of `unit` that fits: doubling from `start` (default `unit`) to the first
-  batch that does not fit, then bisection. `try_batch(b) -> Fit`; returns every Fit tried."""
+  batch that does not fit, then bisection. `try_batch(b) -> Fit`; a batch in `known` (Fits
+  already compiled) is not compiled again. Returns every Fit it compiled."""
   tried: list[Fit] = []
+  seen = {f.batch: f.fits for f in known}
 
   def attempt(b):
-    fit = try_batch(b)
-    tried.append(fit)
-    return fit.fits
+    if b not in seen:
+      fit = try_batch(b)
+      tried.append(fit)
+      seen[b] = fit.fits
+    return seen[b]
 
   b = max(unit, (start or unit) // unit * unit)
   lo, hi = 0, None
@@ -506,7 +511,7 @@ def main(argv) -> int:
   if fv.search:
     unit = fv.search_unit or unit
     start = largest_fit(fits) or unit
-    fits += search(try_batch, unit, start=start)
+    fits += search(try_batch, unit, start=start, known=fits)
   best = largest_fit(fits)
   if fv.json_out:
     with open(fv.json_out, 'w') as f:
