@@ -19,8 +19,8 @@ import ml_collections
 
 from fognet_jax import augment
 from fognet_jax import prompts
+from fognet_jax import input_pipeline
 from fognet_jax import records
-from fognet_jax import worker_pool
 from fognet_jax.models import clip
 from fognet_jax.models import fognet
 
@@ -133,8 +133,9 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
   for key in ('replicate_to_full', 'pixels_on_device'):
     if not isinstance(d.get(key, False), bool):
       _fail(f'data.{key}', f'must be True or False, got {d.get(key)!r}')
-  if d.get('worker_type', 'thread') not in worker_pool.WORKER_TYPES:
-    _fail('data.worker_type', f"must be one of {worker_pool.WORKER_TYPES}, got {d.get('worker_type')!r}")
+  if d.get('worker_type', 'thread') not in input_pipeline.WORKER_TYPES:
+    _fail('data.worker_type',
+          f"must be one of {input_pipeline.WORKER_TYPES}, got {d.get('worker_type')!r}")
   if d.get('train_sim_fog') not in augment.SIM_FOG:
     _fail('data.train_sim_fog', f"must be None or 'homogeneous', got {d.train_sim_fog!r}")
   a = d.augment
