@@ -47,8 +47,8 @@ from fognet_jax import records
 WORKER_TYPES = ("thread", "process")
 # Per-process training samples of an iterator: endless for any run (2**48 / batch steps).
 _ENDLESS = 1 << 48
-_CACHED_STEPS = 64
-_PROFILING_FLAG = "grain_enable_multiprocess_worker_profiling"  # sample ids of this many steps kept, for the examples of one step
+_CACHED_STEPS = 64  # sample ids of this many steps kept, for the examples of one step
+_PROFILING_FLAG = "grain_enable_multiprocess_worker_profiling"
 
 
 def _process(process_index, process_count):
