@@ -71,8 +71,8 @@ def _paired(config, run, graphdef, state) -> float:
   correct = n = 0
   for clean, foggy in zip(*streams):
     assert np.array_equal(clean['label'], foggy['label'])
-    probs = np.asarray(probs_fn(state.params, state.rest, clean['foggy'][:, 0],
-                                foggy['foggy'][:, 0], text))  # view 0 of (B, V, T, H, W, 3)
+    probs = np.asarray(probs_fn(state.params, state.rest, clean['frames'][:, 0],
+                                foggy['frames'][:, 0], text))  # view 0 of (B, V, T, H, W, 3)
     mask = foggy['mask']
     correct += int(np.sum((np.argmax(probs, -1) == foggy['label'])[mask]))
     n += int(np.sum(mask))

@@ -21,8 +21,8 @@ import ml_collections
 
 from fognet_jax import augment
 from fognet_jax import prompts
+from fognet_jax import input_pipeline
 from fognet_jax import records
-from fognet_jax import worker_pool
 from fognet_jax.models import clip
 from fognet_jax.models import fognet
 
@@ -124,8 +124,9 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
     raise ConfigError(str(e)) from e
   if not isinstance(d.get('replicate_to_full', False), bool):
     _fail('data.replicate_to_full', f'must be True or False, got {d.replicate_to_full!r}')
-  if d.get('worker_type', 'thread') not in worker_pool.WORKER_TYPES:
-    _fail('data.worker_type', f"must be one of {worker_pool.WORKER_TYPES}, got {d.get('worker_type')!r}")
+  if d.get('worker_type', 'thread') not in input_pipeline.WORKER_TYPES:
+    _fail('data.worker_type',
+          f"must be one of {input_pipeline.WORKER_TYPES}, got {d.get('worker_type')!r}")
   if d.get('train_sim_fog') not in augment.SIM_FOG:
     _fail('data.train_sim_fog', f"must be None or 'homogeneous', got {d.train_sim_fog!r}")
   a = d.augment

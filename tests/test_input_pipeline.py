@@ -184,7 +184,7 @@ def test_eval_never_touches_clean_and_pads_last_batch():
   batches = list(ip.eval_iterator(cfg, split="test", batch_size=2, source=src, process_index=0,
                                   process_count=1))
   assert len(batches) == 3
-  assert batches[0]["foggy"].shape == (2, 6, 4, 16, 16, 3)
+  assert batches[0]["frames"].shape == (2, 6, 4, 16, 16, 3)
   assert "clean" not in batches[0]
   np.testing.assert_array_equal(batches[-1]["mask"], [True, False])
   np.testing.assert_array_equal(np.concatenate([x["label"][x["mask"]] for x in batches]), np.arange(5))
@@ -380,12 +380,12 @@ def test_clean_stream_evaluation_reads_the_clean_frames():
                                      process_count=1))
   clean = list(ip.eval_iterator(_cfg(), split="test", batch_size=3, source=_Source(3),
                                 process_index=0, process_count=1, stream="clean"))
-  c, f = _unnorm(clean[0]["foggy"]), _unnorm(foggy_only[0]["foggy"])
+  c, f = _unnorm(clean[0]["frames"]), _unnorm(foggy_only[0]["frames"])
   # the source's foggy frames are clean / 2 + 100: views of the clean stream invert that
   assert np.abs(f - (c / 2 + 100 / 255)).max() < 2.5 / 255
   assert np.abs(c - f).mean() > 20 / 255
   expected = augment.make_eval_views({"foggy": _Source(3).items[1]["clean"]}, _cfg())
-  np.testing.assert_allclose(clean[0]["foggy"][1], expected, atol=1e-6)
+  np.testing.assert_allclose(clean[0]["frames"][1], expected, atol=1e-6)
   with pytest.raises(ValueError, match="stream"):
     next(ip.eval_iterator(_cfg(), batch_size=2, source=_Source(2), process_index=0,
                           process_count=1, stream="both"))
@@ -475,8 +475,8 @@ def test_device_eval_views_equal_the_host_path():
                               process_count=1, pixels_on_device=True))
   assert len(host) == len(dev) == 2
   for h, d in zip(host, dev):
-    assert d["foggy"].dtype == np.uint8 and d["foggy"].shape == h["foggy"].shape
+    assert d["frames"].dtype == np.uint8 and d["frames"].shape == h["frames"].shape
     np.testing.assert_array_equal(h["mask"], d["mask"])
     m = h["mask"]
-    np.testing.assert_allclose(np.asarray(pixels.model_input(d["foggy"]))[m], h["foggy"][m],
+    np.testing.assert_allclose(np.asarray(pixels.model_input(d["frames"]))[m], h["frames"][m],
                                atol=2e-5)

@@ -119,7 +119,7 @@ def eval_batches(batch_size: int, num_videos: int = 13, views: int = 2):
     foggy = np.concatenate([foggy, np.zeros((pad,) + foggy.shape[1:], np.float32)])
     labels = np.concatenate([labels, np.zeros(pad, np.int32)])
     fv = np.stack([foggy + 0.01 * v for v in range(views)], axis=1)  # (B, V, T, H, W, 3)
-    yield {'foggy': fv.astype(np.float32), 'label': labels,
+    yield {'frames': fv.astype(np.float32), 'label': labels,
            'mask': np.arange(batch_size) < n}
 
 
