@@ -13,6 +13,10 @@ WORKDIR ?= workdir/demo
 # which would print libtpu's start-up lines and cost a second in every CPU run.
 LIBTPU_VERSION ?= 0.0.42.1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The demo's host allocator: glibc's transparent huge pages for large buffers (1.2x the demo's
+# steps/s on 2 CPU cores; docs/training.md, "Host memory: huge pages"). glibc before 2.35 and
+# other C libraries ignore it; `make demo DEMO_GLIBC_TUNABLES=` runs with glibc's defaults.
+DEMO_GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: demo test venv clean
 
@@ -26,7 +30,8 @@ $(VENV)/.installed: setup.py Makefile
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m fognet_jax.main --config=configs/synthetic.py --workdir=$(WORKDIR)
+	GLIBC_TUNABLES=$(DEMO_GLIBC_TUNABLES) $(PY) -m fognet_jax.main --config=configs/synthetic.py \
+	    --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --durations=15 tests

@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "tensorflow-cpu",
     "tensorflow-datasets",
     "array-record",
+    "grain",  # the input pipeline's loader (fognet_jax.input_pipeline)
     "importlib_resources",
     "pillow",
     "av",

@@ -20,14 +20,11 @@
 #                    figure against, and which config.data.worker_type feeds more here
 #   2b cudnn_b16     FogNet bf16 B=16 with XLA attention, with cuDNN fused attention (tokens
 #                    padded to a multiple of 64 and masked), and with cuDNN and a bfloat16
-#                    residual stream (model.residual_dtype), same process (--tiny: fp32,
+#                    residual stream (perf.residual_dtype), same process (--tiny: fp32,
 #                    fp32+remat and bf16+res16, to run the same plumbing)
 #   3 fognet_b32     FogNet bf16 B=32: torch first, then ours (both do not fit at once on 80 GB)
 #   4 actionclip_b16 ActionCLIP bf16 B=16: ours against torch eager
 #   5 e2e_step       the step alone at the e2e shapes (14 classes), for the e2e comparison
-#   6 fusion_reads   the image tower's gradient (256 images, bf16) with and without
-#                    clip.keep_gradient storing the residual stream's gradient (on by default
-#                    on CPU only): how many stream-sized arrays its fusions read, and time
 #
 # What the GPU host needs (its image has jax, flax, optax, orbax, einops, torch, transformers
 # but not ml_collections nor tensorflow-datasets; it reaches no package index). On the machine
@@ -229,7 +226,7 @@ else
 fi
 
 # 2b: cuDNN fused attention (padded to 256 tokens, masked) against XLA's, then with the
-# towers' residual stream in bfloat16 too (model.residual_dtype), same process; the JSON keeps
+# towers' residual stream in bfloat16 too (perf.residual_dtype), same process; the JSON keeps
 # the variants finished if the last is cut short. With --tiny (no cuDNN on a CPU) the same
 # plumbing runs fp32, fp32+remat and bf16+res16.
 if (( TINY == 0 )); then ATTN_VARIANTS=bf16,bf16+cudnn,bf16+cudnn+res16
@@ -254,11 +251,6 @@ if [[ -f $OUTDIR/e2e_metrics.jsonl ]]; then
 else
   skip_part e2e_step "no end-to-end figure to compare with"
 fi
-
-# 6: does the GPU's backward pass recompute the residual stream's gradient (clip.keep_gradient)?
-if (( TINY == 1 )); then FR=(--model=tiny --images=4 --reps=3); else FR=(--images=256 --dtype=bfloat16 --reps=5); fi
-run_part fusion_reads 90 "$PYTHON" benchmarks/fusion_reads.py "${FR[@]}" \
-    --json_out="$OUTDIR/fusion_reads.json"
 
 "$PYTHON" - "$OUTDIR" <<'PY' | tee "$OUTDIR/summary.md"
 """Gathers the parts' JSON and logs into one Markdown summary."""
@@ -370,21 +362,6 @@ if os.path.exists(pipe):
   if lines:
     print('\n## Input pipeline alone on this host (part 2a)\n')
     print('\n'.join(lines))
-
-d = load('fusion_reads.json')
-if d:
-  m = d['meta']
-  print(f'\n## Part 6: the image tower\'s gradient with and without clip.keep_gradient '
-        f'({m["model"]}, {m["images"]} images, {m["dtype"]}, {m["device_kind"]})\n')
-  print('| | median ms | stream-sized operands of all fusions | largest in one fusion | '
-        'compile s |')
-  print('|---|---|---|---|---|')
-  for name in ('plain', 'kept'):
-    r = d[name]
-    print(f'| {name} | {1e3 * r["median_s"]:.1f} | {r["stream_operands"]} '
-          f'| {(r["largest"] or [0])[0]} | {r["compile_s"]:.1f} |')
-  print(f'\nplain / kept time {d["plain_over_kept"]:.3f}; gradients max relative difference '
-        f'{d["grad_max_rel_diff"]:.1e}; stored by default on {m["default_platforms"]}')
 
 top = os.path.join(out, 'profile_b16_top20.txt')
 if os.path.exists(top):

@@ -17,6 +17,7 @@
 #   ml_collections                 configs (needed by every benchmark)
 #   tensorflow-datasets and its    the input pipeline of the end-to-end run
 #   missing dependencies
+#   grain, cloudpickle, portpicker the input pipeline's loader
 # `promise` has no wheel on PyPI (sdist only): it is built here into a pure-Python wheel.
 # TensorFlow itself (~250 MB+) does not fit the 64 MiB a device call may carry: see
 # gpu_suite.sh for what the end-to-end part then needs.
@@ -48,6 +49,9 @@ WHEELS=(
   termcolor==3.3.0
   toml==0.10.2
   importlib_resources==7.1.0
+  grain==0.2.18
+  cloudpickle==3.1.3
+  portpicker==1.6.0
 )
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" \
     --implementation cp "${PLATFORMS[@]}" -d .whl "${WHEELS[@]}"

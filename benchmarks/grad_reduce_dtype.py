@@ -43,7 +43,7 @@ from fognet_jax import config_lib  # noqa: E402
 from fognet_jax import losses  # noqa: E402
 from fognet_jax import pixels  # noqa: E402
 from fognet_jax import sharding  # noqa: E402
-from fognet_jax.models import fognet  # noqa: E402
+from fognet_jax import weights  # noqa: E402
 
 
 def make_batch(cfg, batch: int, seed: int) -> dict:
@@ -116,7 +116,7 @@ def main():
   rows = []
   for dtype in ('bfloat16', 'float32'):
     cfg.model.dtype = dtype
-    model = fognet.create_model(cfg.model, rngs=nnx.Rngs(args.seed))
+    model = weights.create_model(cfg.model, rngs=nnx.Rngs(args.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = jax.device_put((params, rest), sharding.replicated(mesh))
     text_tokens = jnp.asarray(np.random.default_rng(args.seed).integers(

@@ -10,16 +10,17 @@
 2. Builds (or reuses) `synthetic_fog_act/bench224` (224x224, 16 frames) and measures
    training clip pairs/s at 8x224x224 (paired decode + augmentation + normalisation)
    and foggy-only evaluation clips/s (1x1 view), for each worker count and kind
-   (`config.data.worker_type`: threads, or spawned processes), plus the rate per busy core
+   (`config.data.worker_type`: Grain's reading threads, or its spawned worker processes
+   returning batches in shared memory), plus the rate per busy core
    (CPU time of the process and its workers / wall time), the main process's own CPU time
    per clip (with process workers: receiving and stacking the results; the cap of what one
    main process can take in) and the workers' resident memory; for each place the per-pixel
-   float work runs (`config.data.pixels_on_device`): 'host' (jitter and normalisation in
+   float work runs (`config.perf.pixels_on_device`): 'host' (jitter and normalisation in
    NumPy, float32 batches) or 'device' (uint8 batches; the same work in the jitted step,
    timed separately on jax's default backend, with the bytes each clip sends).
-Training is timed after `--warmup` batches, when process workers have paged in their
-shared-memory slots; evaluation within its one pass over the test split (a new pass starts
-a new worker pool), so its process-worker figures include that start.
+Training is timed after `--warmup` batches, when process workers have started; evaluation
+within its one pass over the test split (a new pass starts new workers), so its
+process-worker figures include that start.
 """
 import argparse
 import os
@@ -41,7 +42,6 @@ from fognet_jax import config_lib  # pylint: disable=g-import-not-at-top
 from fognet_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
 from fognet_jax import pixels  # pylint: disable=g-import-not-at-top
 from fognet_jax import records  # pylint: disable=g-import-not-at-top
-from fognet_jax import worker_pool  # pylint: disable=g-import-not-at-top
 from tfds_fogact import common  # pylint: disable=g-import-not-at-top
 
 
@@ -89,10 +89,9 @@ def build(name, data_dir):
 def measure(it, steps, per_batch, warmup=1):
   """(clips/s, busy cores, clips/s per busy core, parent's CPU ms per clip, workers' MiB).
 
-  `warmup` batches are taken first. The first waits for the worker pool; with process
-  workers, the results submitted before the first came back take the pipe, and each
-  shared-memory slot is paged in on its first use, in the worker and in the main process:
-  the rates of the first few batches are below the steady state's.
+  `warmup` batches are taken first. The first waits for the workers to start (process
+  workers: spawned, importing the package): the rates of the first few batches are below
+  the steady state's.
   """
   for _ in range(warmup):
     next(it)
@@ -153,8 +152,8 @@ def main():
   places = [p.strip() for p in args.pixels.split(",")]
   kinds = [k.strip() for k in args.worker_type.split(",")]
   for kind in kinds:
-    if kind not in worker_pool.WORKER_TYPES:
-      raise SystemExit(f"--worker_type: unknown {kind!r} ({', '.join(worker_pool.WORKER_TYPES)})")
+    if kind not in ip.WORKER_TYPES:
+      raise SystemExit(f"--worker_type: unknown {kind!r} ({', '.join(ip.WORKER_TYPES)})")
   for place in places:
     if place not in ("host", "device"):
       raise SystemExit(f"--pixels: unknown place {place!r} (host, device)")
@@ -163,8 +162,9 @@ def main():
     for kind in kinds:
       cfg.worker_type = kind
       for place in places:
-        cfg.pixels_on_device = place == "device"
-        it = ip.train_iterator(cfg, batch_size=args.batch, seed=0, process_index=0, process_count=1)
+        on_device = place == "device"
+        it = ip.train_iterator(cfg, batch_size=args.batch, seed=0, process_index=0, process_count=1,
+                               pixels_on_device=on_device)
         rows.append(("train pairs (clean+foggy, augmented)", place, kind, workers)
                     + measure(it, args.steps, args.batch, warmup=max(1, args.warmup)))
         batch = next(it)
@@ -172,7 +172,7 @@ def main():
         sizes[("train", place)] = sum(v.nbytes for v in batch.values()) / args.batch
         # within one pass over the test split: a new pass would start a new worker pool
         it = ip.eval_iterator(cfg, split="test", batch_size=args.batch, process_index=0,
-                              process_count=1)
+                              process_count=1, pixels_on_device=on_device)
         rows.append(("eval clips (foggy only, 1x1 view)", place, kind, workers)
                     + measure(it, eval_steps, args.batch))
         it.close()

@@ -28,7 +28,7 @@ from flax import nnx  # noqa: E402
 
 from fognet_jax import config_lib  # noqa: E402
 from fognet_jax import losses  # noqa: E402
-from fognet_jax.models import fognet  # noqa: E402
+from fognet_jax import weights  # noqa: E402
 
 VARIANTS = {
     "baseline": dict(arch="actionclip"),
@@ -47,7 +47,6 @@ def make_cfg(args, changes):
   cfg.backbone = args.backbone
   cfg.dtype = args.dtype
   cfg.remat = args.remat
-  cfg.attention_impl = args.attention_impl
   if args.image_size:
     cfg.clip_overrides.image_size = args.image_size
   for key, value in changes.items():
@@ -57,7 +56,7 @@ def make_cfg(args, changes):
 
 
 def build_step(cfg, args):
-  model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
+  model = weights.create_model(cfg, rngs=nnx.Rngs(0), attention_impl=args.attention_impl)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   loss_cfg = config_lib.load_config("fogact").loss
 

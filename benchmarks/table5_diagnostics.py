@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from fognet_jax import config_lib
 from fognet_jax import evaluate
 from fognet_jax import input_pipeline
 from fognet_jax import losses
@@ -42,7 +43,8 @@ def _top1(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def _single_stream(config, run, graphdef, state, split: str, stream: str) -> float:
   batches = input_pipeline.eval_iterator(config.data, split=split,
-                                         batch_size=config.eval.batch_size, stream=stream)
+                                         batch_size=config.eval.batch_size, stream=stream,
+                                         pixels_on_device=config.perf.pixels_on_device)
   probs, labels = evaluate.run_eval(graphdef, state.params, state.rest, mesh=run.mesh,
                                     batches=batches, prompt_tokens=run.prompt_tokens,
                                     num_templates=config.eval.num_templates)
@@ -64,12 +66,13 @@ def _paired(config, run, graphdef, state) -> float:
 
   # The evaluation iterator of each stream: the same examples in the same order and padding.
   streams = [input_pipeline.eval_iterator(config.data, batch_size=config.eval.batch_size,
-                                          stream=s) for s in ('clean', 'foggy')]
+                                          stream=s, pixels_on_device=config.perf.pixels_on_device)
+             for s in ('clean', 'foggy')]
   correct = n = 0
   for clean, foggy in zip(*streams):
     assert np.array_equal(clean['label'], foggy['label'])
-    probs = np.asarray(probs_fn(state.params, state.rest, clean['foggy'][:, 0],
-                                foggy['foggy'][:, 0], text))  # view 0 of (B, V, T, H, W, 3)
+    probs = np.asarray(probs_fn(state.params, state.rest, clean['frames'][:, 0],
+                                foggy['frames'][:, 0], text))  # view 0 of (B, V, T, H, W, 3)
     mask = foggy['mask']
     correct += int(np.sum((np.argmax(probs, -1) == foggy['label'])[mask]))
     n += int(np.sum(mask))
@@ -78,7 +81,7 @@ def _paired(config, run, graphdef, state) -> float:
 
 def diagnose(run_dir: str) -> dict:
   with open(os.path.join(run_dir, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(config_lib.upgrade_saved_config(json.load(f)))
   run = main_lib.setup(config)
   graphdef, state = main_lib.restore_state(config, run.mesh, run_dir)
   row = {'run': run_dir, 'arch': config.model.arch}

@@ -18,9 +18,8 @@ GPU, JAX's memory preallocation is switched off so that both frameworks fit; eac
 measurement returns its cached blocks before the next one. When ours and torch do not both fit
 on the device at once, use `--repeats=1 --order=torch_first` (torch runs before our first step).
 
-Host memory: like `python -m fognet_jax.main`, this restarts itself with glibc's transparent
-huge pages for large buffers (fognet_jax/host_memory.py; `FOGNET_JAX_HUGE_PAGES=0` for glibc's
-defaults); the table's header says which.
+Host memory: the table's header and the JSON give the `GLIBC_TUNABLES` the process ran with
+(e.g. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` for transparent huge pages, docs/training.md).
 
 --profile_dir=DIR: after the timing, a `jax.profiler` trace of `--profile_steps` steps per
 variant (DIR/<variant>/), and the top ops by self time from its Perfetto trace
@@ -49,19 +48,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fognet_jax import host_memory  # pylint: disable=g-import-not-at-top
-
-if __name__ == '__main__':
-  # The host allocator `python -m fognet_jax.main` runs with (both sides of --compare_torch
-  # share it); FOGNET_JAX_HUGE_PAGES=0 measures glibc's defaults.
-  host_memory.reexec_with_huge_pages()
-
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 _BACKBONE = flags.DEFINE_string('backbone', 'tiny', 'CLIP backbone name (clip.CONFIGS key).')
 _IMAGE = flags.DEFINE_integer('image_size', 32, 'Frame resolution.')
@@ -84,7 +75,7 @@ _ARCH = flags.DEFINE_enum('arch', 'fognet', ['fognet', 'actionclip'], 'Model arc
 _ACCUM = flags.DEFINE_integer('accum', 1, 'Gradient accumulation micro-batches.')
 _FREEZE_TEXT = flags.DEFINE_bool('freeze_text', False, 'Freeze the text tower.')
 _ATTN = flags.DEFINE_string('attention_impl', None,
-                            "model.attention_impl: None (automatic), 'xla' or 'cudnn'.")
+                            "perf.attention_impl: None (automatic), 'xla' or 'cudnn'.")
 _JSON = flags.DEFINE_string('json_out', None, 'Write the results as JSON here.')
 _PEAK = flags.DEFINE_float('peak_flops', None,
                            'Peak FLOP/s of one device for MFU; overrides the PEAK_FLOPS table.')
@@ -231,11 +222,11 @@ def _config(variant: str):
   cfg.model.dtype = {'fp32': 'float32', 'bf16': 'bfloat16'}[parts[0]]
   cfg.model.remat = 'remat' in parts
   if _ATTN.value:
-    cfg.model.attention_impl = _ATTN.value
+    cfg.perf.attention_impl = _ATTN.value
   if 'cudnn' in parts:  # cuDNN fused attention (sequences padded to a multiple of 64)
-    cfg.model.attention_impl = 'cudnn'
+    cfg.perf.attention_impl = 'cudnn'
   if 'res16' in parts:  # the towers' residual stream in bfloat16 too
-    cfg.model.residual_dtype = 'bfloat16'
+    cfg.perf.residual_dtype = 'bfloat16'
   cfg.mesh.fsdp = 'fsdp' in parts
   cfg.model.clip_overrides.image_size = _IMAGE.value
   cfg.model.clip_overrides.vocab_size = _VOCAB.value
@@ -273,12 +264,13 @@ class OurStep:
 
   def __init__(self, variant: str):
     from fognet_jax import augment, config_lib, losses, sharding, train  # pylint: disable=g-import-not-at-top
-    from fognet_jax.models import clip, fognet  # pylint: disable=g-import-not-at-top
+    from fognet_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+    from fognet_jax.models import clip  # pylint: disable=g-import-not-at-top
     self.variant = variant
     cfg = _config(variant)
     mesh = sharding.make_mesh(-1)
     config_lib.validate(cfg, num_devices=mesh.size)
-    model = fognet.create_model(cfg.model, rngs=nnx.Rngs(0))
+    model = main_lib.create_model(cfg)
     self.clip_cfg = model.clip.config
     self.streams = _streams(cfg)
     schedule = train.make_schedule(cfg.train, 1000, 0)
@@ -299,7 +291,7 @@ class OurStep:
     tokens[..., _PROMPT_LEN.value:] = 0  # padding
     tokens = prompts.trim_context(tokens)  # (16, C, prompt_len), as main.setup does
     self.tokens = jax.device_put(jnp.asarray(tokens), sharding.replicated(mesh))
-    if cfg.data.pixels_on_device:  # what training sends: uint8 frames + colour chains
+    if cfg.perf.pixels_on_device:  # what training sends: uint8 frames + colour chains
       jitter = [augment.sample_color_jitter(rng, cfg.data.augment) for _ in range(b)]
       batch = {'clean': rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
                'foggy': rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
@@ -426,7 +418,7 @@ def _print_tables(results, devices) -> None:
         f'classes {_CLASSES.value} prompt_len {_PROMPT_LEN.value} accum {_ACCUM.value} arch {_ARCH.value}, {len(devices)} x '
         f'{devices[0].device_kind}, {results[0]["params"] / 1e6:.1f}M params, '
         f'{base["step_tflops"]:.4g} TFLOP/step (analytic), peak {base["peak_source"]}')
-  print(host_memory.describe())
+  print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
   print(f'{"variant":<16}{"pairs/s":>10}{"ratio":>8}{"step ms":>10}{"TFLOP/s":>10}{"MFU":>8}'
         f'{"XLA mem GiB":>13}{"mem ratio":>10}{"compile s":>11}{"loss":>9}')
   for r in results:

@@ -18,11 +18,29 @@ Ablations: comma-separated tokens after the colon, read by `apply_variant` below
 The other recipes start from this one: configs/ucf101_fog.py, hmdb51_fog.py and
 kinetics100_fog.py change the dataset; configs/synthetic.py changes what a small model trained
 from scratch on CPU needs. Every key is checked at start-up by `fognet_jax.config_lib.validate`.
+
+Config files import only ml_collections, the standard library and each other (by path:
+`configs/` is a directory of files, not a package), so that reading a recipe costs nothing.
 """
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from fognet_jax import config_lib
+# The OpenAI CLIP weights of each backbone: a Hugging Face hub name, or for the ResNets (which
+# OpenAI publishes only as TorchScript .pt files) the file OpenAI names, in the working directory.
+PRETRAINED_WEIGHTS = {
+    'ViT-B/32': 'openai/clip-vit-base-patch32',
+    'ViT-B/16': 'openai/clip-vit-base-patch16',
+    'ViT-L/14': 'openai/clip-vit-large-patch14',
+    'ViT-L/14@336': 'openai/clip-vit-large-patch14-336',
+    'RN50': './RN50.pt',
+    'RN101': './RN101.pt',
+    'RN50x4': './RN50x4.pt',
+}
+
+# CLIPConfig fields a randomly initialised model may override (`model.clip_overrides`).
+CLIP_OVERRIDE_KEYS = ('embed_dim', 'image_size', 'patch_size', 'vision_width', 'vision_layers',
+                      'vision_heads', 'context_length', 'vocab_size', 'text_width',
+                      'text_layers', 'text_heads')
 
 
 def get_config(arg=None):
@@ -61,9 +79,6 @@ def get_config(arg=None):
   # each, frames back through /dev/shm; see docs/data.md)
   d.worker_type = 'thread'
   d.prefetch = 2                # batches prepared ahead
-  # Send uint8 frames and each pair's colour jitter as affine maps; the jitter and CLIP
-  # normalisation run in the jitted step (fognet_jax.pixels). False: float32 from the host.
-  d.pixels_on_device = True
   # ActionCLIP's augmentation, one draw per pair applied to both streams.
   a = d.augment = ml_collections.ConfigDict()
   a.enabled = True
@@ -88,17 +103,13 @@ def get_config(arg=None):
   # None: random initialisation; else an OpenAI .pt file, a Hugging Face directory, an Orbax
   # directory written by clip_weights.save, or a hub name (the config then comes from it).
   # Typed `object`, like clip_overrides below: `--config.model.init_from=None` gives None.
-  m.init_from = ml_collections.FieldReference(config_lib.pretrained_name('ViT-B/16'),
+  m.init_from = ml_collections.FieldReference(PRETRAINED_WEIGHTS['ViT-B/16'],
                                               field_type=object)
   m.dtype = 'bfloat16'          # compute dtype; parameters and losses stay float32
   m.remat = False               # rematerialise the tower blocks in the backward pass
-  m.attention_impl = placeholder(str)  # None / 'xla' (einsum) | 'cudnn' (fused, GPU)
-  # The CLIP transformers' residual stream between blocks: None (float32) | model.dtype
-  # (16-bit activations throughout; opt-in until measured on a GPU, see docs/clip.md)
-  m.residual_dtype = placeholder(str)
   # CLIPConfig fields replacing the backbone's (random initialisation only); None = keep.
   m.clip_overrides = ml_collections.ConfigDict(
-      {k: placeholder(object) for k in config_lib.CLIP_OVERRIDE_KEYS})
+      {k: placeholder(object) for k in CLIP_OVERRIDE_KEYS})
   # Fog-Aware Selection (eqs. 1-2): self-attention over the clean and foggy frame embeddings
   # joined by `concat`: 'channels' (T tokens of width 2D: both streams weigh the frames, each
   # stream keeps its own; eq. 1's sums run to T as written, and the foggy output, like the
@@ -164,7 +175,6 @@ def get_config(arg=None):
   t.log_every_steps = 50
   t.checkpoint_every_steps = 500
   t.keep_checkpoints = 3
-  t.async_checkpointing = True
 
   # ---------------------------------------------------------------------------------- eval
   e = config.eval = ml_collections.ConfigDict()
@@ -173,14 +183,28 @@ def get_config(arg=None):
   e.num_templates = -1          # prompt templates averaged at test time; -1 = all
   e.confusion_matrix = True     # confusion_matrix.png (paper Figure 7)
 
-  # ---------------------------------------------------------------------- mesh, processes
+  # ----------------------------------------------------------------------- mesh, processes
   config.mesh = ml_collections.ConfigDict()
   config.mesh.fsdp = False      # shard parameters and AdamW moments over the data axis
-  config.mesh.fsdp_min_size = 2 ** 14  # arrays with fewer elements stay replicated
   config.mesh.num_devices = -1  # -1 = all devices of all processes
   # 'auto': jax.distributed.initialize() when the environment describes a multi-process job
   # (TPU pod slices, SLURM, JAX_COORDINATOR_ADDRESS); True: always; False: never.
   config.distributed = ml_collections.ConfigDict(dict(initialize='auto'))
+
+  # ---------------------------------------------------------------------------------- perf
+  # How a run computes, not what it learns: speed and memory options that leave its results
+  # the same up to floating-point rounding (docs/training.md, "Performance options").
+  p = config.perf = ml_collections.ConfigDict()
+  # Send uint8 frames and each pair's colour jitter as affine maps; the jitter and CLIP
+  # normalisation run in the jitted step (fognet_jax.pixels). False: float32 from the host.
+  p.pixels_on_device = True
+  p.attention_impl = placeholder(str)  # CLIP's attention: None / 'xla' (einsum) | 'cudnn' (GPU)
+  # The CLIP transformers' residual stream between blocks: None (float32) | model.dtype
+  # (16-bit activations throughout; opt-in until measured on a GPU, see docs/clip.md)
+  p.residual_dtype = placeholder(str)
+  p.fsdp_min_size = 2 ** 14     # with mesh.fsdp: arrays with fewer elements stay replicated
+  p.async_checkpointing = True  # write checkpoints in a background thread
+
   return apply_variant(config, arg)
 
 
@@ -251,7 +275,7 @@ def apply_variant(config, arg):
     elif key in _BACKBONES:
       config.model.backbone = _BACKBONES[key]
       if config.model.init_from:
-        config.model.init_from = config_lib.pretrained_name(config.model.backbone)
+        config.model.init_from = PRETRAINED_WEIGHTS.get(config.model.backbone)
     elif key.startswith('frames'):
       config.data.num_frames = int(value or key[len('frames'):])
     elif key.startswith('views'):

@@ -8,9 +8,20 @@ directory (see docs/data.md); the clean stream is kept, so training is paired as
 This file takes configs/fogact.py's recipe and changes the dataset; variants as there, e.g.
 `--config=configs/kinetics100_fog.py:frames=4,views=4x1`.
 """
-from fognet_jax import config_lib
+import importlib.util
+import os
 
-fogact = config_lib.import_config_file(__file__, 'fogact.py')
+
+def _config_file(name):
+  """The module of configs/<name>.py, loaded by path (configs/ is not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'fognet_configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+fogact = _config_file('fogact')
 
 
 def get_config(arg=None):

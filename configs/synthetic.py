@@ -20,11 +20,20 @@ starts from; variants as there, e.g. `configs/synthetic.py:baseline`, plus
              for 1500 steps (β = 1 for L_temp, learning rate 2e-3); the second regime of
              benchmarks/RESULTS.md's Table 5.
 """
+import importlib.util
 import os
 
-from fognet_jax import config_lib
 
-fogact = config_lib.import_config_file(__file__, 'fogact.py')
+def _config_file(name):
+  """The module of configs/<name>.py, loaded by path (configs/ is not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'fognet_configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+fogact = _config_file('fogact')
 
 # The committed pretrained towers (a clip_weights.save directory).
 PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -16,9 +16,20 @@ Logged every 10 steps: the first interval includes compilation, the later ones a
 Starts from configs/fogact.py's recipe; variants as there (e.g.
 `configs/synthetic_224.py:actionclip`).
 """
-from fognet_jax import config_lib
+import importlib.util
+import os
 
-fogact = config_lib.import_config_file(__file__, 'fogact.py')
+
+def _config_file(name):
+  """The module of configs/<name>.py, loaded by path (configs/ is not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'fognet_configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+fogact = _config_file('fogact')
 
 
 def get_config(arg=None):

@@ -13,9 +13,20 @@ DIR is a `clip_weights.save` directory that `model.init_from` loads like OpenAI 
 Face weights. The committed copy is `pretrained/synthetic_tiny_clip/` (its figures and the
 command that made it are in pretrained/README.md).
 """
-from fognet_jax import config_lib
+import importlib.util
+import os
 
-synthetic = config_lib.import_config_file(__file__, 'synthetic.py')
+
+def _config_file(name):
+  """The module of configs/<name>.py, loaded by path (configs/ is not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'fognet_configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+synthetic = _config_file('synthetic')
 
 
 def get_config(arg=None):

@@ -1,16 +1,18 @@
 """Config files and their start-up validation.
 
 A recipe is one file in `configs/` with `get_config(arg)` returning the whole `ConfigDict`
-(`configs/fogact.py` spells out every key; the other files start from it). This module:
+(`configs/fogact.py` spells out every key; the other files start from it). Config files import
+only ml_collections and the standard library; this module holds what needs the package:
 
-  import_config_file   the module of a config file, for files that build on another
   load_config          'configs/fogact.py:baseline' -> ConfigDict (tools and tests)
-  pretrained_name      the OpenAI weights of a backbone
+  upgrade_saved_config a run's config.json in today's layout (the `perf` block)
   validate             one check per config block, run once at start-up before any data or
                        model work; a `ConfigError` names the key of the first impossible value
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 import os
 from typing import Any, Optional
@@ -19,18 +21,13 @@ import ml_collections
 
 from fognet_jax import augment
 from fognet_jax import prompts
+from fognet_jax import input_pipeline
 from fognet_jax import records
-from fognet_jax import worker_pool
 from fognet_jax.models import clip
 from fognet_jax.models import fognet
 
 # The repository's config directory (relative config names resolve here).
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-
-# CLIPConfig fields a from-scratch model may override (`model.clip_overrides`).
-CLIP_OVERRIDE_KEYS = ('embed_dim', 'image_size', 'patch_size', 'vision_width', 'vision_layers',
-                      'vision_heads', 'context_length', 'vocab_size', 'text_width',
-                      'text_layers', 'text_heads')
 
 ARCHS = ('fognet', 'actionclip')
 FUSIONS = ('mean', 'transformer')
@@ -39,42 +36,8 @@ LOSS_KINDS = ('fognet', 'actionclip_kl')
 DTYPES = ('float32', 'bfloat16', 'float16')
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')
 
-_PRETRAINED = {
-    'ViT-B/32': 'openai/clip-vit-base-patch32',
-    'ViT-B/16': 'openai/clip-vit-base-patch16',
-    'ViT-L/14': 'openai/clip-vit-large-patch14',
-    'ViT-L/14@336': 'openai/clip-vit-large-patch14-336',
-    # OpenAI publishes its ResNet CLIPs only as TorchScript .pt files (no Hugging Face
-    # checkpoints): the default is the file OpenAI names, in the working directory.
-    'RN50': './RN50.pt',
-    'RN101': './RN101.pt',
-    'RN50x4': './RN50x4.pt',
-}
-
-
-def pretrained_name(backbone: str) -> Optional[str]:
-  """Hub name (or default .pt file) of the OpenAI CLIP weights for a backbone."""
-  return _PRETRAINED.get(backbone)
-
 
 # ------------------------------------------------------------------------------ config files
-
-def import_config_file(base: str, path: str) -> Any:
-  """The module of config file `path` (relative to `base`'s directory when `base` is a file).
-
-  `configs/` is not a package; a recipe that builds on another one reads it with
-  `fogact = config_lib.import_config_file(__file__, 'fogact.py')`.
-  """
-  directory = os.path.dirname(os.path.abspath(base)) if os.path.isfile(base) else base
-  full = os.path.join(directory, path)
-  if not os.path.isfile(full):
-    raise FileNotFoundError(f'config file {full} does not exist')
-  name = 'fognet_config_' + os.path.splitext(os.path.basename(full))[0]
-  spec = importlib.util.spec_from_file_location(name, full)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """'fogact', 'configs/synthetic.py:baseline' or '/path/file.py:arg' -> its ConfigDict.
@@ -86,7 +49,36 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     path += '.py'
   if not os.path.isfile(path):
     path = os.path.join(CONFIG_DIR, os.path.basename(path))
-  return import_config_file(os.getcwd(), path).get_config(arg or None)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file {path} does not exist')
+  name = 'fognet_config_' + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+# The keys of the `perf` block, each with the place a config.json written before the block
+# existed holds it, and the behaviour of a run whose config.json lacks it.
+PERF_KEYS: dict[str, tuple[tuple[str, str], Any]] = {
+    'pixels_on_device': (('data', 'pixels_on_device'), False),
+    'attention_impl': (('model', 'attention_impl'), None),
+    'residual_dtype': (('model', 'residual_dtype'), None),
+    'fsdp_min_size': (('mesh', 'fsdp_min_size'), 2 ** 14),
+    'async_checkpointing': (('train', 'async_checkpointing'), True),
+}
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+  """A run's config.json (as a dict) with a `perf` block: keys of `PERF_KEYS` found at their
+  older places move there, missing ones get the behaviour the run had without them."""
+  config = copy.deepcopy(saved)
+  perf = config.setdefault('perf', {})
+  for key, ((block, old), default) in PERF_KEYS.items():
+    held = config.get(block)
+    value = held.pop(old, default) if isinstance(held, dict) else default
+    perf.setdefault(key, value)
+  return config
 
 
 # --------------------------------------------------------------------------------- validation
@@ -130,11 +122,11 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
       records.perspective_filter(d, role)
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  for key in ('replicate_to_full', 'pixels_on_device'):
-    if not isinstance(d.get(key, False), bool):
-      _fail(f'data.{key}', f'must be True or False, got {d.get(key)!r}')
-  if d.get('worker_type', 'thread') not in worker_pool.WORKER_TYPES:
-    _fail('data.worker_type', f"must be one of {worker_pool.WORKER_TYPES}, got {d.get('worker_type')!r}")
+  if not isinstance(d.get('replicate_to_full', False), bool):
+    _fail('data.replicate_to_full', f'must be True or False, got {d.replicate_to_full!r}')
+  if d.get('worker_type', 'thread') not in input_pipeline.WORKER_TYPES:
+    _fail('data.worker_type',
+          f"must be one of {input_pipeline.WORKER_TYPES}, got {d.get('worker_type')!r}")
   if d.get('train_sim_fog') not in augment.SIM_FOG:
     _fail('data.train_sim_fog', f"must be None or 'homogeneous', got {d.train_sim_fog!r}")
   a = d.augment
@@ -164,11 +156,6 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     _fail('model.backbone', f'unknown backbone {m.backbone!r}; known: {sorted(clip.CONFIGS)}')
   if m.dtype not in DTYPES:
     _fail('model.dtype', f"must be 'float32', 'bfloat16' or 'float16', got {m.dtype!r}")
-  if m.attention_impl not in ATTENTION_IMPLS:
-    _fail('model.attention_impl', f"must be None, 'xla' or 'cudnn', got {m.attention_impl!r}")
-  if m.get('residual_dtype') not in (None, 'float32', m.dtype):
-    _fail('model.residual_dtype', f"must be None, 'float32' or model.dtype ({m.dtype!r}), "
-          f"got {m.residual_dtype!r}")
   if m.temporal_fusion not in FUSIONS:
     _fail('model.temporal_fusion', f'must be one of {FUSIONS}, got {m.temporal_fusion!r}')
   if m.train_stream not in TRAIN_STREAMS:
@@ -185,10 +172,10 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
   _positive_ints(m, 'model', ('max_frames',))
   _positive_ints(m, 'model', ('temporal_layers',), minimum=0)
   overrides = {k: v for k, v in m.clip_overrides.items() if v is not None}
-  unknown = sorted(set(m.clip_overrides) - set(CLIP_OVERRIDE_KEYS))
+  fields = [f.name for f in dataclasses.fields(clip.CLIPConfig)]
+  unknown = sorted(set(m.clip_overrides) - set(fields))
   if unknown:
-    _fail('model.clip_overrides', f'unknown CLIPConfig field(s) {unknown}; known: '
-          f'{list(CLIP_OVERRIDE_KEYS)}')
+    _fail('model.clip_overrides', f'unknown CLIPConfig field(s) {unknown}; known: {fields}')
   # The overrides and init_from take any type, so that None can be given on the command line.
   _positive_ints(m.clip_overrides, 'model.clip_overrides', sorted(overrides))
   if m.init_from is not None and not isinstance(m.init_from, str):
@@ -256,7 +243,19 @@ def _check_templates(key: str, n: int) -> None:
 def validate_mesh(mesh: ml_collections.ConfigDict) -> None:
   if mesh.num_devices != -1:
     _positive_ints(mesh, 'mesh', ('num_devices',))
-  _positive_ints(mesh, 'mesh', ('fsdp_min_size',), minimum=0)
+
+
+def validate_perf(perf: ml_collections.ConfigDict, *, dtype: str) -> None:
+  """The `perf` block; `dtype` is model.dtype, the one 16-bit residual stream allowed."""
+  for key in ('pixels_on_device', 'async_checkpointing'):
+    if not isinstance(perf[key], bool):
+      _fail(f'perf.{key}', f'must be True or False, got {perf[key]!r}')
+  if perf.attention_impl not in ATTENTION_IMPLS:
+    _fail('perf.attention_impl', f"must be None, 'xla' or 'cudnn', got {perf.attention_impl!r}")
+  if perf.residual_dtype not in (None, 'float32', dtype):
+    _fail('perf.residual_dtype', f"must be None, 'float32' or model.dtype ({dtype!r}), "
+          f"got {perf.residual_dtype!r}")
+  _positive_ints(perf, 'perf', ('fsdp_min_size',), minimum=0)
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: Optional[int] = None,
@@ -266,7 +265,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: Optional[int] = 
   Cheap: no I/O but `stat` of the paths the config names. `num_devices` (the mesh size) adds
   the divisibility checks of the batch sizes.
   """
-  for block in ('data', 'model', 'loss', 'train', 'eval', 'mesh'):
+  for block in ('data', 'model', 'loss', 'train', 'eval', 'mesh', 'perf'):
     if block not in config:
       _fail(block, 'missing block')
   validate_data(config.data)
@@ -275,3 +274,4 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: Optional[int] = 
   validate_train(config.train, num_devices=num_devices, num_processes=num_processes)
   validate_eval(config.eval, num_devices=num_devices)
   validate_mesh(config.mesh)
+  validate_perf(config.perf, dtype=config.model.dtype)

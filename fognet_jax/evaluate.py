@@ -121,16 +121,17 @@ def make_text_encoder(graphdef, mesh):
 
 
 def make_predict_step(graphdef, mesh):
-  """jit: (params, rest, foggy (B, V, T, H, W, 3), text (K, C, D)) -> (B, C) view-mean probs.
+  """jit: (params, rest, frames (B, V, T, H, W, 3), text (K, C, D)) -> (B, C) view-mean probs.
 
-  `foggy`: uint8 pixels (normalised here) or float frames normalised on the host."""
+  `frames`: the views of one stream, uint8 pixels (normalised here) or float frames
+  normalised on the host."""
   data = sharding_lib.batch_sharding(mesh)
   rep = sharding_lib.replicated(mesh)
 
-  def predict(params, rest, foggy, text_emb):
+  def predict(params, rest, frames, text_emb):
     model = nnx.merge(graphdef, params, rest)
-    v = foggy.shape[1]
-    x = einops.rearrange(pixels.model_input(foggy), 'b v t h w c -> (b v) t h w c')
+    v = frames.shape[1]
+    x = einops.rearrange(pixels.model_input(frames), 'b v t h w c -> (b v) t h w c')
     probs = model.predict(x, text_emb)  # (B*V, C), averaged over the K templates
     probs = einops.rearrange(probs, '(b v) c -> b v c', v=v)
     return jnp.mean(probs.astype(jnp.float32), axis=1)  # (B, C)
@@ -162,8 +163,8 @@ def run_eval(graphdef, params, rest, *, mesh, batches: Iterable[dict], prompt_to
   predict = make_predict_step(graphdef, mesh)
   all_probs, all_labels = [], []
   for batch in batches:
-    arrays = sharding_lib.put_global_batch({'foggy': np.asarray(batch['foggy'])}, mesh)
-    probs = predict(params, rest, arrays['foggy'], text_emb)  # global (B_global, C)
+    arrays = sharding_lib.put_global_batch({'frames': np.asarray(batch['frames'])}, mesh)
+    probs = predict(params, rest, arrays['frames'], text_emb)  # global (B_global, C)
     if jax.process_count() == 1:
       probs = np.asarray(jax.device_get(probs))
     else:
@@ -186,7 +187,7 @@ def evaluate_state(config: ml_collections.ConfigDict, graphdef, state, *, mesh,
   """Evaluates a train state on the test batches; returns the results dict.
 
   `batches`: the test views (`input_pipeline.eval_iterator` of `config.data.eval_split`, the
-  stream `config.eval.stream`; under the key 'foggy' whichever stream it is);
+  stream `config.eval.stream`, under the key 'frames');
   `prompt_tokens` (K, C, L): the class prompts, of which the first `config.eval.num_templates`
   are averaged. With `workdir`, process 0 writes confusion_matrix.png there.
   """

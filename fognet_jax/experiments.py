@@ -28,13 +28,7 @@ rewritten from what has finished:
 """
 from __future__ import annotations
 
-from fognet_jax import host_memory  # the standard library only
-
-if __name__ == '__main__':
-  # Huge pages for the host's large buffers, as for fognet_jax.main: restart once, first.
-  host_memory.reexec_with_huge_pages()
-
-import dataclasses  # pylint: disable=g-import-not-at-top
+import dataclasses
 import hashlib
 import json
 import os
@@ -164,6 +158,11 @@ HASH_NEUTRAL = {('model', 'fas', 'concat'): 'tokens', ('model', 'residual_dtype'
 def _canonical(config: ml_collections.ConfigDict) -> dict:
   d = config.to_dict()
   d.pop('seed', None)
+  # The perf keys hash at the places runs made before the `perf` block kept them.
+  perf = d.pop('perf', {})
+  for key, ((block, old), _) in config_lib.PERF_KEYS.items():
+    if key in perf and isinstance(d.get(block), dict):
+      d[block][old] = perf[key]
   for (*parents, leaf), neutral in HASH_NEUTRAL.items():
     block = d
     for name in parents:
@@ -241,7 +240,7 @@ def plan(base: str, tables: Sequence[str], seeds: Sequence[int], workdir: str,
   return jobs
 
 
-def resolve_steps(base: str, steps: Optional[int]) -> tuple[Optional[int], str]:
+def steps_override(base: str, steps: Optional[int]) -> tuple[Optional[int], str]:
   """(train.num_train_steps override or None, where the run length comes from)."""
   if steps is not None:
     return steps, '--steps'
@@ -483,7 +482,7 @@ def main(argv):
   base = config_flags.get_config_filename(config_flag)
   overrides = config_flags.get_override_values(config_flag)
   workdir = flags.FLAGS.workdir
-  steps, source = resolve_steps(base, _STEPS.value)
+  steps, source = steps_override(base, _STEPS.value)
   seeds = [int(s) for s in _SEEDS.value]
   jobs = plan(base, _TABLES.value, seeds, workdir, steps, overrides)
   steps_info = dict(config=base, overrides={k: str(v) for k, v in overrides.items()},

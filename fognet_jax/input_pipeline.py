@@ -1,41 +1,54 @@
-"""Paired clean/foggy batch iterators: training and evaluation, per process.
+"""Paired clean/foggy batch iterators, training and evaluation, per process, on Grain.
 
-The dataset comes from ``records`` (random access to a prepared ``tfds_fogact``
-dataset with the videos left encoded, the fog / perspective filters); every
-example is turned into a training pair or evaluation views by ``augment``
-(sampling, crops, colour, decoding). Examples are processed by ``num_workers`` workers,
-``prefetch`` batches ahead: threads, or with ``data.worker_type='process'`` spawned
-processes (``worker_pool``). Both give the same batches.
+The dataset comes from ``records`` (random access to a prepared ``tfds_fogact`` dataset's
+ArrayRecord files, the videos left encoded, the fog / perspective filters); every example
+is turned into a training pair or evaluation views by ``augment`` (sampling, crops,
+colour, decoding). Each iterator is a Grain pipeline: a ``grain.MapDataset`` of this
+process's sample numbers, mapped to examples, batched and read ahead by
+``data.num_workers`` workers of ``data.worker_type``:
+
+* ``'thread'``: threads of this process (``grain.ReadOptions``), one example each, up to
+  ``prefetch + 1`` batches of examples in flight; the batch is stacked when taken.
+* ``'process'``: spawned processes (``mp_prefetch``); each makes whole batches (batch i
+  in worker ``i mod num_workers``), which come back in shared memory.
+
+Both give the same batches: the batch contents never depend on the workers.
 
 Training (``train_iterator``): determinism and resume: global sample
 ``g = step * B * P + process * B + j`` (B per-process batch, P processes) is example
 ``perm_e[g mod N]`` of epoch ``e = g // N`` (``perm_e`` a permutation seeded by
 (seed, e)), augmented with a generator seeded by (seed, g). Batch i is therefore a
 pure function of (config, seed, i, process index, process count): ``start_step``
-skips to it without replaying, and the processes of one step read disjoint
-examples.
+skips to it without replaying, as does the iterator's Grain state (``get_state`` /
+``set_state``), and the processes of one step read disjoint examples that together
+are the step's global batch, whatever the process count.
 
 Evaluation (``eval_iterator``): single-stream views of the foggy clips (or, with
 ``stream='clean'``, of the clean ones: ``config.eval.stream``), of the examples that
 pass the eval filters (``data.eval_fog`` / ``data.eval_perspective``; the training
-filters never apply here). Examples are split into
-contiguous per-process chunks; every process yields the same number of batches,
-the last one padded (``mask`` False).
+filters never apply here). Examples are split into contiguous per-process chunks;
+every process yields the same number of batches, the last ones padded (``mask`` False).
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures.process
 import math
-from typing import Iterator, Optional
+import signal
+import threading
+from typing import Optional
 
+from absl import flags
+import grain
 import jax
-import ml_collections
 import numpy as np
 
 from fognet_jax import augment
 from fognet_jax import records
-from fognet_jax import worker_pool
+
+WORKER_TYPES = ("thread", "process")
+# Per-process training samples of an iterator: endless for any run (2**48 / batch steps).
+_ENDLESS = 1 << 48
+_CACHED_STEPS = 64  # sample ids of this many steps kept, for the examples of one step
+_PROFILING_FLAG = "grain_enable_multiprocess_worker_profiling"
 
 
 def _process(process_index, process_count):
@@ -61,85 +74,77 @@ def train_sample_ids(num_examples: int, *, batch_size: int, seed: int, step: int
   return g, pos
 
 
-def _frame_dtype(data_cfg):
-  """The frames' dtype in a batch: uint8 with ``data.pixels_on_device`` (normalised in the
-  step), else float32 (normalised here)."""
-  return np.uint8 if data_cfg.get("pixels_on_device", False) else np.float32
-
-
-def _prefetched(make_batch, batch_numbers, data_cfg, one, batch_size: int, item: dict):
-  """Yields the batches of `batch_numbers`, submitting ``data_cfg.prefetch`` batches ahead to
-  a ``worker_pool.Pool`` running `one` per example (shut down when the iterator ends).
-
-  make_batch(i, pool) returns (collate, futures): per-example futures submitted to
-  the pool and the function that stacks their results. `item`: the frame arrays of one
-  result, unfilled (``np.empty``), for the size of the pool's shared-memory slots.
-  """
-  prefetch = data_cfg.get("prefetch", 2)
-  pool = worker_pool.Pool(data_cfg, one, max_in_flight=(prefetch + 1) * batch_size,
-                          item_bytes=worker_pool.shared_bytes(item))
-  try:
-    yield from _batches(make_batch, batch_numbers, prefetch, pool)
-  finally:
-    pool.shutdown()
-
-
-def _batches(make_batch, batch_numbers, prefetch: int, pool):
-  pending = collections.deque()
-  it = iter(batch_numbers)
-  done = False
-  while True:
-    while not done and len(pending) < prefetch + 1:
-      try:
-        i = next(it)
-      except StopIteration:
-        done = True
-        break
-      pending.append(make_batch(i, pool))
-    if not pending:
-      return
-    collate, futures = pending.popleft()
-    try:
-      batch = pool.collate(futures, collate)
-    except concurrent.futures.process.BrokenProcessPool as e:
-      raise RuntimeError(
-          "an input-pipeline worker process died (config.data.worker_type='process'): killed "
-          "(e.g. out of memory: fewer config.data.num_workers), or it failed to start. Workers "
-          "are spawned and import the main module again: a script that starts training when "
-          "imported needs `if __name__ == '__main__':`. config.data.worker_type='thread' runs "
-          "the workers as threads") from e
-    yield batch
+def _frame_dtype(pixels_on_device: bool):
+  """The frames' dtype in a batch: uint8 with `pixels_on_device` (normalised in the step),
+  else float32 (normalised here)."""
+  return np.uint8 if pixels_on_device else np.float32
 
 
 class _Item:
-  """Base of the per-example functions: picklable (for process workers); an example that
+  """Base of the per-sample functions: picklable (for process workers); an example that
   fails to load names itself in the error."""
 
-  def __init__(self, source, data_cfg, split: Optional[str]):
-    self.source, self.data_cfg = source, data_cfg
+  def __init__(self, source, data_cfg, split: Optional[str], pixels_on_device: bool):
+    self.source, self.data_cfg, self.pixels_on_device = source, data_cfg, pixels_on_device
     self.where = ("the given source" if split is None
                   else f"config.data.dataset {data_cfg.dataset!r}, split {split!r}")
 
-  def __call__(self, *args):
+  def load(self, index: int, *args):
+    """``self.make(example, *args)`` of example `index`, errors naming the example."""
     try:
-      return self.make(*args)
+      return self.make(self.source[index], *args)
     except MemoryError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"{self.where}: example {args[-1]}: {type(e).__name__}: {e}") from e
+      raise ValueError(f"{self.where}: example {index}: {type(e).__name__}: {e}") from e
 
 
 class _TrainItem(_Item):
-  """(global sample number g, example index) -> one training pair."""
+  """Per-process sample number k (row k % B of step k // B) -> one training pair."""
 
-  def __init__(self, source, data_cfg, split, seed: int, swap: np.ndarray):
-    super().__init__(source, data_cfg, split)
-    self.seed, self.swap = seed, swap
+  def __init__(self, source, data_cfg, split, *, indices: np.ndarray, batch_size: int,
+               seed: int, process_index: int, process_count: int, swap: np.ndarray,
+               pixels_on_device: bool = False):
+    super().__init__(source, data_cfg, split, pixels_on_device)
+    self.indices, self.batch_size, self.seed = indices, batch_size, seed
+    self.process_index, self.process_count, self.swap = process_index, process_count, swap
+    self._init_cache()
 
-  def make(self, g: int, index: int) -> dict:
-    ex = self.source[index]
+  def _init_cache(self):
+    self._lock = threading.Lock()
+    self._steps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    del state["_lock"], state["_steps"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._init_cache()
+
+  def sample(self, k: int) -> tuple[int, int]:
+    """(global sample number g, example index) of per-process sample k."""
+    step, row = divmod(k, self.batch_size)
+    with self._lock:  # the rows of one step share their ids, computed once
+      ids = self._steps.get(step)
+      if ids is None:
+        g, pos = train_sample_ids(len(self.indices), batch_size=self.batch_size,
+                                  seed=self.seed, step=step,
+                                  process_index=self.process_index,
+                                  process_count=self.process_count)
+        ids = self._steps[step] = (g, self.indices[pos])
+        if len(self._steps) > _CACHED_STEPS:
+          del self._steps[min(self._steps)]
+    return int(ids[0][row]), int(ids[1][row])
+
+  def __call__(self, k: int) -> dict:
+    g, index = self.sample(k)
+    return self.load(index, g)
+
+  def make(self, ex, g: int) -> dict:
     rng = np.random.default_rng([self.seed, g, 13])
-    if self.data_cfg.get("pixels_on_device", False):
+    if self.pixels_on_device:
       clean, foggy, cj, flipped = augment.sample_train_pair(ex, self.data_cfg, rng)
       item = {"clean": clean, "foggy": foggy, "color": augment.color_affines(cj)}
     else:
@@ -153,27 +158,110 @@ class _TrainItem(_Item):
 
 
 class _EvalItem(_Item):
-  """Example index -> (evaluation views of one stream, label)."""
+  """Per-process row k -> {'frames': views of one stream, 'label', 'mask'}; rows past this
+  process's examples are padding (zeros, ``mask`` False)."""
 
-  def __init__(self, source, data_cfg, split, stream: str):
-    super().__init__(source, data_cfg, split)
-    self.stream = stream
+  def __init__(self, source, data_cfg, split, *, indices: np.ndarray, stream: str,
+               pixels_on_device: bool = False):
+    super().__init__(source, data_cfg, split, pixels_on_device)
+    self.indices, self.stream = indices, stream
 
-  def make(self, index: int):
-    ex = self.source[index]
+  def __call__(self, k: int) -> dict:
+    if k < len(self.indices):
+      return self.load(int(self.indices[k]))
+    d = self.data_cfg
+    shape = (d.num_clips * d.num_crops, d.num_frames, d.image_size, d.image_size, 3)
+    return {"frames": np.zeros(shape, _frame_dtype(self.pixels_on_device)),
+            "label": np.int32(0), "mask": np.bool_(False)}
+
+  def make(self, ex) -> dict:
     views = augment.make_eval_views(ex, self.data_cfg, stream=self.stream,
-                                    uint8=self.data_cfg.get("pixels_on_device", False))
-    return views, int(ex["label"])
+                                    uint8=self.pixels_on_device)
+    return {"frames": views, "label": np.int32(ex["label"]), "mask": np.bool_(True)}
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+  """Start of a worker process: Ctrl-C is the parent's to handle, and the worker never
+  touches an accelerator."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  # The worker only decodes and augments with NumPy / PIL; should anything call into jax
+  # there, it must not claim the accelerator the parent trains on.
+  jax.config.update("jax_platforms", "cpu")
+
+
+class Batches:
+  """The iterator of a pipeline's batches: a Grain ``DatasetIterator`` (``get_state`` /
+  ``set_state`` / ``close``) whose errors name what to change."""
+
+  def __init__(self, iterator, worker_type: str):
+    self._it, self._worker_type = iterator, worker_type
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    try:
+      return next(self._it)
+    except RuntimeError as e:
+      if self._worker_type == "process" and "terminated unexpectedly" in str(e):
+        raise RuntimeError(
+            "an input-pipeline worker process died (config.data.worker_type='process'): killed "
+            "(e.g. out of memory: fewer config.data.num_workers), or it failed to start. Workers "
+            "are spawned and import the main module again: a script that starts training when "
+            "imported needs `if __name__ == '__main__':`. config.data.worker_type='thread' runs "
+            "the workers as threads") from e
+      raise
+
+  def get_state(self):
+    return self._it.get_state()
+
+  def set_state(self, state) -> None:
+    self._it.set_state(state)
+
+  def close(self) -> None:
+    self._it.close()
+
+
+def _grain_flag_defaults() -> None:
+  """Gives Grain's worker-profiling flag its default when absl has not parsed the command
+  line (a program not started by ``absl.app``: tests, notebooks, benchmarks): Grain 0.2.x
+  reads it when it starts worker processes, which raises before parsing."""
+  flag = flags.FLAGS[_PROFILING_FLAG] if _PROFILING_FLAG in flags.FLAGS else None
+  if flag is not None and not flags.FLAGS.is_parsed() and not flag.present:
+    flag.parse(flag.default)
+
+
+def _loader(data_cfg, samples: grain.MapDataset, item, batch_size: int) -> Batches:
+  """`samples` mapped by `item`, in batches of `batch_size`, by the configured workers."""
+  kind = data_cfg.get("worker_type", "thread")
+  if kind not in WORKER_TYPES:
+    raise ValueError(f"config.data.worker_type must be one of {WORKER_TYPES}, got {kind!r}")
+  workers, prefetch = data_cfg.num_workers, data_cfg.get("prefetch", 2)
+  examples = samples.map(item)
+  if kind == "thread":
+    ahead = max((prefetch + 1) * batch_size, workers)
+    ds = examples.to_iter_dataset(
+        grain.ReadOptions(num_threads=workers, prefetch_buffer_size=ahead)).batch(batch_size)
+  else:  # whole batches per worker: which examples form a batch never depends on the workers
+    ds = examples.batch(batch_size).to_iter_dataset(
+        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    ds = ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=workers,
+                                     per_worker_buffer_size=max(1, -(-prefetch // workers))),
+        worker_init_fn=_init_worker)
+    _grain_flag_defaults()
+  return Batches(iter(ds), kind)
 
 
 def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
                    process_index: Optional[int] = None, process_count: Optional[int] = None,
-                   source=None) -> Iterator[dict]:
-  """Infinite iterator of per-process training batches.
+                   source=None, pixels_on_device: bool = False) -> Batches:
+  """Endless iterator of per-process training batches, from step `start_step` on.
 
   Yields {'clean': (B, T, S, S, 3), 'foggy': same, 'label': (B,) int32}: with
-  ``data_cfg.pixels_on_device``, uint8 frames and 'color': (B, COLOR_STEPS, 3, 4) float32, the
-  pairs' colour jitter and normalisation for ``pixels.train_inputs`` (in the train step);
+  `pixels_on_device` (the config's ``perf.pixels_on_device``), uint8 frames and 'color':
+  (B, COLOR_STEPS, 3, 4) float32, the pairs' colour jitter and normalisation for ``pixels.train_inputs`` (in the train step);
   otherwise float32 frames, jittered and CLIP-normalised here.
   `process_index` / `process_count` default to ``jax.process_index()`` /
   ``jax.process_count()``; `source` (a sequence of examples with encoded
@@ -191,24 +279,13 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
   else:
     indices = np.arange(len(source))
     swap = augment.flip_table(data_cfg, None)
-  n = len(indices)
-  if n == 0:
+  if len(indices) == 0:
     raise ValueError("config.data: the training split is empty after filtering")
-
-  one = _TrainItem(source, data_cfg, named_split, seed, swap)
-  frames = np.empty((data_cfg.num_frames, data_cfg.image_size, data_cfg.image_size, 3),
-                    _frame_dtype(data_cfg))
-
-  def collate(items):
-    return {k: np.stack([it[k] for it in items]) for k in items[0]}
-
-  def make_batch(step: int, pool):
-    g, pos = train_sample_ids(n, batch_size=batch_size, seed=seed, step=step,
-                              process_index=pi, process_count=pc)
-    return collate, [pool.submit(int(gi), int(indices[p])) for gi, p in zip(g, pos)]
-
-  yield from _prefetched(make_batch, range(start_step, 1 << 62), data_cfg, one, batch_size,
-                         {"clean": frames, "foggy": frames})
+  item = _TrainItem(source, data_cfg, named_split, indices=indices, batch_size=batch_size,
+                    seed=seed, process_index=pi, process_count=pc, swap=swap,
+                    pixels_on_device=pixels_on_device)
+  samples = grain.MapDataset.range(start_step * batch_size, _ENDLESS)
+  return _loader(data_cfg, samples, item, batch_size)
 
 
 def eval_process_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -224,14 +301,14 @@ def num_eval_batches(num_examples: int, batch_size: int, process_count: int) -> 
 
 def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
                   process_index: Optional[int] = None, process_count: Optional[int] = None,
-                  source=None, stream: str = "foggy") -> Iterator[dict]:
+                  source=None, stream: str = "foggy",
+                  pixels_on_device: bool = False) -> Batches:
   """Finite iterator of single-stream evaluation batches.
 
-  Yields {'foggy': (B, V, T, S, S, 3), 'label': (B,) int32, 'mask': (B,) bool} (the frames
-  uint8 with ``data_cfg.pixels_on_device``, normalised by ``pixels.model_input`` in the eval
-  step; else float32 CLIP-normalised),
-  V = num_clips * num_crops. 'foggy' holds the views of `stream` ('foggy', or 'clean' for a
-  clean-test row); the other stream is never decoded.
+  Yields {'frames': (B, V, T, S, S, 3), 'label': (B,) int32, 'mask': (B,) bool} (the frames
+  uint8 with `pixels_on_device`, normalised by ``pixels.model_input`` in the eval
+  step; else float32 CLIP-normalised), V = num_clips * num_crops. 'frames' holds the views
+  of `stream` ('foggy', or 'clean' for a clean-test row); the other stream is never decoded.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -247,25 +324,7 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
   else:
     indices = np.arange(len(source))
   start, stop = eval_process_range(len(indices), pi, pc)
-  mine = indices[start:stop]
-  nb = num_eval_batches(len(indices), batch_size, pc)
-  v = data_cfg.num_clips * data_cfg.num_crops
-  s, t = data_cfg.image_size, data_cfg.num_frames
-
-  one = _EvalItem(source, data_cfg, named_split, stream)
-  views = np.empty((v, t, s, s, 3), _frame_dtype(data_cfg))  # one example's, unfilled
-
-  def make_batch(b: int, pool):
-    chunk = mine[b * batch_size:(b + 1) * batch_size]
-
-    def collate(items):
-      foggy = np.zeros((batch_size,) + views.shape, views.dtype)
-      label = np.zeros((batch_size,), np.int32)
-      mask = np.zeros((batch_size,), bool)
-      for k, (x, l) in enumerate(items):
-        foggy[k], label[k], mask[k] = x, l, True
-      return {"foggy": foggy, "label": label, "mask": mask}
-
-    return collate, [pool.submit(int(i)) for i in chunk]
-
-  yield from _prefetched(make_batch, range(nb), data_cfg, one, batch_size, {"views": views})
+  item = _EvalItem(source, data_cfg, named_split, indices=indices[start:stop], stream=stream,
+                   pixels_on_device=pixels_on_device)
+  rows = num_eval_batches(len(indices), batch_size, pc) * batch_size
+  return _loader(data_cfg, grain.MapDataset.range(rows), item, batch_size)

@@ -36,37 +36,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+# The scaled cosine of the forward pass (FogNet.predict), shared with the losses.
+from fognet_jax.models.fognet import l2_normalize
+from fognet_jax.models.fognet import similarity_logits
+
 Array = jax.Array
-
-
-def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
-  """``x / max(||x||, eps)`` along ``axis``, computed in float32."""
-  x = jnp.asarray(x, jnp.float32)
-  norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, eps)
-
-
-def similarity_logits(video: Array, text: Array, logit_scale: Array,
-                      max_logit_scale: float = 100.0) -> Array:
-  """Scaled cosine similarities, fp32.
-
-  Args:
-    video: (B, D) video embeddings (any scale, any dtype).
-    text: (C, D) or (K, C, D) class prompt embeddings.
-    logit_scale: scalar, log of the inverse temperature (CLIP's ``logit_scale``).
-    max_logit_scale: clip for ``exp(logit_scale)``.
-
-  Returns:
-    (B, C) or (B, K, C) logits ``min(exp(logit_scale), max) * cos(video, text)``.
-  """
-  scale = jnp.minimum(jnp.exp(jnp.asarray(logit_scale, jnp.float32)), max_logit_scale)
-  v = l2_normalize(video)
-  t = l2_normalize(text)
-  if t.ndim == 2:
-    return scale * jnp.einsum("bd,cd->bc", v, t)
-  if t.ndim == 3:
-    return scale * jnp.einsum("bd,kcd->bkc", v, t)
-  raise ValueError(f"text embeddings must be (C, D) or (K, C, D), got shape {t.shape}")
 
 
 def _same_class_mean(per_video: Array, labels: Array) -> Array:

@@ -21,26 +21,18 @@ This module assembles a run once (`setup`: processes, mesh, validation, data, pr
 model, the loss and the iterators) and hands the pieces to `train.train` and
 `evaluate.evaluate_state`, which never reach back up.
 """
-import logging as std_logging
-import os
-
-from fognet_jax import host_memory  # the standard library only
-
-if __name__ == '__main__':
-  # First, before the imports below: restart once with huge pages for the host's large
-  # buffers, which glibc reads only at start-up (fognet_jax/host_memory.py).
-  host_memory.reexec_with_huge_pages()
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-import dataclasses  # pylint: disable=g-import-not-at-top
+import dataclasses
 import difflib
 import json
+import logging as std_logging
+import os
 import sys
 import traceback
 from typing import Callable, Optional
 
-from absl import app
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow is imported
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 from flax import nnx
@@ -60,6 +52,7 @@ from fognet_jax import records
 from fognet_jax import sharding
 from fognet_jax import tokenizer as tokenizer_lib
 from fognet_jax import train
+from fognet_jax import weights
 from fognet_jax.models import fognet
 
 FLAGS = flags.FLAGS
@@ -253,7 +246,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
   check_vocabulary(config)
   data = records.prepare(config.data)
   records.check_num_frames(config.data, data.builder)
-  steps = train.resolve_steps(config.train, data.num_examples[config.data.train_split])
+  steps = train.step_counts(config.train, data.num_examples[config.data.train_split])
   return Run(mesh, data, class_prompt_tokens(config, data.class_names), steps)
 
 
@@ -264,7 +257,7 @@ def check_vocabulary(config: ml_collections.ConfigDict) -> None:
   if config.model.get('init_from'):
     return
   tok = tokenizer_lib.get_tokenizer(config.model.tokenizer.kind, path=config.model.tokenizer.path)
-  vocab = fognet.clip_config(config.model).vocab_size
+  vocab = weights.clip_config(config.model).vocab_size
   if tok.vocab_size > vocab:
     raise ValueError(
         f'config: model.tokenizer.kind={config.model.tokenizer.kind!r} gives token ids up to '
@@ -285,10 +278,17 @@ def class_prompt_tokens(config: ml_collections.ConfigDict, class_names) -> np.nd
   return prompts.trim_context(tokens)
 
 
+def create_model(config: ml_collections.ConfigDict) -> fognet.FogNet:
+  """The model of `config`, built with the perf block's attention and residual stream."""
+  return weights.create_model(config.model, rngs=nnx.Rngs(config.seed),
+                             attention_impl=config.perf.attention_impl,
+                             residual_dtype=config.perf.residual_dtype)
+
+
 def restore_state(config: ml_collections.ConfigDict, mesh, run_dir: str,
                   step: Optional[int] = None):
   """(graphdef, train state) of checkpoint `step` (None = the latest) of `run_dir`."""
-  model = fognet.create_model(config.model, rngs=nnx.Rngs(config.seed))
+  model = create_model(config)
   # The schedule's values are not part of the state; any schedule gives the same structure.
   graphdef, state, _, _ = train.build_state(config, mesh, model,
                                             train.make_schedule(config.train, 1, 0))
@@ -314,7 +314,7 @@ def prompt_sampler(config: ml_collections.ConfigDict) -> train.PromptSampler:
 def _evaluate(config, run: Run, graphdef, state, output_dir: str) -> dict:
   batches = input_pipeline.eval_iterator(
       config.data, batch_size=sharding.local_batch_size(config.eval.batch_size),
-      stream=config.eval.stream)
+      stream=config.eval.stream, pixels_on_device=config.perf.pixels_on_device)
   results = evaluate.evaluate_state(config, graphdef, state, mesh=run.mesh,
                                     class_names=run.data.class_names,
                                     prompt_tokens=run.prompt_tokens, batches=batches,
@@ -341,12 +341,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if on_start is not None:
       on_start(step)
 
-  model = fognet.create_model(config.model, rngs=nnx.Rngs(config.seed))
+  model = create_model(config)
   local_batch = sharding.local_batch_size(config.train.batch_size)
 
   def batches(start_step):
     return input_pipeline.train_iterator(config.data, batch_size=local_batch, seed=config.seed,
-                                         start_step=start_step)
+                                         start_step=start_step,
+                                         pixels_on_device=config.perf.pixels_on_device)
 
   graphdef, state, last = train.train(
       config, workdir, mesh=run.mesh, model=model, loss_fn=losses.make_loss_fn(config),
@@ -400,7 +401,6 @@ def main(argv):
   console.addFilter(_DropOrbaxTracebacks())
   held = _HeldLog(console)
   config = FLAGS.config
-  logging.info('%s', host_memory.describe())
   logging.info('Config:\n%s', config)
   try:
     if FLAGS.mode == 'eval':

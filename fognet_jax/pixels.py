@@ -1,6 +1,6 @@
 """Pixels to model input on the accelerator: uint8 frames, per-sample colour, CLIP normalisation.
 
-With ``config.data.pixels_on_device`` (the default) the input pipeline decodes, samples,
+With ``config.perf.pixels_on_device`` (the default) the input pipeline decodes, samples,
 crops, resizes and flips on the host and sends uint8 frames, plus, for training pairs, one
 ``(COLOR_STEPS, 3, 4)`` float32 array per pair: the drawn colour jitter, grayscale and CLIP
 normalisation as a chain of per-pixel affine maps of the RGB vector. The train and eval

@@ -46,6 +46,7 @@ from PIL import Image
 
 from fognet_jax import augment
 from fognet_jax import checkpointing
+from fognet_jax import config_lib
 from fognet_jax import evaluate
 from fognet_jax import main as main_lib
 from fognet_jax import records
@@ -121,7 +122,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} does not exist: --workdir must be a training run directory')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(config_lib.upgrade_saved_config(json.load(f)))
 
 
 def load_class_names(config: ml_collections.ConfigDict, workdir: str) -> list[str]:

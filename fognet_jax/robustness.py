@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from fognet_jax import checkpointing
+from fognet_jax import config_lib
 from fognet_jax import evaluate
 from fognet_jax import experiments
 from fognet_jax import input_pipeline
@@ -144,7 +145,7 @@ def eval_batches(config: ml_collections.ConfigDict, beta: float, *, seed: int = 
                         seed=seed, airlight=airlight)
   return input_pipeline.eval_iterator(
       data, batch_size=sharding.local_batch_size(config.eval.batch_size), source=source,
-      stream='foggy')
+      stream='foggy', pixels_on_device=config.perf.pixels_on_device)
 
 
 # ------------------------------------------------------------------------------ arguments
@@ -176,7 +177,7 @@ def check_run(workdir: str) -> dict:
   if not any(name.isdigit() for name in os.listdir(ckpt_dir)):
     raise FileNotFoundError(f'no checkpoint in {ckpt_dir}')
   with open(path) as f:
-    return json.load(f)
+    return config_lib.upgrade_saved_config(json.load(f))
 
 
 # ------------------------------------------------------------------------------ runs

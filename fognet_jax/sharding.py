@@ -2,7 +2,8 @@
 
 One mesh axis, `data`, spans every device of every process. Batches are split over it along
 their leading dimension. Parameters and optimizer state are replicated by default; with
-`config.mesh.fsdp=True` each array with at least `fsdp_min_size` elements is split over the
+`config.mesh.fsdp=True` each array with at least `config.perf.fsdp_min_size` elements is split
+over the
 data axis along its largest dimension divisible by the axis size (XLA inserts the all-gathers
 and reduce-scatters), which is what lets ViT-L/14 and large batches fit.
 """

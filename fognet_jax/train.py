@@ -277,7 +277,7 @@ class StepCounts(NamedTuple):
   warmup: int
 
 
-def resolve_steps(tcfg: ml_collections.ConfigDict, num_train_examples: int) -> StepCounts:
+def step_counts(tcfg: ml_collections.ConfigDict, num_train_examples: int) -> StepCounts:
   """Steps per epoch, total steps (`num_train_steps`, else `num_epochs`) and warm-up steps."""
   per_epoch = max(num_train_examples // tcfg.batch_size, 1)
   if tcfg.num_train_steps > 0:
@@ -293,7 +293,7 @@ def build_state(config: ml_collections.ConfigDict, mesh, model: nnx.Module, sche
   tx = make_optimizer(config.train, params, schedule)
   graphdef, state = init_state(model, tx)
   state, shardings = shard_state(state, mesh, fsdp=config.mesh.fsdp,
-                                 min_size=config.mesh.fsdp_min_size)
+                                 min_size=config.perf.fsdp_min_size)
   return graphdef, state, shardings, tx
 
 
@@ -325,7 +325,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh, model: nnx.M
       `{'clean', 'foggy', 'label'}` (and 'color' with uint8 frames, see `pixels`), starting
       at batch `start_step`; other keys are not sent to the devices.
     prompt_tokens: (K, C, L) int32 class prompts, one row per template.
-    steps: the run's length (`resolve_steps`).
+    steps: the run's length (`step_counts`).
     prompt_sampler: the per-step prompt draw (`make_train_step`).
     on_start: called with the first step once the state is restored from the latest checkpoint
       or initialised (and `config.json` written), before the first step.
@@ -362,7 +362,7 @@ def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, ste
 
   ckpt = checkpointing.Checkpointer(workdir, keep=t.keep_checkpoints,
                                     every_steps=t.checkpoint_every_steps,
-                                    async_save=t.async_checkpointing)
+                                    async_save=config.perf.async_checkpointing)
   start_step = 0
   if ckpt.latest_step() is not None:
     try:

@@ -1,6 +1,4 @@
 """Tests of the Flax CLIP model (shapes, dtype, remat, interpolation, parameter count)."""
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,63 +147,6 @@ def test_bf16_residual_stream():
   assert gb.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(gb)))
   cosine = float(ga @ gb / (jnp.linalg.norm(ga) * jnp.linalg.norm(gb)))
   assert cosine > 0.999, cosine
-
-
-def _operands_of_shape(hlo_text, shape):
-  """For each fusion of the entry computation of a compiled module's text, how many of its
-  operands have the given shape (e.g. 'f32[34,64]'), largest first."""
-  entry = hlo_text[hlo_text.index('ENTRY'):]
-  shapes = dict(re.findall(r'(%[\w.\-]+) = (\w+\[[\d,]*\])', entry))
-  counts = [sum(shapes.get(o.strip()) == shape for o in m.group(1).split(','))
-            for m in re.finditer(r'= \S+ fusion\(([^)]*)\)', entry)]
-  return sorted(counts, reverse=True)
-
-
-def test_cpu_backward_computes_the_residual_gradient_once(monkeypatch):
-  """keep_gradient: in the compiled CPU gradient no fusion recomputes the residual stream's
-  gradient from the later blocks' contributions (without it the deepest fusions of this
-  6-layer model read 17 stream-sized arrays); gradients and forward-mode derivatives are
-  unchanged; and it lowers to nothing for a GPU unless asked."""
-  config = clip.get_config('tiny', vision_layers=6, text_layers=6)
-  model = clip.create(config, seed=0)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  pixels = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  tokens = _tokens(2)
-
-  def loss(p, x, t):
-    m = nnx.merge(graphdef, p, rest)
-    return jnp.sum(m.encode_image(x) ** 2) + jnp.sum(m.encode_text(t) ** 2)
-
-  step = jax.jit(jax.grad(loss))
-  lowered = step.lower(params, pixels, tokens)
-  hlo = lowered.compile().as_text()
-  for rows in (2 * 17, 2 * 77):  # (N*L, width) of the vision and the text stream
-    counts = _operands_of_shape(hlo, f'f32[{rows},64]')
-    assert len(counts) > 20 and counts[0] <= 3, (rows, counts[:8])
-  got = step(params, pixels, tokens)
-  image = lambda x: nnx.merge(graphdef, params, rest).encode_image(x)
-  direction = jax.random.normal(jax.random.key(1), pixels.shape)
-  got_jvp = jax.jit(lambda x, d: jax.jvp(image, (x,), (d,)))(pixels, direction)
-  ops = jax.jit(loss).lower(params, pixels, tokens).as_text()
-  exported = jax.export.export(jax.jit(jax.grad(loss)), platforms=('cuda',))(
-      params, pixels, tokens).mlir_module()
-  assert 'optimization_barrier' in lowered.as_text()
-  assert 'optimization_barrier' not in exported
-  assert 'optimization_barrier' not in ops  # the forward pass is untouched
-  monkeypatch.setattr(clip, 'KEEP_GRADIENT_PLATFORMS', ('gpu',))  # as fusion_reads.py sets it
-  exported = jax.export.export(jax.jit(jax.grad(loss)), platforms=('cuda',))(
-      params, pixels, tokens).mlir_module()
-  assert 'optimization_barrier' in exported
-  assert 'optimization_barrier' not in jax.jit(jax.grad(loss)).lower(
-      params, pixels, tokens).as_text()  # now off on CPU
-  monkeypatch.setattr(clip, 'keep_gradient', lambda x: x)
-  want = jax.jit(jax.grad(loss))(params, pixels, tokens)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-  # Forward mode goes through it as through the identity.
-  want_jvp = jax.jit(lambda x, d: jax.jvp(image, (x,), (d,)))(pixels, direction)
-  for a, b in zip(got_jvp, want_jvp):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_impl_option():

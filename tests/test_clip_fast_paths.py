@@ -3,7 +3,7 @@
 * `clip.Linear` (leading dims merged into one 2-D matmul) equals `nnx.Linear`;
 * `MultiHeadAttention` (q/k/v as one matmul, head-major attention) equals an independent
   NumPy multi-head attention, causal and not;
-* the pooled last layer (`Transformer(rows=...)`: query, output projection and MLP of the
+* the pooled last layer (`Transformer(pool_at=...)`: query, output projection and MLP of the
   class / end-of-text token only) equals the full last layer read at that token, in values
   and gradients, with and without remat;
 * `prompts.trim_context` (positions after the last end-of-text token dropped) leaves every
@@ -21,6 +21,7 @@ from flax import nnx
 from fognet_jax import prompts
 from fognet_jax import tokenizer as tokenizer_lib
 from fognet_jax.models import clip
+from fognet_jax.models.clip import multihead
 
 
 def _np_attention(x, wq, bq, wk, bk, wv, bv, wo, bo, heads, causal):
@@ -188,10 +189,10 @@ def test_cudnn_padding_and_masking_equal_unpadded(length, causal):
   keys = jax.random.split(jax.random.key(4), 3)
   q, k, v = (jax.random.normal(key, (2, 3, length, 8)) for key in keys)  # (N, H, L, d)
   ref = clip.attention(q, k, v, causal=causal)
-  padded = clip._cudnn_attention(q, k, v, causal=causal, implementation='xla')
+  padded = multihead._cudnn_attention(q, k, v, causal=causal, implementation='xla')
   assert padded.shape == ref.shape
   np.testing.assert_allclose(padded, ref, rtol=1e-5, atol=1e-5)
   # Queries scaled already, as MultiHeadAttention gives them: no second scaling.
-  prescaled = clip._cudnn_attention(q * 8**-0.5, k, v, causal=causal, implementation='xla',
-                                    scale=1.0)
+  prescaled = multihead._cudnn_attention(q * 8**-0.5, k, v, causal=causal,
+                                         implementation='xla', scale=1.0)
   np.testing.assert_allclose(prescaled, ref, rtol=1e-5, atol=1e-5)

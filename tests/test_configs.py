@@ -1,5 +1,9 @@
 """Config files, variants, overrides and start-up validation."""
+import glob
+import importlib.util
 import os
+import subprocess
+import sys
 
 from absl import flags
 import pytest
@@ -20,6 +24,32 @@ def test_config_files_load_and_validate(name):
   for block in ('data', 'model', 'loss', 'train', 'eval', 'mesh'):
     assert block in cfg
   config_lib.validate(cfg, num_devices=8)
+
+
+# Loads a config file as ml_collections' --config flag does (by path, with a variant), and
+# prints the top-level names of the modules it imported beyond the standard library and those
+# that ml_collections itself imports.
+_IMPORTS_OF_A_CONFIG = """
+import importlib.util, sys
+import ml_collections
+before = set(sys.modules)
+path, arg = sys.argv[1], sys.argv[2] or None
+spec = importlib.util.spec_from_file_location('config_under_test', path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+assert isinstance(module.get_config(arg), ml_collections.ConfigDict)
+new = {name.split('.')[0] for name in set(sys.modules) - before}
+print(' '.join(sorted(new - set(sys.stdlib_module_names) - {'ml_collections'})))
+"""
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py'))),
+                         ids=os.path.basename)
+def test_config_files_import_only_ml_collections_and_each_other(path):
+  out = subprocess.run([sys.executable, '-c', _IMPORTS_OF_A_CONFIG, path, 'baseline'],
+                       capture_output=True, text=True, check=True, cwd=ROOT,
+                       env={**os.environ, 'PYTHONPATH': ROOT}).stdout.split()
+  assert out == []
 
 
 def test_paper_setting():
@@ -67,7 +97,9 @@ def test_unknown_variant_and_unknown_key_fail():
                      match=r"unknown config variant token 'nonsense'"):
     _parse(f'--config={ROOT}/configs/fogact.py:nonsense')
   with pytest.raises(ValueError, match=r"unknown config variant token 'nonsense'"):
-    fogact = config_lib.import_config_file(os.path.join(ROOT, 'configs'), 'fogact.py')
+    spec = importlib.util.spec_from_file_location('fogact', f'{ROOT}/configs/fogact.py')
+    fogact = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fogact)
     fogact.apply_variant(fogact.get_config(), 'b32,nonsense')
   with pytest.raises(AttributeError, match='no_such_key'):
     _parse(f'--config={ROOT}/configs/synthetic.py', '--config.train.no_such_key=1')
@@ -85,7 +117,9 @@ def test_unknown_variant_and_unknown_key_fail():
     ('train.num_templates', 0, 1, 'train.num_templates'),
     ('eval.num_templates', 17, 1, 'eval.num_templates'),
     ('model.fas.concat', 'frames', 1, 'model.fas.concat'),
-    ('model.residual_dtype', 'bfloat16', 1, 'model.residual_dtype'),  # the demo runs float32
+    ('perf.residual_dtype', 'bfloat16', 1, 'perf.residual_dtype'),  # the demo runs float32
+    ('perf.attention_impl', 'flash', 1, 'perf.attention_impl'),
+    ('perf.fsdp_min_size', -1, 1, 'perf.fsdp_min_size'),
 ])
 def test_validation_names_the_key(key, value, devices, match):
   cfg = _parse(f'--config={ROOT}/configs/synthetic.py')
@@ -99,3 +133,23 @@ def test_validation_names_the_key(key, value, devices, match):
     parent[name] = value
   with pytest.raises(config_lib.ConfigError, match=match.replace('.', r'\.')):
     config_lib.validate(cfg, num_devices=devices)
+
+
+def test_a_saved_config_from_before_the_perf_block_reads_with_one(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from fognet_jax import predict  # pylint: disable=g-import-not-at-top
+  today = _parse(f'--config={ROOT}/configs/synthetic.py:scratch').to_dict()
+  today['perf'].update(pixels_on_device=False, fsdp_min_size=64, async_checkpointing=False)
+  today = json.loads(json.dumps(today))  # as config.json holds it (lists for tuples)
+  older = json.loads(json.dumps(today))
+  perf = older.pop('perf')
+  older['data']['pixels_on_device'] = perf['pixels_on_device']
+  older['model']['attention_impl'] = perf['attention_impl']
+  older['mesh']['fsdp_min_size'] = perf['fsdp_min_size']
+  older['train']['async_checkpointing'] = perf['async_checkpointing']
+  # residual_dtype is missing: the run had the float32 stream.
+  (tmp_path / 'config.json').write_text(json.dumps(older))
+  config = predict.load_config(str(tmp_path))
+  assert json.loads(json.dumps(config.to_dict())) == today
+  config_lib.validate(config, num_devices=1)
+  assert config_lib.upgrade_saved_config(today) == today   # today's layout is kept as it is

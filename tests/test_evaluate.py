@@ -48,7 +48,7 @@ def test_eval_averages_views_and_drops_padding(tmp_path):
   expect = []
   for b in toy.eval_batches(13, num_videos=13, views=3):
     for v in range(3):
-      expect.append(np.asarray(model.predict(jnp.asarray(b['foggy'][:, v]), text)))
+      expect.append(np.asarray(model.predict(jnp.asarray(b['frames'][:, v]), text)))
     np.testing.assert_array_equal(labels, b['label'])
   np.testing.assert_allclose(probs, np.mean(expect, axis=0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
@@ -65,9 +65,9 @@ def test_eval_of_uint8_views_equals_host_normalised_views():
   graphdef, params, rest = train.split_model(model)
   tokens = toy.prompt_tokens()
   mesh = sharding.make_mesh(8)
-  u8 = [dict(b, foggy=np.clip(b['foggy'] * 60 + 120, 0, 255).astype(np.uint8))
+  u8 = [dict(b, frames=np.clip(b['frames'] * 60 + 120, 0, 255).astype(np.uint8))
         for b in toy.eval_batches(8, num_videos=13, views=2)]
-  host = [dict(b, foggy=augment.normalize(b['foggy'])) for b in u8]
+  host = [dict(b, frames=augment.normalize(b['frames'])) for b in u8]
   p_u8, l_u8 = evaluate.run_eval(graphdef, params, rest, mesh=mesh, batches=u8,
                                  prompt_tokens=tokens)
   p_host, l_host = evaluate.run_eval(graphdef, params, rest, mesh=mesh, batches=host,

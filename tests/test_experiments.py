@@ -88,11 +88,24 @@ def test_shared_runs_and_defaults(tmp_path):
   assert len(jobs) == 57
   assert len({j.run_dir for j in jobs}) == 45   # 15 distinct trainings x 3 seeds
   assert len({j.eval_dir for j in jobs}) == 48  # + clean -> clean evaluations
-  assert experiments.resolve_steps('configs/synthetic.py', None)[0] is None   # the recipe's
-  assert experiments.resolve_steps('configs/fogact.py', None)[0] is None
-  assert experiments.resolve_steps('configs/fogact.py', 7)[0] == 7
+  assert experiments.steps_override('configs/synthetic.py', None)[0] is None   # the recipe's
+  assert experiments.steps_override('configs/fogact.py', None)[0] is None
+  assert experiments.steps_override('configs/fogact.py', 7)[0] == 7
   with pytest.raises(ValueError, match='unknown table'):
     _plan(tmp_path, ('5z',))
+
+
+def test_the_perf_block_keeps_the_run_directories():
+  """Run directories are named by the hash of the training config; the perf keys hash at the
+  places older runs kept them (data, model, mesh, train), so finished runs are found again."""
+  fas = experiments.row_config('configs/fogact.py', ['modules=fas'], seed=0, steps=None)
+  scratch = experiments.row_config('configs/synthetic.py:scratch', [], seed=0, steps=1000)
+  assert (experiments.train_key(fas), experiments.eval_key(fas)) == ('656d2120e0', '6d63da8d62')
+  assert (experiments.train_key(scratch), experiments.eval_key(scratch)) == ('57f3f68c77',
+                                                                            'cdbbe8c922')
+  cudnn = experiments.row_config('configs/fogact.py', ['modules=fas'], seed=0, steps=None)
+  cudnn.perf.attention_impl = 'cudnn'
+  assert experiments.train_key(cudnn) != experiments.train_key(fas)
 
 
 def test_keys_added_at_their_neutral_value_keep_the_run_directories(tmp_path):

@@ -13,7 +13,7 @@ from fognet_jax import clip_weights
 from fognet_jax import config_lib
 from fognet_jax import export_clip
 from fognet_jax import predict
-from fognet_jax.models import fognet
+from fognet_jax import weights
 
 ROOT = U.ROOT
 
@@ -52,7 +52,7 @@ def test_export_holds_the_runs_trained_towers(pretrained):
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   # ... and not the random initialisation of the same architecture
-  init = fognet.create_model(config.model, rngs=nnx.Rngs(config.seed)).clip
+  init = weights.create_model(config.model, rngs=nnx.Rngs(config.seed)).clip
   assert any(not np.array_equal(v, _leaves(init)[k]) for k, v in want.items())
 
 
@@ -62,7 +62,7 @@ def test_init_from_the_export_starts_fognet_from_it(pretrained):
   with cfg.unlocked():
     cfg.model.init_from = out
   config_lib.validate_model(cfg.model)   # clip_overrides are None: the checkpoint's architecture
-  model = fognet.create_model(cfg.model, rngs=nnx.Rngs(0))
+  model = weights.create_model(cfg.model, rngs=nnx.Rngs(0))
   want = _leaves(clip_weights.load(out))
   got = _leaves(model.clip)
   for k in want:

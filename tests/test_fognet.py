@@ -12,6 +12,7 @@ from flax import nnx
 import config_testutil
 from fognet_jax import config_lib
 from fognet_jax import losses
+from fognet_jax import weights
 from fognet_jax.models import clip
 from fognet_jax.models import fognet
 
@@ -187,7 +188,7 @@ def test_fas_channel_concat_matches_numpy(parameter_free):
     randomize_biases(tokens_mod, np.random.default_rng(3))
   np.testing.assert_allclose(mod(jnp.asarray(v_f, jnp.float32)),
                              tokens_mod(jnp.asarray(v_f, jnp.float32)), rtol=1e-6, atol=1e-6)
-  with pytest.raises(ValueError, match="model.fas.concat"):
+  with pytest.raises(ValueError, match="concat must be one of"):
     fognet.FogAwareSelection(16, concat="frames", rngs=nnx.Rngs(0))
 
 
@@ -226,7 +227,7 @@ def _grad_fn(graphdef, loss_cfg, model_cfg):
 @pytest.fixture(scope="module")
 def default_model():
   cfg = tiny_cfg(**{"fas.init_scale": 1.0, "me.init_scale": 1.0, "me.shared_weights": False})
-  model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
+  model = weights.create_model(cfg, rngs=nnx.Rngs(0))
   randomize_biases(model.fas, np.random.default_rng(9))
   return cfg, model
 
@@ -315,7 +316,7 @@ COMBOS = {
 @pytest.mark.parametrize("name", list(COMBOS))
 def test_switch_combination_one_loss_step(name):
   cfg = tiny_cfg(**COMBOS[name])
-  model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
+  model = weights.create_model(cfg, rngs=nnx.Rngs(0))
   if cfg.backbone == "tiny-rn":
     # OpenAI's init zeroes every block's last batch-norm scale (each block starts as the
     # identity), which leaves the block's other weights without gradient at step 0.
@@ -372,7 +373,7 @@ def test_config_errors_name_the_key():
   with pytest.raises(ValueError, match="model.arch"):
     config_lib.validate_model(tiny_cfg(arch="x3d"))
   with pytest.raises(ValueError, match="model.fas.num_heads"):
-    fognet.create_model(tiny_cfg(**{"fas.num_heads": 5}), rngs=nnx.Rngs(0))
+    weights.create_model(tiny_cfg(**{"fas.num_heads": 5}), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="model.temporal_fusion"):
     config_lib.validate_model(tiny_cfg(temporal_fusion="lstm"))
   with pytest.raises(ValueError, match=r"model\.clip_overrides .* cannot be combined with "
@@ -381,12 +382,12 @@ def test_config_errors_name_the_key():
   # Without overrides, a missing checkpoint is reported as such.
   cfg = config_testutil.model_block()
   cfg.backbone, cfg.init_from = "tiny", "/nonexistent"
-  assert fognet.clip_overrides(cfg) == {}
+  assert weights.clip_overrides(cfg) == {}
   with pytest.raises(FileNotFoundError, match=r"^/nonexistent: no such checkpoint"):
-    fognet.create_model(cfg, rngs=nnx.Rngs(0))
+    weights.create_model(cfg, rngs=nnx.Rngs(0))
   cfg = tiny_cfg(temporal_fusion="transformer", max_frames=2)
-  model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="model.max_frames"):
+  model = weights.create_model(cfg, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="max_frames=2"):
     model.predict(batch()[1], jnp.ones((C, model.clip.config.embed_dim)))
 
 
@@ -457,7 +458,7 @@ def test_baseline_trains_on_its_train_stream(stream):
   """arch='actionclip': the one stream is the configured one; 'clean+foggy' stacks both
   (2B videos) and the loss tiles the labels."""
   cfg = tiny_cfg(arch="actionclip", train_stream=stream)
-  model = fognet.create_model(cfg, rngs=nnx.Rngs(0))
+  model = weights.create_model(cfg, rngs=nnx.Rngs(0))
   clean, foggy, tokens = batch(2)
   text = model.encode_text(tokens)
   out = model.train_outputs(clean, foggy, text)
@@ -501,7 +502,7 @@ def test_bf16_heads_run_bf16_matmuls():
   rng = np.random.default_rng(0)
   v_c, v_f = (jnp.asarray(rng.normal(size=(B, T, 32)), jnp.float32) for _ in range(2))
   for dtype in ("bfloat16", "float32"):
-    model = fognet.create_model(tiny_cfg(dtype=dtype, temporal_fusion="transformer"),
+    model = weights.create_model(tiny_cfg(dtype=dtype, temporal_fusion="transformer"),
                                 rngs=nnx.Rngs(0))
     text = model.encode_text(tokens)
     heads = matmul_dtypes(model, "two_stream", v_c, v_f)
@@ -520,7 +521,7 @@ def test_frame_centering_cancels_a_static_background():
   clean, foggy, tokens = batch(3)
   background = jax.random.normal(jax.random.key(7), (B, 1, H, H, 3))
   for centering in (True, False):
-    model = fognet.create_model(tiny_cfg(frame_centering=centering), rngs=nnx.Rngs(0))
+    model = weights.create_model(tiny_cfg(frame_centering=centering), rngs=nnx.Rngs(0))
     text = model.encode_text(tokens)
     p0 = np.asarray(model.predict(foggy, text))
     p1 = np.asarray(model.predict(foggy + background, text))
@@ -562,7 +563,7 @@ def _bf16_casts_per_param(jaxpr, num_params):
 def test_bf16_step_casts_each_clip_weight_matrix_once():
   """Both streams go through the towers in one pass: every CLIP weight matrix is cast to
   bfloat16 once in the training gradient (XLA keeps that one copy for the backward pass)."""
-  model = fognet.create_model(tiny_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0))
+  model = weights.create_model(tiny_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   clean, foggy, tokens = batch()
 
@@ -581,14 +582,14 @@ def test_bf16_step_casts_each_clip_weight_matrix_once():
 
 def test_residual_dtype_reaches_the_towers_built_and_loaded(tmp_path):
   from fognet_jax import clip_weights  # pylint: disable=g-import-not-at-top
-  built = fognet.create_model(tiny_cfg(dtype="bfloat16", residual_dtype="bfloat16"),
-                              rngs=nnx.Rngs(0))
+  built = weights.create_model(tiny_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0),
+                               residual_dtype="bfloat16")
   path = str(tmp_path / "tiny")
   clip_weights.save(clip.create("tiny", seed=0), path)
-  cfg = tiny_cfg(dtype="bfloat16", residual_dtype="bfloat16", init_from=path)
+  cfg = tiny_cfg(dtype="bfloat16", init_from=path)
   for k in TINY:  # the loaded weights carry their config
     cfg.clip_overrides[k] = None
-  loaded = fognet.create_model(cfg, rngs=nnx.Rngs(0))
-  default = fognet.create_model(tiny_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0))
+  loaded = weights.create_model(cfg, rngs=nnx.Rngs(0), residual_dtype="bfloat16")
+  default = weights.create_model(tiny_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0))
   for model, want in ((built, jnp.bfloat16), (loaded, jnp.bfloat16), (default, jnp.float32)):
     assert model.clip.visual.residual_dtype == want and model.clip.text.residual_dtype == want

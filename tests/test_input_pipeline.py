@@ -77,12 +77,11 @@ def source():
 
 
 def _cfg(**kw):
-  """The recipe's data block at test size; the host path (float frames) unless overridden."""
+  """The recipe's data block at test size."""
   c = config_testutil.data_block()
   c.num_frames = 4
   c.image_size = 16
   c.num_workers = 2
-  c.pixels_on_device = False
   for k, v in kw.items():
     if k.startswith("augment_"):
       c.augment[k[len("augment_"):]] = v
@@ -185,7 +184,7 @@ def test_eval_never_touches_clean_and_pads_last_batch():
   batches = list(ip.eval_iterator(cfg, split="test", batch_size=2, source=src, process_index=0,
                                   process_count=1))
   assert len(batches) == 3
-  assert batches[0]["foggy"].shape == (2, 6, 4, 16, 16, 3)
+  assert batches[0]["frames"].shape == (2, 6, 4, 16, 16, 3)
   assert "clean" not in batches[0]
   np.testing.assert_array_equal(batches[-1]["mask"], [True, False])
   np.testing.assert_array_equal(np.concatenate([x["label"][x["mask"]] for x in batches]), np.arange(5))
@@ -381,12 +380,12 @@ def test_clean_stream_evaluation_reads_the_clean_frames():
                                      process_count=1))
   clean = list(ip.eval_iterator(_cfg(), split="test", batch_size=3, source=_Source(3),
                                 process_index=0, process_count=1, stream="clean"))
-  c, f = _unnorm(clean[0]["foggy"]), _unnorm(foggy_only[0]["foggy"])
+  c, f = _unnorm(clean[0]["frames"]), _unnorm(foggy_only[0]["frames"])
   # the source's foggy frames are clean / 2 + 100: views of the clean stream invert that
   assert np.abs(f - (c / 2 + 100 / 255)).max() < 2.5 / 255
   assert np.abs(c - f).mean() > 20 / 255
   expected = augment.make_eval_views({"foggy": _Source(3).items[1]["clean"]}, _cfg())
-  np.testing.assert_allclose(clean[0]["foggy"][1], expected, atol=1e-6)
+  np.testing.assert_allclose(clean[0]["frames"][1], expected, atol=1e-6)
   with pytest.raises(ValueError, match="stream"):
     next(ip.eval_iterator(_cfg(), batch_size=2, source=_Source(2), process_index=0,
                           process_count=1, stream="both"))
@@ -456,8 +455,8 @@ def test_device_pixels_equal_the_host_path(source, kw):
       ex["fog"] = 1  # dense
   host = _take(ip.train_iterator(_cfg(**kw), batch_size=6, seed=5, source=source,
                                  process_index=0, process_count=1), 2)
-  dev = _take(ip.train_iterator(_cfg(pixels_on_device=True, **kw), batch_size=6, seed=5,
-                                source=source, process_index=0, process_count=1), 2)
+  dev = _take(ip.train_iterator(_cfg(**kw), batch_size=6, seed=5, source=source,
+                                process_index=0, process_count=1, pixels_on_device=True), 2)
   for h, d in zip(host, dev):
     assert d["clean"].dtype == d["foggy"].dtype == np.uint8
     assert d["color"].shape == (6, pixels.COLOR_STEPS, 3, 4) and d["color"].dtype == np.float32
@@ -472,12 +471,12 @@ def test_device_eval_views_equal_the_host_path():
   cfg = dict(num_clips=2, num_crops=3)
   host = list(ip.eval_iterator(_cfg(**cfg), batch_size=2, source=src, process_index=0,
                                process_count=1))
-  dev = list(ip.eval_iterator(_cfg(pixels_on_device=True, **cfg), batch_size=2, source=src,
-                              process_index=0, process_count=1))
+  dev = list(ip.eval_iterator(_cfg(**cfg), batch_size=2, source=src, process_index=0,
+                              process_count=1, pixels_on_device=True))
   assert len(host) == len(dev) == 2
   for h, d in zip(host, dev):
-    assert d["foggy"].dtype == np.uint8 and d["foggy"].shape == h["foggy"].shape
+    assert d["frames"].dtype == np.uint8 and d["frames"].shape == h["frames"].shape
     np.testing.assert_array_equal(h["mask"], d["mask"])
     m = h["mask"]
-    np.testing.assert_allclose(np.asarray(pixels.model_input(d["foggy"]))[m], h["foggy"][m],
+    np.testing.assert_allclose(np.asarray(pixels.model_input(d["frames"]))[m], h["frames"][m],
                                atol=2e-5)

@@ -119,12 +119,23 @@ def test_the_builders_do_not_import_the_trainer():
 
 @pytest.mark.parametrize('lower', ['fognet_jax.evaluate', 'fognet_jax.train',
                                    'fognet_jax.input_pipeline', 'fognet_jax.models.fognet',
-                                   'fognet_jax.models.clip', 'fognet_jax.records'])
+                                   'fognet_jax.models.clip', 'fognet_jax.records',
+                                   'fognet_jax.weights'])
 def test_lower_layers_do_not_import_the_entry_point_or_the_trainer(lower):
   graph, _ = _graph()
   assert 'fognet_jax.main' not in graph[lower]
   if lower != 'fognet_jax.train':
     assert 'fognet_jax.train' not in graph[lower]
+
+
+def test_models_import_nothing_of_the_package_outside_models():
+  """The model code is a layer of its own: no loader, config reader or loss."""
+  graph, _ = _graph()
+  models = [m for m in graph if m.startswith('fognet_jax.models.')]
+  assert len(models) >= 8, models
+  outside = sorted((m, t) for m in models for t in graph[m]
+                   if not t.startswith('fognet_jax.models'))
+  assert outside == []
 
 
 def test_imports_are_at_the_top_except_optional_libraries():

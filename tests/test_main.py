@@ -70,12 +70,12 @@ def test_a_text_tower_smaller_than_the_tokenizer_fails_before_the_data_is_built(
 
 def test_the_demo_text_tower_has_one_embedding_per_byte_token():
   from fognet_jax import config_lib, tokenizer
-  from fognet_jax.models import fognet
+  from fognet_jax import weights
   # From scratch the architecture is the config's; fine-tuned, the committed towers' (259 too:
   # tests/test_export_clip.py).
   config = config_lib.load_config('synthetic:scratch')
   tok = tokenizer.get_tokenizer(config.model.tokenizer.kind)
-  assert fognet.clip_config(config.model).vocab_size == tok.vocab_size == 259
+  assert weights.clip_config(config.model).vocab_size == tok.vocab_size == 259
 
 
 def test_library_info_lines_are_dropped_but_warnings_kept():
@@ -87,3 +87,22 @@ def test_library_info_lines_are_dropped_but_warnings_kept():
   assert not f.filter(rec('/x/site-packages/orbax/checkpoint/manager.py', std_logging.INFO))
   assert f.filter(rec('/x/site-packages/orbax/checkpoint/manager.py', std_logging.WARNING))
   assert f.filter(rec('/x/fognet_jax/train.py', std_logging.INFO))
+
+
+def test_the_model_is_built_with_the_perf_blocks_attention_and_residual_stream():
+  import jax.numpy as jnp
+  from fognet_jax import config_lib
+  from fognet_jax import main as main_lib
+  config = config_lib.load_config('synthetic:scratch,fusion=transformer')
+  config.model.dtype = 'bfloat16'
+  config.perf.residual_dtype = 'bfloat16'
+  config.perf.attention_impl = 'xla'
+  model = main_lib.create_model(config)
+  assert model.clip.visual.residual_dtype == model.clip.text.residual_dtype == jnp.bfloat16
+  attention = model.clip.visual.transformer.resblocks[0].attn
+  assert attention.attention_impl == 'xla'
+  config.perf.residual_dtype = None
+  config.perf.attention_impl = None
+  model = main_lib.create_model(config)
+  assert model.clip.visual.residual_dtype == jnp.float32
+  assert model.clip.visual.transformer.resblocks[0].attn.attention_impl is None

@@ -36,7 +36,7 @@ TINY = [
     '--config.train.checkpoint_every_steps=2', '--config.eval.confusion_matrix=True',
     # A constant learning rate: 2 steps + 2 resumed steps equal 4 steps in one go.
     '--config.train.warmup_epochs=0', '--config.train.end_lr_ratio=1.0',
-    '--config.train.async_checkpointing=False',
+    '--config.perf.async_checkpointing=False',
     # Parameters whose gradient is zero in exact arithmetic (attention key biases) get float
     # noise as gradient, which Adam with a tiny eps turns into full-size updates of either sign;
     # a larger eps leaves them still, so that the two runs can be compared.

@@ -1,11 +1,11 @@
-"""Process workers of the input pipeline (``config.data.worker_type='process'``).
+"""Process workers of the input pipeline (``config.data.worker_type='process'``, Grain's
+``mp_prefetch``).
 
 They must give the thread workers' batches exactly (the batches are a pure function of the
-config, seed and step), read a prepared dataset through a source that pickles, return large
-arrays through shared memory (or the pipe when there is no room), report a worker's exception
-and a dead worker in the parent, and never claim the accelerator.
+config, seed and step, whatever the workers), resume from the iterator's state, read a
+prepared dataset through a source that pickles, report a worker's exception and a dead
+worker in the parent, and never claim the accelerator.
 """
-import concurrent.futures
 import io
 import json
 import os
@@ -23,7 +23,6 @@ import config_testutil
 from fognet_jax import config_lib
 from fognet_jax import input_pipeline as ip
 from fognet_jax import records
-from fognet_jax import worker_pool
 from tfds_fogact import common
 
 
@@ -49,14 +48,16 @@ def _examples(n):
            "label": i} for i in range(n)]
 
 
-def _batches(cfg, kind, *, train_steps=2, start_step=3, source=None, split="test"):
+def _batches(cfg, kind, *, train_steps=2, start_step=3, source=None, split="test",
+             pixels_on_device=True):
+  """Training batches from `start_step` (process 1 of 2), then one pass of evaluation."""
   cfg = _cfg(**{**cfg, "worker_type": kind})
   it = ip.train_iterator(cfg, batch_size=4, seed=5, start_step=start_step, process_index=1,
-                         process_count=2, source=source)
+                         process_count=2, source=source, pixels_on_device=pixels_on_device)
   train = [next(it) for _ in range(train_steps)]
   it.close()
   ev = list(ip.eval_iterator(cfg, split=split, batch_size=3, process_index=0, process_count=1,
-                             source=source))
+                             source=source, pixels_on_device=pixels_on_device))
   return train + ev
 
 
@@ -82,9 +83,9 @@ def prepared(tmp_path_factory):
 
 @pytest.mark.parametrize("on_device", [True, False])
 def test_process_workers_give_the_thread_batches_of_a_prepared_dataset(prepared, on_device):
-  cfg = dict(prepared, pixels_on_device=on_device, fog="dense", eval_perspective="front,left")
-  threads = _batches(cfg, "thread")
-  processes = _batches(cfg, "process")
+  cfg = dict(prepared, fog="dense", eval_perspective="front,left")
+  threads = _batches(cfg, "thread", pixels_on_device=on_device)
+  processes = _batches(cfg, "process", pixels_on_device=on_device)
   _assert_same(threads, processes)
   assert threads[0]["clean"].dtype == (np.uint8 if on_device else np.float32)
   assert sum(int(b["mask"].sum()) for b in threads[2:]) == len(
@@ -159,20 +160,28 @@ def test_a_dead_worker_is_reported_with_what_to_do():
     next(it)
 
 
-def _probe(example):
-  """Run in a worker: augment one example, then report what jax set up there."""
-  ip._TrainItem([example], _cfg(pixels_on_device=True), None, 0, np.zeros(0, np.int32))(0, 0)
-  return xla_bridge.backends_are_initialized(), jax.config.jax_platforms
+class _Probe:
+  """Examples whose label says what jax set up in the process reading them: 1 when no
+  backend is initialised and the platform is the CPU."""
+
+  def __len__(self):
+    return 4
+
+  def __getitem__(self, i):
+    ex = dict(_examples(1)[0])
+    ex["label"] = int(not xla_bridge.backends_are_initialized() and jax.config.jax_platforms == "cpu")
+    return ex
 
 
 def test_workers_do_not_claim_the_accelerator(monkeypatch):
   # as on a GPU host: the worker inherits no platform choice (tests/conftest.py sets cpu)
   monkeypatch.delenv("JAX_PLATFORMS", raising=False)
-  pool = worker_pool.Pool(_cfg(worker_type="process", num_workers=1), _probe, max_in_flight=1)
+  it = ip.train_iterator(_cfg(worker_type="process", num_workers=1), batch_size=2, seed=0,
+                         process_index=0, process_count=1, source=_Probe())
   try:
-    assert pool.submit(_examples(1)[0]).result(timeout=120) == (False, "cpu")
+    np.testing.assert_array_equal(next(it)["label"], [1, 1])
   finally:
-    pool.shutdown()
+    it.close()
 
 
 def test_worker_type_is_validated():
@@ -183,174 +192,23 @@ def test_worker_type_is_validated():
                           process_count=1, source=_examples(2)))
 
 
-def _result(i, n=300):
-  """A result as the pipeline's: large frames, a small array, a scalar, nested."""
-  return {"frames": np.full((n, n, 3), i % 251, np.uint8), "color": np.full((5, 3, 4), i, np.float32),
-          "label": np.int32(i), "pair": (np.arange(70000, dtype=np.int32) + i, "text")}
-
-
-def _check(out, i, n=300):
-  want = _result(i, n)
-  assert out.keys() == want.keys() and out["pair"][1] == "text"
-  for got, exp in ((out["frames"], want["frames"]), (out["color"], want["color"]),
-                   (out["label"], want["label"]), (out["pair"][0], want["pair"][0])):
-    assert got.dtype == exp.dtype and got.shape == exp.shape
-    np.testing.assert_array_equal(got, exp)
-
-
-def _sizes(i):
-  return _result(i, 300 if i != 7 else 400)  # result 7 does not fit a slot
-
-
-def _run(fn, n, *, window=4, max_in_flight=4, while_open=None, **cfg):
-  """A pool of `fn` (`cfg` over the test data block) fed n tasks with at most `window` in
-  flight, as the iterators do; (the shut-down pool, the results in order).
-  `while_open(pool)` runs before the shutdown."""
-  pool = worker_pool.Pool(_cfg(**cfg), fn, max_in_flight=max_in_flight)
-  try:
-    pending, out = [], []
-    for i in range(n):
-      pending.append(pool.submit(i))
-      if len(pending) == window:
-        out.append(pending.pop(0).result(timeout=120))
-    out += [f.result(timeout=120) for f in pending]
-    if while_open:
-      while_open(pool)
-  finally:
-    pool.shutdown()
-  return pool, out
-
-
-def test_large_arrays_come_back_through_shared_memory():
-  names = []
-
-  def block_exists(pool):
-    names.append(pool._block.name)
-    assert os.path.exists(f"/dev/shm/{names[0]}")
-
-  pool, out = _run(_result, 16, worker_type="process", while_open=block_exists)
-  for i, o in enumerate(out):
-    _check(o, i)
-  # the first result sets the slot size; the ones submitted before it came back used the pipe
-  assert pool.transfers["pipe"] <= 4 and pool.transfers["shared"] >= 12
-  assert sum(pool.transfers.values()) == 16
-  assert not os.path.exists(f"/dev/shm/{names[0]}")
-
-
-def test_a_result_larger_than_a_slot_takes_the_pipe():
-  pool, out = _run(_sizes, 10, window=2, max_in_flight=2, worker_type="process", num_workers=1)
-  for i, o in enumerate(out):
-    _check(o, i, 300 if i != 7 else 400)
-  assert pool.transfers["shared"] >= 7 and pool.transfers["pipe"] >= 2
-
-
-@pytest.mark.parametrize("room, says", [(1 << 20, "/dev/shm has 1 MB free"),
-                                        (None, "/dev/shm cannot be read")])
-def test_without_room_in_dev_shm_the_pipe_carries_everything(monkeypatch, caplog, room, says):
-  monkeypatch.setattr(worker_pool, "_shm_room", lambda: room)
-  with caplog.at_level("WARNING"):
-    pool, out = _run(_result, 6, max_in_flight=8, worker_type="process")
-  for i, o in enumerate(out):
-    _check(o, i)
-  assert pool.transfers == {"shared": 0, "pipe": 6}
-  assert says in caplog.text and "config.data.prefetch" in caplog.text
-
-
-def test_thread_workers_return_the_results_themselves():
-  pool, out = _run(_result, 5, worker_type="thread")
-  for i, o in enumerate(out):
-    _check(o, i)
-  assert pool.transfers == {"shared": 0, "pipe": 0}
-
-
-def _stack(items):
-  return {"frames": np.stack([it["frames"] for it in items]), "label": [it["label"] for it in items]}
-
-
-def _first_frames(items):
-  """A collate that passes a result's array through instead of copying it."""
-  return {"frames": items[0]["frames"], "label": [it["label"] for it in items]}
-
-
-@pytest.mark.parametrize("kind", ["process", "thread"])
-def test_collate_reads_slots_in_place_and_returns_arrays_of_its_own(kind):
-  pool = worker_pool.Pool(_cfg(worker_type=kind), _result, max_in_flight=8)
-  try:
-    for b in range(4):  # batch 0 opens the block (its results take the pipe), then slots
-      futures = [pool.submit(4 * b + j) for j in range(4)]
-      batch = pool.collate(futures, _stack if b % 2 == 0 else _first_frames)
-      if kind == "process" and b > 0:
-        assert pool._block is not None and len(pool._free) == 9  # every slot free again
-        assert not np.may_share_memory(batch["frames"], pool._block_view)
-      want = (np.stack([_result(4 * b + j)["frames"] for j in range(4)]) if b % 2 == 0
-              else _result(4 * b)["frames"])
-      np.testing.assert_array_equal(batch["frames"], want)
-      assert batch["label"] == [4 * b + j for j in range(4)]
-      # the slots are reused by the next batch: what came out must not change with them
-      keep = np.array(batch["frames"])
-      pool.collate([pool.submit(99) for _ in range(4)], _stack)
-      np.testing.assert_array_equal(batch["frames"], keep)
-    if kind == "process":
-      assert pool.transfers["shared"] >= 24
-  finally:
-    pool.shutdown()
-
-
-@pytest.mark.parametrize("on_device", [True, False])
-def test_the_iterators_size_the_slots_from_the_config(monkeypatch, on_device):
-  """Every process result takes a shared-memory slot, the first ones too: the iterators give
-  the pool the size of a result before any came back."""
-  pools = []
-
-  class Recording(worker_pool.Pool):
-    def __init__(self, *args, **kwargs):
-      super().__init__(*args, **kwargs)
-      pools.append(self)
-
-  monkeypatch.setattr(worker_pool, "Pool", Recording)
-  # 3 frames of 96^2: 83 KB a stream in uint8, above worker_pool.MIN_SHARED_BYTES
-  batches = _batches(dict(image_size=96, pixels_on_device=on_device), "process",
-                     source=_examples(8))
-  assert len(pools) == 2 and len(batches) == 2 + 3
-  train, ev = pools
-  assert train.transfers == {"shared": 2 * 4, "pipe": 0}  # 2 batches of 4 (no prefetch left)
-  assert ev.transfers == {"shared": 8, "pipe": 0}
-
-
-def _mmapped_bytes_of_a_2mb_array():
-  """In a fresh process: bytes glibc maps anew (mallinfo2().hblkhd) for one 2 MB array."""
-  import ctypes  # pylint: disable=g-import-not-at-top
-  fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-            "fordblks", "keepcost")
-
-  class Info(ctypes.Structure):
-    _fields_ = [(f, ctypes.c_size_t) for f in fields]
-
-  libc = ctypes.CDLL("libc.so.6")
-  libc.mallinfo2.restype = Info
-  before = libc.mallinfo2().hblkhd
-  x = np.ones(1 << 18)  # 2 MB
-  return int(libc.mallinfo2().hblkhd - before), float(x.sum())
-
-
-def _in_fresh_process(fn, *, worker):
-  """fn() in a new spawned process: a pool worker (its initializer ran) or a bare process."""
-  if worker:
-    pool = worker_pool.Pool(_cfg(worker_type="process", num_workers=1), fn, max_in_flight=1)
-    try:
-      return pool.submit().result(timeout=120)
-    finally:
-      pool.shutdown()
-  import multiprocessing  # pylint: disable=g-import-not-at-top
-  with concurrent.futures.ProcessPoolExecutor(
-      1, mp_context=multiprocessing.get_context("spawn")) as bare:
-    return bare.submit(fn).result(timeout=120)
-
-
-def test_workers_serve_frame_arrays_from_the_heap():
-  """A worker allocates and frees the same few MB per example; glibc's defaults map each such
-  array anew (and fault its pages in again). Workers raise the mmap threshold instead."""
-  mapped, _ = _in_fresh_process(_mmapped_bytes_of_a_2mb_array, worker=False)
-  assert mapped >= 1 << 21  # glibc's default: a fresh mapping (the probe can see it)
-  mapped, _ = _in_fresh_process(_mmapped_bytes_of_a_2mb_array, worker=True)
-  assert mapped == 0
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_the_iterator_state_resumes_at_the_next_batch(kind):
+  """Grain's iterator state (what a checkpoint would keep) restores the very next batch."""
+  src = _examples(6)
+  cfg = _cfg(worker_type=kind)
+  it = ip.train_iterator(cfg, batch_size=2, seed=1, process_index=0, process_count=1, source=src)
+  next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(2)]
+  it.close()
+  again = ip.train_iterator(cfg, batch_size=2, seed=1, process_index=0, process_count=1,
+                            source=src)
+  again.set_state(state)
+  _assert_same(want, [next(again) for _ in range(2)])
+  again.close()
+  # the same batches as a fresh iterator started at step 1
+  start = ip.train_iterator(_cfg(), batch_size=2, seed=1, start_step=1, process_index=0,
+                            process_count=1, source=src)
+  _assert_same(want, [next(start) for _ in range(2)])
+  start.close()

@@ -48,15 +48,16 @@ def test_density_zero_is_the_clean_evaluation(run_dir, tmp_path):
   # at density 3 every clip is fogged.
   config = predict.load_config(run_dir)
   batch = config.eval.batch_size
-  reference = list(input_pipeline.eval_iterator(config.data, batch_size=batch, stream='clean'))
+  reference = list(input_pipeline.eval_iterator(config.data, batch_size=batch, stream='clean',
+                                                pixels_on_device=config.perf.pixels_on_device))
   zero = list(robustness.eval_batches(config, 0.0))
   dense = list(robustness.eval_batches(config, 3.0))
   assert len(zero) == len(dense) == len(reference) > 0
   for ref, z, d in zip(reference, zero, dense):
-    for key in ('foggy', 'label', 'mask'):
+    for key in ('frames', 'label', 'mask'):
       np.testing.assert_array_equal(z[key], ref[key])
     n = ref['mask'].sum()
-    assert np.all(np.any(d['foggy'][:n] != ref['foggy'][:n], axis=(1, 2, 3, 4, 5)))
+    assert np.all(np.any(d['frames'][:n] != ref['frames'][:n], axis=(1, 2, 3, 4, 5)))
 
 
 def test_denser_fog_lowers_the_contrast():

@@ -76,7 +76,7 @@ def _tiny_fognet_config(fsdp: bool):
   o.vision_layers, o.text_layers, o.image_size, o.patch_size = 1, 1, 32, 8
   cfg.data.image_size, cfg.data.num_frames = 32, 2
   cfg.mesh.fsdp = fsdp
-  cfg.mesh.fsdp_min_size = 2 ** 10  # the tiny towers' matrices are sharded too
+  cfg.perf.fsdp_min_size = 2 ** 10  # the tiny towers' matrices are sharded too
   cfg.train.batch_size = 16
   return cfg
 

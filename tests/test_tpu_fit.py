@@ -96,6 +96,15 @@ def test_a_batch_the_devices_do_not_divide_is_one_error_line():
                                                  'divisible by devices (8)'), run.stderr
 
 
+def test_a_search_unit_the_devices_do_not_divide_is_one_error_line_before_any_compile():
+  run = _tool(['--config=configs/synthetic.py:scratch', '--topology=v2-8', '--batch=16',
+               '--search', '--search_unit=12'])
+  assert run.returncode == 1
+  assert run.stderr.splitlines() == ['error: --search_unit=12: must be a positive multiple of '
+                                     'devices x accumulation steps (8)'], run.stderr
+  assert 'compile' not in run.stdout, run.stdout  # refused before the table's first row
+
+
 def test_the_makefile_installs_the_pinned_libtpu_where_jax_does_not_look():
   with open(os.path.join(REPO, 'Makefile')) as f:
     makefile = f.read()
@@ -125,6 +134,11 @@ def test_search_doubles_then_bisects_over_multiples_of_the_unit():
   too_big = tpu_fit.search(lambda b: tpu_fit.Fit(batch=b, accum=1, remat=False, fsdp=False,
                                                  error='out of memory'), unit=4)
   assert [f.batch for f in too_big] == [4] and tpu_fit.largest_fit(too_big) is None
+  # Batches compiled before the search (the --batch list) are not compiled again.
+  again = tpu_fit.search(lambda b: tpu_fit.Fit(batch=b, accum=1, remat=False, fsdp=False,
+                                               error=None if b <= 40 else 'out of memory'),
+                         unit=8, start=32, known=tried[2:4])
+  assert [f.batch for f in again] == [48, 40]
 
 
 def test_topology_names():

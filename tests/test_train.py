@@ -155,7 +155,7 @@ def test_schedule_is_linear_warmup_then_cosine():
 
 def test_epochs_resolve_to_steps():
   cfg = toy.config(num_train_steps=-1, num_epochs=2.5, warmup_epochs=1.0)
-  assert train.resolve_steps(cfg.train, 160) == (10, 25, 10)  # 160 / 16 = 10 steps per epoch
+  assert train.step_counts(cfg.train, 160) == (10, 25, 10)  # 160 / 16 = 10 steps per epoch
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

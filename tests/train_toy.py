@@ -119,12 +119,13 @@ def eval_batches(batch_size: int, num_videos: int = 13, views: int = 2):
     foggy = np.concatenate([foggy, np.zeros((pad,) + foggy.shape[1:], np.float32)])
     labels = np.concatenate([labels, np.zeros(pad, np.int32)])
     fv = np.stack([foggy + 0.01 * v for v in range(views)], axis=1)  # (B, V, T, H, W, 3)
-    yield {'foggy': fv.astype(np.float32), 'label': labels,
+    yield {'frames': fv.astype(np.float32), 'label': labels,
            'mask': np.arange(batch_size) < n}
 
 
 def config(**train_overrides) -> ml_collections.ConfigDict:
-  """A full config with small train settings (data/model blocks unused by the toy)."""
+  """A full config with small train settings (data/model blocks unused by the toy); keyword
+  arguments set train keys, or perf keys (async_checkpointing)."""
   import config_testutil
   c = config_testutil.recipe()
   c.data.num_frames = FRAMES
@@ -139,10 +140,10 @@ def config(**train_overrides) -> ml_collections.ConfigDict:
   c.train.checkpoint_every_steps = 4
   c.train.keep_checkpoints = 2
   c.train.freeze_text_pattern = r'(^|/)(text|text_proj)(/|$)'
-  c.mesh.fsdp_min_size = 16
+  c.perf.fsdp_min_size = 16
   c.eval.batch_size = 8
   for k, v in train_overrides.items():
-    c.train[k] = v
+    (c.perf if k in c.perf else c.train)[k] = v
   return c
 
 
@@ -151,7 +152,7 @@ CLASS_NAMES = [f'class_{i}' for i in range(NUM_CLASSES)]
 
 def steps(cfg, num_train_examples: int = 160):
   from fognet_jax import train
-  return train.resolve_steps(cfg.train, num_train_examples)
+  return train.step_counts(cfg.train, num_train_examples)
 
 
 def run_parts(cfg, mesh, *, num_train_examples: int = 160) -> dict:

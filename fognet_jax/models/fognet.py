@@ -18,9 +18,10 @@ Training (``FogNet.train_outputs``), ``arch='fognet'``::
 Inference (``FogNet.predict``) takes the foggy clip only: FAS runs over the T foggy tokens,
 ME uses the foggy stream as query, key and value, there is no CSA.
 
-Readings of the paper (the alternative is a config switch; the default is listed first):
+Readings of the paper (the alternative is a constructor argument, set from the config's
+``model`` block by ``fognet_jax.weights.create_model``; the default is listed first):
 
-* FAS (``model.fas``). Default ``parameter_free=False``: multi-head self-attention with
+* FAS (``fas``, :class:`FASOptions`; ``model.fas``). Default ``parameter_free=False``: multi-head self-attention with
   learned q/k/v/out projections and a residual, ``v + Wo MHA(v Wq, v Wk, v Wv)``. With
   ``parameter_free=True``: eq. 1 literally, ``v_att[i] = sum_j softmax_j(cos(v_i, v_j) /
   temperature) v_j``, no parameters, no residual. What ``[v_c ; v_f]`` concatenates
@@ -32,9 +33,8 @@ Readings of the paper (the alternative is a config switch; the default is listed
   as at the foggy-only test. 'tokens': the 2T frame tokens of both streams, every token
   attends over all 2T, so a foggy output mixes in clean frames (eq. 1's sums then run to 2T,
   not T) that the foggy-only test does not have. Inference (foggy only) is the same for
-  both readings. A run config without the key (``config.json`` of a run made before the
-  key existed) means 'tokens'.
-* ME (``model.me``). Default ``shared_weights=True``: one set Wq, Wk, Wv used in both
+  both readings.
+* ME (``me``, :class:`MEOptions`; ``model.me``). Default ``shared_weights=True``: one set Wq, Wk, Wv used in both
   directions (the paper's notation); ``False`` gives each direction its own set, and
   inference then uses the set of the direction producing ``v_f^D``. ``num_heads`` (default
   1, the paper's single attention) splits the projections into heads; there is no output
@@ -55,35 +55,69 @@ Readings of the paper (the alternative is a config switch; the default is listed
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
 
 import einops
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
-from fognet_jax import clip_weights
-from fognet_jax import losses
 from fognet_jax.models import clip
 
 Array = jax.Array
-FAS_CONCAT = ("tokens", "channels")  # config.model.fas.concat
-
-def clip_overrides(model_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The non-None entries of ``model.clip_overrides`` as a plain dict."""
-  ov = model_cfg.get("clip_overrides") or {}
-  return {k: v for k, v in dict(ov).items() if v is not None}
+ARCHS = ("fognet", "actionclip")
+FAS_CONCAT = ("tokens", "channels")
+TRAIN_STREAMS = ("foggy", "clean", "clean+foggy")
+TEMPORAL_FUSIONS = ("mean", "transformer")
 
 
-def clip_config(model_cfg: ml_collections.ConfigDict) -> clip.CLIPConfig:
-  """The CLIP architecture of a randomly initialised model: ``model.backbone`` with
-  ``model.clip_overrides``."""
-  try:
-    return clip.get_config(model_cfg.backbone, **clip_overrides(model_cfg))
-  except (ValueError, TypeError) as e:
-    raise ValueError(f"config keys model.backbone / model.clip_overrides: {e}") from e
+@dataclasses.dataclass(frozen=True)
+class FASOptions:
+  """Fog-Aware Selection's options (see :class:`FogAwareSelection`)."""
+  parameter_free: bool = False
+  num_heads: int = 8
+  temperature: float = 1.0
+  init_scale: float = 0.1
+  concat: str = "channels"
+
+
+@dataclasses.dataclass(frozen=True)
+class MEOptions:
+  """Mutual Enhancement's options (see :class:`MutualEnhancement`)."""
+  shared_weights: bool = True
+  num_heads: int = 1
+  init_scale: float = 0.1
+
+
+def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
+  """``x / max(||x||, eps)`` along ``axis``, computed in float32."""
+  x = jnp.asarray(x, jnp.float32)
+  norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True))
+  return x / jnp.maximum(norm, eps)
+
+
+def similarity_logits(video: Array, text: Array, logit_scale: Array,
+                      max_logit_scale: float = 100.0) -> Array:
+  """Scaled cosine similarities, fp32.
+
+  Args:
+    video: (B, D) video embeddings (any scale, any dtype).
+    text: (C, D) or (K, C, D) class prompt embeddings.
+    logit_scale: scalar, log of the inverse temperature (CLIP's ``logit_scale``).
+    max_logit_scale: clip for ``exp(logit_scale)``.
+
+  Returns:
+    (B, C) or (B, K, C) logits ``min(exp(logit_scale), max) * cos(video, text)``.
+  """
+  scale = jnp.minimum(jnp.exp(jnp.asarray(logit_scale, jnp.float32)), max_logit_scale)
+  v = l2_normalize(video)
+  t = l2_normalize(text)
+  if t.ndim == 2:
+    return scale * jnp.einsum("bd,cd->bc", v, t)
+  if t.ndim == 3:
+    return scale * jnp.einsum("bd,kcd->bkc", v, t)
+  raise ValueError(f"text embeddings must be (C, D) or (K, C, D), got shape {t.shape}")
 
 
 def _normal(std: float):
@@ -128,8 +162,7 @@ class FogAwareSelection(nnx.Module):
                temperature: float = 1.0, init_scale: float = 0.1, concat: str = "channels",
                dtype=jnp.float32, rngs: nnx.Rngs):
     if concat not in FAS_CONCAT:
-      raise ValueError(f"config key model.fas.concat: must be one of {FAS_CONCAT}, got "
-                       f"{concat!r}")
+      raise ValueError(f"FogAwareSelection concat must be one of {FAS_CONCAT}, got {concat!r}")
     self.concat = concat
     self.parameter_free = bool(parameter_free)
     self.temperature = float(temperature)
@@ -138,7 +171,7 @@ class FogAwareSelection(nnx.Module):
     if self.parameter_free:
       return
     if dim % self.num_heads:
-      raise ValueError(f"config key model.fas.num_heads: {self.num_heads} does not divide the "
+      raise ValueError(f"FogAwareSelection num_heads={self.num_heads} does not divide the "
                        f"embedding width {dim}")
     linear = functools.partial(nnx.Linear, dim, dim, dtype=dtype, param_dtype=jnp.float32,
                                rngs=rngs)
@@ -150,7 +183,7 @@ class FogAwareSelection(nnx.Module):
   def __call__(self, x: Array) -> Array:
     if self.parameter_free:
       xf = x.astype(jnp.float32)
-      xn = losses.l2_normalize(xf)
+      xn = l2_normalize(xf)
       sim = jnp.einsum("bnd,bmd->bnm", xn, xn) / self.temperature  # (B, N, N) cosines
       weights = jax.nn.softmax(sim, axis=-1)
       return jnp.einsum("bnm,bmd->bnd", weights, xf).astype(x.dtype)
@@ -170,7 +203,7 @@ class FogAwareSelection(nnx.Module):
     """Eq. 1 over the T tokens ``[v_c,i ; v_f,i]`` of width 2D; eq. 2 splits the channels."""
     if self.parameter_free:
       cat = jnp.concatenate([v_c, v_f], axis=-1).astype(jnp.float32)  # (B, T, 2D)
-      xn = losses.l2_normalize(cat)
+      xn = l2_normalize(cat)
       sim = jnp.einsum("btd,bsd->bts", xn, xn) / self.temperature  # (B, T, T)
       w = jax.nn.softmax(sim, axis=-1)
       att = jnp.einsum("bts,bsd->btd", w, cat)
@@ -198,8 +231,8 @@ class CrossAttention(nnx.Module):
   def __init__(self, dim: int, *, num_heads: int = 1, init_scale: float = 0.1,
                dtype=jnp.float32, rngs: nnx.Rngs):
     if dim % num_heads:
-      raise ValueError(f"config key model.me.num_heads: {num_heads} does not divide the "
-                       f"embedding width {dim}")
+      raise ValueError(f"CrossAttention num_heads={num_heads} does not divide the embedding "
+                       f"width {dim}")
     self.num_heads = int(num_heads)
     self.dtype = dtype
     linear = functools.partial(nnx.Linear, dim, dim, use_bias=False, dtype=dtype,
@@ -263,8 +296,8 @@ class TemporalTransformer(nnx.Module):
   def __call__(self, x: Array) -> Array:
     t = x.shape[1]
     if t > self.max_frames:
-      raise ValueError(f"clip has {t} frames but config key model.max_frames is "
-                       f"{self.max_frames}")
+      raise ValueError(f"clip has {t} frames but the temporal transformer has position "
+                       f"embeddings for max_frames={self.max_frames}")
     xf = x.astype(jnp.float32)
     h = self.transformer(xf + self.frame_position[...][:t][None])
     return jnp.mean(xf + h.astype(jnp.float32), axis=1)
@@ -274,42 +307,54 @@ class FogNet(nnx.Module):
   """FogNet / ActionCLIP video classifier on top of a CLIP model.
 
   Args:
-    model_cfg: the ``model`` block of the config (configs/fogact.py).
-    clip_model: the CLIP towers (``clip.CLIP``).
+    clip_model: the CLIP towers (``clip.CLIP``), random or loaded with pretrained weights.
+    arch: 'fognet' (two streams, FAS / ME / CSA) or 'actionclip' (one stream, the baseline).
+    fas: Fog-Aware Selection's options, or None for no FAS (``v^A = v``); two streams only.
+    me: Mutual Enhancement's options, or None for no ME (``v^D = v^A``); two streams only.
+    train_stream: what the baseline trains on: 'foggy', 'clean' or 'clean+foggy'.
+    temporal_fusion: 'mean' over T, or 'transformer' (ActionCLIP's "Transf").
+    temporal_layers / temporal_heads / max_frames: the temporal transformer's depth, heads
+      (None: ``embed_dim // 64``, at least 1) and number of frame position embeddings.
+    frame_centering: subtract each clip's mean frame before the image tower.
+    dtype: compute dtype of FAS, ME and the temporal transformer; params stay float32.
+    remat / attention_impl: as :class:`clip.CLIP`'s, for the temporal transformer.
     rngs: random streams for the FAS / ME / temporal parameters.
+    attention_impl: the temporal transformer's attention (``clip.attention``'s `impl`).
   """
 
-  def __init__(self, model_cfg: ml_collections.ConfigDict, clip_model: clip.CLIP, *,
-               rngs: nnx.Rngs):
+  def __init__(self, clip_model: clip.CLIP, *, arch: str = "fognet",
+               fas: FASOptions | None = FASOptions(), me: MEOptions | None = MEOptions(),
+               train_stream: str = "foggy", temporal_fusion: str = "mean",
+               temporal_layers: int = 6, temporal_heads: int | None = None,
+               max_frames: int = 32, frame_centering: bool = False, dtype=jnp.float32,
+               remat: bool = False, attention_impl: str | None = None, rngs: nnx.Rngs):
+    for name, value, known in (("arch", arch, ARCHS), ("train_stream", train_stream,
+                                                       TRAIN_STREAMS),
+                               ("temporal_fusion", temporal_fusion, TEMPORAL_FUSIONS)):
+      if value not in known:
+        raise ValueError(f"FogNet {name} must be one of {known}, got {value!r}")
     self.clip = clip_model
-    dtype = clip.canonical_dtype(model_cfg.dtype)
+    dtype = clip.canonical_dtype(dtype)
     dim = clip_model.config.embed_dim
-    self.arch = str(model_cfg.arch)
-    two = self.arch == "fognet"
-    self.train_stream = str(model_cfg.get("train_stream", "foggy"))
-    self.frame_centering = bool(model_cfg.get("frame_centering", False))
-    self.use_fas = two and bool(model_cfg.fas.enabled)
-    self.use_me = two and bool(model_cfg.me.enabled)
-    self.use_csa = two and bool(model_cfg.csa.enabled)
+    self.arch = arch
+    two = arch == "fognet"
+    self.train_stream = train_stream
+    self.frame_centering = bool(frame_centering)
     self.fas = FogAwareSelection(
-        dim, parameter_free=model_cfg.fas.parameter_free, num_heads=model_cfg.fas.num_heads,
-        temperature=model_cfg.fas.temperature, init_scale=model_cfg.fas.init_scale,
-        # A config without the key is a run's config.json from before it existed: 'tokens'.
-        concat=model_cfg.fas.get("concat", "tokens"), dtype=dtype,
-        rngs=rngs) if self.use_fas else None
+        dim, parameter_free=fas.parameter_free, num_heads=fas.num_heads,
+        temperature=fas.temperature, init_scale=fas.init_scale, concat=fas.concat,
+        dtype=dtype, rngs=rngs) if two and fas is not None else None
     self.me = MutualEnhancement(
-        dim, shared_weights=model_cfg.me.shared_weights, num_heads=model_cfg.me.num_heads,
-        init_scale=model_cfg.me.init_scale, dtype=dtype,
-        rngs=rngs) if self.use_me else None
-    if model_cfg.temporal_fusion == "transformer":
-      heads = model_cfg.get("temporal_heads") or max(1, dim // 64)
+        dim, shared_weights=me.shared_weights, num_heads=me.num_heads,
+        init_scale=me.init_scale, dtype=dtype, rngs=rngs) if two and me is not None else None
+    if temporal_fusion == "transformer":
+      heads = temporal_heads or max(1, dim // 64)
       if dim % heads:
-        raise ValueError(f"config key model.temporal_heads: {heads} does not divide {dim}")
-      self.temporal = TemporalTransformer(dim, layers=model_cfg.temporal_layers, heads=heads,
-                                          max_frames=model_cfg.max_frames, dtype=dtype,
-                                          remat=bool(model_cfg.remat),
-                                          attention_impl=model_cfg.get("attention_impl"),
-                                          rngs=rngs)
+        raise ValueError(f"FogNet temporal_heads={heads} does not divide the embedding width "
+                         f"{dim}")
+      self.temporal = TemporalTransformer(dim, layers=temporal_layers, heads=heads,
+                                          max_frames=max_frames, dtype=dtype, remat=remat,
+                                          attention_impl=attention_impl, rngs=rngs)
     else:
       self.temporal = None
 
@@ -408,26 +453,6 @@ class FogNet(nnx.Module):
     Returns:
       (B, C) float32 probabilities.
     """
-    logits = losses.similarity_logits(self.video_embedding(foggy), text_emb, self.logit_scale)
+    logits = similarity_logits(self.video_embedding(foggy), text_emb, self.logit_scale)
     probs = jax.nn.softmax(logits, axis=-1)  # (B, C) or (B, K, C)
     return probs if probs.ndim == 2 else jnp.mean(probs, axis=1)
-
-
-def create_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> FogNet:
-  """Builds FogNet / ActionCLIP from the ``model`` config block.
-
-  With ``model_cfg.init_from`` set the CLIP towers are loaded with
-  ``clip_weights.load`` (``clip_overrides`` must then be empty); otherwise a randomly
-  initialised CLIP ``backbone`` (+ ``clip_overrides``) is built from ``rngs``.
-  """
-  dtype = clip.canonical_dtype(model_cfg.dtype)
-  if model_cfg.get("init_from"):
-    clip_model = clip_weights.load(model_cfg.init_from, dtype=dtype, remat=bool(model_cfg.remat),
-                                   attention_impl=model_cfg.get("attention_impl"),
-                                   residual_dtype=model_cfg.get("residual_dtype"))
-  else:
-    clip_model = clip.CLIP(clip_config(model_cfg), dtype=dtype, remat=bool(model_cfg.remat),
-                           attention_impl=model_cfg.get("attention_impl"),
-                           residual_dtype=model_cfg.get("residual_dtype"), rngs=rngs)
-  return FogNet(model_cfg, clip_model, rngs=rngs)
-

@@ -43,8 +43,8 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from fognet_jax import config_lib  # noqa: E402
+from fognet_jax import weights  # noqa: E402
 from fognet_jax.models import clip  # noqa: E402
-from fognet_jax.models import fognet  # noqa: E402
 
 
 
@@ -116,11 +116,11 @@ def measure(model_cfg, *, frames: int = 8, image_size: int = 224,
   cfg = model_cfg.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.init_from = None  # cost of the architecture; weights are not needed
-    cfg.attention_impl = "xla"  # compiled for the CPU (see the module docstring)
   config_lib.validate_model(cfg)
   if image_size <= 0 or frames <= 0 or num_classes <= 0:
     raise ValueError("--frames, --image_size and --num_classes must be positive")
-  model = nnx.eval_shape(lambda: fognet.create_model(cfg, rngs=nnx.Rngs(0)))
+  # attention_impl 'xla': compiled for the CPU (see the module docstring)
+  model = nnx.eval_shape(lambda: weights.create_model(cfg, rngs=nnx.Rngs(0), attention_impl="xla"))
   graphdef, state = nnx.split(model)
   params = nnx.state(model, nnx.Param)
   clip_cfg = model.clip.config

@@ -1,7 +1,7 @@
 r"""Does the train step fit a TPU? Compiles the real step for a TPU topology, on this machine.
 
   python -m fognet_jax.tools.tpu_fit --config=configs/fogact.py --topology=v5e-1 \
-      --batch=16,32,48 [--remat] [--accum=4] [--search] [--libtpu=PATH]
+      --batch=16,32,48 [--remat] [--accum=4] [--search [--search_unit=8]] [--libtpu=PATH]
   python -m fognet_jax.tools.tpu_fit --config=configs/fogact.py:fsdp --topology=v2:2x2 \
       --batch=64 --config.model.dtype=bfloat16
 
@@ -12,7 +12,7 @@ config's `mesh.fsdp`), over a mesh of the topology's devices, on an abstract tra
 (`nnx.eval_shape`: no weights are read or allocated; the architecture is `model.backbone` +
 `model.clip_overrides`, or the `clip_config.json` of a local `model.init_from` directory) and
 an abstract batch of the config's frames (uint8 with colour chains when
-`data.pixels_on_device`), `--classes` class prompts of `--prompt_len` tokens (FogAct: 55).
+`perf.pixels_on_device`), `--classes` class prompts of `--prompt_len` tokens (FogAct: 55).
 
 One row per global batch: the compiler's verdict (or its error, on one line), the bytes per
 device from `compiled.memory_analysis()` (arguments, outputs not aliased to a donated
@@ -20,8 +20,8 @@ argument, temporaries, and their total with the generated code) against the devi
 (`HBM_GIB`), the FLOPs of one step over all devices (`cost_analysis()`, multiply-add = 2;
 with accumulation, the micro-batch loop's body times its trip count) and the compile time.
 A row fits when it compiles and its total is within the HBM. Then the largest batch that
-fits; with --search, found by doubling from the smallest multiple of devices x
-accumulation, then bisecting.
+fits; with --search, found by doubling from the largest batch given that fits, then
+bisecting, in steps of --search_unit (default: devices x accumulation steps).
 
 Topologies: libtpu's names ('v5e:1x1', 'v2:2x2', 'v4:2x2x1', ...) or Cloud's slice names
 (`TOPOLOGIES`: 'v5e-1', 'v2-8', 'v4-8', ...). v4 and v5p are compiled as JAX sees them on a
@@ -62,8 +62,8 @@ from fognet_jax import pixels
 from fognet_jax import prompts
 from fognet_jax import sharding as sharding_lib
 from fognet_jax import train
+from fognet_jax import weights
 from fognet_jax.models import clip
-from fognet_jax.models import fognet
 
 LIBTPU_VERSION = '0.0.42.1'  # what `jax[tpu]` pins for jax 0.10.2 (the Makefile installs it)
 
@@ -251,7 +251,7 @@ def _clip_config(model_cfg):
   if meta and os.path.isfile(meta):
     with open(meta) as f:
       return clip.CLIPConfig(**json.load(f)['config'])
-  return fognet.clip_config(model_cfg)
+  return weights.clip_config(model_cfg)
 
 
 def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: int = 77):
@@ -263,6 +263,7 @@ def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: 
   config_lib.validate_model(config.model)
   config_lib.validate_loss(config.loss)
   config_lib.validate_train(config.train, num_devices=mesh.size, num_processes=1)
+  config_lib.validate_perf(config.perf, dtype=config.model.dtype)
   m = config.model
   dtype = clip.canonical_dtype(m.dtype)
   clip_cfg = _clip_config(m)
@@ -270,9 +271,9 @@ def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: 
   def create():
     rngs = nnx.Rngs(config.seed)
     towers = clip.CLIP(clip_cfg, dtype=dtype, remat=bool(m.remat),
-                       attention_impl=m.get('attention_impl'),
-                       residual_dtype=m.get('residual_dtype'), rngs=rngs)
-    return fognet.FogNet(m, towers, rngs=rngs)
+                       attention_impl=config.perf.attention_impl,
+                       residual_dtype=config.perf.residual_dtype, rngs=rngs)
+    return weights.fognet_model(m, towers, rngs=rngs, attention_impl=config.perf.attention_impl)
 
   model = nnx.eval_shape(create)
   graphdef, params, rest = train.split_model(model)
@@ -281,7 +282,7 @@ def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: 
   state = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, rest=rest,
                            opt_state=jax.eval_shape(tx.init, params))
   shardings = sharding_lib.state_shardings(state, mesh, fsdp=config.mesh.fsdp,
-                                           min_size=config.mesh.fsdp_min_size)
+                                           min_size=config.perf.fsdp_min_size)
   step = train.make_train_step(
       graphdef, tx, mesh=mesh, state_shardings=shardings, loss_fn=losses.make_loss_fn(config),
       schedule=schedule, seed=config.seed, grad_accum_steps=config.train.grad_accum_steps,
@@ -293,7 +294,7 @@ def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: 
 
   b, d = config.train.batch_size, config.data
   frames = (b, d.num_frames, d.image_size, d.image_size, 3)
-  uint8 = bool(d.get('pixels_on_device', False))
+  uint8 = bool(config.perf.pixels_on_device)
   split = sharding_lib.batch_sharding(mesh)
   batch = {'clean': jax.ShapeDtypeStruct(frames, jnp.uint8 if uint8 else jnp.float32,
                                          sharding=split),
@@ -369,15 +370,20 @@ def compile_fit(config, devices: Sequence, *, batch: int, accum: Optional[int] =
   return fit
 
 
-def search(try_batch, unit: int, start: Optional[int] = None, limit: int = 1 << 16) -> list[Fit]:
+def search(try_batch, unit: int, start: Optional[int] = None, limit: int = 1 << 16,
+           known: Sequence[Fit] = ()) -> list[Fit]:
   """Largest multiple of `unit` that fits: doubling from `start` (default `unit`) to the first
-  batch that does not fit, then bisection. `try_batch(b) -> Fit`; returns every Fit tried."""
+  batch that does not fit, then bisection. `try_batch(b) -> Fit`; a batch in `known` (Fits
+  already compiled) is not compiled again. Returns every Fit it compiled."""
   tried: list[Fit] = []
+  seen = {f.batch: f.fits for f in known}
 
   def attempt(b):
-    fit = try_batch(b)
-    tried.append(fit)
-    return fit.fits
+    if b not in seen:
+      fit = try_batch(b)
+      tried.append(fit)
+      seen[b] = fit.fits
+    return seen[b]
 
   b = max(unit, (start or unit) // unit * unit)
   lo, hi = 0, None
@@ -454,6 +460,8 @@ def _define_flags():
   flags.DEFINE_bool('remat', None, 'Set model.remat (default: the config\'s).')
   flags.DEFINE_integer('accum', None, 'Set train.grad_accum_steps (default: the config\'s).')
   flags.DEFINE_bool('search', False, 'Also search the largest global batch that fits.')
+  flags.DEFINE_integer('search_unit', None, 'The search\'s step: it finds the largest multiple '
+                       'of this that fits (default: devices x accumulation steps).')
   flags.DEFINE_string('libtpu', None, 'Path of libtpu.so (default: TPU_LIBRARY_PATH, the '
                       'libtpu package, or <venv>/libtpu).')
   flags.DEFINE_integer('classes', 55, 'Classes: text prompts encoded per step (FogAct: 55).')
@@ -477,6 +485,10 @@ def main(argv) -> int:
   libtpu = find_libtpu(fv.libtpu)
   devices = topology_devices(fv.topology, libtpu)
   config = fv.config
+  unit = len(devices) * (fv.accum or config.train.grad_accum_steps)
+  if fv.search_unit is not None and (fv.search_unit < 1 or fv.search_unit % unit):
+    raise ToolError(f'--search_unit={fv.search_unit}: must be a positive multiple of devices '
+                    f'x accumulation steps ({unit})')
   kind = devices[0].device_kind
   hbm = hbm_bytes(kind)
   print(f'topology {topology_name(fv.topology)}: {len(devices)} x {kind}, '
@@ -497,10 +509,9 @@ def main(argv) -> int:
 
   fits = [try_batch(b) for b in (batches or [config.train.batch_size])]
   if fv.search:
-    accum = fv.accum or config.train.grad_accum_steps
-    unit = len(devices) * accum
+    unit = fv.search_unit or unit
     start = largest_fit(fits) or unit
-    fits += search(try_batch, unit, start=start)
+    fits += search(try_batch, unit, start=start, known=fits)
   best = largest_fit(fits)
   if fv.json_out:
     with open(fv.json_out, 'w') as f:

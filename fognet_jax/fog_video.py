@@ -1,6 +1,6 @@
 r"""Fog a video: the atmospheric scattering model of the dataset builders, on your own clips.
 
-  python -m fognet_jax.fog IN.mp4 OUT.mp4 [--density light|dense|BETA] [--airlight A]
+  python -m fognet_jax.fog_video IN.mp4 OUT.mp4 [--density light|dense|BETA] [--airlight A]
       [--depth homogeneous|DEPTH.npy] [--seed S]
 
 * `--density`: 'light' or 'dense' draw beta and the airlight from the presets the builders
@@ -188,7 +188,7 @@ def _interrupts():
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m fognet_jax.fog',
+      prog='python -m fognet_jax.fog_video',
       description='Adds atmospheric-scattering-model fog to a video (as the dataset builders do).')
   parser.add_argument('input', help='clean video (any format FFmpeg reads)')
   parser.add_argument('output', help='foggy video to write (.mp4, .mkv, .mov: H.264; .avi: MPEG-4)')

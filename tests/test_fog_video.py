@@ -1,4 +1,4 @@
-"""`python -m fognet_jax.fog`: fog a video file with the builders' ASM, streamed in chunks."""
+"""`python -m fognet_jax.fog_video`: fog a video file with the builders' ASM, streamed in chunks."""
 import logging
 import os
 import signal
@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from fognet_jax import fog as fog_cli
+from fognet_jax import fog_video as fog_cli
 from tfds_fogact import fog as fog_lib
 from tfds_fogact import video_io
 
@@ -37,7 +37,7 @@ def clean_video(tmp_path_factory):
 
 def _run(*args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, '-m', 'fognet_jax.fog', *args], cwd=ROOT, env=env,
+  return subprocess.run([sys.executable, '-m', 'fognet_jax.fog_video', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=120)
 
 
@@ -162,7 +162,7 @@ def long_video(tmp_path_factory):
 def test_interrupted_run_leaves_no_output_and_prints_one_line(long_video, tmp_path, sig):
   out = tmp_path / 'out' / 'foggy.mp4'
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.Popen([sys.executable, '-m', 'fognet_jax.fog', long_video, str(out)],
+  proc = subprocess.Popen([sys.executable, '-m', 'fognet_jax.fog_video', long_video, str(out)],
                           cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)
   try:
