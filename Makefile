@@ -1,6 +1,7 @@
 # Two commands do all the set-up and work on a fresh clone:
 #   make demo   build the generated paired benchmark, train and evaluate the embedded default
 #   make test   run the whole test suite
+#   make lint   the linter and the formatter's check (ruff.toml), run by CI before the tests
 # Both create the virtual environment .venv (python3 -m venv) and install the package into it
 # when it is missing or setup.py or this Makefile (e.g. the libtpu pin below) changed.
 VENV ?= .venv
@@ -18,7 +19,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # other C libraries ignore it; `make demo DEMO_GLIBC_TUNABLES=` runs with glibc's defaults.
 DEMO_GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: demo test venv clean
+.PHONY: demo test lint format venv clean
 
 $(VENV)/.installed: setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +36,16 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+# The linter and the formatter's check (ruff.toml); CI runs it before the tests.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Sorts the imports and formats the tree in place.
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff check --select I --fix .
+	$(VENV)/bin/ruff format .
 
 clean:
 	rm -rf $(VENV) workdir *.egg-info

@@ -1,5 +1,6 @@
 """fognet_jax: fog-invariant video action recognition (FogNet) in JAX/Flax."""
-from setuptools import find_packages, setup
+from setuptools import find_packages
+from setuptools import setup
 
 INSTALL_REQUIRES = [
     "jax>=0.7",
@@ -35,8 +36,9 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch + transformers + safetensors: the parity references; dill: tfds.testing;
-        # nbformat, nbclient, ipykernel: the notebook test (a real IPython kernel)
+        # nbformat, nbclient, ipykernel: the notebook test (a real IPython kernel);
+        # ruff: `make lint` (pinned: a new release may format differently)
         "test": ["pytest", "pytest-xdist", "torch==2.13.0", "transformers", "safetensors", "dill",
-                 "nbformat", "nbclient", "ipykernel"],
+                 "nbformat", "nbclient", "ipykernel", "ruff==0.17.6"],
     },
 )

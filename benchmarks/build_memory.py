@@ -41,6 +41,7 @@ MODES = ("baseline", "naive_decode", "stream_read", "example", "example_full",
 def make_pair(workdir: str, seconds: float, fps: int = 25) -> tuple[str, str]:
   """Writes clean.mp4 / foggy.mp4 (1920×1080) under workdir/manual/ unless present."""
   import numpy as np
+
   from tfds_fogact import video_io
 
   manual = os.path.join(workdir, "manual")
@@ -103,8 +104,11 @@ def _child(mode: str, workdir: str) -> dict:
   import tensorflow_datasets as tfds
 
   import tfds_fogact  # noqa: F401
-  from tfds_fogact import common, video_io
-  from tfds_fogact.fogact import annotations, fogact_dataset_builder, video_pairs
+  from tfds_fogact import common
+  from tfds_fogact import video_io
+  from tfds_fogact.fogact import annotations
+  from tfds_fogact.fogact import fogact_dataset_builder
+  from tfds_fogact.fogact import video_pairs
 
   manual = os.path.join(workdir, "manual")
   clean = os.path.join(manual, "clean.mp4")

@@ -76,11 +76,11 @@ def main(argv=None):
   global jax, jnp, nnx, clip  # pylint: disable=global-variable-undefined
   import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
   import jax.numpy as jnp  # pylint: disable=redefined-outer-name
+  import torch
   from flax import nnx  # pylint: disable=redefined-outer-name
+
   from fognet_jax import clip_weights
   from fognet_jax.models import clip  # pylint: disable=redefined-outer-name
-
-  import torch
   if args.threads:
     torch.set_num_threads(args.threads)
   cfg = clip.CONFIGS[args.model]

@@ -47,8 +47,8 @@ def main():
   results = [(name, _time(fn, args.repeats)) for name, fn in variants]
   base = dict(results)["dense, homogeneous, uint8"]
   print(f"fog synthesis, {args.frames}x{args.size}x{args.size}x3 clip, median of {args.repeats}")
-  print(f"| variant | ms / clip | ratio to homogeneous uint8 |")
-  print(f"|---|---|---|")
+  print("| variant | ms / clip | ratio to homogeneous uint8 |")
+  print("|---|---|---|")
   for name, ms in results:
     print(f"| {name} | {ms:.2f} | {ms / base:.2f} |")
 

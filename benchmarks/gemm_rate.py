@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     p.error('--m, --k, --n, --reps and --rounds must be >= 1')
 
   import jax  # pylint: disable=g-import-not-at-top
-  from jax import lax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+  from jax import lax  # pylint: disable=g-import-not-at-top
   if a.threads:
     torch.set_num_threads(a.threads)
 

@@ -17,7 +17,6 @@ The two runs are separate processes, so the rates differ a little; each figure u
 run's pair count. The ceiling 1000 / g ignores the training loop's share.
 """
 import argparse
-import collections
 import json
 import os
 import subprocess

@@ -26,7 +26,6 @@ import optax  # pylint: disable=g-import-not-at-top
 
 from fognet_jax import augment  # pylint: disable=g-import-not-at-top
 from fognet_jax import config_lib  # pylint: disable=g-import-not-at-top
-from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 from fognet_jax import records  # pylint: disable=g-import-not-at-top
 
 

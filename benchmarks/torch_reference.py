@@ -30,7 +30,8 @@ import json
 import statistics
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable
+from typing import Optional
 
 BACKBONES = ('tiny', 'ViT-B/16', 'ViT-B/32', 'ViT-L/14')
 ARCHS = ('fognet', 'actionclip')

@@ -25,13 +25,13 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from flax import nnx
 
 _DATA = flags.DEFINE_string('data_dir', None, 'TFDS data dir (built if missing).', required=True)
 _TOWER = flags.DEFINE_enum('tower', 'vit', ['vit', 'rn', 'cnn'], 'Image tower.')
@@ -53,8 +53,8 @@ TWIN = np.array([1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 10, 11, 12, 13])
 def load(data_dir):
   """(frames uint8 (N, 16, H, W, 3), labels, perspective ids) of both splits, foggy stream."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   from fognet_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from fognet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from fognet_jax import records  # pylint: disable=g-import-not-at-top
   from tfds_fogact import common  # pylint: disable=g-import-not-at-top
   cfg = config_lib.load_config('fogact').data

@@ -48,11 +48,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
 
 _BACKBONE = flags.DEFINE_string('backbone', 'tiny', 'CLIP backbone name (clip.CONFIGS key).')
 _IMAGE = flags.DEFINE_integer('image_size', 32, 'Frame resolution.')
@@ -263,8 +263,12 @@ class OurStep:
   """Our compiled train step of one variant, its state and a fixed batch."""
 
   def __init__(self, variant: str):
-    from fognet_jax import augment, config_lib, losses, sharding, train  # pylint: disable=g-import-not-at-top
+    from fognet_jax import augment  # pylint: disable=g-import-not-at-top
+    from fognet_jax import config_lib  # pylint: disable=g-import-not-at-top
+    from fognet_jax import losses  # pylint: disable=g-import-not-at-top
     from fognet_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+    from fognet_jax import sharding  # pylint: disable=g-import-not-at-top
+    from fognet_jax import train  # pylint: disable=g-import-not-at-top
     from fognet_jax.models import clip  # pylint: disable=g-import-not-at-top
     self.variant = variant
     cfg = _config(variant)
@@ -404,7 +408,7 @@ def run_variant(variant: str, devices) -> dict:
     with open(os.path.join(logdir, 'top_ops.txt'), 'w') as f:
       f.write(profile_step.format_report(report) + '\n')
     result['profile'] = report
-  del ours, ref
+  ours = ref = None  # free both steps' buffers before the next variant
   return result
 
 

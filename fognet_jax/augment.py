@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Optional, Sequence
+from typing import Optional
+from typing import Sequence
 
 import numpy as np
 from PIL import Image

@@ -27,12 +27,14 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, NoReturn, Optional
+from typing import Any
+from typing import NoReturn
+from typing import Optional
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
 
 CHECKPOINT_DIR = 'checkpoints'
 LOCK_FILE = 'train.lock'

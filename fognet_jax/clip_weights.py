@@ -36,14 +36,16 @@ import re
 import socket
 import struct
 import zipfile
-from typing import Any, Callable, Iterable
+from typing import Any
+from typing import Callable
+from typing import Iterable
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-from flax import nnx
 import orbax.checkpoint as ocp
+from flax import nnx
 
 from fognet_jax.models import clip as clip_lib
 

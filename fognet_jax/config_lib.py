@@ -15,13 +15,14 @@ import copy
 import dataclasses
 import importlib.util
 import os
-from typing import Any, Optional
+from typing import Any
+from typing import Optional
 
 import ml_collections
 
 from fognet_jax import augment
-from fognet_jax import prompts
 from fognet_jax import input_pipeline
+from fognet_jax import prompts
 from fognet_jax import records
 from fognet_jax.models import clip
 from fognet_jax.models import fognet

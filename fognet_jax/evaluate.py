@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Optional
+from typing import Any
+from typing import Iterable
+from typing import Optional
 
-from absl import logging
-from jax.experimental import multihost_utils
 import einops
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
 
 from fognet_jax import pixels
 from fognet_jax import sharding as sharding_lib
@@ -126,7 +128,6 @@ def make_predict_step(graphdef, mesh):
   `frames`: the views of one stream, uint8 pixels (normalised here) or float frames
   normalised on the host."""
   data = sharding_lib.batch_sharding(mesh)
-  rep = sharding_lib.replicated(mesh)
 
   def predict(params, rest, frames, text_emb):
     model = nnx.merge(graphdef, params, rest)

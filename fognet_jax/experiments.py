@@ -34,13 +34,16 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
+from typing import Callable
+from typing import Optional
+from typing import Sequence
 
+import ml_collections
+import numpy as np
 from absl import app
 from absl import flags
-import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
 from fognet_jax import config_lib
 from fognet_jax import evaluate

@@ -32,8 +32,9 @@ import os
 import signal
 import sys
 import threading
-from typing import Optional, Sequence
 import warnings
+from typing import Optional
+from typing import Sequence
 
 import numpy as np
 

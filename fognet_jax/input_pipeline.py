@@ -36,10 +36,10 @@ import signal
 import threading
 from typing import Optional
 
-from absl import flags
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from fognet_jax import augment
 from fognet_jax import records

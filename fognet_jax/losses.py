@@ -30,7 +30,9 @@ same-class mask, and the tests compare against a loop over ``b`` and ``k in k_b`
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any
+from typing import Callable
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp

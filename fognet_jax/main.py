@@ -28,18 +28,19 @@ import logging as std_logging
 import os
 import sys
 import traceback
-from typing import Callable, Optional
+from typing import Callable
+from typing import Optional
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow is imported
 
+import jax
+import ml_collections
+import numpy as np
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 from flax import nnx
-import jax
-import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
 from fognet_jax import checkpointing
 from fognet_jax import config_lib

@@ -10,11 +10,13 @@ import math
 import os
 import sys
 import time
-from typing import Any, Mapping, Optional
+from typing import Any
+from typing import Mapping
+from typing import Optional
 
-from absl import logging
 import jax
 import numpy as np
+from absl import logging
 
 HISTORY_FILE = 'metrics.jsonl'
 

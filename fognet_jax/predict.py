@@ -32,16 +32,17 @@ import json
 import logging as py_logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Optional
+from typing import Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
-from absl import logging
 import jax
 import ml_collections
 import numpy as np
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
 from PIL import Image
 
 from fognet_jax import augment

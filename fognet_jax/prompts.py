@@ -12,7 +12,8 @@ per-template class probabilities (see ``FogNet.predict``).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -23,7 +23,8 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Optional
+from typing import Any
+from typing import Optional
 
 import ml_collections
 import numpy as np
@@ -31,7 +32,6 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
 from tfds_fogact import common  # importing tfds_fogact registers its builders
-
 
 ROLES = ("train", "eval")
 

@@ -35,15 +35,16 @@ import json
 import math
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Optional
+from typing import Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import ml_collections
+import numpy as np
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
-import ml_collections
-import numpy as np
 from PIL import Image
 
 from fognet_jax import checkpointing

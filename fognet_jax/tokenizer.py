@@ -21,7 +21,8 @@ import gzip
 import json
 import os
 import unicodedata
-from typing import Iterable, Sequence
+from typing import Iterable
+from typing import Sequence
 
 import numpy as np
 import regex

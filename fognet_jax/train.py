@@ -29,15 +29,20 @@ import math
 import os
 import re
 import time
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional
+from typing import Any
+from typing import Callable
+from typing import Iterator
+from typing import Mapping
+from typing import NamedTuple
+from typing import Optional
 
 import einops
 import flax
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import nnx
 
 from fognet_jax import checkpointing
 from fognet_jax import losses

@@ -1,7 +1,7 @@
 """Test helpers: random transformers CLIPModel checkpoints and OpenAI-style .pt files."""
-import os
 
 import numpy as np
+
 
 # transformers' CLIPConfig kwargs for our named configs.
 def hf_config_kwargs(cfg):
@@ -169,9 +169,10 @@ def torch_modified_resnet(layers, width, heads, out_dim, image_size, seed=0):
   ``torch.nn.functional.multi_head_attention_forward``.
   """
   import collections
+
   import torch
-  from torch import nn
   import torch.nn.functional as F
+  from torch import nn
 
   class Bottleneck(nn.Module):
     def __init__(self, inplanes, planes, stride):

@@ -7,11 +7,11 @@ import re
 import shutil
 import subprocess
 
+import config_testutil
+import main_testutil as U
 import pytest
 
 from fognet_jax import config_lib
-import main_testutil as U
-import config_testutil
 
 SCRATCH = '--config=configs/synthetic.py:scratch'
 WARNING = re.compile(r'^W\d{4} ')

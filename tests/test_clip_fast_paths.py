@@ -12,9 +12,9 @@
   values and gradients to scaling the logits (head widths of a power of 4);
 * the cuDNN path's padding and masking (run with XLA's kernel here) equals unpadded attention.
 """
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 

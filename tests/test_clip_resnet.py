@@ -5,14 +5,13 @@ The reference (``clip_testutil.torch_modified_resnet``) has OpenAI's layout and 
 names and random weights, biases *and* batch-norm statistics; the text tower comes from a
 random transformers ``CLIPModel``. Errors are ``max |jax - torch| / max |torch|``.
 """
+import clip_testutil as U
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
-import clip_testutil as U
 from fognet_jax import clip_weights
 from fognet_jax.models import clip
 

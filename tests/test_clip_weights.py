@@ -8,6 +8,7 @@ import os
 import pickle
 import zipfile
 
+import clip_testutil as U
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +16,6 @@ import pytest
 import torch
 from flax import nnx
 
-import clip_testutil as U
 from fognet_jax import clip_weights
 from fognet_jax.models import clip
 

@@ -5,11 +5,11 @@ import os
 import subprocess
 import sys
 
-from absl import flags
+import config_testutil
 import pytest
+from absl import flags
 
 from fognet_jax import config_lib
-import config_testutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = ['fogact', 'ucf101_fog', 'hmdb51_fog', 'kinetics100_fog', 'synthetic']
@@ -137,6 +137,7 @@ def test_validation_names_the_key(key, value, devices, match):
 
 def test_a_saved_config_from_before_the_perf_block_reads_with_one(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
+
   from fognet_jax import predict  # pylint: disable=g-import-not-at-top
   today = _parse(f'--config={ROOT}/configs/synthetic.py:scratch').to_dict()
   today['perf'].update(pixels_on_device=False, fsdp_min_size=64, async_checkpointing=False)

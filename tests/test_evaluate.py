@@ -1,13 +1,15 @@
 """Evaluation: metrics against independent loops, view averaging, padding masks, PNG."""
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+import train_toy as toy
 from flax import nnx
 
-from fognet_jax import augment, evaluate, sharding, train
-import train_toy as toy
+from fognet_jax import augment
+from fognet_jax import evaluate
+from fognet_jax import sharding
+from fognet_jax import train
 
 
 def test_summarize_matches_loops():
@@ -33,7 +35,6 @@ def test_summarize_matches_loops():
 
 
 def test_eval_averages_views_and_drops_padding(tmp_path):
-  cfg = toy.config()
   model = toy.ToyModel(rngs=nnx.Rngs(0))
   graphdef, params, rest = train.split_model(model)
   tokens = toy.prompt_tokens()

@@ -3,11 +3,10 @@
 import os
 
 import jax
+import main_testutil as U
 import numpy as np
 import pytest
 from flax import nnx
-
-import main_testutil as U
 
 from fognet_jax import clip_weights
 from fognet_jax import config_lib
@@ -42,7 +41,8 @@ def pretrained(tmp_path_factory):
 def test_export_holds_the_runs_trained_towers(pretrained):
   _, _, run, out = pretrained
   config = predict.load_config(run)
-  from fognet_jax import main as main_lib, sharding  # pylint: disable=g-import-not-at-top
+  from fognet_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  from fognet_jax import sharding  # pylint: disable=g-import-not-at-top
   graphdef, state = main_lib.restore_state(config, sharding.make_mesh(1), run)
   trained = nnx.merge(graphdef, state.params, state.rest).clip
   loaded = clip_weights.load(out)

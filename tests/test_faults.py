@@ -6,13 +6,16 @@ import sys
 import types
 
 import jax
+import main_testutil
 import numpy as np
 import pytest
+import train_toy as toy
 from flax import nnx
 
-from fognet_jax import checkpointing, metrics, sharding, train
-import main_testutil
-import train_toy as toy
+from fognet_jax import checkpointing
+from fognet_jax import metrics
+from fognet_jax import sharding
+from fognet_jax import train
 
 
 def _train(workdir, steps=6, *, stop_after=None, **kw):
@@ -170,6 +173,7 @@ def test_the_reads_a_failed_restore_leaves_behind_report_nothing(tmp_path, monke
   import asyncio
   import gc
   import time
+
   import tensorstore as ts
   reported = []
   monkeypatch.setattr(sys, 'unraisablehook', reported.append)

@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 import tfds_testutil
 
 import tfds_fogact  # noqa: F401  (registers the builders)
@@ -15,7 +14,8 @@ from tfds_fogact import video_io
 from tfds_fogact.fogact import annotations
 from tfds_fogact.fogact import fogact_dataset_builder
 from tfds_fogact.fogact import video_pairs
-from tfds_fogact.fogact.make_dummy_data import haze, tiny_clip
+from tfds_fogact.fogact.make_dummy_data import haze
+from tfds_fogact.fogact.make_dummy_data import tiny_clip
 
 DUMMY = os.path.join(os.path.dirname(fogact_dataset_builder.__file__), "dummy_data")
 TINY = fogact_dataset_builder.FogActConfig(name="tiny", short_side=16, fps=8)

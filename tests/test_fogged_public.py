@@ -6,13 +6,14 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 import tfds_testutil
 
 import tfds_fogact  # noqa: F401  (registers the builders)
-from tfds_fogact import fog, video_io
+from tfds_fogact import fog
+from tfds_fogact import video_io
 from tfds_fogact.fogact import annotations
-from tfds_fogact.fogged_public import fogged_public, splits
+from tfds_fogact.fogged_public import fogged_public
+from tfds_fogact.fogged_public import splits
 
 DUMMY = os.path.join(os.path.dirname(fogged_public.__file__), "dummy_data")
 TINY = fogged_public.FoggedConfig(name="tiny", short_side=16, fps=8)

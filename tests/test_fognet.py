@@ -2,6 +2,7 @@
 Table 5a switch combinations (one loss step each), gradients, batch-order invariance."""
 import inspect
 
+import config_testutil
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -9,7 +10,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import config_testutil
 from fognet_jax import config_lib
 from fognet_jax import losses
 from fognet_jax import weights

@@ -2,11 +2,11 @@
 import io
 import json
 
+import config_testutil
 import numpy as np
 import pytest
 from PIL import Image
 
-import config_testutil
 from fognet_jax import augment
 from fognet_jax import config_lib
 from fognet_jax import input_pipeline as ip

@@ -25,9 +25,11 @@ def _config():
 
 
 def _run(workdir, block_at):
-  from flax import nnx
   import train_toy as toy
-  from fognet_jax import sharding, train
+  from flax import nnx
+
+  from fognet_jax import sharding
+  from fognet_jax import train
   cfg = _config()
   mesh = sharding.make_mesh(1)
 

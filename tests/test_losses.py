@@ -1,10 +1,10 @@
 """Losses (eqs. 6-11) against independent NumPy code written from the paper's formulas."""
+import config_testutil
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-import config_testutil
 from fognet_jax import losses
 
 
@@ -307,8 +307,9 @@ def test_actionclip_kl_through_fognet_loss_and_stacked_streams():
 
 
 def test_per_sample_prompt_draw():
-  from fognet_jax import prompts
   import jax
+
+  from fognet_jax import prompts
   tokens = np.arange(3 * 5 * 2).reshape(3, 5, 2)  # (K, C, L): token = 10 k + 2 c + l
   labels = np.asarray([4, 0, 4, 2, 1, 4, 4, 4])
   got = np.asarray(prompts.sample_prompts_per_sample(tokens, jax.random.key(0), jnp.asarray(labels)))

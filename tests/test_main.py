@@ -4,9 +4,8 @@ config values fail at start-up naming the key."""
 import json
 import os
 
-import pytest
-
 import main_testutil as U
+import pytest
 
 TINY = U.TINY
 
@@ -69,7 +68,8 @@ def test_a_text_tower_smaller_than_the_tokenizer_fails_before_the_data_is_built(
 
 
 def test_the_demo_text_tower_has_one_embedding_per_byte_token():
-  from fognet_jax import config_lib, tokenizer
+  from fognet_jax import config_lib
+  from fognet_jax import tokenizer
   from fognet_jax import weights
   # From scratch the architecture is the config's; fine-tuned, the committed towers' (259 too:
   # tests/test_export_clip.py).
@@ -80,6 +80,7 @@ def test_the_demo_text_tower_has_one_embedding_per_byte_token():
 
 def test_library_info_lines_are_dropped_but_warnings_kept():
   import logging as std_logging
+
   from fognet_jax import main as main_lib
   f = main_lib._DropLibraryInfo(['orbax'])  # pylint: disable=protected-access
   def rec(path, level):
@@ -91,6 +92,7 @@ def test_library_info_lines_are_dropped_but_warnings_kept():
 
 def test_the_model_is_built_with_the_perf_blocks_attention_and_residual_stream():
   import jax.numpy as jnp
+
   from fognet_jax import config_lib
   from fognet_jax import main as main_lib
   config = config_lib.load_config('synthetic:scratch,fusion=transformer')

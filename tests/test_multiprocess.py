@@ -21,10 +21,9 @@ import sys
 import threading
 import time
 
+import main_testutil
 import numpy as np
 import pytest
-
-import main_testutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -125,7 +124,8 @@ def _results(workdir: str) -> dict:
 @pytest.fixture(scope='module')
 def data_args(tmp_path_factory):
   """A tiny synthetic_fog_act, built here once so that the children do not race to build it."""
-  from fognet_jax import config_lib, records
+  from fognet_jax import config_lib
+  from fognet_jax import records
   base = tmp_path_factory.mktemp('synthetic')
   args = main_testutil.tiny_data_args(base)
   cfg = config_lib.load_config(os.path.join(ROOT, 'configs', 'synthetic.py'))
@@ -232,7 +232,10 @@ def test_two_processes_with_resume_equal_one_process(tmp_path, data_args):
 def _instrument(trace_dir: str) -> None:
   """Wraps library functions to log, per process, what this process read and wrote."""
   import jax
-  from fognet_jax import evaluate, input_pipeline, train
+
+  from fognet_jax import evaluate
+  from fognet_jax import input_pipeline
+  from fognet_jax import train
   lock = threading.Lock()
 
   def record(kind, **fields):
@@ -286,6 +289,7 @@ def _instrument(trace_dir: str) -> None:
 
 if __name__ == '__main__':
   from absl import app
+
   from fognet_jax import main as main_lib
   _instrument(os.environ[TRACE_ENV])
   main_lib.define_flags()

@@ -18,9 +18,9 @@ import subprocess
 import sys
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
-import pytest
 from tensorboard import manager as tensorboard_manager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

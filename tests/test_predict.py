@@ -4,10 +4,9 @@ import io
 import json
 import os
 
+import main_testutil as U
 import numpy as np
 import pytest
-
-import main_testutil as U
 
 from fognet_jax import predict
 from tfds_fogact import video_io

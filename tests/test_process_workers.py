@@ -12,14 +12,14 @@ import os
 import pickle
 import re
 
+import config_testutil
 import jax
-from jax._src import xla_bridge
 import numpy as np
 import pytest
-from PIL import Image
 import tensorflow_datasets as tfds
+from jax._src import xla_bridge
+from PIL import Image
 
-import config_testutil
 from fognet_jax import config_lib
 from fognet_jax import input_pipeline as ip
 from fognet_jax import records

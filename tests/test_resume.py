@@ -33,9 +33,11 @@ def _flat_params(state):
 
 def _run(workdir, block_at=-1):
   """Trains the toy model in `workdir`; before batch `block_at` waits for `workdir/release`."""
-  from flax import nnx
   import train_toy as toy
-  from fognet_jax import sharding, train
+  from flax import nnx
+
+  from fognet_jax import sharding
+  from fognet_jax import train
   cfg = _config()
   mesh = sharding.make_mesh(8)
 

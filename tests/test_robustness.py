@@ -4,10 +4,9 @@ contrast, bad arguments are one `error:` line."""
 import json
 import os
 
+import main_testutil as U
 import numpy as np
 import pytest
-
-import main_testutil as U
 
 from fognet_jax import input_pipeline
 from fognet_jax import predict

@@ -4,11 +4,11 @@ import os
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 import tfds_testutil
 
 import tfds_fogact  # noqa: F401  (registers the builders)
-from tfds_fogact import common, fog
+from tfds_fogact import common
+from tfds_fogact import fog
 from tfds_fogact.synthetic_fog_act import renderer
 from tfds_fogact.synthetic_fog_act import synthetic_fog_act_dataset_builder as sfa
 
@@ -163,6 +163,7 @@ def test_common_features_and_config_helpers():
 
 def test_mirror_pairs_are_declared_for_the_flip_augmentation():
   import config_testutil  # pylint: disable=g-import-not-at-top
+
   from fognet_jax import augment  # pylint: disable=g-import-not-at-top
   table = augment.flip_table(config_testutil.data_block(), renderer.CLASS_NAMES,
                              sfa.SyntheticFogAct.MIRROR_CLASS_PAIRS)

@@ -7,10 +7,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import train_toy as toy
 from flax import nnx
 
-from fognet_jax import augment, checkpointing, losses, metrics, sharding, train
-import train_toy as toy
+from fognet_jax import augment
+from fognet_jax import checkpointing
+from fognet_jax import losses
+from fognet_jax import metrics
+from fognet_jax import sharding
+from fognet_jax import train
 
 
 def _one_step(cfg, num_devices, *, fsdp=False, batch=None, steps=1):

@@ -6,11 +6,11 @@ resume logic are tested independently of (and much faster than) the real model.
 import os
 import time
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-import jax
-import jax.numpy as jnp
 
 NUM_CLASSES = 5
 FRAMES, SIZE = 2, 8

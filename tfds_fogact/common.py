@@ -20,7 +20,8 @@ import functools
 import importlib.util
 import io
 import os
-from typing import Optional, Sequence
+from typing import Optional
+from typing import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds

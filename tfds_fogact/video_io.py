@@ -18,7 +18,9 @@ import fractions
 import logging
 import math
 import os
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable
+from typing import Iterator
+from typing import Sequence
 
 import av
 import numpy as np

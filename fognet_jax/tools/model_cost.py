@@ -35,17 +35,16 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from fognet_jax import config_lib  # noqa: E402
 from fognet_jax import weights  # noqa: E402
 from fognet_jax.models import clip  # noqa: E402
-
 
 
 def _define_flags() -> None:

@@ -45,14 +45,16 @@ import re
 import sys
 import tempfile
 import time
-from typing import Any, Optional, Sequence
+from typing import Any
+from typing import Optional
+from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 from absl import app
 from absl import flags
 from flax import nnx
-import jax
 from jax.experimental import topologies
-import jax.numpy as jnp
 from ml_collections import config_flags
 
 from fognet_jax import config_lib

@@ -24,7 +24,9 @@ import dataclasses
 import logging
 import os
 import zlib
-from typing import Iterable, Optional, Sequence
+from typing import Iterable
+from typing import Optional
+from typing import Sequence
 
 import numpy as np
 

@@ -20,11 +20,15 @@ import csv
 import dataclasses
 import logging
 import os
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable
+from typing import Iterable
+from typing import Iterator
+from typing import Optional
 
 import numpy as np
 
-from tfds_fogact import common, video_io
+from tfds_fogact import common
+from tfds_fogact import video_io
 from tfds_fogact.fogact.annotations import Clip
 from tfds_fogact.video_io import VideoError
 

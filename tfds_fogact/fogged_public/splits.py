@@ -30,10 +30,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional, Sequence
+from typing import Optional
+from typing import Sequence
 
 from tfds_fogact import common
-from tfds_fogact.fogact.annotations import AnnotationError, Clip, read_classes, read_csv_rows
+from tfds_fogact.fogact.annotations import AnnotationError
+from tfds_fogact.fogact.annotations import Clip
+from tfds_fogact.fogact.annotations import read_classes
+from tfds_fogact.fogact.annotations import read_csv_rows
 from tfds_fogact.video_io import VIDEO_EXTENSIONS
 
 UCF_LIST_DIR = "ucfTrainTestlist"

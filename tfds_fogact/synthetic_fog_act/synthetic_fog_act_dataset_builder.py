@@ -31,12 +31,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
-from tfds_fogact import fog
 from tfds_fogact import common
+from tfds_fogact import fog
 from tfds_fogact.synthetic_fog_act import renderer
 
 GENERATION_FILE = "generation.json"

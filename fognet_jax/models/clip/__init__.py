@@ -31,17 +31,13 @@ Typical use::
     txt = model.encode_text(token_ids)    # (N, 77) int32 -> (N, D)
     small = clip.create('tiny', image_size=64, seed=0)   # random initialisation
 """
-from fognet_jax.models.clip.multihead import ATTENTION_IMPLS
-from fognet_jax.models.clip.multihead import CUDNN_SEQ_MULTIPLE
-from fognet_jax.models.clip.multihead import MultiHeadAttention
-from fognet_jax.models.clip.multihead import attention
 from fognet_jax.models.clip.config import ACTIVATIONS
 from fognet_jax.models.clip.config import BATCH_NORM_EPS
-from fognet_jax.models.clip.config import CLIPConfig
 from fognet_jax.models.clip.config import CONFIGS
 from fognet_jax.models.clip.config import IMAGE_MEAN
 from fognet_jax.models.clip.config import IMAGE_STD
 from fognet_jax.models.clip.config import LAYER_NORM_EPS
+from fognet_jax.models.clip.config import CLIPConfig
 from fognet_jax.models.clip.config import canonical_dtype
 from fognet_jax.models.clip.config import get_config
 from fognet_jax.models.clip.config import quick_gelu
@@ -49,6 +45,10 @@ from fognet_jax.models.clip.layers import Linear
 from fognet_jax.models.clip.model import CLIP
 from fognet_jax.models.clip.model import count_params
 from fognet_jax.models.clip.model import create
+from fognet_jax.models.clip.multihead import ATTENTION_IMPLS
+from fognet_jax.models.clip.multihead import CUDNN_SEQ_MULTIPLE
+from fognet_jax.models.clip.multihead import MultiHeadAttention
+from fognet_jax.models.clip.multihead import attention
 from fognet_jax.models.clip.resnet import ModifiedResNet
 from fognet_jax.models.clip.text import TextTransformer
 from fognet_jax.models.clip.transformer import MLP
@@ -57,3 +57,32 @@ from fognet_jax.models.clip.transformer import Transformer
 from fognet_jax.models.clip.vit import VisionTransformer
 from fognet_jax.models.clip.vit import bicubic_matrix
 from fognet_jax.models.clip.vit import interpolate_pos_embed
+
+__all__ = [
+    'ACTIVATIONS',
+    'attention',
+    'ATTENTION_IMPLS',
+    'BATCH_NORM_EPS',
+    'bicubic_matrix',
+    'canonical_dtype',
+    'CLIP',
+    'CLIPConfig',
+    'CONFIGS',
+    'count_params',
+    'create',
+    'CUDNN_SEQ_MULTIPLE',
+    'get_config',
+    'IMAGE_MEAN',
+    'IMAGE_STD',
+    'interpolate_pos_embed',
+    'LAYER_NORM_EPS',
+    'Linear',
+    'MLP',
+    'ModifiedResNet',
+    'MultiHeadAttention',
+    'quick_gelu',
+    'ResidualAttentionBlock',
+    'TextTransformer',
+    'Transformer',
+    'VisionTransformer',
+]

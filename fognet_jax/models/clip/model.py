@@ -9,8 +9,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fognet_jax.models.clip.config import CLIPConfig
+from fognet_jax.models.clip.config import canonical_dtype
+from fognet_jax.models.clip.config import get_config
 from fognet_jax.models.clip.multihead import ATTENTION_IMPLS
-from fognet_jax.models.clip.config import CLIPConfig, canonical_dtype, get_config
 from fognet_jax.models.clip.resnet import ModifiedResNet
 from fognet_jax.models.clip.text import TextTransformer
 from fognet_jax.models.clip.vit import VisionTransformer

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fognet_jax.models.clip.layers import Linear, normal
+from fognet_jax.models.clip.layers import Linear
+from fognet_jax.models.clip.layers import normal
 
 ATTENTION_IMPLS = (None, 'xla', 'cudnn')
 

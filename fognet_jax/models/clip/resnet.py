@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fognet_jax.models.clip.multihead import attention
-from fognet_jax.models.clip.config import BATCH_NORM_EPS, CLIPConfig
+from fognet_jax.models.clip.config import BATCH_NORM_EPS
+from fognet_jax.models.clip.config import CLIPConfig
 from fognet_jax.models.clip.layers import normal
+from fognet_jax.models.clip.multihead import attention
 from fognet_jax.models.clip.vit import interpolate_pos_embed
 
 

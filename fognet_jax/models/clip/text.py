@@ -6,7 +6,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fognet_jax.models.clip.config import CLIPConfig
-from fognet_jax.models.clip.layers import layer_norm, normal
+from fognet_jax.models.clip.layers import layer_norm
+from fognet_jax.models.clip.layers import normal
 from fognet_jax.models.clip.transformer import Transformer
 
 

@@ -6,9 +6,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fognet_jax.models.clip.multihead import MultiHeadAttention
 from fognet_jax.models.clip.config import ACTIVATIONS
-from fognet_jax.models.clip.layers import Linear, layer_norm, normal
+from fognet_jax.models.clip.layers import Linear
+from fognet_jax.models.clip.layers import layer_norm
+from fognet_jax.models.clip.layers import normal
+from fognet_jax.models.clip.multihead import MultiHeadAttention
 
 
 class MLP(nnx.Module):
