@@ -15,6 +15,7 @@ With ``--grad`` each call is a training pass of the image tower: the gradient of
 ``sum(features**2)`` with respect to every parameter of the vision tower (the text tower is
 left out on both sides).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,17 +37,29 @@ CONFIG_NAMES = ['ViT-B/16', 'ViT-B/32', 'ViT-L/14', 'ViT-L/14@336', 'tiny']
 def _hf_model(cfg, seed):
   import torch
   import transformers
+
   torch.manual_seed(seed)
   config = transformers.CLIPConfig(
-      projection_dim=cfg.embed_dim,
-      text_config=dict(vocab_size=cfg.vocab_size, hidden_size=cfg.text_width,
-                       intermediate_size=cfg.text_mlp, num_hidden_layers=cfg.text_layers,
-                       num_attention_heads=cfg.text_heads,
-                       max_position_embeddings=cfg.context_length, hidden_act='quick_gelu'),
-      vision_config=dict(hidden_size=cfg.vision_width, intermediate_size=cfg.vision_mlp,
-                         num_hidden_layers=cfg.vision_layers,
-                         num_attention_heads=cfg.vision_heads, image_size=cfg.image_size,
-                         patch_size=cfg.patch_size, hidden_act='quick_gelu'))
+    projection_dim=cfg.embed_dim,
+    text_config=dict(
+      vocab_size=cfg.vocab_size,
+      hidden_size=cfg.text_width,
+      intermediate_size=cfg.text_mlp,
+      num_hidden_layers=cfg.text_layers,
+      num_attention_heads=cfg.text_heads,
+      max_position_embeddings=cfg.context_length,
+      hidden_act='quick_gelu',
+    ),
+    vision_config=dict(
+      hidden_size=cfg.vision_width,
+      intermediate_size=cfg.vision_mlp,
+      num_hidden_layers=cfg.vision_layers,
+      num_attention_heads=cfg.vision_heads,
+      image_size=cfg.image_size,
+      patch_size=cfg.patch_size,
+      hidden_act='quick_gelu',
+    ),
+  )
   return transformers.CLIPModel(config).eval()
 
 
@@ -59,19 +72,35 @@ def main(argv=None):
   parser.add_argument('--reps', type=int, default=10)
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--attention', default='xla', choices=['xla', 'cudnn'],
-                      help="JAX attention implementation ('cudnn': GPU, bfloat16 only)")
+  parser.add_argument(
+    '--attention',
+    default='xla',
+    choices=['xla', 'cudnn'],
+    help="JAX attention implementation ('cudnn': GPU, bfloat16 only)",
+  )
   parser.add_argument('--no-torch', action='store_true', help='time only the JAX model')
-  parser.add_argument('--grad', action='store_true',
-                      help='time forward + backward of the image tower instead of the forward')
-  parser.add_argument('--threads', type=int, default=None,
-                      help='CPU threads for both frameworks (default: their own choice)')
+  parser.add_argument(
+    '--grad',
+    action='store_true',
+    help='time forward + backward of the image tower instead of the forward',
+  )
+  parser.add_argument(
+    '--threads',
+    type=int,
+    default=None,
+    help='CPU threads for both frameworks (default: their own choice)',
+  )
   args = parser.parse_args(argv)
   if args.threads:
     # Must be set before jax is imported.
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + (
+    os.environ['XLA_FLAGS'] = (
+      os.environ.get('XLA_FLAGS', '')
+      + (
         ' --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
-        if args.threads == 1 else '')).strip()
+        if args.threads == 1
+        else ''
+      )
+    ).strip()
 
   global jax, jnp, nnx, clip  # pylint: disable=global-variable-undefined
   import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
@@ -81,6 +110,7 @@ def main(argv=None):
 
   from fognet_jax import clip_weights
   from fognet_jax.models import clip  # pylint: disable=redefined-outer-name
+
   if args.threads:
     torch.set_num_threads(args.threads)
   cfg = clip.CONFIGS[args.model]
@@ -91,8 +121,7 @@ def main(argv=None):
   hf = _hf_model(cfg, args.seed)
   with tempfile.TemporaryDirectory() as d:
     hf.save_pretrained(d)
-    model = clip_weights.load(
-        d, dtype=args.dtype, attention_impl=args.attention)
+    model = clip_weights.load(d, dtype=args.dtype, attention_impl=args.attention)
   graphdef, state = nnx.split(model)
 
   @jax.jit
@@ -113,15 +142,19 @@ def main(argv=None):
   @jax.jit
   def vision_grad(vis_state, pixels):
     def loss(s):
-      return jnp.sum(nnx.merge(vis_graphdef, s)(pixels).astype(jnp.float32)**2)
+      return jnp.sum(nnx.merge(vis_graphdef, s)(pixels).astype(jnp.float32) ** 2)
+
     return jax.grad(loss)(vis_state)
 
   def jax_grad():
     return jax.block_until_ready(vision_grad(vis_state, x_jax))
 
   impl = model.visual.transformer.resblocks[0].attn.attention_impl or 'xla'
-  fns = {f'JAX/Flax NNX ({jax.devices()[0].platform}, jit, {impl})':
-         jax_grad if args.grad else jax_forward}
+  fns = {
+    f'JAX/Flax NNX ({jax.devices()[0].platform}, jit, {impl})': jax_grad
+    if args.grad
+    else jax_forward
+  }
   if not args.no_torch:
     hf = hf.to(device=torch_device, dtype=torch_dtype)
     x_t = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch_device, torch_dtype)  # NCHW
@@ -137,13 +170,14 @@ def main(argv=None):
     def torch_grad():
       out = hf.get_image_features(pixel_values=x_t, interpolate_pos_encoding=interpolate)
       out = getattr(out, 'pooler_output', out)
-      (out.float()**2).sum().backward()
+      (out.float() ** 2).sum().backward()
       hf.zero_grad(set_to_none=True)
       if torch_device == 'cuda':
         torch.cuda.synchronize()
 
     fns[f'transformers PyTorch ({torch_device}, {hf.config._attn_implementation})'] = (
-        torch_grad if args.grad else torch_forward)
+      torch_grad if args.grad else torch_forward
+    )
   # Warm-up (includes the JAX compile), then alternate the implementations rep by rep so
   # both see the same machine load.
   for fn in fns.values():
@@ -163,21 +197,26 @@ def main(argv=None):
     max_rel = float(np.max(np.abs(out_jax - out_t)) / np.max(np.abs(out_t)))
 
   what = 'forward + backward' if args.grad else 'forward'
-  print(f'\nCLIP {args.model} image encoder {what}, {args.frames} frames at {size}x{size}, '
-        f'{args.dtype}, median/min of {args.reps} reps after {args.warmup} warm-up')
-  print(f'host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; '
-        f'jax {jax.__version__} {jax.devices()[0].device_kind}; torch {torch.__version__} '
-        f'({torch.get_num_threads()} threads)')
+  print(
+    f'\nCLIP {args.model} image encoder {what}, {args.frames} frames at {size}x{size}, '
+    f'{args.dtype}, median/min of {args.reps} reps after {args.warmup} warm-up'
+  )
+  print(
+    f'host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; '
+    f'jax {jax.__version__} {jax.devices()[0].device_kind}; torch {torch.__version__} '
+    f'({torch.get_num_threads()} threads)'
+  )
   print(f'| {"implementation":<44} | median ms | min ms | frames/s |')
   print(f'|{"-" * 46}|-----------|--------|----------|')
   for name, times in rows:
     med = statistics.median(times)
-    print(f'| {name:<44} | {med * 1e3:9.1f} | {min(times) * 1e3:6.1f} | '
-          f'{args.frames / med:8.1f} |')
+    print(f'| {name:<44} | {med * 1e3:9.1f} | {min(times) * 1e3:6.1f} | {args.frames / med:8.1f} |')
   if len(rows) == 2:
     ratio = statistics.median(rows[1][1]) / statistics.median(rows[0][1])
-    print(f'\nPyTorch / JAX median time ratio: {ratio:.2f}x '
-          f'({"JAX faster" if ratio > 1 else "PyTorch faster"})')
+    print(
+      f'\nPyTorch / JAX median time ratio: {ratio:.2f}x '
+      f'({"JAX faster" if ratio > 1 else "PyTorch faster"})'
+    )
     print(f'max relative difference of the embeddings (JAX vs PyTorch): {max_rel:.2e}')
 
 

@@ -9,6 +9,7 @@ Prints:
 - the number of leaves of `configs/fogact.py`'s `get_config()`, and the third-party modules
   that loading the config file imports (run in a fresh interpreter).
 """
+
 import argparse
 import ast
 import json
@@ -52,7 +53,7 @@ def package_imports(path: pathlib.Path, root: pathlib.Path, modules: set[str]) -
       base = node.module or ''
       if node.level:
         anchor = package.split('.')
-        anchor = anchor[:len(anchor) - (node.level - 1)]
+        anchor = anchor[: len(anchor) - (node.level - 1)]
         base = '.'.join(anchor + ([base] if base else []))
       targets = [f'{base}.{alias.name}' for alias in node.names] + [base]
     else:
@@ -73,7 +74,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
   def visit(node, stack):
     for succ in graph.get(node, ()):
       if succ in stack:
-        found.add(tuple(sorted(stack[stack.index(succ):])))
+        found.add(tuple(sorted(stack[stack.index(succ) :])))
       elif len(stack) < 50:
         visit(succ, stack + [succ])
 
@@ -92,23 +93,37 @@ def main():
   sizes = {module_name(p, root): len(p.read_text().splitlines()) for p in paths}
   graph = {module_name(p, root): package_imports(p, root, modules) for p in paths}
 
-  print(f'{len(paths)} modules, {sum(sizes.values())} lines; over 500 lines:',
-        ', '.join(f'{m} ({n})' for m, n in sorted(sizes.items(), key=lambda x: -x[1])
-                  if n > 500) or 'none')
-  print('largest:', ', '.join(f'{m} ({n})' for m, n in
-                              sorted(sizes.items(), key=lambda x: -x[1])[:5]))
+  print(
+    f'{len(paths)} modules, {sum(sizes.values())} lines; over 500 lines:',
+    ', '.join(f'{m} ({n})' for m, n in sorted(sizes.items(), key=lambda x: -x[1]) if n > 500)
+    or 'none',
+  )
+  print(
+    'largest:', ', '.join(f'{m} ({n})' for m, n in sorted(sizes.items(), key=lambda x: -x[1])[:5])
+  )
   edges = sum(len(v) for v in graph.values())
   print(f'import graph: {edges} edges; cycles:', cycles(graph) or 'none')
   models = f'{PACKAGE}.models'
-  outside = {m: sorted(t for t in deps if not t.startswith(models))
-             for m, deps in graph.items() if m.startswith(models)}
-  print('models/ imports from outside models/:',
-        {m: d for m, d in outside.items() if d} or 'nothing')
-  probe = subprocess.run([sys.executable, '-c', _CONFIG_PROBE, str(root / 'configs/fogact.py')],
-                         capture_output=True, text=True, cwd=root, check=True)
+  outside = {
+    m: sorted(t for t in deps if not t.startswith(models))
+    for m, deps in graph.items()
+    if m.startswith(models)
+  }
+  print(
+    'models/ imports from outside models/:', {m: d for m, d in outside.items() if d} or 'nothing'
+  )
+  probe = subprocess.run(
+    [sys.executable, '-c', _CONFIG_PROBE, str(root / 'configs/fogact.py')],
+    capture_output=True,
+    text=True,
+    cwd=root,
+    check=True,
+  )
   config = json.loads(probe.stdout.strip().splitlines()[-1])
-  print(f"configs/fogact.py: {config['leaves']} leaves; loading it imports:",
-        ', '.join(config['imports']) or 'only the standard library and ml_collections')
+  print(
+    f'configs/fogact.py: {config["leaves"]} leaves; loading it imports:',
+    ', '.join(config['imports']) or 'only the standard library and ml_collections',
+  )
 
 
 if __name__ == '__main__':

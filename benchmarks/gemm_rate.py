@@ -14,6 +14,7 @@ on the host CPU, also where a GPU is visible.
 
 Results: docs/perf_notes.md, "Where the rest of the CPU gap is".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from jax import lax  # pylint: disable=g-import-not-at-top
+
   if a.threads:
     torch.set_num_threads(a.threads)
 
@@ -58,12 +60,18 @@ def main(argv=None) -> int:
   cpu = jax.devices('cpu')[0]  # torch's tensors below are CPU tensors: compare like with like
   jx, jw, jg = (jax.device_put(v, cpu) for v in (x, w, g))
   tx, tw, tg = (torch.from_numpy(v) for v in (x, w, g))
-  dims = {PRODUCTS[0]: (((1,), (0,)), ((), ())), PRODUCTS[1]: (((1,), (1,)), ((), ())),
-          PRODUCTS[2]: (((0,), (0,)), ((), ()))}
+  dims = {
+    PRODUCTS[0]: (((1,), (0,)), ((), ())),
+    PRODUCTS[1]: (((1,), (1,)), ((), ())),
+    PRODUCTS[2]: (((0,), (0,)), ((), ())),
+  }
   jax_fns = {name: jax.jit(lambda u, v, d=d: lax.dot_general(u, v, d)) for name, d in dims.items()}
   jax_args = {PRODUCTS[0]: (jx, jw), PRODUCTS[1]: (jg, jw), PRODUCTS[2]: (jx, jg)}
-  torch_fns = {PRODUCTS[0]: lambda: tx @ tw, PRODUCTS[1]: lambda: tg @ tw.T,
-               PRODUCTS[2]: lambda: tx.T @ tg}
+  torch_fns = {
+    PRODUCTS[0]: lambda: tx @ tw,
+    PRODUCTS[1]: lambda: tg @ tw.T,
+    PRODUCTS[2]: lambda: tx.T @ tg,
+  }
   for name in PRODUCTS:  # the three jax products must agree with torch's
     ours = np.asarray(jax_fns[name](*jax_args[name]))
     ref = torch_fns[name]().numpy()
@@ -72,9 +80,11 @@ def main(argv=None) -> int:
       raise SystemExit(f'{name}: jax and torch differ by {err:.1e} (relative)')
   flops = 2.0 * a.m * a.k * a.n
   rates = {(impl, name): [] for impl in ('jax', 'torch') for name in PRODUCTS}
-  print(f'GFLOP/s, ({a.m}, {a.k}) x ({a.k}, {a.n}) and its gradients, median of {a.reps} calls; '
-        f'jax {jax.__version__} {jax.devices()[0].device_kind}, torch {torch.__version__} '
-        f'({torch.get_num_threads()} threads)')
+  print(
+    f'GFLOP/s, ({a.m}, {a.k}) x ({a.k}, {a.n}) and its gradients, median of {a.reps} calls; '
+    f'jax {jax.__version__} {jax.devices()[0].device_kind}, torch {torch.__version__} '
+    f'({torch.get_num_threads()} threads)'
+  )
   print('| round | ' + ' | '.join(f'jax {n} | torch {n}' for n in PRODUCTS) + ' |')
   print('|---|' + '---|---|' * len(PRODUCTS))
   for r in range(a.rounds):

@@ -18,6 +18,7 @@ Each row is one batch (seeded); the model is the seeded random initialisation.
   python benchmarks/grad_reduce_dtype.py                      # configs/synthetic.py:scratch
   python benchmarks/grad_reduce_dtype.py --batch=64 --batches=3 --seed=1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
-                             + ' --xla_force_host_platform_device_count=8').strip()
+  os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+  ).strip()
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 import jax  # noqa: E402
@@ -54,8 +56,12 @@ def make_batch(cfg, batch: int, seed: int) -> dict:
   fog = rng.uniform(0.3, 0.7, (batch, 1, 1, 1, 1))
   foggy = (clean * (1 - fog) + 200 * fog).astype(np.uint8)
   color = np.broadcast_to(pixels.identity_chain(), (batch,) + pixels.identity_chain().shape)
-  return {'clean': clean, 'foggy': foggy, 'color': np.ascontiguousarray(color),
-          'label': rng.integers(0, 10, (batch,)).astype(np.int32)}
+  return {
+    'clean': clean,
+    'foggy': foggy,
+    'color': np.ascontiguousarray(color),
+    'label': rng.integers(0, 10, (batch,)).astype(np.int32),
+  }
 
 
 def partial_gradients(cfg, mesh, params_f32, graphdef, rest, batch, text_tokens):
@@ -69,15 +75,20 @@ def partial_gradients(cfg, mesh, params_f32, graphdef, rest, batch, text_tokens)
       clean, foggy = pixels.train_inputs(shard)
       out = model.train_outputs(clean, foggy, model.encode_text(text_tokens))
       return loss_fn(out, shard['label'])[0] / n  # this device's share of the global mean
+
     return jax.tree.map(lambda g: g[None], jax.grad(loss)(params))
 
-  f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(sharding.DATA_AXIS)),
-                            out_specs=P(sharding.DATA_AXIS)))
+  f = jax.jit(
+    jax.shard_map(
+      local, mesh=mesh, in_specs=(P(), P(), P(sharding.DATA_AXIS)), out_specs=P(sharding.DATA_AXIS)
+    )
+  )
   return f(params_f32, rest, sharding.put_global_batch(batch, mesh))
 
 
 def device_sums(mesh, partials):
   """psum of the partials over the devices in float32 and in bfloat16."""
+
   def both(g):
     g = jax.tree.map(lambda x: x[0], g)
     s32 = jax.lax.psum(g, sharding.DATA_AXIS)
@@ -92,13 +103,14 @@ def ring_bf16(parts: np.ndarray) -> np.ndarray:
   s = parts[0].astype(ml_dtypes.bfloat16)
   for p in parts[1:]:
     s = (s.astype(np.float32) + p.astype(ml_dtypes.bfloat16).astype(np.float32)).astype(
-        ml_dtypes.bfloat16)
+      ml_dtypes.bfloat16
+    )
   return s.astype(np.float64)
 
 
 def rel(trees, ref) -> float:
   num = sum(float(np.sum((np.asarray(a, np.float64) - r) ** 2)) for a, r in zip(trees, ref))
-  den = sum(float(np.sum(r ** 2)) for r in ref)
+  den = sum(float(np.sum(r**2)) for r in ref)
   return (num / den) ** 0.5
 
 
@@ -119,8 +131,9 @@ def main():
     model = weights.create_model(cfg.model, rngs=nnx.Rngs(args.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = jax.device_put((params, rest), sharding.replicated(mesh))
-    text_tokens = jnp.asarray(np.random.default_rng(args.seed).integers(
-        1, 250, (10, 12)), jnp.int32)
+    text_tokens = jnp.asarray(
+      np.random.default_rng(args.seed).integers(1, 250, (10, 12)), jnp.int32
+    )
     for i in range(args.batches):
       batch = make_batch(cfg, args.batch, args.seed * 1000 + i)
       partials = partial_gradients(cfg, mesh, params, graphdef, rest, batch, text_tokens)
@@ -131,23 +144,33 @@ def main():
       leaves = [np.asarray(p, np.float32) for p in jax.tree.leaves(partials)]
       ref = [np.sum(p.astype(np.float64), axis=0) for p in leaves]
       s32, s16 = device_sums(mesh, partials)
-      rows.append({
+      rows.append(
+        {
           'batch_seed': args.seed * 1000 + i,
           'ref_list': ref,
           'psum_f32': rel(jax.tree.leaves(s32), ref),
           'psum_bf16': rel(jax.tree.leaves(s16), ref),
           'ring_bf16': rel([ring_bf16(p) for p in leaves], ref),
           'store_bf16': rel([r.astype(ml_dtypes.bfloat16) for r in ref], ref),
-      })
-  print(f'# {args.config} bf16, global batch {args.batch} over 8 CPU devices, '
-        f'seed {args.seed}; {platform.processor() or platform.machine()}, jax {jax.__version__}')
-  print('relative L2 error of the summed gradient against the exact (float64) sum of the '
-        'same partials; bf16 compute: the bf16 gradient against the float32 model\'s')
-  print(f'{"batch seed":>10} {"psum f32":>10} {"psum bf16":>10} {"ring bf16":>10} '
-        f'{"bf16 store":>10} {"bf16 compute":>12}')
+        }
+      )
+  print(
+    f'# {args.config} bf16, global batch {args.batch} over 8 CPU devices, '
+    f'seed {args.seed}; {platform.processor() or platform.machine()}, jax {jax.__version__}'
+  )
+  print(
+    'relative L2 error of the summed gradient against the exact (float64) sum of the '
+    "same partials; bf16 compute: the bf16 gradient against the float32 model's"
+  )
+  print(
+    f'{"batch seed":>10} {"psum f32":>10} {"psum bf16":>10} {"ring bf16":>10} '
+    f'{"bf16 store":>10} {"bf16 compute":>12}'
+  )
   for r in rows:
-    print(f'{r["batch_seed"]:>10} {r["psum_f32"]:>10.2e} {r["psum_bf16"]:>10.2e} '
-          f'{r["ring_bf16"]:>10.2e} {r["store_bf16"]:>10.2e} {r["bf16_compute"]:>12.2e}')
+    print(
+      f'{r["batch_seed"]:>10} {r["psum_f32"]:>10.2e} {r["psum_bf16"]:>10.2e} '
+      f'{r["ring_bf16"]:>10.2e} {r["store_bf16"]:>10.2e} {r["bf16_compute"]:>12.2e}'
+    )
 
 
 if __name__ == '__main__':

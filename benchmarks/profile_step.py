@@ -17,6 +17,7 @@ not of the wall time.
   python benchmarks/profile_step.py /tmp/prof/bf16 --steps=3 --top=20
   (benchmarks/train_step.py --profile_dir=DIR traces its step and calls this.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ def find_trace(logdir: str) -> str:
   paths = glob.glob(os.path.join(logdir, '**', 'perfetto_trace.json.gz'), recursive=True)
   if not paths:
     raise FileNotFoundError(
-        f'no perfetto_trace.json.gz under {logdir!r}: trace with '
-        'jax.profiler.trace(logdir, create_perfetto_trace=True)')
+      f'no perfetto_trace.json.gz under {logdir!r}: trace with '
+      'jax.profiler.trace(logdir, create_perfetto_trace=True)'
+    )
   return max(paths, key=os.path.getmtime)
 
 
@@ -84,20 +86,26 @@ def hlo_shapes(hlo_text: str) -> dict[str, str]:
   return out
 
 
-def summarize(logdir_or_trace: str, *, top: int = 20, steps: int = 1,
-              hlo_text: str | None = None) -> dict:
+def summarize(
+  logdir_or_trace: str, *, top: int = 20, steps: int = 1, hlo_text: str | None = None
+) -> dict:
   """Top `top` ops by self time (ms per step), plus totals by op category.
 
   With `hlo_text` (the step's optimized HLO), each op row also gets its opcode and result
   shape ('fusion f32[8,197,3072]').
   """
-  path = (logdir_or_trace if os.path.isfile(logdir_or_trace)
-          else find_trace(logdir_or_trace))
+  path = logdir_or_trace if os.path.isfile(logdir_or_trace) else find_trace(logdir_or_trace)
   events = load_events(path)
-  names = {e.get('pid'): e.get('args', {}).get('name', '') for e in events
-           if e.get('ph') == 'M' and e.get('name') == 'process_name'}
-  device_pids = {pid for pid, n in names.items()
-                 if not n.startswith('/host') and any(k in n for k in ('/device:', 'GPU', 'TPU'))}
+  names = {
+    e.get('pid'): e.get('args', {}).get('name', '')
+    for e in events
+    if e.get('ph') == 'M' and e.get('name') == 'process_name'
+  }
+  device_pids = {
+    pid
+    for pid, n in names.items()
+    if not n.startswith('/host') and any(k in n for k in ('/device:', 'GPU', 'TPU'))
+  }
   timed = _self_times(events)
   device = [(e, s) for e, s in timed if e.get('pid') in device_pids]
   if device:
@@ -123,37 +131,57 @@ def summarize(logdir_or_trace: str, *, top: int = 20, steps: int = 1,
     per_cat[_SUFFIX.sub('', op)] += s
   total = sum(r['self_us'] for r in per_op.values())
   ops = sorted(per_op.items(), key=lambda kv: -kv[1]['self_us'])
-  rows = [{'op': op, 'ms_per_step': r['self_us'] / steps / 1e3,
-           'percent': 100 * r['self_us'] / total if total else 0.0,
-           'calls_per_step': r['count'] / steps,
-           'event_names': sorted(r['names'])} for op, r in ops[:top]]
+  rows = [
+    {
+      'op': op,
+      'ms_per_step': r['self_us'] / steps / 1e3,
+      'percent': 100 * r['self_us'] / total if total else 0.0,
+      'calls_per_step': r['count'] / steps,
+      'event_names': sorted(r['names']),
+    }
+    for op, r in ops[:top]
+  ]
   if hlo_text:
     shapes = hlo_shapes(hlo_text)
     for r in rows:
       r['hlo'] = shapes.get(r['op'], '')
   cats = sorted(per_cat.items(), key=lambda kv: -kv[1])
-  return {'trace': path, 'source': source, 'steps': steps, 'ops_total': len(per_op),
-          'op_ms_per_step': total / steps / 1e3, 'top_ops': rows,
-          'categories': [{'category': c, 'ms_per_step': v / steps / 1e3,
-                          'percent': 100 * v / total if total else 0.0} for c, v in cats[:top]]}
+  return {
+    'trace': path,
+    'source': source,
+    'steps': steps,
+    'ops_total': len(per_op),
+    'op_ms_per_step': total / steps / 1e3,
+    'top_ops': rows,
+    'categories': [
+      {'category': c, 'ms_per_step': v / steps / 1e3, 'percent': 100 * v / total if total else 0.0}
+      for c, v in cats[:top]
+    ],
+  }
 
 
 def format_report(report: dict, width: int = 60) -> str:
   def short(s):
-    return s if len(s) <= width else s[:width - 3] + '...'
+    return s if len(s) <= width else s[: width - 3] + '...'
 
-  lines = [f'trace {report["trace"]}',
-           f'source: {report["source"]}; {report["ops_total"]} ops, '
-           f'{report["op_ms_per_step"]:.2f} ms of op self time per step',
-           f'{"#":>3} {"op":<{width}}{"ms/step":>10}{"%":>7}{"calls":>7}  HLO / event']
+  lines = [
+    f'trace {report["trace"]}',
+    f'source: {report["source"]}; {report["ops_total"]} ops, '
+    f'{report["op_ms_per_step"]:.2f} ms of op self time per step',
+    f'{"#":>3} {"op":<{width}}{"ms/step":>10}{"%":>7}{"calls":>7}  HLO / event',
+  ]
   for i, r in enumerate(report['top_ops'], 1):
     ev = r['event_names'][0] if r['event_names'] else ''
     ev = r.get('hlo') or ('' if ev == r['op'] else short(ev))
-    lines.append(f'{i:>3} {short(r["op"]):<{width}}{r["ms_per_step"]:>10.3f}'
-                 f'{r["percent"]:>7.1f}{r["calls_per_step"]:>7.0f}  {ev}')
+    lines.append(
+      f'{i:>3} {short(r["op"]):<{width}}{r["ms_per_step"]:>10.3f}'
+      f'{r["percent"]:>7.1f}{r["calls_per_step"]:>7.0f}  {ev}'
+    )
   lines.append('by category (op name without its numeric suffix):')
   for c in report['categories'][:10]:
-    lines.append(f'    {short(c["category"]):<{width}}{c["ms_per_step"]:>10.3f}{c["percent"]:>7.1f}')
+    lines.append(
+      f'    {short(c["category"]):<{width}}{c["ms_per_step"]:>10.3f}{c["percent"]:>7.1f}'
+    )
   return '\n'.join(lines)
 
 

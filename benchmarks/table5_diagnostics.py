@@ -14,6 +14,7 @@ last checkpoint and reports Top-1 (%) of the model on
 
   python benchmarks/table5_diagnostics.py workdir/tables/runs/*/seed0 [--json=OUT.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,20 +43,35 @@ def _top1(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _single_stream(config, run, graphdef, state, split: str, stream: str) -> float:
-  batches = input_pipeline.eval_iterator(config.data, split=split,
-                                         batch_size=config.eval.batch_size, stream=stream,
-                                         pixels_on_device=config.perf.pixels_on_device)
-  probs, labels = evaluate.run_eval(graphdef, state.params, state.rest, mesh=run.mesh,
-                                    batches=batches, prompt_tokens=run.prompt_tokens,
-                                    num_templates=config.eval.num_templates)
+  batches = input_pipeline.eval_iterator(
+    config.data,
+    split=split,
+    batch_size=config.eval.batch_size,
+    stream=stream,
+    pixels_on_device=config.perf.pixels_on_device,
+  )
+  probs, labels = evaluate.run_eval(
+    graphdef,
+    state.params,
+    state.rest,
+    mesh=run.mesh,
+    batches=batches,
+    prompt_tokens=run.prompt_tokens,
+    num_templates=config.eval.num_templates,
+  )
   return _top1(probs, labels)
 
 
 def _paired(config, run, graphdef, state) -> float:
   """Test Top-1 of the two-stream path (clean twin present), foggy output classified."""
-  text = evaluate.encode_prompts(graphdef, state.params, state.rest, mesh=run.mesh,
-                                 prompt_tokens=run.prompt_tokens,
-                                 num_templates=config.eval.num_templates)  # (K, C, D)
+  text = evaluate.encode_prompts(
+    graphdef,
+    state.params,
+    state.rest,
+    mesh=run.mesh,
+    prompt_tokens=run.prompt_tokens,
+    num_templates=config.eval.num_templates,
+  )  # (K, C, D)
 
   @jax.jit
   def probs_fn(params, rest, clean, foggy, text_emb):
@@ -65,14 +81,21 @@ def _paired(config, run, graphdef, state) -> float:
     return jnp.mean(jax.nn.softmax(logits, -1), axis=1)
 
   # The evaluation iterator of each stream: the same examples in the same order and padding.
-  streams = [input_pipeline.eval_iterator(config.data, batch_size=config.eval.batch_size,
-                                          stream=s, pixels_on_device=config.perf.pixels_on_device)
-             for s in ('clean', 'foggy')]
+  streams = [
+    input_pipeline.eval_iterator(
+      config.data,
+      batch_size=config.eval.batch_size,
+      stream=s,
+      pixels_on_device=config.perf.pixels_on_device,
+    )
+    for s in ('clean', 'foggy')
+  ]
   correct = n = 0
   for clean, foggy in zip(*streams):
     assert np.array_equal(clean['label'], foggy['label'])
-    probs = np.asarray(probs_fn(state.params, state.rest, clean['frames'][:, 0],
-                                foggy['frames'][:, 0], text))  # view 0 of (B, V, T, H, W, 3)
+    probs = np.asarray(
+      probs_fn(state.params, state.rest, clean['frames'][:, 0], foggy['frames'][:, 0], text)
+    )  # view 0 of (B, V, T, H, W, 3)
     mask = foggy['mask']
     correct += int(np.sum((np.argmax(probs, -1) == foggy['label'])[mask]))
     n += int(np.sum(mask))
@@ -85,12 +108,11 @@ def diagnose(run_dir: str) -> dict:
   run = main_lib.setup(config)
   graphdef, state = main_lib.restore_state(config, run.mesh, run_dir)
   row = {'run': run_dir, 'arch': config.model.arch}
-  row['train/foggy'] = _single_stream(config, run, graphdef, state, config.data.train_split,
-                                      'foggy')
-  row['test/foggy'] = _single_stream(config, run, graphdef, state, config.data.eval_split,
-                                     'foggy')
-  row['test/clean'] = _single_stream(config, run, graphdef, state, config.data.eval_split,
-                                     'clean')
+  row['train/foggy'] = _single_stream(
+    config, run, graphdef, state, config.data.train_split, 'foggy'
+  )
+  row['test/foggy'] = _single_stream(config, run, graphdef, state, config.data.eval_split, 'foggy')
+  row['test/clean'] = _single_stream(config, run, graphdef, state, config.data.eval_split, 'clean')
   if config.model.arch == 'fognet':
     row['test/paired'] = _paired(config, run, graphdef, state)
   return row
@@ -109,8 +131,8 @@ def main(argv=None) -> None:
     row = diagnose(run_dir.rstrip('/'))
     rows.append(row)
     name = '/'.join(row['run'].split('/')[-2:])
-    cells = [f"{row[k]:.1f}" if k in row else '-' for k in keys]
-    print(f"| {name} | " + ' | '.join(cells) + ' |', flush=True)
+    cells = [f'{row[k]:.1f}' if k in row else '-' for k in keys]
+    print(f'| {name} | ' + ' | '.join(cells) + ' |', flush=True)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(rows, f, indent=1)

@@ -22,6 +22,7 @@ Importable (``build_reference`` / ``ReferenceStep.time``; `benchmarks/train_step
   python benchmarks/torch_reference.py --backbone=ViT-B/16 --image_size=224 --frames=8 \
       --batch=16 --modes=eager,compile --dtype=bf16 --json_out=/tmp/torch_ref.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,25 +45,43 @@ CROSS_STREAM_WEIGHT = 0.1
 def clip_config(backbone: str, image_size: int, vocab_size: int = VOCAB):
   """transformers ``CLIPConfig`` matching ``fognet_jax.models.clip.CONFIGS[backbone]``."""
   from transformers import CLIPConfig  # pylint: disable=g-import-not-at-top
+
   shapes = {
-      # name: (vision width, layers, heads, patch), (text width, layers, heads), embed
-      'tiny': ((64, 2, 4, 8), (64, 2, 4), 32),
-      'ViT-B/32': ((768, 12, 12, 32), (512, 12, 8), 512),
-      'ViT-B/16': ((768, 12, 12, 16), (512, 12, 8), 512),
-      'ViT-L/14': ((1024, 24, 16, 14), (768, 12, 12), 768),
+    # name: (vision width, layers, heads, patch), (text width, layers, heads), embed
+    'tiny': ((64, 2, 4, 8), (64, 2, 4), 32),
+    'ViT-B/32': ((768, 12, 12, 32), (512, 12, 8), 512),
+    'ViT-B/16': ((768, 12, 12, 16), (512, 12, 8), 512),
+    'ViT-L/14': ((1024, 24, 16, 14), (768, 12, 12), 768),
   }
   if backbone not in shapes:
     raise ValueError(f'torch reference: unknown backbone {backbone!r}; known: {sorted(shapes)}')
   (vw, vl, vh, patch), (tw, tl, th), embed = shapes[backbone]
   if image_size % patch:
-    raise ValueError(f'torch reference: image_size={image_size} is not a multiple of the '
-                     f'patch size {patch} of {backbone}')
-  vision = dict(hidden_size=vw, intermediate_size=4 * vw, num_attention_heads=vh,
-                num_hidden_layers=vl, image_size=image_size, patch_size=patch,
-                hidden_act='quick_gelu', layer_norm_eps=1e-5)
-  text = dict(hidden_size=tw, intermediate_size=4 * tw, num_attention_heads=th,
-              num_hidden_layers=tl, max_position_embeddings=CONTEXT, vocab_size=vocab_size,
-              hidden_act='quick_gelu', layer_norm_eps=1e-5, eos_token_id=vocab_size - 1)
+    raise ValueError(
+      f'torch reference: image_size={image_size} is not a multiple of the '
+      f'patch size {patch} of {backbone}'
+    )
+  vision = dict(
+    hidden_size=vw,
+    intermediate_size=4 * vw,
+    num_attention_heads=vh,
+    num_hidden_layers=vl,
+    image_size=image_size,
+    patch_size=patch,
+    hidden_act='quick_gelu',
+    layer_norm_eps=1e-5,
+  )
+  text = dict(
+    hidden_size=tw,
+    intermediate_size=4 * tw,
+    num_attention_heads=th,
+    num_hidden_layers=tl,
+    max_position_embeddings=CONTEXT,
+    vocab_size=vocab_size,
+    hidden_act='quick_gelu',
+    layer_norm_eps=1e-5,
+    eos_token_id=vocab_size - 1,
+  )
   return CLIPConfig(text_config=text, vision_config=vision, projection_dim=embed)
 
 
@@ -74,6 +93,7 @@ def _features(out):
 @dataclasses.dataclass
 class ReferenceStep:
   """One model, optimizer and fixed batch; ``step_fns[mode]()`` runs one train step."""
+
   backbone: str
   arch: str
   dtype: str
@@ -88,14 +108,18 @@ class ReferenceStep:
 
   def sync(self) -> None:
     import torch  # pylint: disable=g-import-not-at-top
+
     if self.device == 'cuda':
       torch.cuda.synchronize()
 
   def time(self, mode: str, *, steps: int, warmup: int) -> dict:
     """Runs ``warmup`` untimed and ``steps`` timed steps of ``mode``; returns the timing."""
     import torch  # pylint: disable=g-import-not-at-top
+
     if mode not in self.step_fns:
-      raise ValueError(f'torch reference: mode {mode!r} was not built; built: {list(self.step_fns)}')
+      raise ValueError(
+        f'torch reference: mode {mode!r} was not built; built: {list(self.step_fns)}'
+      )
     fn = self.step_fns[mode]
     if mode not in self.first_step_s:  # compilation (compile mode) and allocator warm-up
       t0 = time.perf_counter()
@@ -114,22 +138,38 @@ class ReferenceStep:
     self.sync()
     dt = (time.perf_counter() - t0) / steps
     peak = torch.cuda.max_memory_allocated() if self.device == 'cuda' else None
-    return {'mode': mode, 'step_s': dt, 'clip_pairs_per_s': self.batch / dt,
-            'first_step_s': self.first_step_s[mode], 'loss': float(loss),
-            'peak_bytes': peak}
+    return {
+      'mode': mode,
+      'step_s': dt,
+      'clip_pairs_per_s': self.batch / dt,
+      'first_step_s': self.first_step_s[mode],
+      'loss': float(loss),
+      'peak_bytes': peak,
+    }
 
   def release(self) -> None:
     """Returns the caching allocator's free blocks to the device (between measurements)."""
     import torch  # pylint: disable=g-import-not-at-top
+
     if self.device == 'cuda':
       torch.cuda.empty_cache()
 
 
-def build_reference(*, backbone: str = 'ViT-B/16', arch: str = 'fognet', image_size: int = 224,
-                    frames: int = 8, batch: int = 16, classes: int = 55, dtype: str = 'bf16',
-                    modes: tuple[str, ...] = MODES, device: Optional[str] = None,
-                    seed: int = 0, prompt_len: int = 77,
-                    vocab_size: int = VOCAB) -> ReferenceStep:
+def build_reference(
+  *,
+  backbone: str = 'ViT-B/16',
+  arch: str = 'fognet',
+  image_size: int = 224,
+  frames: int = 8,
+  batch: int = 16,
+  classes: int = 55,
+  dtype: str = 'bf16',
+  modes: tuple[str, ...] = MODES,
+  device: Optional[str] = None,
+  seed: int = 0,
+  prompt_len: int = 77,
+  vocab_size: int = VOCAB,
+) -> ReferenceStep:
   """Builds the reference model, optimizer and a fixed random batch; nothing runs yet.
 
   One model and optimizer serve all ``modes`` (the compiled mode wraps the same loss function),
@@ -149,8 +189,12 @@ def build_reference(*, backbone: str = 'ViT-B/16', arch: str = 'fognet', image_s
   bad = [m for m in modes if m not in MODES]
   if bad:
     raise ValueError(f'torch reference: unknown mode(s) {bad}; known: {list(MODES)}')
-  for name, v in (('image_size', image_size), ('frames', frames), ('batch', batch),
-                  ('classes', classes)):
+  for name, v in (
+    ('image_size', image_size),
+    ('frames', frames),
+    ('batch', batch),
+    ('classes', classes),
+  ):
     if v <= 0:
       raise ValueError(f'torch reference: {name} must be positive, got {v}')
   device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -158,8 +202,14 @@ def build_reference(*, backbone: str = 'ViT-B/16', arch: str = 'fognet', image_s
   cfg = clip_config(backbone, image_size, vocab_size)
   model = CLIPModel._from_config(cfg, attn_implementation='sdpa').to(device).train()  # pylint: disable=protected-access
   n_params = sum(p.numel() for p in model.parameters())
-  opt = torch.optim.AdamW(model.parameters(), lr=5e-6, weight_decay=0.2, betas=(0.9, 0.98),
-                          eps=1e-8, fused=(device == 'cuda'))
+  opt = torch.optim.AdamW(
+    model.parameters(),
+    lr=5e-6,
+    weight_decay=0.2,
+    betas=(0.9, 0.98),
+    eps=1e-8,
+    fused=(device == 'cuda'),
+  )
   b, t, s, c = batch, frames, image_size, classes
   streams = 2 if arch == 'fognet' else 1
   gen = torch.Generator(device='cpu').manual_seed(seed)
@@ -174,7 +224,7 @@ def build_reference(*, backbone: str = 'ViT-B/16', arch: str = 'fognet', image_s
   pair_targets = torch.arange(b, device=device)
 
   def loss_fn(m, pixels, ids):
-    v = _features(m.get_image_features(pixel_values=pixels))       # (S*B*T, D)
+    v = _features(m.get_image_features(pixel_values=pixels))  # (S*B*T, D)
     v = F.normalize(v.view(streams, b, t, -1).float().mean(2), dim=-1)  # (S, B, D)
     txt = F.normalize(_features(m.get_text_features(input_ids=ids)).float(), dim=-1)  # (C, D)
     scale = m.logit_scale.exp()
@@ -193,21 +243,37 @@ def build_reference(*, backbone: str = 'ViT-B/16', arch: str = 'fognet', image_s
       opt.step()
       opt.zero_grad(set_to_none=True)
       return loss.detach()
+
     return step
 
   fns = {}
   for mode in modes:
     fns[mode] = make_step(torch.compile(loss_fn) if mode == 'compile' else loss_fn)
-  return ReferenceStep(backbone=backbone, arch=arch, dtype=dtype, batch=b, frames=t,
-                       image_size=s, classes=c, device=device, params=n_params, step_fns=fns)
+  return ReferenceStep(
+    backbone=backbone,
+    arch=arch,
+    dtype=dtype,
+    batch=b,
+    frames=t,
+    image_size=s,
+    classes=c,
+    device=device,
+    params=n_params,
+    step_fns=fns,
+  )
 
 
 def environment() -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
+
   dev = torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'
-  return {'torch': torch.__version__, 'transformers': transformers.__version__,
-          'torch_device': dev, 'torch_threads': torch.get_num_threads()}
+  return {
+    'torch': torch.__version__,
+    'transformers': transformers.__version__,
+    'torch_device': dev,
+    'torch_threads': torch.get_num_threads(),
+  }
 
 
 def main(argv=None) -> int:
@@ -226,9 +292,16 @@ def main(argv=None) -> int:
   p.add_argument('--json_out', default=None)
   a = p.parse_args(argv)
   modes = tuple(m for m in a.modes.split(',') if m)
-  ref = build_reference(backbone=a.backbone, arch=a.arch, image_size=a.image_size,
-                        frames=a.frames, batch=a.batch, classes=a.classes, dtype=a.dtype,
-                        modes=modes)
+  ref = build_reference(
+    backbone=a.backbone,
+    arch=a.arch,
+    image_size=a.image_size,
+    frames=a.frames,
+    batch=a.batch,
+    classes=a.classes,
+    dtype=a.dtype,
+    modes=modes,
+  )
   results = []
   for r in range(a.repeats):
     for mode in modes:
@@ -237,8 +310,10 @@ def main(argv=None) -> int:
       results.append(res)
       ref.release()
       print(json.dumps(res), flush=True)
-  print(f'\n{a.arch} {a.backbone} {a.frames}x{a.image_size}^2 batch {a.batch} classes '
-        f'{a.classes} {a.dtype}, {ref.params / 1e6:.1f}M params, {environment()}')
+  print(
+    f'\n{a.arch} {a.backbone} {a.frames}x{a.image_size}^2 batch {a.batch} classes '
+    f'{a.classes} {a.dtype}, {ref.params / 1e6:.1f}M params, {environment()}'
+  )
   print(f'{"mode":<10}{"pairs/s (median)":>18}{"step ms":>10}{"first step s":>14}')
   for mode in modes:
     rs = [x for x in results if x['mode'] == mode]

@@ -18,6 +18,7 @@ stride-2 ReLU convolutions, 32-64-128-128 channels, global mean pool: a plain re
 --center subtracts each clip's mean frame first (`model.frame_centering`).
 Builds `synthetic_fog_act/default` in --data_dir if it is not there.
 """
+
 import os
 import sys
 import time
@@ -57,6 +58,7 @@ def load(data_dir):
   from fognet_jax import config_lib  # pylint: disable=g-import-not-at-top
   from fognet_jax import records  # pylint: disable=g-import-not-at-top
   from tfds_fogact import common  # pylint: disable=g-import-not-at-top
+
   cfg = config_lib.load_config('fogact').data
   cfg.dataset, cfg.data_dir = 'synthetic_fog_act', data_dir
   records.prepare(cfg)
@@ -79,8 +81,9 @@ def load(data_dir):
 class CNN(nnx.Module):
   def __init__(self, rngs):
     chans = (3, 32, 64, 128, 128)
-    self.convs = nnx.List([nnx.Conv(a, b, (3, 3), strides=2, rngs=rngs)
-                           for a, b in zip(chans[:-1], chans[1:])])
+    self.convs = nnx.List(
+      [nnx.Conv(a, b, (3, 3), strides=2, rngs=rngs) for a, b in zip(chans[:-1], chans[1:])]
+    )
     self.out = nnx.Linear(128, 32, rngs=rngs)
 
   def __call__(self, x):
@@ -92,6 +95,7 @@ class CNN(nnx.Module):
 class Probe(nnx.Module):
   def __init__(self, rngs):
     from fognet_jax.models import clip  # pylint: disable=g-import-not-at-top
+
     seed = _SEED.value
     if _TOWER.value == 'cnn':
       self.tower, dim = CNN(rngs), 32
@@ -126,6 +130,7 @@ class Probe(nnx.Module):
 def main(argv):
   del argv
   from fognet_jax import augment  # pylint: disable=g-import-not-at-top
+
   t0 = time.time()
   data = load(_DATA.value)
   xtr, ytr, _ = data['train']
@@ -145,7 +150,9 @@ def main(argv):
     def loss_fn(model):
       logits = model(x)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (
-          logits.argmax(-1) == y).mean()
+        logits.argmax(-1) == y
+      ).mean()
+
     (loss, acc), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     opt.update(model, grads)
     return loss, acc
@@ -154,27 +161,37 @@ def main(argv):
   eval_idx = np.arange(t_) * seg + seg // 2
 
   def test_predictions():
-    return np.concatenate([np.asarray(predict(model, jnp.asarray(prep(xte[i:i + 56][:, eval_idx]))))
-                           for i in range(0, len(xte), 56)])
+    return np.concatenate(
+      [
+        np.asarray(predict(model, jnp.asarray(prep(xte[i : i + 56][:, eval_idx]))))
+        for i in range(0, len(xte), 56)
+      ]
+    )
 
   perm, accs = np.array([], int), []
   t0 = time.time()
   for i in range(steps):
     if len(perm) < _BATCH.value:
       perm = np.concatenate([perm, rng.permutation(len(xtr))])
-    idx, perm = perm[:_BATCH.value], perm[_BATCH.value:]
+    idx, perm = perm[: _BATCH.value], perm[_BATCH.value :]
     x = np.stack([xtr[j][np.arange(t_) * seg + rng.integers(0, seg, t_)] for j in idx])
     _, acc = step(model, opt, jnp.asarray(prep(x)), jnp.asarray(ytr[idx]))
     accs.append(float(acc))
     if (i + 1) % 100 == 0 or i + 1 == steps:
       top1 = float((test_predictions() == yte).mean())
-      print(f'step {i + 1}: train Top-1 (last 100 batches) {np.mean(accs[-100:]):.3f}  '
-            f'test Top-1 {top1:.3f}  ({time.time() - t0:.0f} s)', flush=True)
+      print(
+        f'step {i + 1}: train Top-1 (last 100 batches) {np.mean(accs[-100:]):.3f}  '
+        f'test Top-1 {top1:.3f}  ({time.time() - t0:.0f} s)',
+        flush=True,
+      )
   pred = test_predictions()
   ok = pred == yte
   from tfds_fogact import common  # pylint: disable=g-import-not-at-top
-  print('per perspective:', {p: round(float(ok[pte == k].mean()), 3)
-                             for k, p in enumerate(common.PERSPECTIVES)})
+
+  print(
+    'per perspective:',
+    {p: round(float(ok[pte == k].mean()), 3) for k, p in enumerate(common.PERSPECTIVES)},
+  )
   print('per class:', [round(float(ok[yte == k].mean()), 2) for k in range(14)])
   print(f'test Top-1 {ok.mean():.3f}, pair-level Top-1 {np.mean(ok | (pred == TWIN[yte])):.3f}')
 

@@ -37,6 +37,7 @@ variant (DIR/<variant>/), and the top ops by self time from its Perfetto trace
   python benchmarks/train_step.py --backbone=ViT-B/16 --image_size=224 --frames=8 --batch=16 \
       --variants=bf16 --compare_torch --repeats=2 --profile_dir=/tmp/prof
 """
+
 import json
 import os
 import platform
@@ -60,38 +61,57 @@ _FRAMES = flags.DEFINE_integer('frames', 2, 'Frames per clip.')
 _BATCH = flags.DEFINE_integer('batch', 4, 'Global batch (clip pairs per step).')
 _CLASSES = flags.DEFINE_integer('classes', 55, 'Number of classes (text prompts per step).')
 _PROMPT_LEN = flags.DEFINE_integer(
-    'prompt_len', 77, 'Tokens up to and including end-of-text in every prompt (2..77); the '
-    'rest of the 77 is zero padding, as clip.tokenize writes it. Ours trims the padding '
-    '(prompts.trim_context, as training does); the torch reference encodes all 77.')
+  'prompt_len',
+  77,
+  'Tokens up to and including end-of-text in every prompt (2..77); the '
+  'rest of the 77 is zero padding, as clip.tokenize writes it. Ours trims the padding '
+  '(prompts.trim_context, as training does); the torch reference encodes all 77.',
+)
 _VOCAB = flags.DEFINE_integer(
-    'vocab_size', None, "Text vocabulary (model.clip_overrides.vocab_size); default the "
-    "backbone's, 49408. 259 is the embedded demo's byte tokenizer (configs/synthetic.py).")
+  'vocab_size',
+  None,
+  'Text vocabulary (model.clip_overrides.vocab_size); default the '
+  "backbone's, 49408. 259 is the embedded demo's byte tokenizer (configs/synthetic.py).",
+)
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per variant (per repeat).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps before each timing.')
-_VARIANTS = flags.DEFINE_list('variants', ['fp32', 'bf16', 'fp32+remat', 'bf16+remat'],
-                              'Variants: dtype (fp32|bf16) with optional +remat, +fsdp, +cudnn, '
-                              '+res16 (bf16 only: a bfloat16 residual stream).')
+_VARIANTS = flags.DEFINE_list(
+  'variants',
+  ['fp32', 'bf16', 'fp32+remat', 'bf16+remat'],
+  'Variants: dtype (fp32|bf16) with optional +remat, +fsdp, +cudnn, '
+  '+res16 (bf16 only: a bfloat16 residual stream).',
+)
 _ARCH = flags.DEFINE_enum('arch', 'fognet', ['fognet', 'actionclip'], 'Model architecture.')
 _ACCUM = flags.DEFINE_integer('accum', 1, 'Gradient accumulation micro-batches.')
 _FREEZE_TEXT = flags.DEFINE_bool('freeze_text', False, 'Freeze the text tower.')
-_ATTN = flags.DEFINE_string('attention_impl', None,
-                            "perf.attention_impl: None (automatic), 'xla' or 'cudnn'.")
+_ATTN = flags.DEFINE_string(
+  'attention_impl', None, "perf.attention_impl: None (automatic), 'xla' or 'cudnn'."
+)
 _JSON = flags.DEFINE_string('json_out', None, 'Write the results as JSON here.')
-_PEAK = flags.DEFINE_float('peak_flops', None,
-                           'Peak FLOP/s of one device for MFU; overrides the PEAK_FLOPS table.')
-_CHECK_XLA = flags.DEFINE_bool('check_flops_xla', False,
-                               "Also compare the analytic forward FLOPs with XLA's cost "
-                               'analysis (fognet_jax.tools.model_cost; compiles on the CPU).')
+_PEAK = flags.DEFINE_float(
+  'peak_flops', None, 'Peak FLOP/s of one device for MFU; overrides the PEAK_FLOPS table.'
+)
+_CHECK_XLA = flags.DEFINE_bool(
+  'check_flops_xla',
+  False,
+  "Also compare the analytic forward FLOPs with XLA's cost "
+  'analysis (fognet_jax.tools.model_cost; compiles on the CPU).',
+)
 _REPEATS = flags.DEFINE_integer('repeats', 1, 'Timings per variant (alternating with torch).')
-_COMPARE = flags.DEFINE_bool('compare_torch', False,
-                             'Also time the PyTorch reference (benchmarks/torch_reference.py).')
-_TORCH_MODES = flags.DEFINE_list('torch_modes', ['eager', 'compile'],
-                                 'PyTorch reference forms: eager, compile.')
-_ORDER = flags.DEFINE_enum('order', 'ours_first', ['ours_first', 'torch_first'],
-                           'Order inside each repeat.')
-_PROFILE_DIR = flags.DEFINE_string('profile_dir', None,
-                                   'Write a jax.profiler trace per variant here and print the '
-                                   'top ops by self time.')
+_COMPARE = flags.DEFINE_bool(
+  'compare_torch', False, 'Also time the PyTorch reference (benchmarks/torch_reference.py).'
+)
+_TORCH_MODES = flags.DEFINE_list(
+  'torch_modes', ['eager', 'compile'], 'PyTorch reference forms: eager, compile.'
+)
+_ORDER = flags.DEFINE_enum(
+  'order', 'ours_first', ['ours_first', 'torch_first'], 'Order inside each repeat.'
+)
+_PROFILE_DIR = flags.DEFINE_string(
+  'profile_dir',
+  None,
+  'Write a jax.profiler trace per variant here and print the top ops by self time.',
+)
 _PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 3, 'Steps in the profiler trace.')
 _TOP = flags.DEFINE_integer('top', 20, 'Ops in the profile table.')
 
@@ -100,17 +120,17 @@ _TOP = flags.DEFINE_integer('top', 20, 'Ops in the profile table.')
 # tensor-core rate (XLA's default precision for fp32 dots there); on TPUs XLA's default
 # precision runs fp32 dots as one bf16 pass, so both columns are the bf16 rate.
 PEAK_FLOPS = (
-    ('h100 pcie', 756e12, 378e12),
-    ('h100', 989e12, 494.7e12),   # SXM
-    ('h200', 989e12, 494.7e12),
-    ('a100', 312e12, 156e12),
-    ('tpu v4', 275e12, 275e12),
-    ('tpu v5 lite', 197e12, 197e12),
-    ('tpu v5e', 197e12, 197e12),
-    ('tpu v5p', 459e12, 459e12),
-    ('tpu v5', 459e12, 459e12),
-    ('tpu v6 lite', 918e12, 918e12),
-    ('tpu v6e', 918e12, 918e12),
+  ('h100 pcie', 756e12, 378e12),
+  ('h100', 989e12, 494.7e12),  # SXM
+  ('h200', 989e12, 494.7e12),
+  ('a100', 312e12, 156e12),
+  ('tpu v4', 275e12, 275e12),
+  ('tpu v5 lite', 197e12, 197e12),
+  ('tpu v5e', 197e12, 197e12),
+  ('tpu v5p', 459e12, 459e12),
+  ('tpu v5', 459e12, 459e12),
+  ('tpu v6 lite', 918e12, 918e12),
+  ('tpu v6e', 918e12, 918e12),
 )
 
 
@@ -140,6 +160,7 @@ def vit_forward_flops(clip_cfg, image_size: int) -> float:
   towers use `model_cost.resnet_macs_analytic` x 2.
   """
   from fognet_jax.tools import model_cost  # pylint: disable=g-import-not-at-top
+
   if clip_cfg.is_resnet:
     return 2.0 * model_cost.resnet_macs_analytic(clip_cfg, image_size)
   p = clip_cfg.patch_size
@@ -165,9 +186,17 @@ def text_forward_flops(clip_cfg, length: int | None = None) -> float:
   return 2.0 * (clip_cfg.text_layers * per_layer + w * clip_cfg.embed_dim)
 
 
-def train_step_flops(clip_cfg, *, image_size: int, frames: int, batch: int, classes: int,
-                     streams: int, text_trainable: bool = True,
-                     prompt_len: int | None = None) -> dict:
+def train_step_flops(
+  clip_cfg,
+  *,
+  image_size: int,
+  frames: int,
+  batch: int,
+  classes: int,
+  streams: int,
+  text_trainable: bool = True,
+  prompt_len: int | None = None,
+) -> dict:
   """Analytic FLOPs of one train step (multiply-add = 2 FLOPs).
 
     image = vit_forward_flops(image_size) * frames * streams * batch
@@ -183,19 +212,26 @@ def train_step_flops(clip_cfg, *, image_size: int, frames: int, batch: int, clas
   img = vit_forward_flops(clip_cfg, image_size) * frames * streams * batch
   txt = text_forward_flops(clip_cfg, prompt_len) * classes
   total = 3.0 * img + (3.0 if text_trainable else 1.0) * txt
-  return {'image_forward_flops': img, 'text_forward_flops': txt, 'step_flops': total,
-          'image_forward_flops_per_frame': vit_forward_flops(clip_cfg, image_size),
-          'text_forward_flops_per_prompt': text_forward_flops(clip_cfg, prompt_len)}
+  return {
+    'image_forward_flops': img,
+    'text_forward_flops': txt,
+    'step_flops': total,
+    'image_forward_flops_per_frame': vit_forward_flops(clip_cfg, image_size),
+    'text_forward_flops_per_prompt': text_forward_flops(clip_cfg, prompt_len),
+  }
 
 
 def check_flops_units(clip_cfg, image_size: int) -> None:
   """The per-image count must be twice `model_cost.vision_macs_analytic` (MACs)."""
   from fognet_jax.tools import model_cost  # pylint: disable=g-import-not-at-top
+
   macs = model_cost.vision_macs_analytic(clip_cfg, 1, image_size)
   ours = vit_forward_flops(clip_cfg, image_size)
   if not np.isclose(ours, 2.0 * macs, rtol=1e-9):
-    raise AssertionError(f'vit_forward_flops={ours:.6g} but 2 x model_cost.vision_macs_analytic'
-                         f'={2 * macs:.6g}: the two hand counts disagree')
+    raise AssertionError(
+      f'vit_forward_flops={ours:.6g} but 2 x model_cost.vision_macs_analytic'
+      f'={2 * macs:.6g}: the two hand counts disagree'
+    )
 
 
 def _streams(cfg) -> int:
@@ -206,13 +242,15 @@ def _streams(cfg) -> int:
 
 def _config(variant: str):
   from fognet_jax import config_lib  # pylint: disable=g-import-not-at-top
+
   parts = variant.split('+')
   if parts[0] not in ('fp32', 'bf16'):
     raise ValueError(f'--variants: {variant!r} must start with fp32 or bf16')
   unknown = sorted(set(parts[1:]) - {'remat', 'fsdp', 'cudnn', 'res16'})
   if unknown:
-    raise ValueError(f'--variants: unknown modifier(s) {unknown} in {variant!r} '
-                     '(remat, fsdp, cudnn, res16)')
+    raise ValueError(
+      f'--variants: unknown modifier(s) {unknown} in {variant!r} (remat, fsdp, cudnn, res16)'
+    )
   if 'res16' in parts and parts[0] != 'bf16':
     raise ValueError(f'--variants: {variant!r}: res16 (a bfloat16 residual stream) needs bf16')
   cfg = config_lib.load_config('fogact')
@@ -243,10 +281,17 @@ def _config(variant: str):
 def _memory(compiled) -> dict:
   try:
     m = compiled.memory_analysis()
-    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
-             m.alias_size_in_bytes)
-    return {'xla_total_bytes': int(total), 'xla_temp_bytes': int(m.temp_size_in_bytes),
-            'xla_argument_bytes': int(m.argument_size_in_bytes)}
+    total = (
+      m.argument_size_in_bytes
+      + m.output_size_in_bytes
+      + m.temp_size_in_bytes
+      - m.alias_size_in_bytes
+    )
+    return {
+      'xla_total_bytes': int(total),
+      'xla_temp_bytes': int(m.temp_size_in_bytes),
+      'xla_argument_bytes': int(m.argument_size_in_bytes),
+    }
   except Exception:  # pylint: disable=broad-except
     return {}
 
@@ -270,6 +315,7 @@ class OurStep:
     from fognet_jax import sharding  # pylint: disable=g-import-not-at-top
     from fognet_jax import train  # pylint: disable=g-import-not-at-top
     from fognet_jax.models import clip  # pylint: disable=g-import-not-at-top
+
     self.variant = variant
     cfg = _config(variant)
     mesh = sharding.make_mesh(-1)
@@ -282,27 +328,39 @@ class OurStep:
     self.params = clip.count_params(self.state.params)
     del model
     loss_fn = losses.make_loss_fn(cfg)
-    self.step = train.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings,
-                                      loss_fn=loss_fn, schedule=schedule, seed=0,
-                                      grad_accum_steps=cfg.train.grad_accum_steps,
-                                      freeze_text=cfg.train.freeze_text)
+    self.step = train.make_train_step(
+      graphdef,
+      tx,
+      mesh=mesh,
+      state_shardings=shardings,
+      loss_fn=loss_fn,
+      schedule=schedule,
+      seed=0,
+      grad_accum_steps=cfg.train.grad_accum_steps,
+      freeze_text=cfg.train.freeze_text,
+    )
     rng = np.random.default_rng(0)
     b, t, s = _BATCH.value, _FRAMES.value, _IMAGE.value
     from fognet_jax import prompts  # pylint: disable=g-import-not-at-top
+
     eot = self.clip_cfg.vocab_size - 1  # the text tower pools at the largest id
     tokens = rng.integers(1, min(400, eot), size=(16, _CLASSES.value, 77)).astype(np.int32)
     tokens[..., _PROMPT_LEN.value - 1] = eot
-    tokens[..., _PROMPT_LEN.value:] = 0  # padding
+    tokens[..., _PROMPT_LEN.value :] = 0  # padding
     tokens = prompts.trim_context(tokens)  # (16, C, prompt_len), as main.setup does
     self.tokens = jax.device_put(jnp.asarray(tokens), sharding.replicated(mesh))
     if cfg.perf.pixels_on_device:  # what training sends: uint8 frames + colour chains
       jitter = [augment.sample_color_jitter(rng, cfg.data.augment) for _ in range(b)]
-      batch = {'clean': rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
-               'foggy': rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
-               'color': np.stack([augment.color_affines(c) for c in jitter])}
+      batch = {
+        'clean': rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
+        'foggy': rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
+        'color': np.stack([augment.color_affines(c) for c in jitter]),
+      }
     else:
-      batch = {'clean': rng.normal(size=(b, t, s, s, 3)).astype(np.float32),
-               'foggy': rng.normal(size=(b, t, s, s, 3)).astype(np.float32)}
+      batch = {
+        'clean': rng.normal(size=(b, t, s, s, 3)).astype(np.float32),
+        'foggy': rng.normal(size=(b, t, s, s, 3)).astype(np.float32),
+      }
     batch['label'] = (np.arange(b) % _CLASSES.value).astype(np.int32)
     self.batch = sharding.put_global_batch(batch, mesh)
     t0 = time.perf_counter()
@@ -340,19 +398,33 @@ def run_variant(variant: str, devices) -> dict:
   dtype = variant.split('+')[0]
   ours = OurStep(variant)
   check_flops_units(ours.clip_cfg, _IMAGE.value)
-  flops = train_step_flops(ours.clip_cfg, image_size=_IMAGE.value, frames=_FRAMES.value,
-                           batch=_BATCH.value, classes=_CLASSES.value, streams=ours.streams,
-                           text_trainable=not _FREEZE_TEXT.value,
-                           prompt_len=_PROMPT_LEN.value)
+  flops = train_step_flops(
+    ours.clip_cfg,
+    image_size=_IMAGE.value,
+    frames=_FRAMES.value,
+    batch=_BATCH.value,
+    classes=_CLASSES.value,
+    streams=ours.streams,
+    text_trainable=not _FREEZE_TEXT.value,
+    prompt_len=_PROMPT_LEN.value,
+  )
   peak, peak_source = peak_flops_per_device(devices[0].device_kind, dtype, _PEAK.value)
   ref = None
   if _COMPARE.value:
     import torch_reference  # pylint: disable=g-import-not-at-top
+
     ref = torch_reference.build_reference(
-        backbone=_BACKBONE.value, arch=_ARCH.value, image_size=_IMAGE.value,
-        frames=_FRAMES.value, batch=_BATCH.value, classes=_CLASSES.value, dtype=dtype,
-        modes=tuple(_TORCH_MODES.value), prompt_len=_PROMPT_LEN.value,
-        vocab_size=ours.clip_cfg.vocab_size)
+      backbone=_BACKBONE.value,
+      arch=_ARCH.value,
+      image_size=_IMAGE.value,
+      frames=_FRAMES.value,
+      batch=_BATCH.value,
+      classes=_CLASSES.value,
+      dtype=dtype,
+      modes=tuple(_TORCH_MODES.value),
+      prompt_len=_PROMPT_LEN.value,
+      vocab_size=ours.clip_cfg.vocab_size,
+    )
   timings = []
 
   def time_ours(r):
@@ -383,28 +455,41 @@ def run_variant(variant: str, devices) -> dict:
       t['mfu'] = (flops['step_flops'] / t['step_s'] / (peak * n_dev)) if peak else None
   ours_rows = [t for t in timings if t['impl'] == 'ours']
   med = _median(ours_rows)
-  result = {'variant': variant, 'params': ours.params, 'compile_s': ours.compile_s,
-            'step_s': _BATCH.value / med, 'clip_pairs_per_s': med, 'loss': ours_rows[-1]['loss'],
-            'step_tflops': flops['step_flops'] / 1e12, 'flops': flops,
-            'peak_flops_per_device': peak, 'peak_source': peak_source,
-            'tflops_per_s': flops['step_flops'] * med / _BATCH.value / 1e12,
-            'mfu': (flops['step_flops'] * med / _BATCH.value / (peak * n_dev)) if peak else None,
-            'device_peak_bytes_so_far': _device_peak(), **ours.memory, 'timings': timings}
+  result = {
+    'variant': variant,
+    'params': ours.params,
+    'compile_s': ours.compile_s,
+    'step_s': _BATCH.value / med,
+    'clip_pairs_per_s': med,
+    'loss': ours_rows[-1]['loss'],
+    'step_tflops': flops['step_flops'] / 1e12,
+    'flops': flops,
+    'peak_flops_per_device': peak,
+    'peak_source': peak_source,
+    'tflops_per_s': flops['step_flops'] * med / _BATCH.value / 1e12,
+    'mfu': (flops['step_flops'] * med / _BATCH.value / (peak * n_dev)) if peak else None,
+    'device_peak_bytes_so_far': _device_peak(),
+    **ours.memory,
+    'timings': timings,
+  }
   if ref is not None:
     result['torch'] = {'params': ref.params, 'first_step_s': dict(ref.first_step_s)}
     for mode in _TORCH_MODES.value:
       rows = [t for t in timings if t['impl'] == f'torch-{mode}' and 'step_s' in t]
       tm = _median(rows)
       result['torch'][mode] = {
-          'clip_pairs_per_s': tm,
-          'peak_bytes': max((t['peak_bytes'] or 0) for t in rows) if rows else None,
-          'ours_over_torch': (med / tm) if tm else None}
+        'clip_pairs_per_s': tm,
+        'peak_bytes': max((t['peak_bytes'] or 0) for t in rows) if rows else None,
+        'ours_over_torch': (med / tm) if tm else None,
+      }
   if _PROFILE_DIR.value:
     import profile_step  # pylint: disable=g-import-not-at-top
+
     logdir = os.path.join(_PROFILE_DIR.value, variant.replace('+', '_'))
     ours.profile(logdir, _PROFILE_STEPS.value)
-    report = profile_step.summarize(logdir, top=_TOP.value, steps=_PROFILE_STEPS.value,
-                                    hlo_text=ours.hlo_text)
+    report = profile_step.summarize(
+      logdir, top=_TOP.value, steps=_PROFILE_STEPS.value, hlo_text=ours.hlo_text
+    )
     with open(os.path.join(logdir, 'top_ops.txt'), 'w') as f:
       f.write(profile_step.format_report(report) + '\n')
     result['profile'] = report
@@ -418,29 +503,38 @@ def _fmt(x, spec, none='n/a'):
 
 def _print_tables(results, devices) -> None:
   base = results[0]
-  print(f'\nbackbone {_BACKBONE.value} {_FRAMES.value}x{_IMAGE.value}^2 batch {_BATCH.value} '
-        f'classes {_CLASSES.value} prompt_len {_PROMPT_LEN.value} accum {_ACCUM.value} arch {_ARCH.value}, {len(devices)} x '
-        f'{devices[0].device_kind}, {results[0]["params"] / 1e6:.1f}M params, '
-        f'{base["step_tflops"]:.4g} TFLOP/step (analytic), peak {base["peak_source"]}')
-  print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
-  print(f'{"variant":<16}{"pairs/s":>10}{"ratio":>8}{"step ms":>10}{"TFLOP/s":>10}{"MFU":>8}'
-        f'{"XLA mem GiB":>13}{"mem ratio":>10}{"compile s":>11}{"loss":>9}')
+  print(
+    f'\nbackbone {_BACKBONE.value} {_FRAMES.value}x{_IMAGE.value}^2 batch {_BATCH.value} '
+    f'classes {_CLASSES.value} prompt_len {_PROMPT_LEN.value} accum {_ACCUM.value} arch {_ARCH.value}, {len(devices)} x '
+    f'{devices[0].device_kind}, {results[0]["params"] / 1e6:.1f}M params, '
+    f'{base["step_tflops"]:.4g} TFLOP/step (analytic), peak {base["peak_source"]}'
+  )
+  print(f'GLIBC_TUNABLES={os.environ.get("GLIBC_TUNABLES", "")!r}')
+  print(
+    f'{"variant":<16}{"pairs/s":>10}{"ratio":>8}{"step ms":>10}{"TFLOP/s":>10}{"MFU":>8}'
+    f'{"XLA mem GiB":>13}{"mem ratio":>10}{"compile s":>11}{"loss":>9}'
+  )
   for r in results:
     mem = r.get('xla_total_bytes')
     base_mem = base.get('xla_total_bytes')
     r['throughput_ratio'] = r['clip_pairs_per_s'] / base['clip_pairs_per_s']
     r['memory_ratio'] = (mem / base_mem) if mem and base_mem else None
     mfu = f'{100 * r["mfu"]:.1f}%' if r['mfu'] is not None else 'n/a'
-    print(f'{r["variant"]:<16}{r["clip_pairs_per_s"]:>10.2f}{r["throughput_ratio"]:>8.2f}'
-          f'{1e3 * r["step_s"]:>10.1f}{r["tflops_per_s"]:>10.3g}{mfu:>8}'
-          f'{(mem or 0) / 2 ** 30:>13.3f}{(r["memory_ratio"] or float("nan")):>10.2f}'
-          f'{r["compile_s"]:>11.1f}{r["loss"]:>9.4f}')
+    print(
+      f'{r["variant"]:<16}{r["clip_pairs_per_s"]:>10.2f}{r["throughput_ratio"]:>8.2f}'
+      f'{1e3 * r["step_s"]:>10.1f}{r["tflops_per_s"]:>10.3g}{mfu:>8}'
+      f'{(mem or 0) / 2**30:>13.3f}{(r["memory_ratio"] or float("nan")):>10.2f}'
+      f'{r["compile_s"]:>11.1f}{r["loss"]:>9.4f}'
+    )
   if not _COMPARE.value and _REPEATS.value == 1:
     return
-  print(f'\nevery timing, in the order run ({_STEPS.value} steps after {_WARMUP.value} warm-up '
-        'each):')
-  print(f'{"variant":<16}{"impl":<16}{"repeat":>7}{"pairs/s":>10}{"step ms":>10}{"MFU":>8}'
-        f'{"peak mem GiB":>14}')
+  print(
+    f'\nevery timing, in the order run ({_STEPS.value} steps after {_WARMUP.value} warm-up each):'
+  )
+  print(
+    f'{"variant":<16}{"impl":<16}{"repeat":>7}{"pairs/s":>10}{"step ms":>10}{"MFU":>8}'
+    f'{"peak mem GiB":>14}'
+  )
   for r in results:
     for t in r['timings']:
       if 'step_s' not in t:
@@ -448,12 +542,16 @@ def _print_tables(results, devices) -> None:
         continue
       mfu = f'{100 * t["mfu"]:.1f}%' if t.get('mfu') is not None else 'n/a'
       peak = t.get('peak_bytes')
-      print(f'{r["variant"]:<16}{t["impl"]:<16}{t["repeat"]:>7}{t["clip_pairs_per_s"]:>10.2f}'
-            f'{1e3 * t["step_s"]:>10.1f}{mfu:>8}{_fmt(peak and peak / 2 ** 30, ">14.2f", " " * 11 + "n/a")}')
+      print(
+        f'{r["variant"]:<16}{t["impl"]:<16}{t["repeat"]:>7}{t["clip_pairs_per_s"]:>10.2f}'
+        f'{1e3 * t["step_s"]:>10.1f}{mfu:>8}{_fmt(peak and peak / 2**30, ">14.2f", " " * 11 + "n/a")}'
+      )
   if not _COMPARE.value:
     return
-  print(f'\nours / torch (ratio of median clip pairs/s over {_REPEATS.value} repeat(s); same '
-        'process, same shapes and dtype):')
+  print(
+    f'\nours / torch (ratio of median clip pairs/s over {_REPEATS.value} repeat(s); same '
+    'process, same shapes and dtype):'
+  )
   head = f'{"variant":<16}{"ours":>10}'
   for mode in _TORCH_MODES.value:
     head += f'{"torch " + mode:>16}{"ours/" + mode:>16}{mode + " 1st s":>14}'
@@ -462,9 +560,11 @@ def _print_tables(results, devices) -> None:
     line = f'{r["variant"]:<16}{r["clip_pairs_per_s"]:>10.2f}'
     for mode in _TORCH_MODES.value:
       tm = r['torch'][mode]
-      line += (f'{_fmt(tm["clip_pairs_per_s"], ">16.2f", " " * 13 + "n/a")}'
-               f'{_fmt(tm["ours_over_torch"], ">16.3f", " " * 13 + "n/a")}'
-               f'{_fmt(r["torch"]["first_step_s"].get(mode), ">14.1f", " " * 11 + "n/a")}')
+      line += (
+        f'{_fmt(tm["clip_pairs_per_s"], ">16.2f", " " * 13 + "n/a")}'
+        f'{_fmt(tm["ours_over_torch"], ">16.3f", " " * 13 + "n/a")}'
+        f'{_fmt(r["torch"]["first_step_s"].get(mode), ">14.1f", " " * 11 + "n/a")}'
+      )
     print(line)
 
 
@@ -476,8 +576,9 @@ def main(argv):
   if not 2 <= _PROMPT_LEN.value <= 77:
     raise app.UsageError(f'--prompt_len must be in [2, 77], got {_PROMPT_LEN.value}')
   if _VOCAB.value is not None and _VOCAB.value < 3:
-    raise app.UsageError(f'--vocab_size must be >= 3 (padding, a token, end-of-text), got '
-                         f'{_VOCAB.value}')
+    raise app.UsageError(
+      f'--vocab_size must be >= 3 (padding, a token, end-of-text), got {_VOCAB.value}'
+    )
   if _COMPARE.value:
     bad = [m for m in _TORCH_MODES.value if m not in ('eager', 'compile')]
     if bad or not _TORCH_MODES.value:
@@ -503,6 +604,7 @@ def main(argv):
   _print_tables(results, devices)
   if _PROFILE_DIR.value:
     import profile_step  # pylint: disable=g-import-not-at-top
+
     for r in results:
       print(f'\nprofile of {r["variant"]} ({_PROFILE_STEPS.value} steps):')
       print(profile_step.format_report(r['profile']))
@@ -515,16 +617,30 @@ def main(argv):
 
 def _write_json(results, devices, *, complete: bool) -> None:
   """--json_out: the variants run so far; meta.complete is False until the last one."""
-  meta = {'backbone': _BACKBONE.value, 'image_size': _IMAGE.value, 'frames': _FRAMES.value,
-          'batch': _BATCH.value, 'accum': _ACCUM.value, 'arch': _ARCH.value,
-          'classes': _CLASSES.value, 'devices': len(devices), 'steps': _STEPS.value,
-          'warmup': _WARMUP.value, 'repeats': _REPEATS.value, 'order': _ORDER.value,
-          'device_kind': devices[0].device_kind, 'platform': platform.platform(),
-          'jax': jax.__version__, 'date': time.strftime('%Y-%m-%d %H:%M:%S'),
-          'variants': list(_VARIANTS.value), 'complete': complete,
-          'glibc_tunables': os.environ.get('GLIBC_TUNABLES', '')}
+  meta = {
+    'backbone': _BACKBONE.value,
+    'image_size': _IMAGE.value,
+    'frames': _FRAMES.value,
+    'batch': _BATCH.value,
+    'accum': _ACCUM.value,
+    'arch': _ARCH.value,
+    'classes': _CLASSES.value,
+    'devices': len(devices),
+    'steps': _STEPS.value,
+    'warmup': _WARMUP.value,
+    'repeats': _REPEATS.value,
+    'order': _ORDER.value,
+    'device_kind': devices[0].device_kind,
+    'platform': platform.platform(),
+    'jax': jax.__version__,
+    'date': time.strftime('%Y-%m-%d %H:%M:%S'),
+    'variants': list(_VARIANTS.value),
+    'complete': complete,
+    'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+  }
   if _COMPARE.value:
     import torch_reference  # pylint: disable=g-import-not-at-top
+
     meta.update(torch_reference.environment(), torch_modes=list(_TORCH_MODES.value))
   os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
   tmp = f'{_JSON.value}.tmp'
@@ -536,21 +652,32 @@ def _write_json(results, devices, *, complete: bool) -> None:
 def _check_xla(results) -> None:
   """Analytic forward FLOPs of one foggy clip and one prompt against XLA's cost analysis."""
   from fognet_jax.tools import model_cost  # pylint: disable=g-import-not-at-top
+
   cfg = _config(results[0]['variant'])
-  m = model_cost.measure(cfg.model, frames=_FRAMES.value, image_size=_IMAGE.value,
-                         num_classes=_CLASSES.value)
+  m = model_cost.measure(
+    cfg.model, frames=_FRAMES.value, image_size=_IMAGE.value, num_classes=_CLASSES.value
+  )
   f = results[0]['flops']
   vis = f['image_forward_flops_per_frame'] * _FRAMES.value / 1e9
   txt = f['text_forward_flops_per_prompt'] / 1e9
-  print("\nanalytic forward GFLOPs against XLA cost analysis (XLA also counts element-wise "
-        "ops; model_cost rounds to 1 MFLOP):")
-  print(f'  image tower, 1 clip of {_FRAMES.value} frames: analytic {vis:.4g}, XLA inference '
-        f'(with heads) {m["gflops_inference"]:.4g}, ratio {vis / m["gflops_inference"]:.3f}')
-  print(f'  text tower, 1 prompt: analytic {txt:.4g}, XLA {m["gflops_text_per_prompt"]:.4g}, '
-        f'ratio {txt / m["gflops_text_per_prompt"]:.3f}')
-  results[0]['xla_check'] = {'analytic_gflops_clip': vis, 'xla_gflops_inference': m['gflops_inference'],
-                             'analytic_gflops_prompt': txt,
-                             'xla_gflops_prompt': m['gflops_text_per_prompt']}
+  print(
+    '\nanalytic forward GFLOPs against XLA cost analysis (XLA also counts element-wise '
+    'ops; model_cost rounds to 1 MFLOP):'
+  )
+  print(
+    f'  image tower, 1 clip of {_FRAMES.value} frames: analytic {vis:.4g}, XLA inference '
+    f'(with heads) {m["gflops_inference"]:.4g}, ratio {vis / m["gflops_inference"]:.3f}'
+  )
+  print(
+    f'  text tower, 1 prompt: analytic {txt:.4g}, XLA {m["gflops_text_per_prompt"]:.4g}, '
+    f'ratio {txt / m["gflops_text_per_prompt"]:.3f}'
+  )
+  results[0]['xla_check'] = {
+    'analytic_gflops_clip': vis,
+    'xla_gflops_inference': m['gflops_inference'],
+    'analytic_gflops_prompt': txt,
+    'xla_gflops_prompt': m['gflops_text_per_prompt'],
+  }
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ directory (see docs/data.md); the clean stream is kept, so training is paired as
 This file takes configs/fogact.py's recipe and changes the dataset; variants as there, e.g.
 `--config=configs/hmdb51_fog.py:frames=4,views=4x1`.
 """
+
 import importlib.util
 import os
 

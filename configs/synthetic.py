@@ -20,6 +20,7 @@ starts from; variants as there, e.g. `configs/synthetic.py:baseline`, plus
              for 1500 steps (β = 1 for L_temp, learning rate 2e-3); the second regime of
              benchmarks/RESULTS.md's Table 5.
 """
+
 import importlib.util
 import os
 
@@ -36,8 +37,9 @@ def _config_file(name):
 fogact = _config_file('fogact')
 
 # The committed pretrained towers (a clip_weights.save directory).
-PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          'pretrained', 'synthetic_tiny_clip')
+PRETRAINED = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'pretrained', 'synthetic_tiny_clip'
+)
 
 
 def get_config(arg=None):
@@ -71,7 +73,7 @@ def get_config(arg=None):
   if scratch:
     config.model.init_from = None
     config.model.clip_overrides.image_size = 64
-    config.model.clip_overrides.patch_size = 8   # 8x8 patches per frame
+    config.model.clip_overrides.patch_size = 8  # 8x8 patches per frame
     # The byte tokenizer's ids are 0..258: a text tower with CLIP's 49408 token embeddings
     # would train (and store) 49149 rows no prompt uses.
     config.model.clip_overrides.vocab_size = 259

@@ -16,6 +16,7 @@ Logged every 10 steps: the first interval includes compilation, the later ones a
 Starts from configs/fogact.py's recipe; variants as there (e.g.
 `configs/synthetic_224.py:actionclip`).
 """
+
 import importlib.util
 import os
 

@@ -13,6 +13,7 @@ DIR is a `clip_weights.save` directory that `model.init_from` loads like OpenAI 
 Face weights. The committed copy is `pretrained/synthetic_tiny_clip/` (its figures and the
 command that made it are in pretrained/README.md).
 """
+
 import importlib.util
 import os
 

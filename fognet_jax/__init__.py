@@ -1,3 +1,3 @@
 """fognet_jax: FogNet (fog-invariant video action recognition) in JAX/Flax."""
 
-__version__ = "0.1.0"
+__version__ = '0.1.0'

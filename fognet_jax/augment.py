@@ -35,6 +35,7 @@ centre); frames are resized so the short side is ``image_size`` and cropped at
 ``num_crops`` positions evenly spaced along the long side (1: centre; 3: left,
 centre, right).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,34 +51,43 @@ from fognet_jax.models import clip as clip_lib
 from tfds_fogact import common
 from tfds_fogact import fog as fog_lib
 
-STREAMS = ("foggy", "clean")        # config.eval.stream
-SIM_FOG = (None, "homogeneous")   # config.data.train_sim_fog
+STREAMS = ('foggy', 'clean')  # config.eval.stream
+SIM_FOG = (None, 'homogeneous')  # config.data.train_sim_fog
 
 
-def train_frame_indices(num_available: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+def train_frame_indices(
+  num_available: int, num_frames: int, rng: np.random.Generator
+) -> np.ndarray:
   """TSN training sampling: one uniformly random frame per equal segment."""
   if num_available < 1:
-    raise ValueError("clip has no frames")
+    raise ValueError('clip has no frames')
   edges = np.linspace(0, num_available, num_frames + 1)
-  idx = np.floor(edges[:-1] + rng.uniform(size=num_frames) * (edges[1:] - edges[:-1])).astype(np.int64)
+  idx = np.floor(edges[:-1] + rng.uniform(size=num_frames) * (edges[1:] - edges[:-1])).astype(
+    np.int64
+  )
   return np.clip(idx, 0, num_available - 1)
 
 
-def eval_frame_indices(num_available: int, num_frames: int, clip: int = 0, num_clips: int = 1) -> np.ndarray:
+def eval_frame_indices(
+  num_available: int, num_frames: int, clip: int = 0, num_clips: int = 1
+) -> np.ndarray:
   """TSN test sampling: frame at fraction (clip + .5) / num_clips of every segment."""
   if num_available < 1:
-    raise ValueError("clip has no frames")
+    raise ValueError('clip has no frames')
   seg = num_available / num_frames
   idx = np.floor(seg * np.arange(num_frames) + seg * (clip + 0.5) / num_clips).astype(np.int64)
   return np.clip(idx, 0, num_available - 1)
 
 
-def multiscale_crop_box(height: int, width: int, rng: np.random.Generator, scales: Sequence[float],
-                        max_distort: int = 1) -> tuple[int, int, int, int]:
+def multiscale_crop_box(
+  height: int, width: int, rng: np.random.Generator, scales: Sequence[float], max_distort: int = 1
+) -> tuple[int, int, int, int]:
   """ActionCLIP / TSN multi-scale crop: (left, top, right, bottom) in pixels."""
   base = min(height, width)
   sizes = [int(base * s) for s in scales]
-  pairs = [(w, h) for i, h in enumerate(sizes) for j, w in enumerate(sizes) if abs(i - j) <= max_distort]
+  pairs = [
+    (w, h) for i, h in enumerate(sizes) for j, w in enumerate(sizes) if abs(i - j) <= max_distort
+  ]
   cw, ch = pairs[rng.integers(len(pairs))]
   cw, ch = max(1, min(cw, width)), max(1, min(ch, height))
   sx, sy = (width - cw) // 4, (height - ch) // 4
@@ -86,7 +96,9 @@ def multiscale_crop_box(height: int, width: int, rng: np.random.Generator, scale
   return x0, y0, x0 + cw, y0 + ch
 
 
-def eval_crop_boxes(height: int, width: int, num_crops: int) -> list[tuple[float, float, float, float]]:
+def eval_crop_boxes(
+  height: int, width: int, num_crops: int
+) -> list[tuple[float, float, float, float]]:
   """Square crops of side = the short side, evenly spaced along the long side."""
   side = min(height, width)
   span = max(height, width) - side
@@ -121,7 +133,9 @@ def sample_color_jitter(rng: np.random.Generator, aug) -> ColorJitter:
 
 
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)
-_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+_RGB2YIQ = np.array(
+  [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32
+)
 _YIQ2RGB = np.linalg.inv(_RGB2YIQ).astype(np.float32)
 
 
@@ -156,7 +170,7 @@ def apply_color(x: np.ndarray, cj: ColorJitter) -> np.ndarray:
 
 def _jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
   """(h, w) from a JPEG's start-of-frame marker, or None if `data` is not a JPEG that says."""
-  if data[:2] != b"\xff\xd8":
+  if data[:2] != b'\xff\xd8':
     return None
   i, n = 2, len(data)
   while i + 9 <= n:
@@ -168,10 +182,10 @@ def _jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
     elif 0xD0 <= m <= 0xD9 or m == 0x01:  # markers without a length
       i += 2
     elif 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):  # SOF0..SOF15
-      h, w = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+      h, w = int.from_bytes(data[i + 5 : i + 7], 'big'), int.from_bytes(data[i + 7 : i + 9], 'big')
       return (h, w) if h and w else None
     else:
-      i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+      i += 2 + int.from_bytes(data[i + 2 : i + 4], 'big')
   return None
 
 
@@ -187,11 +201,11 @@ def _decode(data: bytes) -> Image.Image:
   hw = _jpeg_size(data)
   if hw is not None:
     try:
-      return Image.frombytes("RGB", (hw[1], hw[0]), data, "jpeg", "RGB", "")
+      return Image.frombytes('RGB', (hw[1], hw[0]), data, 'jpeg', 'RGB', '')
     except (ValueError, OSError):
       pass
   with Image.open(io.BytesIO(data)) as im:
-    return im.convert("RGB")
+    return im.convert('RGB')
 
 
 def _decode_crop(data: bytes, box, size: int, flip: bool) -> np.ndarray:
@@ -215,19 +229,22 @@ def normalize(frames_uint8_or_unit: np.ndarray, already_unit: bool = False) -> n
   x = frames_uint8_or_unit.astype(np.float32)
   if not already_unit:
     x = x * np.float32(1 / 255)
-  return (x - np.asarray(clip_lib.IMAGE_MEAN, np.float32)) / np.asarray(clip_lib.IMAGE_STD, np.float32)
+  return (x - np.asarray(clip_lib.IMAGE_MEAN, np.float32)) / np.asarray(
+    clip_lib.IMAGE_STD, np.float32
+  )
 
 
-def sample_train_pair(example, data_cfg, rng: np.random.Generator
-                      ) -> tuple[np.ndarray, np.ndarray, ColorJitter, bool]:
+def sample_train_pair(
+  example, data_cfg, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, ColorJitter, bool]:
   """(clean, foggy) uint8 (T, S, S, 3) frames, sampled, cropped, resized and flipped, with the
   pair's drawn colour jitter (not applied) and whether it was flipped.
 
   Draws from `rng` exactly what ``make_train_pair`` draws, in the same order.
   """
-  sim = data_cfg.get("train_sim_fog")  # one of SIM_FOG (config_lib.validate_data)
-  clean = example["clean"]
-  foggy = clean if sim else example["foggy"]
+  sim = data_cfg.get('train_sim_fog')  # one of SIM_FOG (config_lib.validate_data)
+  clean = example['clean']
+  foggy = clean if sim else example['foggy']
   n = min(len(clean), len(foggy))
   t_idx = train_frame_indices(n, data_cfg.num_frames, rng)
   size = data_cfg.image_size
@@ -241,9 +258,10 @@ def sample_train_pair(example, data_cfg, rng: np.random.Generator
     box, flip, cj = eval_crop_boxes(h, w, 1)[0], False, ColorJitter()
   clean_u8 = np.stack([_decode_crop(clean[int(i)], box, size, flip) for i in t_idx])
   if sim:
-    fog_seed = int(rng.integers(2 ** 31))
-    foggy_u8 = fog_lib.apply_fog(clean_u8, intensity=_fog_level(example), seed=fog_seed,
-                                 heterogeneous=False)
+    fog_seed = int(rng.integers(2**31))
+    foggy_u8 = fog_lib.apply_fog(
+      clean_u8, intensity=_fog_level(example), seed=fog_seed, heterogeneous=False
+    )
   else:
     foggy_u8 = np.stack([_decode_crop(foggy[int(i)], box, size, flip) for i in t_idx])
   return clean_u8, foggy_u8, cj, flip
@@ -263,8 +281,9 @@ def make_train_pair(example, data_cfg, rng: np.random.Generator, return_flip: bo
 
 def color_and_normalize(frames: np.ndarray, cj: ColorJitter) -> np.ndarray:
   """uint8 frames (..., 3) -> float32 model input on the host: `cj`, then CLIP normalisation."""
-  return normalize(apply_color(frames.astype(np.float32) * np.float32(1 / 255), cj),
-                   already_unit=True)
+  return normalize(
+    apply_color(frames.astype(np.float32) * np.float32(1 / 255), cj), already_unit=True
+  )
 
 
 def color_affines(cj: ColorJitter) -> np.ndarray:
@@ -291,7 +310,7 @@ def color_affines(cj: ColorJitter) -> np.ndarray:
 
 def _fog_level(example) -> str:
   """The example's fog level name ('light' / 'dense'); the stored feature is a class id."""
-  level = example["fog"]
+  level = example['fog']
   return level if isinstance(level, str) else common.FOG_LEVELS[int(level)]
 
 
@@ -301,15 +320,15 @@ def flip_table(data_cfg, class_names: Optional[Sequence[str]], default_pairs=())
   `augment.flip_swap`: 'auto' uses `default_pairs` (the builder's MIRROR_CLASS_PAIRS),
   '' none, else comma-separated 'a:b' pairs of class names or ids.
   """
-  spec = data_cfg.augment.get("flip_swap", "auto")
-  if spec == "auto":
+  spec = data_cfg.augment.get('flip_swap', 'auto')
+  if spec == 'auto':
     pairs = [tuple(p) for p in default_pairs]
   elif not spec:
     pairs = []
   else:
     pairs = []
-    for item in str(spec).split(","):
-      a, sep, b = item.strip().partition(":")
+    for item in str(spec).split(','):
+      a, sep, b = item.strip().partition(':')
       if not sep:
         raise ValueError(f"config.data.augment.flip_swap: {item!r} is not a 'class_a:class_b' pair")
       pairs.append((a.strip(), b.strip()))
@@ -319,7 +338,7 @@ def flip_table(data_cfg, class_names: Optional[Sequence[str]], default_pairs=())
     if isinstance(x, (int, np.integer)) or (isinstance(x, str) and x.isdigit()):
       return int(x)
     if names is None or x not in names:
-      raise ValueError(f"config.data.augment.flip_swap: unknown class {x!r}")
+      raise ValueError(f'config.data.augment.flip_swap: unknown class {x!r}')
     return names.index(x)
 
   ids = [(to_id(a), to_id(b)) for a, b in pairs]
@@ -327,12 +346,12 @@ def flip_table(data_cfg, class_names: Optional[Sequence[str]], default_pairs=())
   table = np.arange(size)
   for a, b in ids:
     if not (0 <= a < size and 0 <= b < size):
-      raise ValueError(f"config.data.augment.flip_swap: class id out of range in {(a, b)}")
+      raise ValueError(f'config.data.augment.flip_swap: class id out of range in {(a, b)}')
     table[a], table[b] = b, a
   return table
 
 
-def make_eval_views(example, data_cfg, stream: str = "foggy", uint8: bool = False) -> np.ndarray:
+def make_eval_views(example, data_cfg, stream: str = 'foggy', uint8: bool = False) -> np.ndarray:
   """(V, T, S, S, 3) CLIP-normalised views of one stream; reads only ``example[stream]``.
 
   With `uint8`, the views are returned as uint8 pixels, for ``pixels.normalize`` on the device.

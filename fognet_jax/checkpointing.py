@@ -13,6 +13,7 @@ names the directory. A save that cannot be written (a full disk) raises one erro
 directory and the last complete checkpoint, and leaves no temporary directory behind; a save
 is logged only once it is complete.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -69,6 +70,7 @@ def _abstract(tree: Any) -> Any:
       x = jax.eval_shape(jax.random.key_data, x)
       return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=None)
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None))
+
   return jax.tree.map(one, tree)
 
 
@@ -77,6 +79,7 @@ def _from_saveable(restored: Any, template: Any) -> Any:
     if _is_key(t):
       return jax.random.wrap_key_data(jnp.asarray(r), impl=jax.random.key_impl(t))
     return r
+
   return jax.tree.map(one, restored, template)
 
 
@@ -114,8 +117,9 @@ class Checkpointer:
     async_save: write in a background thread (training continues while the files are written).
   """
 
-  def __init__(self, workdir: str, *, keep: int = 3, every_steps: int = 1000,
-               async_save: bool = True):
+  def __init__(
+    self, workdir: str, *, keep: int = 3, every_steps: int = 1000, async_save: bool = True
+  ):
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     self.every_steps = every_steps
     self._async = async_save
@@ -123,7 +127,8 @@ class Checkpointer:
     self._failed: Optional[int] = None  # the step of a save that failed and was reported
     _drop_failed_read_reports()  # a failing write may leave them before its error is seen
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+      max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> Optional[int]:
@@ -145,8 +150,8 @@ class Checkpointer:
     self._confirm_write()
     try:
       saved = self.manager.save(
-          step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state))),
-          force=force)
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state))), force=force
+      )
     except Exception as e:  # pylint: disable=broad-except
       self._save_failed(step, e)
     if saved:
@@ -189,12 +194,14 @@ class Checkpointer:
     self._remove_partial(step)
     self.manager.reload()
     complete = [s for s in self.all_steps() if s != step]
-    last = (f'{self.directory}/{max(complete)}' if complete
-            else 'none (there is no complete checkpoint)')
+    last = (
+      f'{self.directory}/{max(complete)}' if complete else 'none (there is no complete checkpoint)'
+    )
     reason = _write_error(error) if error is not None else 'the write did not complete'
     raise CheckpointSaveError(
-        f'cannot write the checkpoint of step {step} to {self.directory} ({reason}); the last '
-        f'complete checkpoint is {last}') from error
+      f'cannot write the checkpoint of step {step} to {self.directory} ({reason}); the last '
+      f'complete checkpoint is {last}'
+    ) from error
 
   def _remove_partial(self, step: int) -> None:
     """Removes the temporary directory of a save of `step` (process 0).
@@ -222,8 +229,9 @@ class Checkpointer:
     """
     if step is not None:
       if step not in self.all_steps():
-        raise FileNotFoundError(f'no checkpoint of step {step} in {self.directory} '
-                                f'(have {self.all_steps()})')
+        raise FileNotFoundError(
+          f'no checkpoint of step {step} in {self.directory} (have {self.all_steps()})'
+        )
       return self._restore(template, step)
     steps = sorted(self.all_steps(), reverse=True)
     if not steps:
@@ -238,22 +246,32 @@ class Checkpointer:
       if errors:
         moved = [self._set_aside(bad) for bad, _ in errors]
         bad = ', '.join(str(b) for b, _ in errors)
-        logging.warning('Checkpoint %s/%s cannot be restored (%s); using step %d instead. '
-                        'Kept for inspection as %s.', self.directory, bad, errors[0][1], s,
-                        ', '.join(moved))
+        logging.warning(
+          'Checkpoint %s/%s cannot be restored (%s); using step %d instead. '
+          'Kept for inspection as %s.',
+          self.directory,
+          bad,
+          errors[0][1],
+          s,
+          ', '.join(moved),
+        )
       return state
     raise CheckpointError(
-        f'no checkpoint in {self.directory} can be restored (steps {steps}); the newest, step '
-        f'{errors[0][0]}, failed with {errors[0][1]}. If the config changed since these were '
-        'written (backbone, FogNet switches), use the original config or a new --workdir.')
+      f'no checkpoint in {self.directory} can be restored (steps {steps}); the newest, step '
+      f'{errors[0][0]}, failed with {errors[0][1]}. If the config changed since these were '
+      'written (backbone, FogNet switches), use the original config or a new --workdir.'
+    )
 
   def _restore(self, template: Any, step: int) -> Any:
     try:
       restored = self.manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(template))))
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(template)))
+      )
     except (ValueError, KeyError) as e:
-      raise ValueError(f'checkpoint {self.directory}/{step} does not match the configured model '
-                       f'(different backbone or switches?) or is incomplete: {e}') from e
+      raise ValueError(
+        f'checkpoint {self.directory}/{step} does not match the configured model '
+        f'(different backbone or switches?) or is incomplete: {e}'
+      ) from e
     logging.info('Restored checkpoint of step %d from %s', step, self.directory)
     return _from_saveable(restored['state'], template)
 
@@ -341,8 +359,9 @@ def _drop_failed_read_reports() -> None:
 def _drop_orphaned_write_reports(record: std_logging.LogRecord) -> bool:
   """False (drop) for asyncio's report of an unread error of an Orbax checkpoint write."""
   message = record.getMessage()
-  if not message.startswith(('Future exception was never retrieved',
-                             'Task exception was never retrieved')):
+  if not message.startswith(
+    ('Future exception was never retrieved', 'Task exception was never retrieved')
+  ):
     return True
   return '.orbax-checkpoint-tmp' not in message
 
@@ -380,18 +399,21 @@ class WorkdirLock:
       holder = f.read().strip() or 'another process'
       f.close()
       raise WorkdirLockedError(
-          f'{os.path.dirname(self.path)} is in use by another training run: the lock '
-          f'{self.path} is held ({holder}). Wait for it to finish, stop it, or use another '
-          '--workdir.') from None
+        f'{os.path.dirname(self.path)} is in use by another training run: the lock '
+        f'{self.path} is held ({holder}). Wait for it to finish, stop it, or use another '
+        '--workdir.'
+      ) from None
     except OSError as e:
-      logging.warning('Cannot lock %s (%s); two runs on this workdir would not be detected.',
-                      self.path, e)
+      logging.warning(
+        'Cannot lock %s (%s); two runs on this workdir would not be detected.', self.path, e
+      )
       f.close()
       return self
     f.seek(0)
     f.truncate()
-    f.write(f'pid {os.getpid()} on {socket.gethostname()} since '
-            f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+    f.write(
+      f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}\n'
+    )
     f.flush()
     self._file = f
     return self
@@ -427,12 +449,17 @@ class StopSignal:
       if 'ipykernel' in sys.modules:  # a notebook's interrupt: stop the cell, not the kernel
         raise KeyboardInterrupt
       # Straight to the file descriptor: the interrupted code may be inside a write to stderr.
-      os.write(2, b'Interrupted again: stopped at once, without saving; the last complete '
-                  b'checkpoint is kept.\n')
+      os.write(
+        2,
+        b'Interrupted again: stopped at once, without saving; the last complete '
+        b'checkpoint is kept.\n',
+      )
       os._exit(128 + signal.SIGINT)  # pylint: disable=protected-access
     if signum == signal.SIGINT:
-      logging.warning('Interrupted (Ctrl-C): saving a checkpoint and stopping after this step; '
-                      'press Ctrl-C again to stop at once without saving.')
+      logging.warning(
+        'Interrupted (Ctrl-C): saving a checkpoint and stopping after this step; '
+        'press Ctrl-C again to stop at once without saving.'
+      )
     else:
       logging.warning('SIGTERM received: saving a checkpoint and stopping after this step.')
 

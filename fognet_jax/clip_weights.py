@@ -25,6 +25,7 @@ parsed directly (JSON header + raw bytes). Tensor data are trusted only to be nu
 Mismatches raise :class:`CheckpointMismatchError` listing *all* missing keys, unexpected
 keys and wrong shapes at once; no parameter is ever left at its random initialisation.
 """
+
 from __future__ import annotations
 
 import collections
@@ -57,8 +58,9 @@ _FORMAT_TAG = 'fognet_jax.clip/v1'
 class CheckpointMismatchError(ValueError):
   """The checkpoint's tensors do not match the model: lists every problem at once."""
 
-  def __init__(self, source: str, missing: list[str], unexpected: list[str],
-               wrong_shapes: list[str]):
+  def __init__(
+    self, source: str, missing: list[str], unexpected: list[str], wrong_shapes: list[str]
+  ):
     self.source = source
     self.missing = missing
     self.unexpected = unexpected
@@ -82,9 +84,16 @@ class UnsafeCheckpointError(ValueError):
 # --------------------------------------------------------------------------------------
 
 _SAFETENSORS_DTYPES = {
-    'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16,
-    'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8,
-    'BOOL': np.bool_,
+  'F64': np.float64,
+  'F32': np.float32,
+  'F16': np.float16,
+  'BF16': ml_dtypes.bfloat16,
+  'I64': np.int64,
+  'I32': np.int32,
+  'I16': np.int16,
+  'I8': np.int8,
+  'U8': np.uint8,
+  'BOOL': np.bool_,
 }
 
 
@@ -115,10 +124,16 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 _TORCH_STORAGE_DTYPES = {
-    'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
-    'BFloat16Storage': ml_dtypes.bfloat16, 'LongStorage': np.int64, 'IntStorage': np.int32,
-    'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
-    'BoolStorage': np.bool_,
+  'FloatStorage': np.float32,
+  'DoubleStorage': np.float64,
+  'HalfStorage': np.float16,
+  'BFloat16Storage': ml_dtypes.bfloat16,
+  'LongStorage': np.int64,
+  'IntStorage': np.int32,
+  'ShortStorage': np.int16,
+  'CharStorage': np.int8,
+  'ByteStorage': np.uint8,
+  'BoolStorage': np.bool_,
 }
 
 
@@ -151,10 +166,13 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused_args):
   if any(n == 0 for n in size):
     return np.zeros(size, storage.dtype)
   if needed > storage.size:
-    raise ValueError(f'tensor view (offset {storage_offset}, size {size}, stride {stride}) '
-                     f'exceeds its storage of {storage.size} elements')
-  view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=size,
-                                         strides=tuple(s * itemsize for s in stride))
+    raise ValueError(
+      f'tensor view (offset {storage_offset}, size {size}, stride {stride}) '
+      f'exceeds its storage of {storage.size} elements'
+    )
+  view = np.lib.stride_tricks.as_strided(
+    storage[storage_offset:], shape=size, strides=tuple(s * itemsize for s in stride)
+  )
   return np.array(view)
 
 
@@ -175,16 +193,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return collections.OrderedDict
     if module == 'torch._utils' and name == '_rebuild_tensor_v2':
       return _rebuild_tensor
-    if module == 'torch._utils' and name in ('_rebuild_parameter',
-                                             '_rebuild_parameter_with_state'):
+    if module == 'torch._utils' and name in ('_rebuild_parameter', '_rebuild_parameter_with_state'):
       return _rebuild_parameter
     if module == 'torch' and name in _TORCH_STORAGE_DTYPES:
       return _StorageType(_TORCH_STORAGE_DTYPES[name])
     if module.startswith('__torch__'):
       return _ScriptObject
     raise UnsafeCheckpointError(
-        f'{self._source}: refusing to unpickle global {module}.{name}; only tensors, '
-        'storages, OrderedDict and TorchScript attribute containers are allowed')
+      f'{self._source}: refusing to unpickle global {module}.{name}; only tensors, '
+      'storages, OrderedDict and TorchScript attribute containers are allowed'
+    )
 
   def persistent_load(self, pid):
     if not (isinstance(pid, tuple) and pid and pid[0] == 'storage'):
@@ -217,14 +235,15 @@ def read_torch_archive(path: str) -> dict[str, np.ndarray]:
   """
   if not zipfile.is_zipfile(path):
     raise ValueError(
-        f'{path}: not a PyTorch zip archive (legacy pre-1.6 torch.save files are not '
-        'supported; re-save the state dict with a recent torch)')
+      f'{path}: not a PyTorch zip archive (legacy pre-1.6 torch.save files are not '
+      'supported; re-save the state dict with a recent torch)'
+    )
   with zipfile.ZipFile(path) as zf:
     names = zf.namelist()
     pkl = [n for n in names if n.endswith('/data.pkl') and n.count('/') == 1]
     if len(pkl) != 1:
       raise ValueError(f'{path}: expected one <archive>/data.pkl in the zip, found {pkl}')
-    root = pkl[0][:-len('data.pkl')]
+    root = pkl[0][: -len('data.pkl')]
     big_endian = False
     if root + 'byteorder' in names:
       big_endian = zf.read(root + 'byteorder').strip() == b'big'
@@ -265,6 +284,7 @@ def _split_qkv(index: int, transpose: bool) -> Transform:
   def fn(a):
     part = np.split(a, 3, axis=0)[index] if a.shape and a.shape[0] % 3 == 0 else a
     return part.T if transpose else part
+
   return fn
 
 
@@ -317,9 +337,12 @@ def hf_key_map(config: clip_lib.CLIPConfig) -> dict[str, tuple[str, Transform]]:
 
 
 def _bn(ours: str, theirs: str) -> dict[str, tuple[str, Transform]]:
-  return {f'{ours}.scale': (f'{theirs}.weight', _IDENT), f'{ours}.bias': (f'{theirs}.bias', _IDENT),
-          f'{ours}.mean': (f'{theirs}.running_mean', _IDENT),
-          f'{ours}.var': (f'{theirs}.running_var', _IDENT)}
+  return {
+    f'{ours}.scale': (f'{theirs}.weight', _IDENT),
+    f'{ours}.bias': (f'{theirs}.bias', _IDENT),
+    f'{ours}.mean': (f'{theirs}.running_mean', _IDENT),
+    f'{ours}.var': (f'{theirs}.running_var', _IDENT),
+  }
 
 
 def _resnet_map(config: clip_lib.CLIPConfig) -> dict[str, tuple[str, Transform]]:
@@ -357,8 +380,9 @@ def openai_key_map(config: clip_lib.CLIPConfig) -> dict[str, tuple[str, Transfor
     m.update(_ln('visual.ln_post', 'visual.ln_post'))
     m['visual.proj'] = ('visual.proj', _IDENT)
     for i in range(config.vision_layers):
-      m.update(_block_map(f'visual.transformer.resblocks.{i}',
-                          f'visual.transformer.resblocks.{i}', True))
+      m.update(
+        _block_map(f'visual.transformer.resblocks.{i}', f'visual.transformer.resblocks.{i}', True)
+      )
   m['text.token_embedding.embedding'] = ('token_embedding.weight', _IDENT)
   m['text.positional_embedding'] = ('positional_embedding', _IDENT)
   m.update(_ln('text.ln_final', 'ln_final'))
@@ -371,25 +395,39 @@ def openai_key_map(config: clip_lib.CLIPConfig) -> dict[str, tuple[str, Transfor
 # Non-parameter entries that checkpoints may carry (buffers, TorchScript attributes).
 _HF_IGNORED = re.compile(r'^(text_model|vision_model)\.embeddings\.position_ids$')
 _OPENAI_IGNORED = re.compile(
-    r'^(input_resolution|context_length|vocab_size)$|(^|\.)attn_mask$|\.num_batches_tracked$')
+  r'^(input_resolution|context_length|vocab_size)$|(^|\.)attn_mask$|\.num_batches_tracked$'
+)
 
 
 def _abstract_model(config, dtype, remat, attention_impl=None, residual_dtype=None):
-  return nnx.eval_shape(lambda: clip_lib.CLIP(config, dtype=dtype, remat=remat,
-                                              attention_impl=attention_impl,
-                                              residual_dtype=residual_dtype,
-                                              rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(
+    lambda: clip_lib.CLIP(
+      config,
+      dtype=dtype,
+      remat=remat,
+      attention_impl=attention_impl,
+      residual_dtype=residual_dtype,
+      rngs=nnx.Rngs(0),
+    )
+  )
 
 
 def _path_str(path: tuple) -> str:
   return '.'.join(str(p) for p in path)
 
 
-def convert_state_dict(tensors: dict[str, np.ndarray], config: clip_lib.CLIPConfig,
-                       key_map: dict[str, tuple[str, Transform]], *, source: str,
-                       ignored: re.Pattern | None = None, dtype=jnp.float32,
-                       remat: bool = False, attention_impl: str | None = None,
-                       residual_dtype=None) -> clip_lib.CLIP:
+def convert_state_dict(
+  tensors: dict[str, np.ndarray],
+  config: clip_lib.CLIPConfig,
+  key_map: dict[str, tuple[str, Transform]],
+  *,
+  source: str,
+  ignored: re.Pattern | None = None,
+  dtype=jnp.float32,
+  remat: bool = False,
+  attention_impl: str | None = None,
+  residual_dtype=None,
+) -> clip_lib.CLIP:
   """Builds a :class:`clip.CLIP` from a flat tensor dict through a key map.
 
   Every model parameter must be provided, every checkpoint tensor must be used (except
@@ -405,8 +443,9 @@ def convert_state_dict(tensors: dict[str, np.ndarray], config: clip_lib.CLIPConf
     raise AssertionError(f'no checkpoint mapping for model parameters {unmapped}')
   used = {src for src, _ in key_map.values()}
   missing = sorted(used - set(tensors))
-  unexpected = sorted(k for k in tensors
-                      if k not in used and not (ignored is not None and ignored.search(k)))
+  unexpected = sorted(
+    k for k in tensors if k not in used and not (ignored is not None and ignored.search(k))
+  )
   wrong, values = [], {}
   for ours, (src, fn) in key_map.items():
     if src not in tensors:
@@ -419,8 +458,7 @@ def convert_state_dict(tensors: dict[str, np.ndarray], config: clip_lib.CLIPConf
     want = tuple(expected[ours].shape)
     if conv is None or tuple(conv.shape) != want:
       got = 'unconvertible' if conv is None else tuple(conv.shape)
-      wrong.append(f'{src} has shape {tuple(arr.shape)} (converted {got}) but {ours} '
-                   f'needs {want}')
+      wrong.append(f'{src} has shape {tuple(arr.shape)} (converted {got}) but {ours} needs {want}')
       continue
     values[ours] = conv
   if missing or unexpected or wrong:
@@ -445,40 +483,69 @@ def config_from_hf(config_json: dict, source: str) -> clip_lib.CLIPConfig:
   """CLIPConfig from a Hugging Face ``CLIPModel`` ``config.json`` (missing keys = HF defaults)."""
   model_type = config_json.get('model_type', 'clip')
   if model_type != 'clip':
-    raise ValueError(f"{source}: model_type is {model_type!r}, expected 'clip' (a CLIPModel "
-                     'checkpoint with both towers)')
+    raise ValueError(
+      f"{source}: model_type is {model_type!r}, expected 'clip' (a CLIPModel "
+      'checkpoint with both towers)'
+    )
   # Defaults of transformers' CLIPTextConfig / CLIPVisionConfig (save_pretrained omits them).
-  text_defaults = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048,
-                       num_hidden_layers=12, num_attention_heads=8, max_position_embeddings=77,
-                       hidden_act='quick_gelu', layer_norm_eps=1e-5)
-  vision_defaults = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                         num_attention_heads=12, image_size=224, patch_size=32,
-                         hidden_act='quick_gelu', layer_norm_eps=1e-5, num_channels=3)
+  text_defaults = dict(
+    vocab_size=49408,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    max_position_embeddings=77,
+    hidden_act='quick_gelu',
+    layer_norm_eps=1e-5,
+  )
+  vision_defaults = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    image_size=224,
+    patch_size=32,
+    hidden_act='quick_gelu',
+    layer_norm_eps=1e-5,
+    num_channels=3,
+  )
   text = {**text_defaults, **(config_json.get('text_config') or {})}
   vision = {**vision_defaults, **(config_json.get('vision_config') or {})}
   for name, cfg in (('text_config', text), ('vision_config', vision)):
     if cfg['hidden_act'] not in ('quick_gelu', 'gelu'):
-      raise ValueError(f'{source}: {name}.hidden_act={cfg["hidden_act"]!r} is not supported '
-                       "(only 'quick_gelu' and 'gelu')")
+      raise ValueError(
+        f'{source}: {name}.hidden_act={cfg["hidden_act"]!r} is not supported '
+        "(only 'quick_gelu' and 'gelu')"
+      )
     if abs(float(cfg['layer_norm_eps']) - clip_lib.LAYER_NORM_EPS) > 1e-12:
-      raise ValueError(f'{source}: {name}.layer_norm_eps={cfg["layer_norm_eps"]} is not '
-                       f'supported (only {clip_lib.LAYER_NORM_EPS})')
+      raise ValueError(
+        f'{source}: {name}.layer_norm_eps={cfg["layer_norm_eps"]} is not '
+        f'supported (only {clip_lib.LAYER_NORM_EPS})'
+      )
   if text['hidden_act'] != vision['hidden_act']:
-    raise ValueError(f'{source}: text and vision hidden_act differ '
-                     f'({text["hidden_act"]!r} vs {vision["hidden_act"]!r})')
+    raise ValueError(
+      f'{source}: text and vision hidden_act differ '
+      f'({text["hidden_act"]!r} vs {vision["hidden_act"]!r})'
+    )
   if vision['num_channels'] != 3:
     raise ValueError(f'{source}: vision_config.num_channels={vision["num_channels"]}, need 3')
   try:
     return clip_lib.CLIPConfig(
-        embed_dim=int(config_json.get('projection_dim', 512)),
-        image_size=int(vision['image_size']), patch_size=int(vision['patch_size']),
-        vision_width=int(vision['hidden_size']), vision_layers=int(vision['num_hidden_layers']),
-        vision_heads=int(vision['num_attention_heads']),
-        vision_mlp_dim=_mlp_dim(vision),
-        context_length=int(text['max_position_embeddings']), vocab_size=int(text['vocab_size']),
-        text_width=int(text['hidden_size']), text_layers=int(text['num_hidden_layers']),
-        text_heads=int(text['num_attention_heads']), text_mlp_dim=_mlp_dim(text),
-        activation=text['hidden_act'])
+      embed_dim=int(config_json.get('projection_dim', 512)),
+      image_size=int(vision['image_size']),
+      patch_size=int(vision['patch_size']),
+      vision_width=int(vision['hidden_size']),
+      vision_layers=int(vision['num_hidden_layers']),
+      vision_heads=int(vision['num_attention_heads']),
+      vision_mlp_dim=_mlp_dim(vision),
+      context_length=int(text['max_position_embeddings']),
+      vocab_size=int(text['vocab_size']),
+      text_width=int(text['hidden_size']),
+      text_layers=int(text['num_hidden_layers']),
+      text_heads=int(text['num_attention_heads']),
+      text_mlp_dim=_mlp_dim(text),
+      activation=text['hidden_act'],
+    )
   except ValueError as e:
     raise ValueError(f'{source}: {e}') from e
 
@@ -491,17 +558,25 @@ def _count_layers(tensors: Iterable[str], prefix: str) -> int:
 
 def _text_config(tensors: dict[str, np.ndarray]) -> dict:
   text_width = int(tensors['ln_final.weight'].shape[0])
-  return dict(embed_dim=int(tensors['text_projection'].shape[1]),
-              context_length=int(tensors['positional_embedding'].shape[0]),
-              vocab_size=int(tensors['token_embedding.weight'].shape[0]),
-              text_width=text_width, text_layers=_count_layers(tensors, 'transformer.resblocks.'),
-              text_heads=max(text_width // 64, 1))
+  return dict(
+    embed_dim=int(tensors['text_projection'].shape[1]),
+    context_length=int(tensors['positional_embedding'].shape[0]),
+    vocab_size=int(tensors['token_embedding.weight'].shape[0]),
+    text_width=text_width,
+    text_layers=_count_layers(tensors, 'transformer.resblocks.'),
+    text_heads=max(text_width // 64, 1),
+  )
 
 
 def _resnet_config_from_openai(tensors: dict[str, np.ndarray], source: str) -> clip_lib.CLIPConfig:
-  needed = ['visual.layer1.0.conv1.weight', 'visual.attnpool.positional_embedding',
-            'token_embedding.weight', 'positional_embedding', 'ln_final.weight',
-            'text_projection']
+  needed = [
+    'visual.layer1.0.conv1.weight',
+    'visual.attnpool.positional_embedding',
+    'token_embedding.weight',
+    'positional_embedding',
+    'ln_final.weight',
+    'text_projection',
+  ]
   absent = [k for k in needed if k not in tensors]
   if absent:
     raise CheckpointMismatchError(source, absent, [], [])
@@ -509,8 +584,13 @@ def _resnet_config_from_openai(tensors: dict[str, np.ndarray], source: str) -> c
   grid = int(round((tensors['visual.attnpool.positional_embedding'].shape[0] - 1) ** 0.5))
   layers = tuple(_count_layers(tensors, f'visual.layer{i}.') for i in (1, 2, 3, 4))
   try:
-    return clip_lib.CLIPConfig(image_size=32 * grid, vision_width=width, vision_layers=layers,
-                               vision_heads=width * 32 // 64, **_text_config(tensors))
+    return clip_lib.CLIPConfig(
+      image_size=32 * grid,
+      vision_width=width,
+      vision_layers=layers,
+      vision_heads=width * 32 // 64,
+      **_text_config(tensors),
+    )
   except ValueError as e:
     raise ValueError(f'{source}: cannot infer a ResNet CLIP config from the tensors: {e}') from e
 
@@ -519,9 +599,15 @@ def config_from_openai(tensors: dict[str, np.ndarray], source: str) -> clip_lib.
   """CLIPConfig inferred from OpenAI state-dict shapes (as OpenAI's ``build_model``)."""
   if 'visual.layer1.0.conv1.weight' in tensors or 'visual.attnpool.positional_embedding' in tensors:
     return _resnet_config_from_openai(tensors, source)
-  needed = ['visual.conv1.weight', 'visual.positional_embedding', 'visual.proj',
-            'token_embedding.weight', 'positional_embedding', 'ln_final.weight',
-            'text_projection']
+  needed = [
+    'visual.conv1.weight',
+    'visual.positional_embedding',
+    'visual.proj',
+    'token_embedding.weight',
+    'positional_embedding',
+    'ln_final.weight',
+    'text_projection',
+  ]
   absent = [k for k in needed if k not in tensors]
   if absent:
     raise CheckpointMismatchError(source, absent, [], [])
@@ -530,9 +616,13 @@ def config_from_openai(tensors: dict[str, np.ndarray], source: str) -> clip_lib.
   grid = int(round((tensors['visual.positional_embedding'].shape[0] - 1) ** 0.5))
   try:
     return clip_lib.CLIPConfig(
-        image_size=patch * grid, patch_size=patch, vision_width=vision_width,
-        vision_layers=_count_layers(tensors, 'visual.transformer.resblocks.'),
-        vision_heads=max(vision_width // 64, 1), **_text_config(tensors))
+      image_size=patch * grid,
+      patch_size=patch,
+      vision_width=vision_width,
+      vision_layers=_count_layers(tensors, 'visual.transformer.resblocks.'),
+      vision_heads=max(vision_width // 64, 1),
+      **_text_config(tensors),
+    )
   except ValueError as e:
     raise ValueError(f'{source}: cannot infer a CLIP config from the tensors: {e}') from e
 
@@ -557,12 +647,20 @@ def _hf_tensors(directory: str) -> dict[str, np.ndarray]:
     return out
   if os.path.exists(binary):
     return read_torch_archive(binary)
-  raise FileNotFoundError(f'{directory}: has config.json but no model.safetensors, '
-                          'model.safetensors.index.json or pytorch_model.bin')
+  raise FileNotFoundError(
+    f'{directory}: has config.json but no model.safetensors, '
+    'model.safetensors.index.json or pytorch_model.bin'
+  )
 
 
-def load_hf(directory: str, *, dtype=jnp.float32, remat: bool = False,
-            attention_impl: str | None = None, residual_dtype=None) -> clip_lib.CLIP:
+def load_hf(
+  directory: str,
+  *,
+  dtype=jnp.float32,
+  remat: bool = False,
+  attention_impl: str | None = None,
+  residual_dtype=None,
+) -> clip_lib.CLIP:
   """Loads a Hugging Face ``CLIPModel`` checkpoint directory."""
   cfg_path = os.path.join(directory, 'config.json')
   try:
@@ -572,14 +670,28 @@ def load_hf(directory: str, *, dtype=jnp.float32, remat: bool = False,
     raise ValueError(f'{cfg_path}: cannot read the Hugging Face config: {e}') from e
   config = config_from_hf(config_json, cfg_path)
   tensors = _hf_tensors(directory)
-  return convert_state_dict(tensors, config, hf_key_map(config), source=directory,
-                            ignored=_HF_IGNORED, dtype=dtype, remat=remat,
-                            attention_impl=attention_impl, residual_dtype=residual_dtype)
+  return convert_state_dict(
+    tensors,
+    config,
+    hf_key_map(config),
+    source=directory,
+    ignored=_HF_IGNORED,
+    dtype=dtype,
+    remat=remat,
+    attention_impl=attention_impl,
+    residual_dtype=residual_dtype,
+  )
 
 
-def load_openai(path: str, *, dtype=jnp.float32, remat: bool = False,
-                config: clip_lib.CLIPConfig | str | None = None,
-                attention_impl: str | None = None, residual_dtype=None) -> clip_lib.CLIP:
+def load_openai(
+  path: str,
+  *,
+  dtype=jnp.float32,
+  remat: bool = False,
+  config: clip_lib.CLIPConfig | str | None = None,
+  attention_impl: str | None = None,
+  residual_dtype=None,
+) -> clip_lib.CLIP:
   """Loads an OpenAI CLIP ``.pt`` (TorchScript archive or plain state dict).
 
   The config is inferred from the tensor shapes with 64-dimensional attention heads (true
@@ -590,9 +702,17 @@ def load_openai(path: str, *, dtype=jnp.float32, remat: bool = False,
     config = config_from_openai(tensors, path)
   else:
     config = clip_lib.get_config(config)
-  return convert_state_dict(tensors, config, openai_key_map(config), source=path,
-                            ignored=_OPENAI_IGNORED, dtype=dtype, remat=remat,
-                            attention_impl=attention_impl, residual_dtype=residual_dtype)
+  return convert_state_dict(
+    tensors,
+    config,
+    openai_key_map(config),
+    source=path,
+    ignored=_OPENAI_IGNORED,
+    dtype=dtype,
+    remat=remat,
+    attention_impl=attention_impl,
+    residual_dtype=residual_dtype,
+  )
 
 
 def save(model: clip_lib.CLIP, path: str) -> None:
@@ -610,8 +730,14 @@ def save(model: clip_lib.CLIP, path: str) -> None:
     json.dump(meta, f, indent=2)
 
 
-def load_orbax(path: str, *, dtype=jnp.float32, remat: bool = False,
-               attention_impl: str | None = None, residual_dtype=None) -> clip_lib.CLIP:
+def load_orbax(
+  path: str,
+  *,
+  dtype=jnp.float32,
+  remat: bool = False,
+  attention_impl: str | None = None,
+  residual_dtype=None,
+) -> clip_lib.CLIP:
   """Loads a model written by :func:`save`."""
   path = os.path.abspath(path)
   meta_path = os.path.join(path, ORBAX_CONFIG_FILE)
@@ -633,8 +759,15 @@ def load_orbax(path: str, *, dtype=jnp.float32, remat: bool = False,
 
 
 _HUB_NAME = re.compile(r'^[A-Za-z0-9][\w.\-]*/[\w.\-]+$')
-_HUB_FILES = ['config.json', 'model.safetensors', 'vocab.json', 'merges.txt',
-              'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']
+_HUB_FILES = [
+  'config.json',
+  'model.safetensors',
+  'vocab.json',
+  'merges.txt',
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'special_tokens_map.json',
+]
 
 
 def _hub_reachable(timeout: float = 5.0) -> bool:
@@ -651,24 +784,33 @@ def download_hub(name: str) -> str:
 
   Fails fast (no hang) with an error asking for a local directory when offline.
   """
-  offline_msg = (f'{name!r} is not a local path, and it cannot be downloaded as a hub name: '
-                 'this machine is offline (or HF_HUB_OFFLINE is set). Pass a local directory instead, e.g. one written by '
-                 "transformers' CLIPModel.save_pretrained (config.json + model.safetensors), "
-                 'an OpenAI .pt file, or a directory saved with clip_weights.save.')
+  offline_msg = (
+    f'{name!r} is not a local path, and it cannot be downloaded as a hub name: '
+    'this machine is offline (or HF_HUB_OFFLINE is set). Pass a local directory instead, e.g. one written by '
+    "transformers' CLIPModel.save_pretrained (config.json + model.safetensors), "
+    'an OpenAI .pt file, or a directory saved with clip_weights.save.'
+  )
   if os.environ.get('HF_HUB_OFFLINE', '0') not in ('', '0', 'false', 'False'):
     raise OSError(offline_msg)
   if not _hub_reachable():
     raise OSError(offline_msg)
   try:
     import huggingface_hub  # pylint: disable=g-import-not-at-top
+
     return huggingface_hub.snapshot_download(name, allow_patterns=_HUB_FILES, etag_timeout=10)
   except Exception as e:  # network errors, missing repo, ...
     raise OSError(f'{offline_msg} (download failed: {e})') from e
 
 
-def load(path_or_name: str, *, dtype=jnp.float32, remat: bool = False,
-         config: clip_lib.CLIPConfig | str | None = None,
-         attention_impl: str | None = None, residual_dtype=None) -> clip_lib.CLIP:
+def load(
+  path_or_name: str,
+  *,
+  dtype=jnp.float32,
+  remat: bool = False,
+  config: clip_lib.CLIPConfig | str | None = None,
+  attention_impl: str | None = None,
+  residual_dtype=None,
+) -> clip_lib.CLIP:
   """Dispatches on what ``path_or_name`` is; see the module docstring.
 
   ``config`` only applies to OpenAI ``.pt`` files (whose head count is not stored); the
@@ -677,19 +819,21 @@ def load(path_or_name: str, *, dtype=jnp.float32, remat: bool = False,
   path = os.fspath(path_or_name)
   if config is not None and not os.path.isfile(path):
     raise ValueError(f'{path}: config= is only accepted for OpenAI .pt files')
-  kw = dict(dtype=dtype, remat=remat, attention_impl=attention_impl,
-            residual_dtype=residual_dtype)
+  kw = dict(dtype=dtype, remat=remat, attention_impl=attention_impl, residual_dtype=residual_dtype)
   if os.path.isdir(path):
     if os.path.exists(os.path.join(path, ORBAX_CONFIG_FILE)):
       return load_orbax(path, **kw)
     if os.path.exists(os.path.join(path, 'config.json')):
       return load_hf(path, **kw)
     raise FileNotFoundError(
-        f'{path}: directory has neither config.json (Hugging Face CLIPModel) nor '
-        f'{ORBAX_CONFIG_FILE} (saved with clip_weights.save)')
+      f'{path}: directory has neither config.json (Hugging Face CLIPModel) nor '
+      f'{ORBAX_CONFIG_FILE} (saved with clip_weights.save)'
+    )
   if os.path.isfile(path):
     return load_openai(path, config=config, **kw)
   if _HUB_NAME.match(path) and not path.startswith(('.', '/')):
     return load_hf(download_hub(path), **kw)
-  raise FileNotFoundError(f'{path}: no such checkpoint file or directory (and not a hub '
-                          "name like 'openai/clip-vit-base-patch16')")
+  raise FileNotFoundError(
+    f'{path}: no such checkpoint file or directory (and not a hub '
+    "name like 'openai/clip-vit-base-patch16')"
+  )

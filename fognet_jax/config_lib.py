@@ -9,6 +9,7 @@ only ml_collections and the standard library; this module holds what needs the p
   validate             one check per config block, run once at start-up before any data or
                        model work; a `ConfigError` names the key of the first impossible value
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,6 +41,7 @@ ATTENTION_IMPLS = (None, 'xla', 'cudnn')
 
 # ------------------------------------------------------------------------------ config files
 
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """'fogact', 'configs/synthetic.py:baseline' or '/path/file.py:arg' -> its ConfigDict.
 
@@ -62,11 +64,11 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 # The keys of the `perf` block, each with the place a config.json written before the block
 # existed holds it, and the behaviour of a run whose config.json lacks it.
 PERF_KEYS: dict[str, tuple[tuple[str, str], Any]] = {
-    'pixels_on_device': (('data', 'pixels_on_device'), False),
-    'attention_impl': (('model', 'attention_impl'), None),
-    'residual_dtype': (('model', 'residual_dtype'), None),
-    'fsdp_min_size': (('mesh', 'fsdp_min_size'), 2 ** 14),
-    'async_checkpointing': (('train', 'async_checkpointing'), True),
+  'pixels_on_device': (('data', 'pixels_on_device'), False),
+  'attention_impl': (('model', 'attention_impl'), None),
+  'residual_dtype': (('model', 'residual_dtype'), None),
+  'fsdp_min_size': (('mesh', 'fsdp_min_size'), 2**14),
+  'async_checkpointing': (('train', 'async_checkpointing'), True),
 }
 
 
@@ -83,6 +85,7 @@ def upgrade_saved_config(saved: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------- validation
+
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the key."""
@@ -126,8 +129,10 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
   if not isinstance(d.get('replicate_to_full', False), bool):
     _fail('data.replicate_to_full', f'must be True or False, got {d.replicate_to_full!r}')
   if d.get('worker_type', 'thread') not in input_pipeline.WORKER_TYPES:
-    _fail('data.worker_type',
-          f"must be one of {input_pipeline.WORKER_TYPES}, got {d.get('worker_type')!r}")
+    _fail(
+      'data.worker_type',
+      f'must be one of {input_pipeline.WORKER_TYPES}, got {d.get("worker_type")!r}',
+    )
   if d.get('train_sim_fog') not in augment.SIM_FOG:
     _fail('data.train_sim_fog', f"must be None or 'homogeneous', got {d.train_sim_fog!r}")
   a = d.augment
@@ -182,14 +187,18 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
   if m.init_from is not None and not isinstance(m.init_from, str):
     _fail('model.init_from', f'must be a path, a hub name or None, got {m.init_from!r}')
   if m.init_from and overrides:
-    raise ConfigError(f'config.model.clip_overrides {sorted(overrides)} cannot be combined '
-                      f'with model.init_from={m.init_from!r}')
+    raise ConfigError(
+      f'config.model.clip_overrides {sorted(overrides)} cannot be combined '
+      f'with model.init_from={m.init_from!r}'
+    )
   init_from = m.init_from
   if init_from and str(init_from).startswith(('/', '.', '~')):
     hint = ''
     if str(init_from).endswith('.pt'):
-      hint = ('; OpenAI CLIP .pt files are downloaded from the URLs in OpenAI\'s clip package '
-              '(clip/clip.py, _MODELS); set model.init_from to the file')
+      hint = (
+        "; OpenAI CLIP .pt files are downloaded from the URLs in OpenAI's clip package "
+        '(clip/clip.py, _MODELS); set model.init_from to the file'
+      )
     _existing_path('model.init_from', init_from, directory=False, hint=hint)
   if m.tokenizer.kind not in ('clip', 'byte'):
     _fail('model.tokenizer.kind', f"must be 'clip' or 'byte', got {m.tokenizer.kind!r}")
@@ -207,15 +216,28 @@ def validate_loss(lo: ml_collections.ConfigDict) -> None:
       _fail(f'loss.{key}', f'must be > 0, got {lo[key]}')
 
 
-def validate_train(t: ml_collections.ConfigDict, *, num_devices: Optional[int],
-                   num_processes: int) -> None:
-  _positive_ints(t, 'train', ('batch_size', 'grad_accum_steps', 'log_every_steps',
-                              'checkpoint_every_steps', 'keep_checkpoints'))
+def validate_train(
+  t: ml_collections.ConfigDict, *, num_devices: Optional[int], num_processes: int
+) -> None:
+  _positive_ints(
+    t,
+    'train',
+    (
+      'batch_size',
+      'grad_accum_steps',
+      'log_every_steps',
+      'checkpoint_every_steps',
+      'keep_checkpoints',
+    ),
+  )
   if num_devices is not None:
     unit = num_devices * t.grad_accum_steps
     if t.batch_size % unit:
-      _fail('train.batch_size', f'{t.batch_size} is not divisible by devices ({num_devices}) x '
-            f'train.grad_accum_steps ({t.grad_accum_steps}) = {unit}')
+      _fail(
+        'train.batch_size',
+        f'{t.batch_size} is not divisible by devices ({num_devices}) x '
+        f'train.grad_accum_steps ({t.grad_accum_steps}) = {unit}',
+      )
   if t.batch_size % num_processes:
     _fail('train.batch_size', f'{t.batch_size} not divisible by the process count {num_processes}')
   if t.num_train_steps <= 0 and t.num_epochs <= 0:
@@ -254,13 +276,16 @@ def validate_perf(perf: ml_collections.ConfigDict, *, dtype: str) -> None:
   if perf.attention_impl not in ATTENTION_IMPLS:
     _fail('perf.attention_impl', f"must be None, 'xla' or 'cudnn', got {perf.attention_impl!r}")
   if perf.residual_dtype not in (None, 'float32', dtype):
-    _fail('perf.residual_dtype', f"must be None, 'float32' or model.dtype ({dtype!r}), "
-          f"got {perf.residual_dtype!r}")
+    _fail(
+      'perf.residual_dtype',
+      f"must be None, 'float32' or model.dtype ({dtype!r}), got {perf.residual_dtype!r}",
+    )
   _positive_ints(perf, 'perf', ('fsdp_min_size',), minimum=0)
 
 
-def validate(config: ml_collections.ConfigDict, *, num_devices: Optional[int] = None,
-             num_processes: int = 1) -> None:
+def validate(
+  config: ml_collections.ConfigDict, *, num_devices: Optional[int] = None, num_processes: int = 1
+) -> None:
   """Checks every block; raises ConfigError naming the key of the first impossible value.
 
   Cheap: no I/O but `stat` of the paths the config names. `num_devices` (the mesh size) adds

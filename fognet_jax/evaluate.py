@@ -12,6 +12,7 @@ prediction is the mean of its views' probabilities. Outputs in the run directory
 `fognet_jax.main` builds the state (trained, or restored from a checkpoint) and the test
 batches and calls `evaluate_state`; nothing here trains or reads checkpoints.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,7 @@ CONFUSION_FILE = 'confusion_matrix.png'
 
 
 # ------------------------------------------------------------------------------ metrics
+
 
 def topk_correct(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
   """(N,) bool: label among the k highest probabilities (ties broken by class index)."""
@@ -65,22 +67,24 @@ def summarize(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> 
     per_class[name] = float(cm[c, c] / n) if n else None
   valid = [v for v in per_class.values() if v is not None]
   return {
-      'top1': float(top1.mean()) if len(labels) else 0.0,
-      'top5': float(top5.mean()) if len(labels) else 0.0,
-      'mean_class_accuracy': float(np.mean(valid)) if valid else 0.0,
-      'num_videos': int(len(labels)),
-      'num_classes': num_classes,
-      'chance': 1.0 / max(num_classes, 1),
-      'per_class_accuracy': per_class,
-      'confusion_matrix': cm.tolist(),
+    'top1': float(top1.mean()) if len(labels) else 0.0,
+    'top5': float(top5.mean()) if len(labels) else 0.0,
+    'mean_class_accuracy': float(np.mean(valid)) if valid else 0.0,
+    'num_videos': int(len(labels)),
+    'num_classes': num_classes,
+    'chance': 1.0 / max(num_classes, 1),
+    'per_class_accuracy': per_class,
+    'confusion_matrix': cm.tolist(),
   }
 
 
 def plot_confusion(cm: np.ndarray, class_names: list[str], path: str, title: str = '') -> None:
   """Row-normalised confusion matrix as a PNG (matplotlib, Agg backend)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   cm = np.asarray(cm, np.float64)
   norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
   n = len(class_names)
@@ -98,8 +102,15 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: str, title: str
     for i in range(n):
       for j in range(n):
         if cm[i, j]:
-          ax.text(j, i, f'{norm[i, j]:.2f}', ha='center', va='center', fontsize=fs,
-                  color='white' if norm[i, j] > 0.5 else 'black')
+          ax.text(
+            j,
+            i,
+            f'{norm[i, j]:.2f}',
+            ha='center',
+            va='center',
+            fontsize=fs,
+            color='white' if norm[i, j] > 0.5 else 'black',
+          )
   ax.set_title(title)
   fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
   fig.tight_layout()
@@ -108,6 +119,7 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: str, title: str
 
 
 # ------------------------------------------------------------------------------ model side
+
 
 def make_text_encoder(graphdef, mesh):
   """jit: (params, rest, tokens (K, C, L)) -> (K, C, D) text embeddings."""
@@ -146,8 +158,9 @@ def _gather(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def encode_prompts(graphdef, params, rest, *, mesh, prompt_tokens: np.ndarray,
-                   num_templates: int = -1) -> jax.Array:
+def encode_prompts(
+  graphdef, params, rest, *, mesh, prompt_tokens: np.ndarray, num_templates: int = -1
+) -> jax.Array:
   """(K', C, D) text embeddings of the first `num_templates` templates (-1: all K)."""
   tokens = np.asarray(prompt_tokens, np.int32)
   if num_templates and num_templates > 0:
@@ -156,11 +169,20 @@ def encode_prompts(graphdef, params, rest, *, mesh, prompt_tokens: np.ndarray,
   return make_text_encoder(graphdef, mesh)(params, rest, jax.device_put(tokens, rep))
 
 
-def run_eval(graphdef, params, rest, *, mesh, batches: Iterable[dict], prompt_tokens: np.ndarray,
-             num_templates: int = -1) -> tuple[np.ndarray, np.ndarray]:
+def run_eval(
+  graphdef,
+  params,
+  rest,
+  *,
+  mesh,
+  batches: Iterable[dict],
+  prompt_tokens: np.ndarray,
+  num_templates: int = -1,
+) -> tuple[np.ndarray, np.ndarray]:
   """(probs (N, C), labels (N,)) over all unpadded test videos of all processes."""
-  text_emb = encode_prompts(graphdef, params, rest, mesh=mesh, prompt_tokens=prompt_tokens,
-                            num_templates=num_templates)
+  text_emb = encode_prompts(
+    graphdef, params, rest, mesh=mesh, prompt_tokens=prompt_tokens, num_templates=num_templates
+  )
   predict = make_predict_step(graphdef, mesh)
   all_probs, all_labels = [], []
   for batch in batches:
@@ -182,9 +204,17 @@ def run_eval(graphdef, params, rest, *, mesh, batches: Iterable[dict], prompt_to
   return probs, labels
 
 
-def evaluate_state(config: ml_collections.ConfigDict, graphdef, state, *, mesh,
-                   class_names: list[str], prompt_tokens: np.ndarray, batches: Iterable[dict],
-                   workdir: Optional[str] = None) -> dict:
+def evaluate_state(
+  config: ml_collections.ConfigDict,
+  graphdef,
+  state,
+  *,
+  mesh,
+  class_names: list[str],
+  prompt_tokens: np.ndarray,
+  batches: Iterable[dict],
+  workdir: Optional[str] = None,
+) -> dict:
   """Evaluates a train state on the test batches; returns the results dict.
 
   `batches`: the test views (`input_pipeline.eval_iterator` of `config.data.eval_split`, the
@@ -192,29 +222,46 @@ def evaluate_state(config: ml_collections.ConfigDict, graphdef, state, *, mesh,
   `prompt_tokens` (K, C, L): the class prompts, of which the first `config.eval.num_templates`
   are averaged. With `workdir`, process 0 writes confusion_matrix.png there.
   """
-  probs, labels = run_eval(graphdef, state.params, state.rest, mesh=mesh, batches=batches,
-                           prompt_tokens=prompt_tokens,
-                           num_templates=config.eval.num_templates)
+  probs, labels = run_eval(
+    graphdef,
+    state.params,
+    state.rest,
+    mesh=mesh,
+    batches=batches,
+    prompt_tokens=prompt_tokens,
+    num_templates=config.eval.num_templates,
+  )
   results = summarize(probs, labels, class_names)
   step = int(jax.device_get(state.step))
   split = config.data.eval_split
-  results.update({
+  results.update(
+    {
       'step': step,
       'split': split,
       'dataset': config.data.dataset,
       'stream': config.eval.get('stream', 'foggy'),
       'views': f'{config.data.num_clips}x{config.data.num_crops}',
       'num_frames': int(config.data.num_frames),
-  })
-  logging.info('Evaluation at step %d on %s/%s: Top-1 %.4f Top-5 %.4f (%d videos, chance %.4f)',
-               step, config.data.dataset, split, results['top1'], results['top5'],
-               results['num_videos'], results['chance'])
+    }
+  )
+  logging.info(
+    'Evaluation at step %d on %s/%s: Top-1 %.4f Top-5 %.4f (%d videos, chance %.4f)',
+    step,
+    config.data.dataset,
+    split,
+    results['top1'],
+    results['top5'],
+    results['num_videos'],
+    results['chance'],
+  )
   if workdir and jax.process_index() == 0 and config.eval.confusion_matrix:
     os.makedirs(workdir, exist_ok=True)
-    plot_confusion(np.asarray(results['confusion_matrix']), class_names,
-                   os.path.join(workdir, CONFUSION_FILE),
-                   title=f"{config.data.dataset} {split} step {step}: "
-                         f"Top-1 {100 * results['top1']:.1f}%")
+    plot_confusion(
+      np.asarray(results['confusion_matrix']),
+      class_names,
+      os.path.join(workdir, CONFUSION_FILE),
+      title=f'{config.data.dataset} {split} step {step}: Top-1 {100 * results["top1"]:.1f}%',
+    )
   return results
 
 

@@ -26,6 +26,7 @@ rewritten from what has finished:
                                 the per-seed values, the paper's numbers, the run length
   WORKDIR/table_5a.png          Top-1 / Top-5 bars (mean) with one dot per seed
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,59 +55,81 @@ from fognet_jax import main as main_lib
 # FAS + ME + CSA with FAS over channel-joined streams, trained on clean + foggy pairs, tested
 # on the foggy stream). "(tokens)" rows read FAS's [v_c ; v_f] as 2T tokens instead.
 TABLES: dict[str, dict[str, Any]] = {
-    '5a': dict(title='Table 5a: FogNet components (tested on foggy video)', rows=[
-        ('Baseline (ActionCLIP)', ['baseline'], (75.0, 95.7)),
-        # Control, not in the paper: ActionCLIP with its released temporal fusion (a
-        # transformer over the frames, at 10x the learning rate).
-        ('Baseline, transformer fusion', ['baseline', 'fusion=transformer'], None),
-        ('FAS', ['modules=fas'], (86.9, 98.9)),
-        ('FAS (tokens)', ['modules=fas', 'fas=tokens'], (86.9, 98.9)),
-        ('ME', ['modules=me'], (79.4, 97.2)),
-        ('CSA', ['modules=csa'], (84.1, 98.5)),
-        ('FAS + ME', ['modules=fas+me'], (88.1, 99.4)),
-        ('FAS + ME (tokens)', ['modules=fas+me', 'fas=tokens'], (88.1, 99.4)),
-        ('FAS + ME + CSA', [], (88.7, 99.4)),
-        ('FAS + ME + CSA (tokens)', ['fas=tokens'], (88.7, 99.4)),
-    ]),
-    '5b': dict(title='Table 5b: training / test inputs', rows=[
-        ('ActionCLIP clean -> clean', ['baseline', 'train=clean', 'test=clean'], (86.7, 98.9)),
-        ('ActionCLIP foggy -> foggy', ['baseline'], (75.0, 95.7)),
-        ('ActionCLIP clean -> foggy', ['baseline', 'train=clean'], (59.8, 85.9)),
-        ('ActionCLIP clean+foggy -> foggy', ['baseline', 'train=clean+foggy'], (75.7, 96.3)),
-        ('FogNet clean+sim. -> foggy', ['sim_fog'], (71.5, 93.6)),
-        ('FogNet clean+foggy -> foggy', [], (88.7, 99.4)),
-    ]),
-    '5c': dict(title='Table 5c: training perspectives (tested on all four)', rows=[
-        ('Single (front, replicated to full size)', ['persp=front', 'replicate'], (52.7, 79.4)),
-        ('Four', [], (88.7, 99.4)),
-    ]),
-    # Not in the paper, to explain 5a: the baseline with FogNet's loss and the two-stream
-    # model with no module separate the loss (KL vs eqs. 8-10) and the second stream from the
-    # modules.
-    '5a-diag': dict(title='Table 5a diagnostics (not in the paper): loss, second stream',
-                    rows=[
-        ('Baseline with eqs. 8-10 loss', ['baseline', 'fognet_loss'], None),
-        ('Two streams, no module', ['modules=none'], None),
-    ]),
-    '5f': dict(title='Table 5f: training fog intensity (tested on light + dense)', rows=[
-        ('Light (replicated to full size)', ['light', 'replicate'], (66.0, 87.2)),
-        ('Dense (replicated to full size)', ['dense', 'replicate'], (67.5, 92.2)),
-        ('Multi', [], (88.7, 99.4)),
-    ]),
+  '5a': dict(
+    title='Table 5a: FogNet components (tested on foggy video)',
+    rows=[
+      ('Baseline (ActionCLIP)', ['baseline'], (75.0, 95.7)),
+      # Control, not in the paper: ActionCLIP with its released temporal fusion (a
+      # transformer over the frames, at 10x the learning rate).
+      ('Baseline, transformer fusion', ['baseline', 'fusion=transformer'], None),
+      ('FAS', ['modules=fas'], (86.9, 98.9)),
+      ('FAS (tokens)', ['modules=fas', 'fas=tokens'], (86.9, 98.9)),
+      ('ME', ['modules=me'], (79.4, 97.2)),
+      ('CSA', ['modules=csa'], (84.1, 98.5)),
+      ('FAS + ME', ['modules=fas+me'], (88.1, 99.4)),
+      ('FAS + ME (tokens)', ['modules=fas+me', 'fas=tokens'], (88.1, 99.4)),
+      ('FAS + ME + CSA', [], (88.7, 99.4)),
+      ('FAS + ME + CSA (tokens)', ['fas=tokens'], (88.7, 99.4)),
+    ],
+  ),
+  '5b': dict(
+    title='Table 5b: training / test inputs',
+    rows=[
+      ('ActionCLIP clean -> clean', ['baseline', 'train=clean', 'test=clean'], (86.7, 98.9)),
+      ('ActionCLIP foggy -> foggy', ['baseline'], (75.0, 95.7)),
+      ('ActionCLIP clean -> foggy', ['baseline', 'train=clean'], (59.8, 85.9)),
+      ('ActionCLIP clean+foggy -> foggy', ['baseline', 'train=clean+foggy'], (75.7, 96.3)),
+      ('FogNet clean+sim. -> foggy', ['sim_fog'], (71.5, 93.6)),
+      ('FogNet clean+foggy -> foggy', [], (88.7, 99.4)),
+    ],
+  ),
+  '5c': dict(
+    title='Table 5c: training perspectives (tested on all four)',
+    rows=[
+      ('Single (front, replicated to full size)', ['persp=front', 'replicate'], (52.7, 79.4)),
+      ('Four', [], (88.7, 99.4)),
+    ],
+  ),
+  # Not in the paper, to explain 5a: the baseline with FogNet's loss and the two-stream
+  # model with no module separate the loss (KL vs eqs. 8-10) and the second stream from the
+  # modules.
+  '5a-diag': dict(
+    title='Table 5a diagnostics (not in the paper): loss, second stream',
+    rows=[
+      ('Baseline with eqs. 8-10 loss', ['baseline', 'fognet_loss'], None),
+      ('Two streams, no module', ['modules=none'], None),
+    ],
+  ),
+  '5f': dict(
+    title='Table 5f: training fog intensity (tested on light + dense)',
+    rows=[
+      ('Light (replicated to full size)', ['light', 'replicate'], (66.0, 87.2)),
+      ('Dense (replicated to full size)', ['dense', 'replicate'], (67.5, 92.2)),
+      ('Multi', [], (88.7, 99.4)),
+    ],
+  ),
 }
 
 # The orderings of Top-1 that the paper states, per table: (row A, '>' or '>=', row B).
 ORDERINGS: dict[str, list[tuple[str, str, str]]] = {
-    '5a': [('FAS + ME + CSA', '>', 'FAS'), ('FAS', '>', 'Baseline (ActionCLIP)'),
-           ('ME', '>=', 'Baseline (ActionCLIP)'), ('CSA', '>=', 'Baseline (ActionCLIP)'),
-           ('FAS + ME + CSA', '>', 'Baseline, transformer fusion')],
-    '5b': [('ActionCLIP clean -> clean', '>', 'ActionCLIP clean -> foggy'),
-           ('FogNet clean+foggy -> foggy', '>', 'ActionCLIP foggy -> foggy'),
-           ('ActionCLIP foggy -> foggy', '>', 'ActionCLIP clean -> foggy'),
-           ('FogNet clean+foggy -> foggy', '>', 'FogNet clean+sim. -> foggy')],
-    '5c': [('Four', '>', 'Single (front, replicated to full size)')],
-    '5f': [('Multi', '>', 'Dense (replicated to full size)'),
-           ('Dense (replicated to full size)', '>', 'Light (replicated to full size)')],
+  '5a': [
+    ('FAS + ME + CSA', '>', 'FAS'),
+    ('FAS', '>', 'Baseline (ActionCLIP)'),
+    ('ME', '>=', 'Baseline (ActionCLIP)'),
+    ('CSA', '>=', 'Baseline (ActionCLIP)'),
+    ('FAS + ME + CSA', '>', 'Baseline, transformer fusion'),
+  ],
+  '5b': [
+    ('ActionCLIP clean -> clean', '>', 'ActionCLIP clean -> foggy'),
+    ('FogNet clean+foggy -> foggy', '>', 'ActionCLIP foggy -> foggy'),
+    ('ActionCLIP foggy -> foggy', '>', 'ActionCLIP clean -> foggy'),
+    ('FogNet clean+foggy -> foggy', '>', 'FogNet clean+sim. -> foggy'),
+  ],
+  '5c': [('Four', '>', 'Single (front, replicated to full size)')],
+  '5f': [
+    ('Multi', '>', 'Dense (replicated to full size)'),
+    ('Dense (replicated to full size)', '>', 'Light (replicated to full size)'),
+  ],
 }
 
 # Run length per dataset when --steps is not given; datasets not listed keep their recipe's
@@ -120,16 +143,29 @@ RESULTS_FILE = evaluate.RESULTS_FILE
 # --config (the base `file.py[:variant]`, whose rows add tokens; `--config.KEY=VALUE`
 # overrides apply to every row, e.g. --config.data.manual_dir) and --workdir are
 # fognet_jax.main's flags.
-_TABLES = flags.DEFINE_list('tables', ['5a', '5b', '5c', '5f'], f'Tables to run, of {list(TABLES)}.')
+_TABLES = flags.DEFINE_list(
+  'tables', ['5a', '5b', '5c', '5f'], f'Tables to run, of {list(TABLES)}.'
+)
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (config.seed) of every row.')
-_STEPS = flags.DEFINE_integer('steps', None, 'train.num_train_steps of every run; default: '
-                              'DEFAULT_STEPS of the dataset, else the recipe\'s own length.')
+_STEPS = flags.DEFINE_integer(
+  'steps',
+  None,
+  'train.num_train_steps of every run; default: '
+  "DEFAULT_STEPS of the dataset, else the recipe's own length.",
+)
 
 
 # ------------------------------------------------------------------------------ planning
 
-def row_config(base: str, tokens: Sequence[str], *, seed: int, steps: Optional[int],
-               overrides: Optional[dict] = None) -> ml_collections.ConfigDict:
+
+def row_config(
+  base: str,
+  tokens: Sequence[str],
+  *,
+  seed: int,
+  steps: Optional[int],
+  overrides: Optional[dict] = None,
+) -> ml_collections.ConfigDict:
   """The config of one row: `base` ('file.py[:variant]') with `tokens` appended, then the
   command line's `overrides` ({'data.manual_dir': ...})."""
   path, _, arg = base.partition(':')
@@ -153,9 +189,12 @@ def _digest(d: dict) -> str:
 
 # Keys added to the recipe after runs were made, with the value that reproduces the older
 # behaviour: at that value they hash as if absent, so finished runs keep their directories.
-HASH_NEUTRAL = {('model', 'fas', 'concat'): 'tokens', ('model', 'residual_dtype'): None,
-                ('train', 'fusion_lr_ratio'): 1.0,
-                ('train', 'fusion_pattern'): r'(^|/)temporal(/|$)'}
+HASH_NEUTRAL = {
+  ('model', 'fas', 'concat'): 'tokens',
+  ('model', 'residual_dtype'): None,
+  ('train', 'fusion_lr_ratio'): 1.0,
+  ('train', 'fusion_pattern'): r'(^|/)temporal(/|$)',
+}
 
 
 def _canonical(config: ml_collections.ConfigDict) -> dict:
@@ -195,7 +234,7 @@ def describe(config: ml_collections.ConfigDict) -> str:
   else:
     parts = ['fognet', '-'.join(x for x in ('fas', 'me', 'csa') if m[x].enabled) or 'none']
     if m.fas.enabled and m.fas.get('concat', 'tokens') != 'channels':
-      parts.append(f"fas-{m.fas.get('concat', 'tokens')}")
+      parts.append(f'fas-{m.fas.get("concat", "tokens")}')
   if m.get('temporal_fusion', 'mean') != 'mean':
     parts.append(str(m.temporal_fusion))
   if d.get('train_sim_fog'):
@@ -212,6 +251,7 @@ def describe(config: ml_collections.ConfigDict) -> str:
 @dataclasses.dataclass
 class Job:
   """One (table row, seed): a training run (maybe shared) and one evaluation of it."""
+
   table: str
   row: str
   tokens: list
@@ -225,8 +265,14 @@ class Job:
     return os.path.join(self.eval_dir, RESULTS_FILE)
 
 
-def plan(base: str, tables: Sequence[str], seeds: Sequence[int], workdir: str,
-         steps: Optional[int], overrides: Optional[dict] = None) -> list[Job]:
+def plan(
+  base: str,
+  tables: Sequence[str],
+  seeds: Sequence[int],
+  workdir: str,
+  steps: Optional[int],
+  overrides: Optional[dict] = None,
+) -> list[Job]:
   """Every (row, seed) job, seed-major (all rows of seed 0 first, so early tables are whole)."""
   unknown = [t for t in tables if t not in TABLES]
   if unknown:
@@ -236,10 +282,20 @@ def plan(base: str, tables: Sequence[str], seeds: Sequence[int], workdir: str,
     for table in tables:
       for label, tokens, _ in TABLES[table]['rows']:
         config = row_config(base, tokens, seed=seed, steps=steps, overrides=overrides)
-        run_dir = os.path.join(workdir, 'runs', f'{describe(config)}-{train_key(config)}',
-                               f'seed{seed}')
-        jobs.append(Job(table, label, list(tokens), int(seed), config, run_dir,
-                        os.path.join(run_dir, f'eval-{eval_key(config)}')))
+        run_dir = os.path.join(
+          workdir, 'runs', f'{describe(config)}-{train_key(config)}', f'seed{seed}'
+        )
+        jobs.append(
+          Job(
+            table,
+            label,
+            list(tokens),
+            int(seed),
+            config,
+            run_dir,
+            os.path.join(run_dir, f'eval-{eval_key(config)}'),
+          )
+        )
   return jobs
 
 
@@ -281,8 +337,9 @@ def run_job(job: Job, *, train_fn: TrainFn = _train, eval_fn: EvalFn = _evaluate
   if not os.path.exists(run_results):
     results = train_fn(job.config, job.run_dir)
     if not results or not os.path.exists(run_results):
-      raise RuntimeError(f'run {job.run_dir} stopped before its evaluation; run the command again '
-                         'to resume it')
+      raise RuntimeError(
+        f'run {job.run_dir} stopped before its evaluation; run the command again to resume it'
+      )
     with open(os.path.join(job.run_dir, 'eval_key.txt'), 'w') as f:
       f.write(eval_key(job.config))
     done = 'trained'
@@ -305,21 +362,32 @@ def _fmt_time(seconds: float) -> str:
   return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
-def run_all(jobs: Sequence[Job], workdir: str, *, steps_info: dict,
-            train_fn: TrainFn = _train, eval_fn: EvalFn = _evaluate,
-            log: Callable[[str], None] = print) -> dict[str, dict]:
+def run_all(
+  jobs: Sequence[Job],
+  workdir: str,
+  *,
+  steps_info: dict,
+  train_fn: TrainFn = _train,
+  eval_fn: EvalFn = _evaluate,
+  log: Callable[[str], None] = print,
+) -> dict[str, dict]:
   """Runs every job in order, rewriting the tables after each; returns the tables."""
   trainings = {j.run_dir for j in jobs if not os.path.exists(os.path.join(j.run_dir, RESULTS_FILE))}
   left = len(trainings)
   t0, spent, trained = time.time(), 0.0, 0
   tables = {}
   for i, job in enumerate(jobs):
-    status = 'finished' if os.path.exists(job.results_path) else (
-        'evaluating' if os.path.exists(os.path.join(job.run_dir, RESULTS_FILE)) else 'training')
+    status = (
+      'finished'
+      if os.path.exists(job.results_path)
+      else ('evaluating' if os.path.exists(os.path.join(job.run_dir, RESULTS_FILE)) else 'training')
+    )
     eta = f'ETA {_fmt_time(spent / trained * left)}' if trained else 'ETA after the first run'
-    log(f'[{i + 1}/{len(jobs)}] table {job.table} | {job.row} | seed {job.seed}: {status} '
-        f'({len(trainings) - left}/{len(trainings)} runs trained, elapsed '
-        f'{_fmt_time(time.time() - t0)}, {eta}) -> {job.run_dir}')
+    log(
+      f'[{i + 1}/{len(jobs)}] table {job.table} | {job.row} | seed {job.seed}: {status} '
+      f'({len(trainings) - left}/{len(trainings)} runs trained, elapsed '
+      f'{_fmt_time(time.time() - t0)}, {eta}) -> {job.run_dir}'
+    )
     start = time.time()
     done = run_job(job, train_fn=train_fn, eval_fn=eval_fn)
     if done == 'trained':
@@ -332,6 +400,7 @@ def run_all(jobs: Sequence[Job], workdir: str, *, steps_info: dict,
 
 
 # ------------------------------------------------------------------------------ tables
+
 
 def collect(jobs: Sequence[Job], table: str) -> list[dict]:
   """Rows of `table` with the per-seed Top-1 / Top-5 (%) of every finished job."""
@@ -346,13 +415,25 @@ def collect(jobs: Sequence[Job], table: str) -> list[dict]:
         seeds.append(j.seed)
         top1.append(100.0 * r['top1'])
         top5.append(100.0 * r['top5'])
-        dirs.append(os.path.relpath(j.eval_dir, os.path.dirname(os.path.dirname(
-            os.path.dirname(j.run_dir)))))
-    rows.append(dict(row=label, tokens=list(tokens), seeds=seeds, top1=top1, top5=top5,
-                     top1_mean=_mean(top1), top1_std=_std(top1), top5_mean=_mean(top5),
-                     top5_std=_std(top5), paper_top1=paper[0] if paper else None,
-                     paper_top5=paper[1] if paper else None,
-                     results=dirs))
+        dirs.append(
+          os.path.relpath(j.eval_dir, os.path.dirname(os.path.dirname(os.path.dirname(j.run_dir))))
+        )
+    rows.append(
+      dict(
+        row=label,
+        tokens=list(tokens),
+        seeds=seeds,
+        top1=top1,
+        top5=top5,
+        top1_mean=_mean(top1),
+        top1_std=_std(top1),
+        top5_mean=_mean(top5),
+        top5_std=_std(top5),
+        paper_top1=paper[0] if paper else None,
+        paper_top5=paper[1] if paper else None,
+        results=dirs,
+      )
+    )
   return rows
 
 
@@ -383,9 +464,9 @@ def _verdict(entry: dict) -> str:
   if entry['holds'] is None:
     return 'not run yet'
   text = 'holds' if entry['holds'] else 'does not hold'
-  diff = f"{entry['difference']:+.1f} points"
+  diff = f'{entry["difference"]:+.1f} points'
   if entry['margin_std'] is not None:
-    diff += f", {entry['margin_std']:+.1f} σ"
+    diff += f', {entry["margin_std"]:+.1f} σ'
   return f'{text} ({diff})'
 
 
@@ -412,29 +493,45 @@ def write_tables(jobs: Sequence[Job], workdir: str, *, steps_info: dict) -> dict
     rows = collect(jobs, table)
     seeds = sorted({j.seed for j in jobs if j.table == table})
     orderings = check_orderings(rows, table)
-    data = dict(table=table, title=TABLES[table]['title'], seeds=seeds, metric='accuracy (%)',
-                std='sample standard deviation over seeds (ddof=1)', **steps_info, rows=rows,
-                orderings=orderings)
+    data = dict(
+      table=table,
+      title=TABLES[table]['title'],
+      seeds=seeds,
+      metric='accuracy (%)',
+      std='sample standard deviation over seeds (ddof=1)',
+      **steps_info,
+      rows=rows,
+      orderings=orderings,
+    )
     base = os.path.join(workdir, f'table_{table}')
     with open(base + '.json', 'w') as f:
       json.dump(data, f, indent=2)
-    lines = [f'## {data["title"]}', '',
-             f'Seeds {seeds}; {steps_info.get("num_train_steps") or "recipe"} training steps '
-             f'per run ({steps_info.get("steps_from")}); config `{steps_info.get("config")}`. '
-             'Mean ± sample std over the finished seeds; the paper\'s numbers are FogAct, '
-             'ViT-B/16.', '',
-             '| row | variant | Top-1 (%) | Top-5 (%) | Top-1 per seed | paper Top-1 / Top-5 |',
-             '|---|---|---|---|---|---|']
+    lines = [
+      f'## {data["title"]}',
+      '',
+      f'Seeds {seeds}; {steps_info.get("num_train_steps") or "recipe"} training steps '
+      f'per run ({steps_info.get("steps_from")}); config `{steps_info.get("config")}`. '
+      "Mean ± sample std over the finished seeds; the paper's numbers are FogAct, "
+      'ViT-B/16.',
+      '',
+      '| row | variant | Top-1 (%) | Top-5 (%) | Top-1 per seed | paper Top-1 / Top-5 |',
+      '|---|---|---|---|---|---|',
+    ]
     for r in rows:
       per = ', '.join(f'{v:.1f}' for v in r['top1']) or '–'
-      paper = ('–' if r['paper_top1'] is None
-               else f'{r["paper_top1"]} / {r["paper_top5"]}')
-      lines.append(f'| {r["row"]} | `{",".join(r["tokens"]) or "-"}` | '
-                   f'{_pm(r["top1_mean"], r["top1_std"])} | {_pm(r["top5_mean"], r["top5_std"])} | '
-                   f'{per} | {paper} |')
+      paper = '–' if r['paper_top1'] is None else f'{r["paper_top1"]} / {r["paper_top5"]}'
+      lines.append(
+        f'| {r["row"]} | `{",".join(r["tokens"]) or "-"}` | '
+        f'{_pm(r["top1_mean"], r["top1_std"])} | {_pm(r["top5_mean"], r["top5_std"])} | '
+        f'{per} | {paper} |'
+      )
     if orderings:
-      lines += ['', 'The paper\'s orderings (Top-1; margin = difference of the means in units '
-                'of the seed std, sqrt((s_A² + s_B²) / 2)):', '']
+      lines += [
+        '',
+        "The paper's orderings (Top-1; margin = difference of the means in units "
+        'of the seed std, sqrt((s_A² + s_B²) / 2)):',
+        '',
+      ]
       lines += [f'- {o["a"]} {o["op"]} {o["b"]}: {_verdict(o)}' for o in orderings]
     with open(base + '.md', 'w') as f:
       f.write('\n'.join(lines) + '\n')
@@ -446,8 +543,10 @@ def write_tables(jobs: Sequence[Job], workdir: str, *, steps_info: dict) -> dict
 def plot_table(data: dict, path: str) -> None:
   """Top-1 and Top-5 bars (mean over seeds) with one dot per seed (matplotlib, Agg)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   rows = data['rows']
   n = len(rows)
   fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * n + 2), 4.5), dpi=100)
@@ -456,7 +555,9 @@ def plot_table(data: dict, path: str) -> None:
   for k, (metric, colour) in enumerate((('top1', 'tab:blue'), ('top5', 'tab:orange'))):
     pos = x + (k - 0.5) * width
     means = [r[f'{metric}_mean'] if r[f'{metric}_mean'] is not None else 0.0 for r in rows]
-    ax.bar(pos, means, width, color=colour, alpha=0.6, label=f'{metric.replace("top", "Top-")} mean')
+    ax.bar(
+      pos, means, width, color=colour, alpha=0.6, label=f'{metric.replace("top", "Top-")} mean'
+    )
     for p, r in zip(pos, rows):
       vals = r[metric]
       if vals:
@@ -478,6 +579,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:  # keep TensorFlow (the input pipeline's) off accelerators, as fognet_jax.main does
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     tf.config.set_visible_devices([], 'GPU')
   except Exception:  # pylint: disable=broad-except
     pass
@@ -488,8 +590,12 @@ def main(argv):
   steps, source = steps_override(base, _STEPS.value)
   seeds = [int(s) for s in _SEEDS.value]
   jobs = plan(base, _TABLES.value, seeds, workdir, steps, overrides)
-  steps_info = dict(config=base, overrides={k: str(v) for k, v in overrides.items()},
-                    num_train_steps=steps, steps_from=source)
+  steps_info = dict(
+    config=base,
+    overrides={k: str(v) for k, v in overrides.items()},
+    num_train_steps=steps,
+    steps_from=source,
+  )
   run_all(jobs, workdir, steps_info=steps_info)
 
 

@@ -10,6 +10,7 @@ float32). `--config.model.init_from=DIR` then starts a run from it through the s
 OpenAI or Hugging Face weights (`clip_weights.load`). configs/synthetic_pretrain.py's run is
 exported this way into `pretrained/synthetic_tiny_clip/`.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,9 +56,11 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('workdir', None, 'Training run directory (config.json, checkpoints/).',
-                      required=True)
-  flags.DEFINE_string('out', None, 'Directory to write (clip_config.json + params/).',
-                      required=True)
+  flags.DEFINE_string(
+    'workdir', None, 'Training run directory (config.json, checkpoints/).', required=True
+  )
+  flags.DEFINE_string(
+    'out', None, 'Directory to write (clip_config.json + params/).', required=True
+  )
   flags.DEFINE_string('checkpoint', None, 'Checkpoint step or directory (default: the latest).')
   app.run(main)

@@ -21,6 +21,7 @@ renamed to OUT once complete: an interrupted run (Ctrl-C, SIGTERM) leaves no out
 The console shows the progress and the result only; `--verbose` lets the libraries' log
 messages and warnings through.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,9 @@ def fog_params(density: str, airlight: Optional[float], seed: int) -> fog_lib.Fo
     try:
       beta = float(density)
     except ValueError:
-      raise ValueError(f"--density must be one of {sorted(fog_lib.PRESETS)} or a number (beta), "
-                       f"got {density!r}") from None
+      raise ValueError(
+        f'--density must be one of {sorted(fog_lib.PRESETS)} or a number (beta), got {density!r}'
+      ) from None
     params = fog_lib.FogParams(beta=beta)
   if airlight is not None:
     if not 0.0 <= airlight <= 1.0:
@@ -78,16 +80,27 @@ def load_depth(depth: Optional[str], height: int, width: int):
   except (ValueError, OSError) as e:
     raise ValueError(f'--depth: {depth} is not a NumPy .npy file ({e})') from e
   if d.shape != (height, width):
-    raise ValueError(f'--depth: {depth} has shape {d.shape}; the video is {height}x{width} '
-                     '(an (H, W) map is needed)')
+    raise ValueError(
+      f'--depth: {depth} has shape {d.shape}; the video is {height}x{width} '
+      '(an (H, W) map is needed)'
+    )
   if not np.all(np.isfinite(d)) or d.min() < 0 or d.max() > 1:
-    raise ValueError(f'--depth: {depth} must hold relative distances in [0, 1], got '
-                     f'[{d.min()}, {d.max()}]')
+    raise ValueError(
+      f'--depth: {depth} must hold relative distances in [0, 1], got [{d.min()}, {d.max()}]'
+    )
   return d.astype(np.float32), True
 
 
-def fog_video(src: str, dst: str, *, density: str = 'light', airlight: Optional[float] = None,
-              depth: Optional[str] = None, seed: int = 0, progress: bool = True) -> int:
+def fog_video(
+  src: str,
+  dst: str,
+  *,
+  density: str = 'light',
+  airlight: Optional[float] = None,
+  depth: Optional[str] = None,
+  seed: int = 0,
+  progress: bool = True,
+) -> int:
   """Writes the fogged `src` to `dst`; returns the number of frames.
 
   Raises FileNotFoundError / video_io.VideoError naming `src`, ValueError for bad options.
@@ -96,16 +109,19 @@ def fog_video(src: str, dst: str, *, density: str = 'light', airlight: Optional[
     raise FileNotFoundError(f'{src}: no such file')
   ext = os.path.splitext(dst)[1].lower()
   if ext not in CODECS:
-    raise ValueError(f'{dst}: unsupported output format {ext or "(no extension)"}; supported: '
-                     '.mp4, .mkv, .mov (H.264), .avi (MPEG-4)')
+    raise ValueError(
+      f'{dst}: unsupported output format {ext or "(no extension)"}; supported: '
+      '.mp4, .mkv, .mov (H.264), .avi (MPEG-4)'
+    )
   info = video_io.probe(src)  # VideoError naming the file when it is not a video
   params = fog_params(density, airlight, seed)
   d, heterogeneous = load_depth(depth, info.height, info.width)
   if os.path.abspath(src) == os.path.abspath(dst):
     raise ValueError(f'{dst}: the output must not overwrite the input')
   codec = CODECS[ext]
-  bar = metrics_lib.Progress(max(info.num_frames, 1), enabled=progress, stream=sys.stderr,
-                             unit='frame')
+  bar = metrics_lib.Progress(
+    max(info.num_frames, 1), enabled=progress, stream=sys.stderr, unit='frame'
+  )
 
   def fogged():
     frames = video_io.iter_frames(src)
@@ -116,8 +132,14 @@ def fog_video(src: str, dst: str, *, density: str = 'light', airlight: Optional[
       chunk = list(itertools.islice(frames, CHUNK_FRAMES))
       if not chunk:
         return
-      out = fog_lib.apply_fog(np.stack(chunk), intensity=params, seed=seed, depth=d,
-                              heterogeneous=heterogeneous, start_frame=start)
+      out = fog_lib.apply_fog(
+        np.stack(chunk),
+        intensity=params,
+        seed=seed,
+        depth=d,
+        heterogeneous=heterogeneous,
+        start_frame=start,
+      )
       yield from out
       start += len(chunk)
       # On a terminal the bar redraws; in a log a line every ~10 %.
@@ -129,8 +151,9 @@ def fog_video(src: str, dst: str, *, density: str = 'light', airlight: Optional[
   # The container follows the extension, so the temporary file keeps it.
   partial = os.path.join(directory, f'.{os.path.splitext(name)[0]}.partial-{os.getpid()}{ext}')
   try:
-    n = video_io.write_video(partial, fogged(), info.fps, codec=codec,
-                             quality=2 if codec == 'mpeg4' else 18)  # both near-transparent
+    n = video_io.write_video(
+      partial, fogged(), info.fps, codec=codec, quality=2 if codec == 'mpeg4' else 18
+    )  # both near-transparent
     os.replace(partial, dst)
   except BaseException:
     if os.path.exists(partial):
@@ -189,25 +212,43 @@ def _interrupts():
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m fognet_jax.fog_video',
-      description='Adds atmospheric-scattering-model fog to a video (as the dataset builders do).')
+    prog='python -m fognet_jax.fog_video',
+    description='Adds atmospheric-scattering-model fog to a video (as the dataset builders do).',
+  )
   parser.add_argument('input', help='clean video (any format FFmpeg reads)')
   parser.add_argument('output', help='foggy video to write (.mp4, .mkv, .mov: H.264; .avi: MPEG-4)')
-  parser.add_argument('--density', default='light',
-                      help="'light', 'dense' (the builders' presets) or beta, a number (default light)")
-  parser.add_argument('--airlight', type=float, default=None,
-                      help='atmospheric light A in [0, 1] (default: the preset draw, or 0.8)')
-  parser.add_argument('--depth', default=None,
-                      help="'homogeneous' (one transmission for every pixel) or an (H, W) .npy "
-                           'relative-distance map (default: the ground-plane prior)')
+  parser.add_argument(
+    '--density',
+    default='light',
+    help="'light', 'dense' (the builders' presets) or beta, a number (default light)",
+  )
+  parser.add_argument(
+    '--airlight',
+    type=float,
+    default=None,
+    help='atmospheric light A in [0, 1] (default: the preset draw, or 0.8)',
+  )
+  parser.add_argument(
+    '--depth',
+    default=None,
+    help="'homogeneous' (one transmission for every pixel) or an (H, W) .npy "
+    'relative-distance map (default: the ground-plane prior)',
+  )
   parser.add_argument('--seed', type=int, default=0, help='seed of the fog draw (default 0)')
-  parser.add_argument('--verbose', action='store_true',
-                      help="show the libraries' log messages and warnings")
+  parser.add_argument(
+    '--verbose', action='store_true', help="show the libraries' log messages and warnings"
+  )
   args = parser.parse_args(argv)
   with _interrupts() as received, _library_output(args.verbose):
     try:
-      n = fog_video(args.input, args.output, density=args.density, airlight=args.airlight,
-                    depth=args.depth, seed=args.seed)
+      n = fog_video(
+        args.input,
+        args.output,
+        density=args.density,
+        airlight=args.airlight,
+        depth=args.depth,
+        seed=args.seed,
+      )
     except (FileNotFoundError, ValueError, video_io.VideoError) as e:
       print(f'error: {e}', file=sys.stderr)
       return 1

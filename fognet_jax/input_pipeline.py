@@ -29,6 +29,7 @@ pass the eval filters (``data.eval_fog`` / ``data.eval_perspective``; the traini
 filters never apply here). Examples are split into contiguous per-process chunks;
 every process yields the same number of batches, the last ones padded (``mask`` False).
 """
+
 from __future__ import annotations
 
 import math
@@ -44,11 +45,11 @@ from absl import flags
 from fognet_jax import augment
 from fognet_jax import records
 
-WORKER_TYPES = ("thread", "process")
+WORKER_TYPES = ('thread', 'process')
 # Per-process training samples of an iterator: endless for any run (2**48 / batch steps).
 _ENDLESS = 1 << 48
 _CACHED_STEPS = 64  # sample ids of this many steps kept, for the examples of one step
-_PROFILING_FLAG = "grain_enable_multiprocess_worker_profiling"
+_PROFILING_FLAG = 'grain_enable_multiprocess_worker_profiling'
 
 
 def _process(process_index, process_count):
@@ -61,11 +62,21 @@ def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch, 7]).permutation(n)
 
 
-def train_sample_ids(num_examples: int, *, batch_size: int, seed: int, step: int,
-                     process_index: int, process_count: int) -> tuple[np.ndarray, np.ndarray]:
+def train_sample_ids(
+  num_examples: int,
+  *,
+  batch_size: int,
+  seed: int,
+  step: int,
+  process_index: int,
+  process_count: int,
+) -> tuple[np.ndarray, np.ndarray]:
   """(global sample numbers g, positions into the filtered index list) of one batch."""
-  g = (step * batch_size * process_count + process_index * batch_size
-       + np.arange(batch_size, dtype=np.int64))
+  g = (
+    step * batch_size * process_count
+    + process_index * batch_size
+    + np.arange(batch_size, dtype=np.int64)
+  )
   epochs = g // num_examples
   pos = np.empty_like(g)
   for e in np.unique(epochs):
@@ -86,8 +97,11 @@ class _Item:
 
   def __init__(self, source, data_cfg, split: Optional[str], pixels_on_device: bool):
     self.source, self.data_cfg, self.pixels_on_device = source, data_cfg, pixels_on_device
-    self.where = ("the given source" if split is None
-                  else f"config.data.dataset {data_cfg.dataset!r}, split {split!r}")
+    self.where = (
+      'the given source'
+      if split is None
+      else f'config.data.dataset {data_cfg.dataset!r}, split {split!r}'
+    )
 
   def load(self, index: int, *args):
     """``self.make(example, *args)`` of example `index`, errors naming the example."""
@@ -96,15 +110,26 @@ class _Item:
     except MemoryError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"{self.where}: example {index}: {type(e).__name__}: {e}") from e
+      raise ValueError(f'{self.where}: example {index}: {type(e).__name__}: {e}') from e
 
 
 class _TrainItem(_Item):
   """Per-process sample number k (row k % B of step k // B) -> one training pair."""
 
-  def __init__(self, source, data_cfg, split, *, indices: np.ndarray, batch_size: int,
-               seed: int, process_index: int, process_count: int, swap: np.ndarray,
-               pixels_on_device: bool = False):
+  def __init__(
+    self,
+    source,
+    data_cfg,
+    split,
+    *,
+    indices: np.ndarray,
+    batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    swap: np.ndarray,
+    pixels_on_device: bool = False,
+  ):
     super().__init__(source, data_cfg, split, pixels_on_device)
     self.indices, self.batch_size, self.seed = indices, batch_size, seed
     self.process_index, self.process_count, self.swap = process_index, process_count, swap
@@ -116,7 +141,7 @@ class _TrainItem(_Item):
 
   def __getstate__(self):
     state = dict(self.__dict__)
-    del state["_lock"], state["_steps"]
+    del state['_lock'], state['_steps']
     return state
 
   def __setstate__(self, state):
@@ -129,10 +154,14 @@ class _TrainItem(_Item):
     with self._lock:  # the rows of one step share their ids, computed once
       ids = self._steps.get(step)
       if ids is None:
-        g, pos = train_sample_ids(len(self.indices), batch_size=self.batch_size,
-                                  seed=self.seed, step=step,
-                                  process_index=self.process_index,
-                                  process_count=self.process_count)
+        g, pos = train_sample_ids(
+          len(self.indices),
+          batch_size=self.batch_size,
+          seed=self.seed,
+          step=step,
+          process_index=self.process_index,
+          process_count=self.process_count,
+        )
         ids = self._steps[step] = (g, self.indices[pos])
         if len(self._steps) > _CACHED_STEPS:
           del self._steps[min(self._steps)]
@@ -146,14 +175,14 @@ class _TrainItem(_Item):
     rng = np.random.default_rng([self.seed, g, 13])
     if self.pixels_on_device:
       clean, foggy, cj, flipped = augment.sample_train_pair(ex, self.data_cfg, rng)
-      item = {"clean": clean, "foggy": foggy, "color": augment.color_affines(cj)}
+      item = {'clean': clean, 'foggy': foggy, 'color': augment.color_affines(cj)}
     else:
       clean, foggy, flipped = augment.make_train_pair(ex, self.data_cfg, rng, return_flip=True)
-      item = {"clean": clean, "foggy": foggy}
-    label = int(ex["label"])
+      item = {'clean': clean, 'foggy': foggy}
+    label = int(ex['label'])
     if flipped and label < len(self.swap):
       label = int(self.swap[label])
-    item["label"] = np.int32(label)
+    item['label'] = np.int32(label)
     return item
 
 
@@ -161,8 +190,16 @@ class _EvalItem(_Item):
   """Per-process row k -> {'frames': views of one stream, 'label', 'mask'}; rows past this
   process's examples are padding (zeros, ``mask`` False)."""
 
-  def __init__(self, source, data_cfg, split, *, indices: np.ndarray, stream: str,
-               pixels_on_device: bool = False):
+  def __init__(
+    self,
+    source,
+    data_cfg,
+    split,
+    *,
+    indices: np.ndarray,
+    stream: str,
+    pixels_on_device: bool = False,
+  ):
     super().__init__(source, data_cfg, split, pixels_on_device)
     self.indices, self.stream = indices, stream
 
@@ -171,13 +208,17 @@ class _EvalItem(_Item):
       return self.load(int(self.indices[k]))
     d = self.data_cfg
     shape = (d.num_clips * d.num_crops, d.num_frames, d.image_size, d.image_size, 3)
-    return {"frames": np.zeros(shape, _frame_dtype(self.pixels_on_device)),
-            "label": np.int32(0), "mask": np.bool_(False)}
+    return {
+      'frames': np.zeros(shape, _frame_dtype(self.pixels_on_device)),
+      'label': np.int32(0),
+      'mask': np.bool_(False),
+    }
 
   def make(self, ex) -> dict:
-    views = augment.make_eval_views(ex, self.data_cfg, stream=self.stream,
-                                    uint8=self.pixels_on_device)
-    return {"frames": views, "label": np.int32(ex["label"]), "mask": np.bool_(True)}
+    views = augment.make_eval_views(
+      ex, self.data_cfg, stream=self.stream, uint8=self.pixels_on_device
+    )
+    return {'frames': views, 'label': np.int32(ex['label']), 'mask': np.bool_(True)}
 
 
 def _init_worker(worker_index: int, worker_count: int) -> None:
@@ -187,7 +228,7 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   # The worker only decodes and augments with NumPy / PIL; should anything call into jax
   # there, it must not claim the accelerator the parent trains on.
-  jax.config.update("jax_platforms", "cpu")
+  jax.config.update('jax_platforms', 'cpu')
 
 
 class Batches:
@@ -204,13 +245,14 @@ class Batches:
     try:
       return next(self._it)
     except RuntimeError as e:
-      if self._worker_type == "process" and "terminated unexpectedly" in str(e):
+      if self._worker_type == 'process' and 'terminated unexpectedly' in str(e):
         raise RuntimeError(
-            "an input-pipeline worker process died (config.data.worker_type='process'): killed "
-            "(e.g. out of memory: fewer config.data.num_workers), or it failed to start. Workers "
-            "are spawned and import the main module again: a script that starts training when "
-            "imported needs `if __name__ == '__main__':`. config.data.worker_type='thread' runs "
-            "the workers as threads") from e
+          "an input-pipeline worker process died (config.data.worker_type='process'): killed "
+          '(e.g. out of memory: fewer config.data.num_workers), or it failed to start. Workers '
+          'are spawned and import the main module again: a script that starts training when '
+          "imported needs `if __name__ == '__main__':`. config.data.worker_type='thread' runs "
+          'the workers as threads'
+        ) from e
       raise
 
   def get_state(self):
@@ -234,29 +276,41 @@ def _grain_flag_defaults() -> None:
 
 def _loader(data_cfg, samples: grain.MapDataset, item, batch_size: int) -> Batches:
   """`samples` mapped by `item`, in batches of `batch_size`, by the configured workers."""
-  kind = data_cfg.get("worker_type", "thread")
+  kind = data_cfg.get('worker_type', 'thread')
   if kind not in WORKER_TYPES:
-    raise ValueError(f"config.data.worker_type must be one of {WORKER_TYPES}, got {kind!r}")
-  workers, prefetch = data_cfg.num_workers, data_cfg.get("prefetch", 2)
+    raise ValueError(f'config.data.worker_type must be one of {WORKER_TYPES}, got {kind!r}')
+  workers, prefetch = data_cfg.num_workers, data_cfg.get('prefetch', 2)
   examples = samples.map(item)
-  if kind == "thread":
+  if kind == 'thread':
     ahead = max((prefetch + 1) * batch_size, workers)
     ds = examples.to_iter_dataset(
-        grain.ReadOptions(num_threads=workers, prefetch_buffer_size=ahead)).batch(batch_size)
+      grain.ReadOptions(num_threads=workers, prefetch_buffer_size=ahead)
+    ).batch(batch_size)
   else:  # whole batches per worker: which examples form a batch never depends on the workers
     ds = examples.batch(batch_size).to_iter_dataset(
-        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+      grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    )
     ds = ds.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=workers,
-                                     per_worker_buffer_size=max(1, -(-prefetch // workers))),
-        worker_init_fn=_init_worker)
+      grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=max(1, -(-prefetch // workers))
+      ),
+      worker_init_fn=_init_worker,
+    )
     _grain_flag_defaults()
   return Batches(iter(ds), kind)
 
 
-def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
-                   process_index: Optional[int] = None, process_count: Optional[int] = None,
-                   source=None, pixels_on_device: bool = False) -> Batches:
+def train_iterator(
+  data_cfg,
+  *,
+  batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: Optional[int] = None,
+  process_count: Optional[int] = None,
+  source=None,
+  pixels_on_device: bool = False,
+) -> Batches:
   """Endless iterator of per-process training batches, from step `start_step` on.
 
   Yields {'clean': (B, T, S, S, 3), 'foggy': same, 'label': (B,) int32}: with
@@ -268,27 +322,40 @@ def train_iterator(data_cfg, *, batch_size: int, seed: int, start_step: int = 0,
   'clean' / 'foggy' frame lists and 'label') replaces the dataset, for tests.
   """
   if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   pi, pc = _process(process_index, process_count)
   named_split = None if source is not None else data_cfg.train_split
   if source is None:
     info = records.prepare(data_cfg)
     source = records.source(data_cfg, data_cfg.train_split)
-    indices = records.indices(data_cfg, data_cfg.train_split, "train")
-    swap = augment.flip_table(data_cfg, info.class_names, getattr(type(info.builder), "MIRROR_CLASS_PAIRS", ()))
+    indices = records.indices(data_cfg, data_cfg.train_split, 'train')
+    swap = augment.flip_table(
+      data_cfg, info.class_names, getattr(type(info.builder), 'MIRROR_CLASS_PAIRS', ())
+    )
   else:
     indices = np.arange(len(source))
     swap = augment.flip_table(data_cfg, None)
   if len(indices) == 0:
-    raise ValueError("config.data: the training split is empty after filtering")
-  item = _TrainItem(source, data_cfg, named_split, indices=indices, batch_size=batch_size,
-                    seed=seed, process_index=pi, process_count=pc, swap=swap,
-                    pixels_on_device=pixels_on_device)
+    raise ValueError('config.data: the training split is empty after filtering')
+  item = _TrainItem(
+    source,
+    data_cfg,
+    named_split,
+    indices=indices,
+    batch_size=batch_size,
+    seed=seed,
+    process_index=pi,
+    process_count=pc,
+    swap=swap,
+    pixels_on_device=pixels_on_device,
+  )
   samples = grain.MapDataset.range(start_step * batch_size, _ENDLESS)
   return _loader(data_cfg, samples, item, batch_size)
 
 
-def eval_process_range(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
+def eval_process_range(
+  num_examples: int, process_index: int, process_count: int
+) -> tuple[int, int]:
   """Contiguous [start, stop) of the examples a process evaluates."""
   per = math.ceil(num_examples / process_count)
   return min(num_examples, process_index * per), min(num_examples, (process_index + 1) * per)
@@ -299,10 +366,17 @@ def num_eval_batches(num_examples: int, batch_size: int, process_count: int) -> 
   return math.ceil(math.ceil(num_examples / process_count) / batch_size)
 
 
-def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
-                  process_index: Optional[int] = None, process_count: Optional[int] = None,
-                  source=None, stream: str = "foggy",
-                  pixels_on_device: bool = False) -> Batches:
+def eval_iterator(
+  data_cfg,
+  *,
+  split: Optional[str] = None,
+  batch_size: int,
+  process_index: Optional[int] = None,
+  process_count: Optional[int] = None,
+  source=None,
+  stream: str = 'foggy',
+  pixels_on_device: bool = False,
+) -> Batches:
   """Finite iterator of single-stream evaluation batches.
 
   Yields {'frames': (B, V, T, S, S, 3), 'label': (B,) int32, 'mask': (B,) bool} (the frames
@@ -311,20 +385,26 @@ def eval_iterator(data_cfg, *, split: Optional[str] = None, batch_size: int,
   of `stream` ('foggy', or 'clean' for a clean-test row); the other stream is never decoded.
   """
   if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   if stream not in augment.STREAMS:
-    raise ValueError(f"stream must be one of {augment.STREAMS}, got {stream!r}")
+    raise ValueError(f'stream must be one of {augment.STREAMS}, got {stream!r}')
   split = split or data_cfg.eval_split
   pi, pc = _process(process_index, process_count)
   named_split = None if source is not None else split  # for errors: a given source has none
   if source is None:
     records.prepare(data_cfg)
     source = records.source(data_cfg, split)
-    indices = records.indices(data_cfg, split, "eval")
+    indices = records.indices(data_cfg, split, 'eval')
   else:
     indices = np.arange(len(source))
   start, stop = eval_process_range(len(indices), pi, pc)
-  item = _EvalItem(source, data_cfg, named_split, indices=indices[start:stop], stream=stream,
-                   pixels_on_device=pixels_on_device)
+  item = _EvalItem(
+    source,
+    data_cfg,
+    named_split,
+    indices=indices[start:stop],
+    stream=stream,
+    pixels_on_device=pixels_on_device,
+  )
   rows = num_eval_batches(len(indices), batch_size, pc) * batch_size
   return _loader(data_cfg, grain.MapDataset.range(rows), item, batch_size)

@@ -27,6 +27,7 @@ depends on ``k`` and ``y_k = y_b``, both expressions equal a plain average over 
 videos; the implementation nevertheless follows the equations literally with a
 same-class mask, and the tests compare against a loop over ``b`` and ``k in k_b``.)
 """
+
 from __future__ import annotations
 
 import functools
@@ -81,8 +82,9 @@ def text_to_video_loss(logits: Array, labels: Array) -> Array:
   return -_same_class_mean(log_p_true, labels)
 
 
-def video_text_loss(video: Array, text: Array, logit_scale: Array, labels: Array,
-                    max_logit_scale: float = 100.0) -> tuple[Array, dict[str, Array]]:
+def video_text_loss(
+  video: Array, text: Array, logit_scale: Array, labels: Array, max_logit_scale: float = 100.0
+) -> tuple[Array, dict[str, Array]]:
   """Eq. 10 (negated): ``L = L^T2V + L^V2T`` for one stream.
 
   Returns:
@@ -92,7 +94,7 @@ def video_text_loss(video: Array, text: Array, logit_scale: Array, labels: Array
   t2v = text_to_video_loss(logits, labels)
   v2t = video_to_text_loss(logits, labels)
   acc = jnp.mean((jnp.argmax(logits, axis=1) == labels).astype(jnp.float32))
-  return t2v + v2t, {"t2v": t2v, "v2t": v2t, "accuracy": acc}
+  return t2v + v2t, {'t2v': t2v, 'v2t': v2t, 'accuracy': acc}
 
 
 def _kl_to_target(logits: Array, target: Array) -> Array:
@@ -102,8 +104,9 @@ def _kl_to_target(logits: Array, target: Array) -> Array:
   return jnp.mean(jnp.sum(jnp.where(target > 0, target * (jnp.log(safe) - log_p), 0.0), axis=1))
 
 
-def actionclip_kl_loss(video: Array, text: Array, logit_scale: Array, labels: Array,
-                       max_logit_scale: float = 100.0) -> tuple[Array, dict[str, Array]]:
+def actionclip_kl_loss(
+  video: Array, text: Array, logit_scale: Array, labels: Array, max_logit_scale: float = 100.0
+) -> tuple[Array, dict[str, Array]]:
   """ActionCLIP's loss (its ``KLLoss`` with ``gen_label``), per-sample prompts.
 
   ``s[i, j] = scale * cos(video_i, text_j)`` over the B videos and the B prompts of the batch
@@ -117,18 +120,20 @@ def actionclip_kl_loss(video: Array, text: Array, logit_scale: Array, labels: Ar
   """
   labels = jnp.asarray(labels, jnp.int32)
   if text.ndim != 2 or text.shape[0] != video.shape[0]:
-    raise ValueError(f"actionclip_kl_loss needs one prompt embedding per video, got video "
-                     f"{video.shape} and text {text.shape}")
+    raise ValueError(
+      f'actionclip_kl_loss needs one prompt embedding per video, got video '
+      f'{video.shape} and text {text.shape}'
+    )
   logits = similarity_logits(video, text, logit_scale, max_logit_scale)  # (B, B)
   same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
   target = same / jnp.sum(same, axis=1, keepdims=True)
   v2t = _kl_to_target(logits, target)
   t2v = _kl_to_target(logits.T, target)
   acc = jnp.mean((labels[jnp.argmax(logits, axis=1)] == labels).astype(jnp.float32))
-  return 0.5 * (v2t + t2v), {"t2v": t2v, "v2t": v2t, "accuracy": acc}
+  return 0.5 * (v2t + t2v), {'t2v': t2v, 'v2t': v2t, 'accuracy': acc}
 
 
-VIDEO_TEXT_LOSSES = {"fognet": video_text_loss, "actionclip_kl": actionclip_kl_loss}
+VIDEO_TEXT_LOSSES = {'fognet': video_text_loss, 'actionclip_kl': actionclip_kl_loss}
 
 
 def temporal_alignment_loss(frames_f: Array, frames_c: Array, temperature: float) -> Array:
@@ -144,11 +149,12 @@ def temporal_alignment_loss(frames_f: Array, frames_c: Array, temperature: float
     temperature: τ > 0.
   """
   if frames_f.shape != frames_c.shape:
-    raise ValueError(f"foggy and clean frame embeddings differ in shape: "
-                     f"{frames_f.shape} vs {frames_c.shape}")
+    raise ValueError(
+      f'foggy and clean frame embeddings differ in shape: {frames_f.shape} vs {frames_c.shape}'
+    )
   f = l2_normalize(frames_f)
   c = l2_normalize(frames_c)
-  s = jnp.einsum("bid,bjd->bij", f, c) / temperature  # (B, T, T)
+  s = jnp.einsum('bid,bjd->bij', f, c) / temperature  # (B, T, T)
   log_p = s - jax.nn.logsumexp(s, axis=2, keepdims=True)
   diag = jnp.diagonal(log_p, axis1=1, axis2=2)  # (B, T)
   return -jnp.mean(diag)
@@ -160,12 +166,16 @@ def _tile_labels(labels: Array, n: int, what: str) -> Array:
   if n == b:
     return labels
   if n % b:
-    raise ValueError(f"{what} has {n} videos but there are {b} labels")
+    raise ValueError(f'{what} has {n} videos but there are {b} labels')
   return jnp.tile(labels, n // b)
 
 
-def fognet_loss(outputs: Mapping[str, Any], labels: Array, loss_cfg: ml_collections.ConfigDict,
-                model_cfg: ml_collections.ConfigDict) -> tuple[Array, dict[str, Array]]:
+def fognet_loss(
+  outputs: Mapping[str, Any],
+  labels: Array,
+  loss_cfg: ml_collections.ConfigDict,
+  model_cfg: ml_collections.ConfigDict,
+) -> tuple[Array, dict[str, Array]]:
   """Eq. 11: ``L_all = L_f + λ L_c + β L_temp`` (float32), with every term reported.
 
   Args:
@@ -185,45 +195,58 @@ def fognet_loss(outputs: Mapping[str, Any], labels: Array, loss_cfg: ml_collecti
   """
   labels = jnp.asarray(labels, jnp.int32)
   max_scale = float(loss_cfg.max_logit_scale)
-  kind = loss_cfg.get("kind", "fognet")
+  kind = loss_cfg.get('kind', 'fognet')
   term = VIDEO_TEXT_LOSSES[kind]
-  text = outputs["text"]
-  logit_scale = outputs["logit_scale"]
+  text = outputs['text']
+  logit_scale = outputs['logit_scale']
   zero = jnp.zeros((), jnp.float32)
 
-  video_f = outputs["video_f"]
+  video_f = outputs['video_f']
   text_f = text
-  if kind == "actionclip_kl" and video_f.shape[0] != text.shape[0]:
+  if kind == 'actionclip_kl' and video_f.shape[0] != text.shape[0]:
     # 'clean+foggy' stacks both streams: the two videos of a pair share the sample's prompt
     text_f = jnp.tile(text, (video_f.shape[0] // text.shape[0], 1))
-  loss_f, parts_f = term(video_f, text_f, logit_scale,
-                         _tile_labels(labels, video_f.shape[0], "outputs['video_f']"), max_scale)
-  metrics = {"loss_f": loss_f, "loss_f_t2v": parts_f["t2v"], "loss_f_v2t": parts_f["v2t"],
-             "accuracy_f": parts_f["accuracy"]}
+  loss_f, parts_f = term(
+    video_f,
+    text_f,
+    logit_scale,
+    _tile_labels(labels, video_f.shape[0], "outputs['video_f']"),
+    max_scale,
+  )
+  metrics = {
+    'loss_f': loss_f,
+    'loss_f_t2v': parts_f['t2v'],
+    'loss_f_v2t': parts_f['v2t'],
+    'accuracy_f': parts_f['accuracy'],
+  }
 
-  if outputs.get("video_c") is not None:
-    loss_c, parts_c = term(outputs["video_c"], text, logit_scale, labels, max_scale)
-    metrics.update(loss_c_t2v=parts_c["t2v"], loss_c_v2t=parts_c["v2t"],
-                   accuracy_c=parts_c["accuracy"])
+  if outputs.get('video_c') is not None:
+    loss_c, parts_c = term(outputs['video_c'], text, logit_scale, labels, max_scale)
+    metrics.update(
+      loss_c_t2v=parts_c['t2v'], loss_c_v2t=parts_c['v2t'], accuracy_c=parts_c['accuracy']
+    )
   else:
     loss_c = zero
     metrics.update(loss_c_t2v=zero, loss_c_v2t=zero, accuracy_c=zero)
-  metrics["loss_c"] = loss_c
+  metrics['loss_c'] = loss_c
 
-  use_temp = model_cfg.arch == "fognet" and bool(model_cfg.csa.enabled)
+  use_temp = model_cfg.arch == 'fognet' and bool(model_cfg.csa.enabled)
   if use_temp:
-    if outputs.get("frames_f") is None or outputs.get("frames_c") is None:
-      raise ValueError("model.csa.enabled is set but the model outputs have no "
-                       "'frames_f'/'frames_c' (were they made with a different model config?)")
-    loss_temp = temporal_alignment_loss(outputs["frames_f"], outputs["frames_c"],
-                                        float(loss_cfg.temp_temperature))
+    if outputs.get('frames_f') is None or outputs.get('frames_c') is None:
+      raise ValueError(
+        'model.csa.enabled is set but the model outputs have no '
+        "'frames_f'/'frames_c' (were they made with a different model config?)"
+      )
+    loss_temp = temporal_alignment_loss(
+      outputs['frames_f'], outputs['frames_c'], float(loss_cfg.temp_temperature)
+    )
   else:
     loss_temp = zero
-  metrics["loss_temp"] = loss_temp
+  metrics['loss_temp'] = loss_temp
 
   total = loss_f + float(loss_cfg.lambda_clean) * loss_c + float(loss_cfg.beta_temp) * loss_temp
-  metrics["loss"] = total
-  metrics["logit_scale"] = jnp.minimum(jnp.exp(jnp.asarray(logit_scale, jnp.float32)), max_scale)
+  metrics['loss'] = total
+  metrics['logit_scale'] = jnp.minimum(jnp.exp(jnp.asarray(logit_scale, jnp.float32)), max_scale)
   return total, metrics
 
 

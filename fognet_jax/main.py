@@ -21,6 +21,7 @@ This module assembles a run once (`setup`: processes, mesh, validation, data, pr
 model, the loss and the iterators) and hands the pieces to `train.train` and
 `evaluate.evaluate_state`, which never reach back up.
 """
+
 import dataclasses
 import difflib
 import json
@@ -63,17 +64,26 @@ def define_flags() -> None:
   """Command-line flags; defined only when run as a program, so that importing this module
   (predict, notebooks, the experiments runner) leaves the global absl flags alone."""
   config_flags.DEFINE_config_file(
-      'config', None, 'Experiment config file, optionally `file.py:variant`.', lock_config=True)
+    'config', None, 'Experiment config file, optionally `file.py:variant`.', lock_config=True
+  )
   flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, results.')
-  flags.DEFINE_enum('mode', 'train_and_eval', ['train', 'train_and_eval', 'train_only', 'eval'],
-                    'What to do (train = train_and_eval).')
-  flags.DEFINE_string('checkpoint', None,
-                      'eval only: checkpoint step or directory (default: latest).')
-  flags.DEFINE_string('output_dir', None,
-                      'eval only: where results.json goes (default: --workdir).')
-  flags.DEFINE_list('quiet_libraries', ['orbax', 'tensorflow_datasets'],
-                    'Libraries whose INFO log lines are dropped from the console (warnings '
-                    'still show).')
+  flags.DEFINE_enum(
+    'mode',
+    'train_and_eval',
+    ['train', 'train_and_eval', 'train_only', 'eval'],
+    'What to do (train = train_and_eval).',
+  )
+  flags.DEFINE_string(
+    'checkpoint', None, 'eval only: checkpoint step or directory (default: latest).'
+  )
+  flags.DEFINE_string(
+    'output_dir', None, 'eval only: where results.json goes (default: --workdir).'
+  )
+  flags.DEFINE_list(
+    'quiet_libraries',
+    ['orbax', 'tensorflow_datasets'],
+    'Libraries whose INFO log lines are dropped from the console (warnings still show).',
+  )
   flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -137,8 +147,13 @@ class _HeldLog:
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 # What a user fixes from the message alone: one `error:` line, no traceback.
-USER_ERRORS = (config_lib.ConfigError, records.DataError, checkpointing.CheckpointError,
-               checkpointing.WorkdirLockedError, FileNotFoundError)
+USER_ERRORS = (
+  config_lib.ConfigError,
+  records.DataError,
+  checkpointing.CheckpointError,
+  checkpointing.WorkdirLockedError,
+  FileNotFoundError,
+)
 
 
 def print_error(message) -> None:
@@ -233,9 +248,10 @@ CLASS_NAMES_FILE = 'class_names.json'  # in the workdir: the label order of the 
 @dataclasses.dataclass
 class Run:
   """What every mode needs, built once from the config."""
+
   mesh: jax.sharding.Mesh
   data: records.DataInfo
-  prompt_tokens: np.ndarray     # (K, C, L) class prompts, one row per template
+  prompt_tokens: np.ndarray  # (K, C, L) class prompts, one row per template
   steps: train.StepCounts
 
 
@@ -261,11 +277,12 @@ def check_vocabulary(config: ml_collections.ConfigDict) -> None:
   vocab = weights.clip_config(config.model).vocab_size
   if tok.vocab_size > vocab:
     raise ValueError(
-        f'config: model.tokenizer.kind={config.model.tokenizer.kind!r} gives token ids up to '
-        f'{tok.vocab_size - 1}, but the text tower has {vocab} token embeddings '
-        f'(model.backbone={config.model.backbone!r}, model.clip_overrides.vocab_size='
-        f'{config.model.clip_overrides.get("vocab_size")}); set '
-        f'model.clip_overrides.vocab_size={tok.vocab_size}')
+      f'config: model.tokenizer.kind={config.model.tokenizer.kind!r} gives token ids up to '
+      f'{tok.vocab_size - 1}, but the text tower has {vocab} token embeddings '
+      f'(model.backbone={config.model.backbone!r}, model.clip_overrides.vocab_size='
+      f'{config.model.clip_overrides.get("vocab_size")}); set '
+      f'model.clip_overrides.vocab_size={tok.vocab_size}'
+    )
 
 
 def class_prompt_tokens(config: ml_collections.ConfigDict, class_names) -> np.ndarray:
@@ -273,7 +290,7 @@ def class_prompt_tokens(config: ml_collections.ConfigDict, class_names) -> np.nd
   tok = tokenizer_lib.get_tokenizer(config.model.tokenizer.kind, path=config.model.tokenizer.path)
   tokens = prompts.tokenize_classes(class_names, tok)
   if config.train.num_templates > 0:
-    tokens = tokens[:config.train.num_templates]
+    tokens = tokens[: config.train.num_templates]
   # The text tower is causal: positions after every prompt's end-of-text token change
   # nothing and are not computed.
   return prompts.trim_context(tokens)
@@ -281,18 +298,23 @@ def class_prompt_tokens(config: ml_collections.ConfigDict, class_names) -> np.nd
 
 def create_model(config: ml_collections.ConfigDict) -> fognet.FogNet:
   """The model of `config`, built with the perf block's attention and residual stream."""
-  return weights.create_model(config.model, rngs=nnx.Rngs(config.seed),
-                             attention_impl=config.perf.attention_impl,
-                             residual_dtype=config.perf.residual_dtype)
+  return weights.create_model(
+    config.model,
+    rngs=nnx.Rngs(config.seed),
+    attention_impl=config.perf.attention_impl,
+    residual_dtype=config.perf.residual_dtype,
+  )
 
 
-def restore_state(config: ml_collections.ConfigDict, mesh, run_dir: str,
-                  step: Optional[int] = None):
+def restore_state(
+  config: ml_collections.ConfigDict, mesh, run_dir: str, step: Optional[int] = None
+):
   """(graphdef, train state) of checkpoint `step` (None = the latest) of `run_dir`."""
   model = create_model(config)
   # The schedule's values are not part of the state; any schedule gives the same structure.
-  graphdef, state, _, _ = train.build_state(config, mesh, model,
-                                            train.make_schedule(config.train, 1, 0))
+  graphdef, state, _, _ = train.build_state(
+    config, mesh, model, train.make_schedule(config.train, 1, 0)
+  )
   del model
   ckpt = checkpointing.Checkpointer(run_dir, async_save=False)
   try:
@@ -314,18 +336,31 @@ def prompt_sampler(config: ml_collections.ConfigDict) -> train.PromptSampler:
 
 def _evaluate(config, run: Run, graphdef, state, output_dir: str) -> dict:
   batches = input_pipeline.eval_iterator(
-      config.data, batch_size=sharding.local_batch_size(config.eval.batch_size),
-      stream=config.eval.stream, pixels_on_device=config.perf.pixels_on_device)
-  results = evaluate.evaluate_state(config, graphdef, state, mesh=run.mesh,
-                                    class_names=run.data.class_names,
-                                    prompt_tokens=run.prompt_tokens, batches=batches,
-                                    workdir=output_dir)
+    config.data,
+    batch_size=sharding.local_batch_size(config.eval.batch_size),
+    stream=config.eval.stream,
+    pixels_on_device=config.perf.pixels_on_device,
+  )
+  results = evaluate.evaluate_state(
+    config,
+    graphdef,
+    state,
+    mesh=run.mesh,
+    class_names=run.data.class_names,
+    prompt_tokens=run.prompt_tokens,
+    batches=batches,
+    workdir=output_dir,
+  )
   return results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       evaluate_after: bool = True,
-                       on_start: Optional[Callable[[int], None]] = None) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  evaluate_after: bool = True,
+  on_start: Optional[Callable[[int], None]] = None,
+) -> dict:
   """Trains (resuming when possible), then evaluates on the foggy test split.
 
   Returns the evaluation results, also written to `<workdir>/results.json` ({} when the
@@ -346,14 +381,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   local_batch = sharding.local_batch_size(config.train.batch_size)
 
   def batches(start_step):
-    return input_pipeline.train_iterator(config.data, batch_size=local_batch, seed=config.seed,
-                                         start_step=start_step,
-                                         pixels_on_device=config.perf.pixels_on_device)
+    return input_pipeline.train_iterator(
+      config.data,
+      batch_size=local_batch,
+      seed=config.seed,
+      start_step=start_step,
+      pixels_on_device=config.perf.pixels_on_device,
+    )
 
   graphdef, state, last = train.train(
-      config, workdir, mesh=run.mesh, model=model, loss_fn=losses.make_loss_fn(config),
-      batches=batches, prompt_tokens=run.prompt_tokens, steps=run.steps,
-      prompt_sampler=prompt_sampler(config), on_start=started)
+    config,
+    workdir,
+    mesh=run.mesh,
+    model=model,
+    loss_fn=losses.make_loss_fn(config),
+    batches=batches,
+    prompt_tokens=run.prompt_tokens,
+    steps=run.steps,
+    prompt_sampler=prompt_sampler(config),
+    on_start=started,
+  )
   step = int(jax.device_get(state.step))
   if step < run.steps.total:
     metrics_lib.log_info('Training stopped early at step %d; not evaluating.', step)
@@ -367,10 +414,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return results
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
-                        checkpoint: Optional[str] = None,
-                        output_dir: Optional[str] = None,
-                        on_start: Optional[Callable[[int], None]] = None) -> dict:
+def evaluate_checkpoint(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  checkpoint: Optional[str] = None,
+  output_dir: Optional[str] = None,
+  on_start: Optional[Callable[[int], None]] = None,
+) -> dict:
   """Evaluates the latest checkpoint of `workdir` (or `checkpoint`: a step number or a path
   to `<run>/checkpoints[/<step>]`); writes results.json + confusion_matrix.png to
   `output_dir` (default: `workdir`). `on_start(step)` is called once it is restored."""
@@ -393,6 +444,7 @@ def main(argv):
   # Keep TensorFlow (used by the input pipeline) off accelerators.
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     tf.config.set_visible_devices([], 'GPU')
   except Exception:  # pylint: disable=broad-except
     pass
@@ -405,11 +457,17 @@ def main(argv):
   logging.info('Config:\n%s', config)
   try:
     if FLAGS.mode == 'eval':
-      evaluate_checkpoint(config, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
-                          output_dir=FLAGS.output_dir, on_start=held.release)
+      evaluate_checkpoint(
+        config,
+        FLAGS.workdir,
+        checkpoint=FLAGS.checkpoint,
+        output_dir=FLAGS.output_dir,
+        on_start=held.release,
+      )
     else:
-      train_and_evaluate(config, FLAGS.workdir, evaluate_after=FLAGS.mode != 'train_only',
-                         on_start=held.release)
+      train_and_evaluate(
+        config, FLAGS.workdir, evaluate_after=FLAGS.mode != 'train_only', on_start=held.release
+      )
   except USER_ERRORS as e:
     # The user's to fix, and the message says what: no traceback.
     held.discard()

@@ -3,6 +3,7 @@
 Only process 0 writes (summaries, history, console); the other processes get a writer that
 does nothing, so the training loop calls the same methods everywhere.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,12 @@ class MetricWriter:
         try:
           from flax.metrics import tensorboard as flax_tb  # pylint: disable=g-import-not-at-top
         except ImportError as e:  # flax's writer needs TensorFlow
-          logging.warning('No TensorBoard events in %s/tensorboard (%s); every scalar is in '
-                          '%s.', workdir, e, self._history_path)
+          logging.warning(
+            'No TensorBoard events in %s/tensorboard (%s); every scalar is in %s.',
+            workdir,
+            e,
+            self._history_path,
+          )
         else:
           self._tb = flax_tb.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
@@ -103,8 +108,16 @@ class Progress:
   call that carries metrics, so log files stay readable.
   """
 
-  def __init__(self, total_steps: int, start_step: int = 0, *, enabled: Optional[bool] = None,
-               stream=None, width: int = 24, unit: str = 'step'):
+  def __init__(
+    self,
+    total_steps: int,
+    start_step: int = 0,
+    *,
+    enabled: Optional[bool] = None,
+    stream=None,
+    width: int = 24,
+    unit: str = 'step',
+  ):
     self.total = max(int(total_steps), 1)
     self.start = int(start_step)
     self.enabled = (jax.process_index() == 0) if enabled is None else enabled
@@ -128,8 +141,10 @@ class Progress:
     bar = '#' * filled + '.' * (self.width - filled)
     elapsed = time.time() - self.t0
     rate = (step - self.start) / max(elapsed, 1e-9)
-    text = (f'[{bar}] {step}/{self.total} {100 * frac:5.1f}% {rate:.2f} {self.unit}/s '
-            f'elapsed {format_seconds(elapsed)} ETA {format_seconds(self.eta(step))}')
+    text = (
+      f'[{bar}] {step}/{self.total} {100 * frac:5.1f}% {rate:.2f} {self.unit}/s '
+      f'elapsed {format_seconds(elapsed)} ETA {format_seconds(self.eta(step))}'
+    )
     if metrics:
       keys = [k for k in ('loss', 'loss_f', 'loss_c', 'loss_temp', 'learning_rate') if k in metrics]
       text += ' ' + ' '.join(f'{k} {metrics[k]:.4g}' for k in keys)

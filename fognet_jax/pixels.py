@@ -16,6 +16,7 @@ contrast ``c x + (1 - c) / 2`` (mid-grey pivot), saturation ``s x + (1 - s) g(x)
 ``augment.color_affines`` builds the rows; ``augment.apply_color`` + ``augment.normalize``
 are the reference they match.
 """
+
 from __future__ import annotations
 
 import jax
@@ -32,8 +33,7 @@ def _affine(x: jax.Array, m: jax.Array) -> jax.Array:
   m = m.reshape(m.shape[:1] + (1,) * (x.ndim - 2) + m.shape[1:])  # (B, 1.., 3, 4)
   # Written as three multiply-adds, not a dot with a contraction of 3, so XLA fuses the whole
   # chain into one elementwise pass.
-  return (x[..., 0:1] * m[..., 0] + x[..., 1:2] * m[..., 1] + x[..., 2:3] * m[..., 2]
-          + m[..., 3])
+  return x[..., 0:1] * m[..., 0] + x[..., 1:2] * m[..., 1] + x[..., 2:3] * m[..., 2] + m[..., 3]
 
 
 def normalize(frames: jax.Array) -> jax.Array:
@@ -46,8 +46,10 @@ def normalize(frames: jax.Array) -> jax.Array:
 def apply_color(frames: jax.Array, color: jax.Array) -> jax.Array:
   """uint8 frames (B, ..., 3) and per-sample affine chains (B, COLOR_STEPS, 3, 4) -> float32."""
   if color.shape[1:] != (COLOR_STEPS, 3, 4) or color.shape[0] != frames.shape[0]:
-    raise ValueError(f'color must be ({frames.shape[0]}, {COLOR_STEPS}, 3, 4) for frames of '
-                     f'shape {frames.shape}, got {color.shape}')
+    raise ValueError(
+      f'color must be ({frames.shape[0]}, {COLOR_STEPS}, 3, 4) for frames of '
+      f'shape {frames.shape}, got {color.shape}'
+    )
   x = frames.astype(jnp.float32) * jnp.float32(1 / 255)
   for k in range(COLOR_STEPS - 1):
     x = jnp.clip(_affine(x, color[:, k]), 0.0, 1.0)

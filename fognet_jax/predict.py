@@ -24,6 +24,7 @@ missing labels file) are one `error:` line and exit status 1 before the model lo
 The command is quiet: no INFO log lines of the libraries (absl, JAX, Orbax), so stderr holds
 the `error:` lines (and warnings, if any); `--verbose` shows the libraries' log lines too.
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -62,10 +63,14 @@ def _define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Run directory (config.json, checkpoints/).')
   flags.DEFINE_string('checkpoint', None, 'Checkpoint step or directory (default: the latest).')
   flags.DEFINE_bool('json', False, 'One JSON object per video and line.')
-  flags.DEFINE_string('labels', None, 'Comma-separated action names to rank instead of the '
-                      "run's classes (open vocabulary).")
-  flags.DEFINE_string('labels_file', None, 'A file of action names, one a line, to rank '
-                      "instead of the run's classes.")
+  flags.DEFINE_string(
+    'labels',
+    None,
+    "Comma-separated action names to rank instead of the run's classes (open vocabulary).",
+  )
+  flags.DEFINE_string(
+    'labels_file', None, "A file of action names, one a line, to rank instead of the run's classes."
+  )
   flags.DEFINE_bool('verbose', False, "Show the libraries' log lines (absl, JAX, Orbax).")
 
 
@@ -73,8 +78,9 @@ class LabelError(ValueError):
   """Unusable --labels / --labels_file; the message is the user's error line."""
 
 
-def parse_labels(labels: Optional[str] = None,
-                 labels_file: Optional[str] = None) -> Optional[list[str]]:
+def parse_labels(
+  labels: Optional[str] = None, labels_file: Optional[str] = None
+) -> Optional[list[str]]:
   """The label list of `--labels` (comma-separated) or `--labels_file` (one a line); None
   when neither is given (the run's own classes)."""
   if labels is not None and labels_file is not None:
@@ -137,21 +143,27 @@ def load_class_names(config: ml_collections.ConfigDict, workdir: str) -> list[st
 class Predictor:
   """A trained run's model, prompts and test views, applied to one video at a time."""
 
-  def __init__(self, workdir: str, checkpoint: Optional[str] = None,
-               labels: Optional[Sequence[str]] = None):
+  def __init__(
+    self, workdir: str, checkpoint: Optional[str] = None, labels: Optional[Sequence[str]] = None
+  ):
     """`labels`: action names to rank instead of the run's classes (None: the run's)."""
     run_dir, step = checkpointing.locate(workdir, checkpoint)
     self.config = load_config(workdir)
-    self.class_names = (list(labels) if labels is not None
-                        else load_class_names(self.config, workdir))
+    self.class_names = (
+      list(labels) if labels is not None else load_class_names(self.config, workdir)
+    )
     self.mesh = sharding.make_mesh(1)
     self.graphdef, state = main_lib.restore_state(self.config, self.mesh, run_dir, step)
     self.params, self.rest = state.params, state.rest
     self.step = int(jax.device_get(state.step))
     self.text_emb = evaluate.encode_prompts(
-        self.graphdef, self.params, self.rest, mesh=self.mesh,
-        prompt_tokens=main_lib.class_prompt_tokens(self.config, self.class_names),
-        num_templates=self.config.eval.num_templates)
+      self.graphdef,
+      self.params,
+      self.rest,
+      mesh=self.mesh,
+      prompt_tokens=main_lib.class_prompt_tokens(self.config, self.class_names),
+      num_templates=self.config.eval.num_templates,
+    )
     self._predict = evaluate.make_predict_step(self.graphdef, self.mesh)
 
   def probabilities(self, path: str) -> tuple[np.ndarray, int]:
@@ -168,9 +180,16 @@ class Predictor:
     return [[self.class_names[i], float(probs[i])] for i in order]
 
 
-def run(videos: Sequence[str], workdir: str, *, checkpoint: Optional[str] = None,
-        as_json: bool = False, labels: Optional[Sequence[str]] = None, out=None,
-        err=None) -> int:
+def run(
+  videos: Sequence[str],
+  workdir: str,
+  *,
+  checkpoint: Optional[str] = None,
+  as_json: bool = False,
+  labels: Optional[Sequence[str]] = None,
+  out=None,
+  err=None,
+) -> int:
   """Prints the predictions of `videos` over the run's classes or `labels`; returns the exit
   status (1 if any file failed)."""
   out, err = out or sys.stdout, err or sys.stderr
@@ -212,8 +231,9 @@ def main(argv):
     quiet_logs()
   try:
     labels = parse_labels(FLAGS.labels, FLAGS.labels_file)
-    return run(videos, FLAGS.workdir, checkpoint=FLAGS.checkpoint, as_json=FLAGS.json,
-               labels=labels)
+    return run(
+      videos, FLAGS.workdir, checkpoint=FLAGS.checkpoint, as_json=FLAGS.json, labels=labels
+    )
   except (FileNotFoundError, LabelError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

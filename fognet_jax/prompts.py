@@ -10,6 +10,7 @@ different prompts in the same softmax.) ActionCLIP's own loss
 ``sample_prompts_per_sample``: one template per sample. Evaluation uses all K templates and averages the
 per-template class probabilities (see ``FogNet.predict``).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -21,43 +22,47 @@ import numpy as np
 
 #: The 16 prompt templates of ActionCLIP (``{}`` = class name).
 TEMPLATES: tuple[str, ...] = (
-    "a photo of action {}",
-    "a picture of action {}",
-    "Human action of {}",
-    "{}, an action",
-    "{} this is an action",
-    "{}, a video of action",
-    "Playing action of {}",
-    "{}",
-    "Playing a kind of action, {}",
-    "Doing a kind of action, {}",
-    "Look, the human is {}",
-    "Can you recognize the action of {}?",
-    "Video classification of {}",
-    "A video of {}",
-    "The man is {}",
-    "The woman is {}",
+  'a photo of action {}',
+  'a picture of action {}',
+  'Human action of {}',
+  '{}, an action',
+  '{} this is an action',
+  '{}, a video of action',
+  'Playing action of {}',
+  '{}',
+  'Playing a kind of action, {}',
+  'Doing a kind of action, {}',
+  'Look, the human is {}',
+  'Can you recognize the action of {}?',
+  'Video classification of {}',
+  'A video of {}',
+  'The man is {}',
+  'The woman is {}',
 )
 
 
 def readable_name(name: str) -> str:
   """``'brush_hair'`` / ``'ApplyEyeMakeup'`` style names as words (underscores -> spaces)."""
-  return " ".join(name.replace("_", " ").split())
+  return ' '.join(name.replace('_', ' ').split())
 
 
-def class_prompts(class_names: Sequence[str],
-                  templates: Sequence[str] = TEMPLATES) -> list[list[str]]:
+def class_prompts(
+  class_names: Sequence[str], templates: Sequence[str] = TEMPLATES
+) -> list[list[str]]:
   """Prompt strings, ``[k][c] = templates[k].format(readable_name(class_names[c]))``."""
   if not class_names:
-    raise ValueError("class_names is empty: a classifier needs at least one class")
+    raise ValueError('class_names is empty: a classifier needs at least one class')
   for t in templates:
-    if t.count("{}") != 1:
+    if t.count('{}') != 1:
       raise ValueError(f"prompt template {t!r} must contain exactly one '{{}}'")
   return [[t.format(readable_name(n)) for n in class_names] for t in templates]
 
 
-def tokenize_classes(class_names: Sequence[str], tokenizer: Callable[[list[str]], np.ndarray],
-                     templates: Sequence[str] = TEMPLATES) -> np.ndarray:
+def tokenize_classes(
+  class_names: Sequence[str],
+  tokenizer: Callable[[list[str]], np.ndarray],
+  templates: Sequence[str] = TEMPLATES,
+) -> np.ndarray:
   """Tokenised prompts of every (template, class) pair.
 
   Args:
@@ -72,7 +77,7 @@ def tokenize_classes(class_names: Sequence[str], tokenizer: Callable[[list[str]]
   k, c = len(prompts), len(class_names)
   flat = np.asarray(tokenizer([p for row in prompts for p in row]), dtype=np.int32)  # (K*C, L)
   if flat.ndim != 2 or flat.shape[0] != k * c:
-    raise ValueError(f"tokenizer returned shape {flat.shape}, expected ({k * c}, context_length)")
+    raise ValueError(f'tokenizer returned shape {flat.shape}, expected ({k * c}, context_length)')
   return flat.reshape(k, c, flat.shape[1])  # (K, C, L)
 
 
@@ -92,7 +97,7 @@ def trim_context(tokens: np.ndarray) -> np.ndarray:
   """
   tokens = np.asarray(tokens)
   if tokens.shape[-1] == 0:
-    raise ValueError(f"tokens must have at least one position, got shape {tokens.shape}")
+    raise ValueError(f'tokens must have at least one position, got shape {tokens.shape}')
   length = int(np.max(np.argmax(tokens, axis=-1))) + 1
   return tokens[..., :length]
 
@@ -106,7 +111,7 @@ def sample_train_prompts(tokens, rng):
       ``numpy.random.Generator`` (returns a numpy array).
   """
   if tokens.ndim != 3:
-    raise ValueError(f"tokens must be (K, C, L), got shape {tokens.shape}")
+    raise ValueError(f'tokens must be (K, C, L), got shape {tokens.shape}')
   k, c, _ = tokens.shape
   if isinstance(rng, np.random.Generator):
     idx = rng.integers(0, k, size=c)
@@ -122,7 +127,7 @@ def sample_prompts_per_sample(tokens, rng, labels):
   train step passes the batch labels and encodes B prompts instead of C.
   """
   if tokens.ndim != 3:
-    raise ValueError(f"tokens must be (K, C, L), got shape {tokens.shape}")
+    raise ValueError(f'tokens must be (K, C, L), got shape {tokens.shape}')
   k = tokens.shape[0]
   if isinstance(rng, np.random.Generator):
     labels = np.asarray(labels)

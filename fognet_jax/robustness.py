@@ -27,6 +27,7 @@ config.json differ only in `seed` are one line, their mean, with a min-max band)
 directory without a run or a checkpoint, or a density that is not a number >= 0, is one
 `error: ...` line on stderr and exit status 1, before anything is loaded.
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -62,20 +63,29 @@ FLAGS = flags.FLAGS
 RESULTS_FILE = 'robustness.json'
 PLOT_FILE = 'robustness.png'
 AIRLIGHT_RANGE = (0.70, 0.95)  # the builders' light (0.70-0.85) and dense (0.80-0.95) presets
-AIRLIGHT_TINT = 0.03           # per channel, as the presets
+AIRLIGHT_TINT = 0.03  # per channel, as the presets
 
 
 def _define_flags() -> None:
-  flags.DEFINE_list('workdir', None, 'Run directories (config.json, checkpoints/), comma-separated.')
-  flags.DEFINE_list('densities', ['0', '0.5', '1', '2', '3', '4'],
-                    'Fog densities: the scattering coefficient beta (0 = no fog).')
+  flags.DEFINE_list(
+    'workdir', None, 'Run directories (config.json, checkpoints/), comma-separated.'
+  )
+  flags.DEFINE_list(
+    'densities',
+    ['0', '0.5', '1', '2', '3', '4'],
+    'Fog densities: the scattering coefficient beta (0 = no fog).',
+  )
   flags.DEFINE_string('out', None, 'Output directory: robustness.json and robustness.png.')
   flags.DEFINE_integer('seed', 0, 'Seed of the per-clip airlight.')
-  flags.DEFINE_float('airlight', None, 'One grey airlight in [0, 1] for every clip '
-                     '(default: drawn per clip from the seed).')
+  flags.DEFINE_float(
+    'airlight',
+    None,
+    'One grey airlight in [0, 1] for every clip (default: drawn per clip from the seed).',
+  )
 
 
 # ------------------------------------------------------------------------------ fog
+
 
 def fog_frames(frames: np.ndarray, beta: float, airlight, depth=None) -> np.ndarray:
   """uint8 frames (..., H, W, 3) in ASM fog of density `beta`; beta = 0 returns `frames`.
@@ -87,8 +97,13 @@ def fog_frames(frames: np.ndarray, beta: float, airlight, depth=None) -> np.ndar
     return frames
   if depth is None:
     depth = np.ones(frames.shape[-3:-1], np.float32)
-  return fog_lib.apply_fog(frames, intensity=fog_lib.FogParams(beta=beta, airlight=airlight),
-                           seed=0, depth=depth, heterogeneous=False)
+  return fog_lib.apply_fog(
+    frames,
+    intensity=fog_lib.FogParams(beta=beta, airlight=airlight),
+    seed=0,
+    depth=depth,
+    heterogeneous=False,
+  )
 
 
 def clip_airlight(seed: int, index: int, airlight: Optional[float] = None):
@@ -137,19 +152,30 @@ class FoggedSource(collections.abc.Sequence):
     return {'foggy': frames, 'label': ex['label']}
 
 
-def eval_batches(config: ml_collections.ConfigDict, beta: float, *, seed: int = 0,
-                 airlight: Optional[float] = None):
+def eval_batches(
+  config: ml_collections.ConfigDict, beta: float, *, seed: int = 0, airlight: Optional[float] = None
+):
   """The evaluation batches of the run's test split, its clean clips fogged at `beta`."""
   data = config.data
   split = data.eval_split
-  source = FoggedSource(records.source(data, split), records.indices(data, split, 'eval'), beta,
-                        seed=seed, airlight=airlight)
+  source = FoggedSource(
+    records.source(data, split),
+    records.indices(data, split, 'eval'),
+    beta,
+    seed=seed,
+    airlight=airlight,
+  )
   return input_pipeline.eval_iterator(
-      data, batch_size=sharding.local_batch_size(config.eval.batch_size), source=source,
-      stream='foggy', pixels_on_device=config.perf.pixels_on_device)
+    data,
+    batch_size=sharding.local_batch_size(config.eval.batch_size),
+    source=source,
+    stream='foggy',
+    pixels_on_device=config.perf.pixels_on_device,
+  )
 
 
 # ------------------------------------------------------------------------------ arguments
+
 
 def parse_densities(values: Sequence[str]) -> list[float]:
   if not values:
@@ -183,8 +209,15 @@ def check_run(workdir: str) -> dict:
 
 # ------------------------------------------------------------------------------ runs
 
-def evaluate_run(workdir: str, densities: Sequence[float], *, seed: int = 0,
-                 airlight: Optional[float] = None, out=None) -> dict:
+
+def evaluate_run(
+  workdir: str,
+  densities: Sequence[float],
+  *,
+  seed: int = 0,
+  airlight: Optional[float] = None,
+  out=None,
+) -> dict:
   """{workdir, step, seed, densities, top1, top5, ...} of the latest checkpoint of `workdir`."""
   out = out or sys.stdout
   config = predict.load_config(workdir)
@@ -194,17 +227,34 @@ def evaluate_run(workdir: str, densities: Sequence[float], *, seed: int = 0,
   top1, top5 = [], []
   for beta in densities:
     results = evaluate.evaluate_state(
-        config, graphdef, state, mesh=run.mesh, class_names=run.data.class_names,
-        prompt_tokens=run.prompt_tokens,
-        batches=eval_batches(config, beta, seed=seed, airlight=airlight))
+      config,
+      graphdef,
+      state,
+      mesh=run.mesh,
+      class_names=run.data.class_names,
+      prompt_tokens=run.prompt_tokens,
+      batches=eval_batches(config, beta, seed=seed, airlight=airlight),
+    )
     top1.append(results['top1'])
     top5.append(results['top5'])
-    print(f'{workdir}  beta={beta:g}: Top-1 {100 * results["top1"]:.2f}%  '
-          f'Top-5 {100 * results["top5"]:.2f}%', file=out, flush=True)
-  return {'workdir': workdir, 'step': results['step'], 'seed': config.get('seed'),
-          'dataset': config.data.dataset, 'split': config.data.eval_split,
-          'num_videos': results['num_videos'], 'chance': results['chance'],
-          'densities': list(densities), 'top1': top1, 'top5': top5}
+    print(
+      f'{workdir}  beta={beta:g}: Top-1 {100 * results["top1"]:.2f}%  '
+      f'Top-5 {100 * results["top5"]:.2f}%',
+      file=out,
+      flush=True,
+    )
+  return {
+    'workdir': workdir,
+    'step': results['step'],
+    'seed': config.get('seed'),
+    'dataset': config.data.dataset,
+    'split': config.data.eval_split,
+    'num_videos': results['num_videos'],
+    'chance': results['chance'],
+    'densities': list(densities),
+    'top1': top1,
+    'top5': top5,
+  }
 
 
 def group_runs(configs: dict[str, dict]) -> list[dict]:
@@ -222,24 +272,37 @@ def group_runs(configs: dict[str, dict]) -> list[dict]:
   labels = [g['label'] for g in out]
   for g in out:
     if labels.count(g['label']) > 1:
-      g['label'] += f" [{os.path.basename(os.path.commonpath(g['workdirs']).rstrip('/'))}]"
+      g['label'] += f' [{os.path.basename(os.path.commonpath(g["workdirs"]).rstrip("/"))}]'
     if len(g['workdirs']) > 1:
-      g['label'] += f" ({len(g['workdirs'])} seeds)"
+      g['label'] += f' ({len(g["workdirs"])} seeds)'
   return out
 
 
-def plot(groups: list[dict], densities: Sequence[float], path: str, title: str = '',
-         chance: Optional[float] = None) -> None:
+def plot(
+  groups: list[dict],
+  densities: Sequence[float],
+  path: str,
+  title: str = '',
+  chance: Optional[float] = None,
+) -> None:
   """Top-1 (%) against density: one line per group (mean), a min-max band over its seeds."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
   for g in groups:
-    line, = ax.plot(densities, 100 * np.asarray(g['top1_mean']), marker='o', label=g['label'])
+    (line,) = ax.plot(densities, 100 * np.asarray(g['top1_mean']), marker='o', label=g['label'])
     if len(g['workdirs']) > 1:
-      ax.fill_between(densities, 100 * np.asarray(g['top1_min']), 100 * np.asarray(g['top1_max']),
-                      color=line.get_color(), alpha=0.2, linewidth=0)
+      ax.fill_between(
+        densities,
+        100 * np.asarray(g['top1_min']),
+        100 * np.asarray(g['top1_max']),
+        color=line.get_color(),
+        alpha=0.2,
+        linewidth=0,
+      )
   if chance is not None:
     ax.axhline(100 * chance, color='grey', linestyle='--', linewidth=1, label='chance')
   ax.set_xlabel('fog density β (transmission exp(-β))')
@@ -252,8 +315,15 @@ def plot(groups: list[dict], densities: Sequence[float], path: str, title: str =
   plt.close(fig)
 
 
-def run(workdirs: Sequence[str], densities: Sequence[float], out_dir: str, *, seed: int = 0,
-        airlight: Optional[float] = None, out=None) -> dict:
+def run(
+  workdirs: Sequence[str],
+  densities: Sequence[float],
+  out_dir: str,
+  *,
+  seed: int = 0,
+  airlight: Optional[float] = None,
+  out=None,
+) -> dict:
   """Evaluates every run at every density; writes robustness.json and robustness.png."""
   configs = {w: check_run(w) for w in workdirs}
   runs = [evaluate_run(w, densities, seed=seed, airlight=airlight, out=out) for w in workdirs]
@@ -263,24 +333,35 @@ def run(workdirs: Sequence[str], densities: Sequence[float], out_dir: str, *, se
     top1 = np.asarray([by_dir[w]['top1'] for w in g['workdirs']])
     for w in g['workdirs']:
       by_dir[w]['label'] = g['label']
-    g.update(top1_mean=top1.mean(0).tolist(), top1_min=top1.min(0).tolist(),
-             top1_max=top1.max(0).tolist(),
-             top5_mean=np.mean([by_dir[w]['top5'] for w in g['workdirs']], 0).tolist())
+    g.update(
+      top1_mean=top1.mean(0).tolist(),
+      top1_min=top1.min(0).tolist(),
+      top1_max=top1.max(0).tolist(),
+      top5_mean=np.mean([by_dir[w]['top5'] for w in g['workdirs']], 0).tolist(),
+    )
   summary = {
-      'runs': runs, 'groups': groups, 'densities': list(densities), 'seed': seed,
-      'airlight': airlight if airlight is not None else
-                  f'per clip from {list(AIRLIGHT_RANGE)} +-{AIRLIGHT_TINT} per channel (seed)',
-      'fog': 'homogeneous ASM (d = 1): t = exp(-beta), on the clean test clips',
-      'inference': 'foggy-only (FogNet.predict)',
+    'runs': runs,
+    'groups': groups,
+    'densities': list(densities),
+    'seed': seed,
+    'airlight': airlight
+    if airlight is not None
+    else f'per clip from {list(AIRLIGHT_RANGE)} +-{AIRLIGHT_TINT} per channel (seed)',
+    'fog': 'homogeneous ASM (d = 1): t = exp(-beta), on the clean test clips',
+    'inference': 'foggy-only (FogNet.predict)',
   }
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, RESULTS_FILE), 'w') as f:
     json.dump(summary, f, indent=2)
   chances = {r['chance'] for r in runs}
-  datasets = sorted({f"{r['dataset']} {r['split']}" for r in runs})
-  plot(groups, densities, os.path.join(out_dir, PLOT_FILE),
-       title=f"{', '.join(datasets)}: clean test clips in homogeneous fog, foggy-only inference",
-       chance=chances.pop() if len(chances) == 1 else None)
+  datasets = sorted({f'{r["dataset"]} {r["split"]}' for r in runs})
+  plot(
+    groups,
+    densities,
+    os.path.join(out_dir, PLOT_FILE),
+    title=f'{", ".join(datasets)}: clean test clips in homogeneous fog, foggy-only inference',
+    chance=chances.pop() if len(chances) == 1 else None,
+  )
   return summary
 
 

@@ -7,6 +7,7 @@ over the
 data axis along its largest dimension divisible by the axis size (XLA inserts the all-gathers
 and reduce-scatters), which is what lets ViT-L/14 and large batches fit.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,11 +37,13 @@ def maybe_initialize_distributed(mode: Any = 'auto') -> bool:
     return False
   env = os.environ
   if mode == 'auto':
-    multi = ('JAX_COORDINATOR_ADDRESS' in env or
-             int(env.get('JAX_NUM_PROCESSES', '1')) > 1 or
-             int(env.get('SLURM_NTASKS', '1')) > 1 or
-             int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1 or
-             len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1)
+    multi = (
+      'JAX_COORDINATOR_ADDRESS' in env
+      or int(env.get('JAX_NUM_PROCESSES', '1')) > 1
+      or int(env.get('SLURM_NTASKS', '1')) > 1
+      or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+      or len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1
+    )
     if not multi:
       return False
   kwargs = {}
@@ -85,7 +88,7 @@ def fsdp_spec(shape: tuple[int, ...], axis_size: int, min_size: int) -> P:
   return P(*spec)
 
 
-def state_shardings(tree: Any, mesh: Mesh, *, fsdp: bool, min_size: int = 2 ** 14) -> Any:
+def state_shardings(tree: Any, mesh: Mesh, *, fsdp: bool, min_size: int = 2**14) -> Any:
   """A pytree of NamedShardings matching `tree` (arrays or ShapeDtypeStructs).
 
   Replicated unless `fsdp`; with `fsdp`, the rule of `fsdp_spec` by shape, so a parameter and
@@ -112,7 +115,8 @@ def put_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+  )
 
 
 def describe(tree: Any) -> dict[str, int]:
@@ -129,4 +133,3 @@ def local_batch_size(global_batch: int) -> int:
   if global_batch % jax.process_count():
     raise ValueError(f'batch {global_batch} not divisible by {jax.process_count()} processes')
   return global_batch // jax.process_count()
-

@@ -14,6 +14,7 @@ at the largest id of each row, so EOT is the largest id either tokenizer emits.
 * ``kind='byte'``: UTF-8 bytes, needs no files (models trained from scratch). Ids: pad 0,
   byte ``b`` -> ``b + 1`` (1..256), SOT 257, EOT 258; ``vocab_size`` 259.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,16 +34,21 @@ EOT_TOKEN = '<|endoftext|>'
 _OPENAI_NUM_MERGES = 49152 - 256 - 2
 
 _SPLIT = regex.compile(
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
-    r"""[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+  r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
+  r"""[^\s\p{L}\p{N}]+""",
+  regex.IGNORECASE,
+)
 _WHITESPACE = regex.compile(r'\s+')
 
 
 @functools.lru_cache()
 def bytes_to_unicode() -> dict[int, str]:
   """GPT-2/CLIP's reversible map from the 256 byte values to printable unicode chars."""
-  keep = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) +
-          list(range(ord('®'), ord('ÿ') + 1)))
+  keep = (
+    list(range(ord('!'), ord('~') + 1))
+    + list(range(ord('¡'), ord('¬') + 1))
+    + list(range(ord('®'), ord('ÿ') + 1))
+  )
   chars = list(keep)
   n = 0
   for b in range(256):
@@ -59,13 +65,12 @@ def normalize_text(text: str) -> str:
   return _WHITESPACE.sub(' ', text).strip().lower()
 
 
-def _pad_rows(rows: Sequence[Sequence[int]], sot: int, eot: int,
-              context_length: int) -> np.ndarray:
+def _pad_rows(rows: Sequence[Sequence[int]], sot: int, eot: int, context_length: int) -> np.ndarray:
   """[SOT] + ids + [EOT], truncated (EOT kept last), zero padded -> (N, context_length)."""
   out = np.zeros((len(rows), context_length), np.int32)
   for i, ids in enumerate(rows):
-    seq = [sot] + list(ids)[:context_length - 2] + [eot]
-    out[i, :len(seq)] = seq
+    seq = [sot] + list(ids)[: context_length - 2] + [eot]
+    out[i, : len(seq)] = seq
   return out
 
 
@@ -88,8 +93,13 @@ class ClipTokenizer:
     context_length: output row length.
   """
 
-  def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]],
-               context_length: int = 77, source: str = '<memory>'):
+  def __init__(
+    self,
+    vocab: dict[str, int],
+    merges: Sequence[tuple[str, str]],
+    context_length: int = 77,
+    source: str = '<memory>',
+  ):
     for special in (SOT_TOKEN, EOT_TOKEN):
       if special not in vocab:
         raise ValueError(f'{source}: vocabulary has no {special} token')
@@ -98,8 +108,9 @@ class ClipTokenizer:
     byte_chars = bytes_to_unicode().values()
     absent = [c for c in byte_chars if c + '</w>' not in vocab or c not in vocab]
     if absent:
-      raise ValueError(f'{source}: not a CLIP byte-level vocabulary (missing byte tokens '
-                       f'such as {absent[0]!r})')
+      raise ValueError(
+        f'{source}: not a CLIP byte-level vocabulary (missing byte tokens such as {absent[0]!r})'
+      )
     self.encoder = dict(vocab)
     self.decoder = {v: k for k, v in self.encoder.items()}
     self.bpe_ranks = {tuple(m): i for i, m in enumerate(merges)}
@@ -147,16 +158,22 @@ class ClipTokenizer:
   def decode(self, ids: Iterable[int]) -> str:
     """Inverse of :meth:`encode` up to normalisation (padding and specials dropped)."""
     byte_decoder = {v: k for k, v in self.byte_encoder.items()}
-    text = ''.join(self.decoder[int(i)] for i in ids
-                   if int(i) not in (0, self.sot, self.eot) and int(i) in self.decoder)
-    words = [bytes(byte_decoder[c] for c in w).decode('utf-8', errors='replace')
-             for w in text.split('</w>')]
+    text = ''.join(
+      self.decoder[int(i)]
+      for i in ids
+      if int(i) not in (0, self.sot, self.eot) and int(i) in self.decoder
+    )
+    words = [
+      bytes(byte_decoder[c] for c in w).decode('utf-8', errors='replace')
+      for w in text.split('</w>')
+    ]
     return ' '.join(words).strip()
 
   def __call__(self, texts: str | Iterable[str]) -> np.ndarray:
     """list[str] -> (N, context_length) int32."""
-    return _pad_rows([self.encode(t) for t in _as_list(texts)], self.sot, self.eot,
-                     self.context_length)
+    return _pad_rows(
+      [self.encode(t) for t in _as_list(texts)], self.sot, self.eot, self.context_length
+    )
 
 
 class ByteTokenizer:
@@ -179,8 +196,9 @@ class ByteTokenizer:
     return data.decode('utf-8', errors='replace')
 
   def __call__(self, texts: str | Iterable[str]) -> np.ndarray:
-    return _pad_rows([self.encode(t) for t in _as_list(texts)], self.SOT, self.EOT,
-                     self.context_length)
+    return _pad_rows(
+      [self.encode(t) for t in _as_list(texts)], self.SOT, self.EOT, self.context_length
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -239,7 +257,7 @@ def load_openai_bpe(path: str):
       lines = f.read().split('\n')
   except (OSError, EOFError) as e:
     raise ValueError(f'{path}: cannot read the gzipped BPE merges: {e}') from e
-  merges = _parse_merges(lines[1:_OPENAI_NUM_MERGES + 1], path)
+  merges = _parse_merges(lines[1 : _OPENAI_NUM_MERGES + 1], path)
   byte_chars = list(bytes_to_unicode().values())
   tokens = byte_chars + [c + '</w>' for c in byte_chars] + [a + b for a, b in merges]
   tokens += [SOT_TOKEN, EOT_TOKEN]
@@ -260,8 +278,10 @@ def load_clip_tokenizer(path: str, context_length: int = 77) -> ClipTokenizer:
     elif os.path.exists(gz):
       vocab, merges = load_openai_bpe(gz)
     else:
-      raise FileNotFoundError(f'{path}: no vocab.json + merges.txt, tokenizer.json or '
-                              'bpe_simple_vocab_16e6.txt.gz in this directory')
+      raise FileNotFoundError(
+        f'{path}: no vocab.json + merges.txt, tokenizer.json or '
+        'bpe_simple_vocab_16e6.txt.gz in this directory'
+      )
   elif os.path.isfile(path):
     name = os.path.basename(path)
     if name.endswith('.gz'):
@@ -274,8 +294,10 @@ def load_clip_tokenizer(path: str, context_length: int = 77) -> ClipTokenizer:
     elif name.endswith('.json'):
       vocab, merges = load_tokenizer_json(path)
     else:
-      raise ValueError(f'{path}: unknown tokenizer file (expected a directory, '
-                       'tokenizer.json, vocab.json or bpe_simple_vocab_16e6.txt.gz)')
+      raise ValueError(
+        f'{path}: unknown tokenizer file (expected a directory, '
+        'tokenizer.json, vocab.json or bpe_simple_vocab_16e6.txt.gz)'
+      )
   else:
     raise FileNotFoundError(f'{path}: no such tokenizer file or directory')
   return ClipTokenizer(vocab, merges, context_length=context_length, source=path)
@@ -292,8 +314,10 @@ def get_tokenizer(kind: str = 'clip', path: str | None = None, context_length: i
     return ByteTokenizer(context_length)
   if kind == 'clip':
     if not path:
-      raise ValueError("tokenizer kind 'clip' needs path= (a checkpoint directory with "
-                       'vocab.json + merges.txt or tokenizer.json, or OpenAI\'s '
-                       "bpe_simple_vocab_16e6.txt.gz); use kind='byte' when no files exist")
+      raise ValueError(
+        "tokenizer kind 'clip' needs path= (a checkpoint directory with "
+        "vocab.json + merges.txt or tokenizer.json, or OpenAI's "
+        "bpe_simple_vocab_16e6.txt.gz); use kind='byte' when no files exist"
+      )
     return load_clip_tokenizer(path, context_length)
   raise ValueError(f"tokenizer kind must be 'clip' or 'byte', got {kind!r}")

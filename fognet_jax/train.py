@@ -23,6 +23,7 @@ Note on accumulation: FogNet's losses are contrastive within a batch (T2V normal
 batch's videos), so with accumulation those normalisations run over each micro-batch; the
 gradient of every step still averages the whole effective batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,13 +65,15 @@ class NonFiniteLossError(FloatingPointError):
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during training (saved whole in checkpoints)."""
-  step: jax.Array          # int32 scalar: number of optimizer updates done
-  params: nnx.State        # nnx.Param variables (fp32)
-  rest: nnx.State          # every other variable of the model (e.g. RNG counters)
-  opt_state: Any           # optax state, same tree as params where it mirrors them
+
+  step: jax.Array  # int32 scalar: number of optimizer updates done
+  params: nnx.State  # nnx.Param variables (fp32)
+  rest: nnx.State  # every other variable of the model (e.g. RNG counters)
+  opt_state: Any  # optax state, same tree as params where it mirrors them
 
 
 # ------------------------------------------------------------------------------ optimizer
+
 
 def path_str(path) -> str:
   """'a/b/0/c' from a jax key path (attribute, dict and sequence keys)."""
@@ -85,8 +88,9 @@ def path_str(path) -> str:
   return '/'.join(p for p in parts if p != 'value')
 
 
-def trainable_labels(params: nnx.State, freeze_pattern: Optional[str],
-                     fusion_pattern: Optional[str] = None) -> Any:
+def trainable_labels(
+  params: nnx.State, freeze_pattern: Optional[str], fusion_pattern: Optional[str] = None
+) -> Any:
   """'frozen' / 'fusion' / 'train' per parameter: frozen where the path matches
   `freeze_pattern`, else fusion where it matches `fusion_pattern`, else train."""
   frozen = re.compile(freeze_pattern) if freeze_pattern else None
@@ -99,6 +103,7 @@ def trainable_labels(params: nnx.State, freeze_pattern: Optional[str],
     if fusion is not None and fusion.search(path):
       return 'fusion'
     return 'train'
+
   return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -107,46 +112,72 @@ def make_schedule(tcfg: ml_collections.ConfigDict, total_steps: int, warmup_step
   total_steps = max(int(total_steps), 1)
   warmup_steps = int(min(max(warmup_steps, 0), total_steps - 1))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=tcfg.learning_rate, warmup_steps=warmup_steps,
-      decay_steps=total_steps, end_value=tcfg.learning_rate * tcfg.end_lr_ratio)
+    init_value=0.0,
+    peak_value=tcfg.learning_rate,
+    warmup_steps=warmup_steps,
+    decay_steps=total_steps,
+    end_value=tcfg.learning_rate * tcfg.end_lr_ratio,
+  )
 
 
-def make_optimizer(tcfg: ml_collections.ConfigDict, params: nnx.State, schedule) -> optax.GradientTransformation:
+def make_optimizer(
+  tcfg: ml_collections.ConfigDict, params: nnx.State, schedule
+) -> optax.GradientTransformation:
   """AdamW (no decay on biases, norms, scalars), optional clipping, optional frozen text,
   the temporal fusion module at `fusion_lr_ratio` x the learning rate (ActionCLIP's f_ratio)."""
   decay_mask = jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
 
   def adamw(lr):
-    return optax.adamw(lr, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps,
-                       weight_decay=tcfg.weight_decay, mask=decay_mask)
+    return optax.adamw(
+      lr, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps, weight_decay=tcfg.weight_decay, mask=decay_mask
+    )
+
   ratio = float(tcfg.get('fusion_lr_ratio', 1.0))
   fusion_pattern = tcfg.get('fusion_pattern') if ratio != 1.0 else None
-  labels = trainable_labels(params, tcfg.freeze_text_pattern if tcfg.freeze_text else None,
-                            fusion_pattern)
+  labels = trainable_labels(
+    params, tcfg.freeze_text_pattern if tcfg.freeze_text else None, fusion_pattern
+  )
   names = set(jax.tree.leaves(labels))
   if tcfg.freeze_text and 'frozen' not in names:
-    raise ValueError('config.train.freeze_text=True but config.train.freeze_text_pattern '
-                     f'{tcfg.freeze_text_pattern!r} matches no parameter')
+    raise ValueError(
+      'config.train.freeze_text=True but config.train.freeze_text_pattern '
+      f'{tcfg.freeze_text_pattern!r} matches no parameter'
+    )
   if fusion_pattern and 'fusion' not in names:
-    raise ValueError(f'config.train.fusion_lr_ratio={ratio} but config.train.fusion_pattern '
-                     f'{fusion_pattern!r} matches no parameter (model.temporal_fusion is '
-                     "'mean': there is no fusion module)")
+    raise ValueError(
+      f'config.train.fusion_lr_ratio={ratio} but config.train.fusion_pattern '
+      f'{fusion_pattern!r} matches no parameter (model.temporal_fusion is '
+      "'mean': there is no fusion module)"
+    )
   if names == {'train'}:
     tx = adamw(schedule)
   else:
     tx = optax.multi_transform(
-        {'train': adamw(schedule), 'fusion': adamw(lambda step: ratio * schedule(step)),
-         'frozen': optax.set_to_zero()}, labels)
+      {
+        'train': adamw(schedule),
+        'fusion': adamw(lambda step: ratio * schedule(step)),
+        'frozen': optax.set_to_zero(),
+      },
+      labels,
+    )
   if tcfg.grad_clip_norm and tcfg.grad_clip_norm > 0:
     # The global norm of the gradients that are applied (frozen ones zeroed first).
-    zero_frozen = ([optax.multi_transform({'train': optax.identity(), 'fusion': optax.identity(),
-                                           'frozen': optax.set_to_zero()}, labels)]
-                   if 'frozen' in names else [])
+    zero_frozen = (
+      [
+        optax.multi_transform(
+          {'train': optax.identity(), 'fusion': optax.identity(), 'frozen': optax.set_to_zero()},
+          labels,
+        )
+      ]
+      if 'frozen' in names
+      else []
+    )
     tx = optax.chain(*zero_frozen, optax.clip_by_global_norm(tcfg.grad_clip_norm), tx)
   return tx
 
 
 # ------------------------------------------------------------------------------ state
+
 
 def split_model(model: nnx.Module):
   """(graphdef, params, rest) of an NNX module."""
@@ -155,18 +186,20 @@ def split_model(model: nnx.Module):
 
 def init_state(model: nnx.Module, tx: optax.GradientTransformation):
   graphdef, params, rest = split_model(model)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                     opt_state=tx.init(params))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params)
+  )
   return graphdef, state
 
 
-def shard_state(state: TrainState, mesh, *, fsdp: bool, min_size: int = 2 ** 14):
+def shard_state(state: TrainState, mesh, *, fsdp: bool, min_size: int = 2**14):
   """Places `state` on the mesh; returns (state, shardings)."""
   shardings = sharding_lib.state_shardings(state, mesh, fsdp=fsdp, min_size=min_size)
   return jax.device_put(state, shardings), shardings
 
 
 # ------------------------------------------------------------------------------ train step
+
 
 def gather_params(params, shardings, mesh):
   """FSDP's all-gather of the parameters, explicit: `params` constrained to replicated for the
@@ -190,10 +223,20 @@ def gather_params(params, shardings, mesh):
 # with uint8 frames, `pixels.train_inputs`).
 BATCH_KEYS = ('clean', 'foggy', 'label', 'color')
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_shardings,
-                    loss_fn: losses.LossFn, schedule, seed: int, grad_accum_steps: int = 1,
-                    freeze_text: bool = False,
-                    prompt_sampler: PromptSampler = prompts.sample_train_prompts):
+
+def make_train_step(
+  graphdef,
+  tx: optax.GradientTransformation,
+  *,
+  mesh,
+  state_shardings,
+  loss_fn: losses.LossFn,
+  schedule,
+  seed: int,
+  grad_accum_steps: int = 1,
+  freeze_text: bool = False,
+  prompt_sampler: PromptSampler = prompts.sample_train_prompts,
+):
   """Returns `step(state, batch, prompt_tokens) -> (state, metrics)`, jitted and sharded.
 
   batch: {'clean', 'foggy': (B, T, H, W, 3), 'label': (B,)} global arrays split over `data`:
@@ -209,7 +252,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
   base_key = jax.random.key(seed)
   data_sharding = sharding_lib.batch_sharding(mesh)
   rep = sharding_lib.replicated(mesh)
-  micro_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding_lib.DATA_AXIS))
+  micro_sharding = jax.sharding.NamedSharding(
+    mesh, jax.sharding.PartitionSpec(None, sharding_lib.DATA_AXIS)
+  )
 
   def micro_loss(params, rest, micro, text_tokens):
     params = gather_params(params, state_shardings.params, mesh)  # FSDP: gathered here
@@ -230,8 +275,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
   def step_fn(state: TrainState, batch, prompt_tokens):
     key = jax.random.fold_in(base_key, state.step)
     if per_sample:
-      batch = dict(batch, text_tokens=prompt_sampler(prompt_tokens, jax.random.fold_in(key, 0),
-                                                     batch['label']))  # (B, L)
+      batch = dict(
+        batch, text_tokens=prompt_sampler(prompt_tokens, jax.random.fold_in(key, 0), batch['label'])
+      )  # (B, L)
       text_tokens = None
     else:
       text_tokens = prompt_sampler(prompt_tokens, jax.random.fold_in(key, 0))  # (C, L)
@@ -242,8 +288,11 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
       # Row r = m * accum + a goes to micro-batch a, so each micro-batch stays spread over
       # all devices (the batch is split over devices in contiguous blocks of rows).
       micro = jax.tree.map(
-          lambda x: jax.lax.with_sharding_constraint(
-              einops.rearrange(x, '(m a) ... -> a m ...', a=accum), micro_sharding), batch)
+        lambda x: jax.lax.with_sharding_constraint(
+          einops.rearrange(x, '(m a) ... -> a m ...', a=accum), micro_sharding
+        ),
+        batch,
+      )
 
       def body(carry, mb):
         g_sum, rest, _ = carry
@@ -253,7 +302,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
         return (g_sum, rest, None), (loss, metrics)
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      (g_sum, rest, _), (micro_losses, metrics) = jax.lax.scan(body, (zeros, state.rest, None), micro)
+      (g_sum, rest, _), (micro_losses, metrics) = jax.lax.scan(
+        body, (zeros, state.rest, None), micro
+      )
       grads = jax.tree.map(lambda g: g / accum, g_sum)
       loss = jnp.mean(micro_losses)
       metrics = jax.tree.map(jnp.mean, metrics)
@@ -267,16 +318,20 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, mesh, state_s
     new_state = TrainState(step=state.step + 1, params=params, rest=rest, opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(step_fn,
-                 in_shardings=(state_shardings, data_sharding, rep),
-                 out_shardings=(state_shardings, rep),
-                 donate_argnums=(0,))
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, data_sharding, rep),
+    out_shardings=(state_shardings, rep),
+    donate_argnums=(0,),
+  )
 
 
 # ------------------------------------------------------------------------------ the loop
 
+
 class StepCounts(NamedTuple):
   """Length of a run in optimizer steps."""
+
   per_epoch: int
   total: int
   warmup: int
@@ -297,8 +352,9 @@ def build_state(config: ml_collections.ConfigDict, mesh, model: nnx.Module, sche
   _, params, _ = split_model(model)
   tx = make_optimizer(config.train, params, schedule)
   graphdef, state = init_state(model, tx)
-  state, shardings = shard_state(state, mesh, fsdp=config.mesh.fsdp,
-                                 min_size=config.perf.fsdp_min_size)
+  state, shardings = shard_state(
+    state, mesh, fsdp=config.mesh.fsdp, min_size=config.perf.fsdp_min_size
+  )
   return graphdef, state, shardings, tx
 
 
@@ -306,19 +362,27 @@ def _check_finite(step: int, values: Mapping[str, float], workdir: str, ckpt) ->
   bad = {k: v for k, v in values.items() if not math.isfinite(v)}
   if bad:
     raise NonFiniteLossError(
-        f'non-finite training metrics at step {step}: {bad}. Training stopped; the last good '
-        f'checkpoint is step {ckpt.latest_step()} in '
-        f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}. Try a lower '
-        'config.train.learning_rate, config.train.grad_clip_norm > 0, or '
-        "config.model.dtype='float32'.")
+      f'non-finite training metrics at step {step}: {bad}. Training stopped; the last good '
+      f'checkpoint is step {ckpt.latest_step()} in '
+      f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}. Try a lower '
+      'config.train.learning_rate, config.train.grad_clip_norm > 0, or '
+      "config.model.dtype='float32'."
+    )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, mesh, model: nnx.Module,
-          loss_fn: losses.LossFn, batches: Callable[[int], Iterator[dict]],
-          prompt_tokens, steps: StepCounts,
-          prompt_sampler: PromptSampler = prompts.sample_train_prompts,
-          on_start: Optional[Callable[[int], None]] = None
-          ) -> tuple[Any, TrainState, dict]:
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  mesh,
+  model: nnx.Module,
+  loss_fn: losses.LossFn,
+  batches: Callable[[int], Iterator[dict]],
+  prompt_tokens,
+  steps: StepCounts,
+  prompt_sampler: PromptSampler = prompts.sample_train_prompts,
+  on_start: Optional[Callable[[int], None]] = None,
+) -> tuple[Any, TrainState, dict]:
   """Trains `model`, resuming from the latest checkpoint in `workdir`.
 
   Args:
@@ -346,28 +410,46 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh, model: nnx.M
   """
   lock = checkpointing.WorkdirLock(workdir).acquire()  # a second run on `workdir` stops here
   try:
-    return _train(config, workdir, mesh=mesh, model=model, loss_fn=loss_fn, batches=batches,
-                  prompt_tokens=prompt_tokens, steps=steps, prompt_sampler=prompt_sampler,
-                  on_start=on_start)
+    return _train(
+      config,
+      workdir,
+      mesh=mesh,
+      model=model,
+      loss_fn=loss_fn,
+      batches=batches,
+      prompt_tokens=prompt_tokens,
+      steps=steps,
+      prompt_sampler=prompt_sampler,
+      on_start=on_start,
+    )
   finally:
     lock.release()
 
 
-def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, steps,
-           prompt_sampler, on_start):
+def _train(
+  config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, steps, prompt_sampler, on_start
+):
   t = config.train
   os.makedirs(workdir, exist_ok=True)
   schedule = make_schedule(t, steps.total, steps.warmup)
   graphdef, state, shardings, tx = build_state(config, mesh, model, schedule)
   del model
-  metrics_lib.log_info('Mesh %s, %d parameters, sharding %s, %d steps (%d per epoch, %d warm-up)',
-                       dict(mesh.shape), clip.count_params(state.params),
-                       sharding_lib.describe(state.params), steps.total, steps.per_epoch,
-                       steps.warmup)
+  metrics_lib.log_info(
+    'Mesh %s, %d parameters, sharding %s, %d steps (%d per epoch, %d warm-up)',
+    dict(mesh.shape),
+    clip.count_params(state.params),
+    sharding_lib.describe(state.params),
+    steps.total,
+    steps.per_epoch,
+    steps.warmup,
+  )
 
-  ckpt = checkpointing.Checkpointer(workdir, keep=t.keep_checkpoints,
-                                    every_steps=t.checkpoint_every_steps,
-                                    async_save=config.perf.async_checkpointing)
+  ckpt = checkpointing.Checkpointer(
+    workdir,
+    keep=t.keep_checkpoints,
+    every_steps=t.checkpoint_every_steps,
+    async_save=config.perf.async_checkpointing,
+  )
   start_step = 0
   if ckpt.latest_step() is not None:
     try:
@@ -386,12 +468,21 @@ def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, ste
   writer = metrics_lib.MetricWriter(workdir)
   writer.truncate_after(start_step)
 
-  step_fn = make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings, loss_fn=loss_fn,
-                            schedule=schedule, seed=config.seed,
-                            grad_accum_steps=t.grad_accum_steps, freeze_text=t.freeze_text,
-                            prompt_sampler=prompt_sampler)
-  prompt_tokens = jax.device_put(jnp.asarray(prompt_tokens, jnp.int32),
-                                 sharding_lib.replicated(mesh))
+  step_fn = make_train_step(
+    graphdef,
+    tx,
+    mesh=mesh,
+    state_shardings=shardings,
+    loss_fn=loss_fn,
+    schedule=schedule,
+    seed=config.seed,
+    grad_accum_steps=t.grad_accum_steps,
+    freeze_text=t.freeze_text,
+    prompt_sampler=prompt_sampler,
+  )
+  prompt_tokens = jax.device_put(
+    jnp.asarray(prompt_tokens, jnp.int32), sharding_lib.replicated(mesh)
+  )
   it = batches(start_step)
   progress = metrics_lib.Progress(steps.total, start_step)
   stop = checkpointing.StopSignal()
@@ -420,8 +511,7 @@ def _train(config, workdir, *, mesh, model, loss_fn, batches, prompt_tokens, ste
   try:
     while step < steps.total:
       batch = next(it)
-      batch = sharding_lib.put_global_batch(
-          {k: batch[k] for k in BATCH_KEYS if k in batch}, mesh)
+      batch = sharding_lib.put_global_batch({k: batch[k] for k in BATCH_KEYS if k in batch}, mesh)
       state, step_metrics = step_fn(state, batch, prompt_tokens)
       step += 1
       ckpt.poll()  # logs a finished background save; raises if it failed

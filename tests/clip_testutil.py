@@ -7,17 +7,27 @@ import numpy as np
 def hf_config_kwargs(cfg):
   """transformers.CLIPConfig keyword arguments equivalent to a fognet_jax CLIPConfig."""
   return dict(
-      projection_dim=cfg.embed_dim,
-      text_config=dict(vocab_size=cfg.vocab_size, hidden_size=cfg.text_width,
-                       intermediate_size=cfg.text_mlp, num_hidden_layers=cfg.text_layers,
-                       num_attention_heads=cfg.text_heads,
-                       max_position_embeddings=cfg.context_length, hidden_act='quick_gelu',
-                       # Pool at argmax(token id), as OpenAI CLIP does.
-                       eos_token_id=2),
-      vision_config=dict(hidden_size=cfg.vision_width, intermediate_size=cfg.vision_mlp,
-                         num_hidden_layers=cfg.vision_layers,
-                         num_attention_heads=cfg.vision_heads, image_size=cfg.image_size,
-                         patch_size=cfg.patch_size, hidden_act='quick_gelu'),
+    projection_dim=cfg.embed_dim,
+    text_config=dict(
+      vocab_size=cfg.vocab_size,
+      hidden_size=cfg.text_width,
+      intermediate_size=cfg.text_mlp,
+      num_hidden_layers=cfg.text_layers,
+      num_attention_heads=cfg.text_heads,
+      max_position_embeddings=cfg.context_length,
+      hidden_act='quick_gelu',
+      # Pool at argmax(token id), as OpenAI CLIP does.
+      eos_token_id=2,
+    ),
+    vision_config=dict(
+      hidden_size=cfg.vision_width,
+      intermediate_size=cfg.vision_mlp,
+      num_hidden_layers=cfg.vision_layers,
+      num_attention_heads=cfg.vision_heads,
+      image_size=cfg.image_size,
+      patch_size=cfg.patch_size,
+      hidden_act='quick_gelu',
+    ),
   )
 
 
@@ -29,6 +39,7 @@ def random_hf_model(cfg, seed=0):
   """
   import torch
   import transformers
+
   torch.manual_seed(seed)
   config = transformers.CLIPConfig(**hf_config_kwargs(cfg))
   config._attn_implementation = 'eager'
@@ -38,8 +49,11 @@ def random_hf_model(cfg, seed=0):
     for name, p in model.named_parameters():
       if name == 'logit_scale':
         p.fill_(float(np.log(1 / 0.07)) + 0.3)
-      elif name.endswith('layer_norm1.weight') or name.endswith('layer_norm2.weight') or (
-          'layernorm' in name or 'layrnorm' in name or 'final_layer_norm' in name):
+      elif (
+        name.endswith('layer_norm1.weight')
+        or name.endswith('layer_norm2.weight')
+        or ('layernorm' in name or 'layrnorm' in name or 'final_layer_norm' in name)
+      ):
         if name.endswith('.weight'):
           p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
         else:
@@ -59,11 +73,18 @@ def openai_state_dict(hf_model):
     for i in range(n):
       s, d = f'{src}.encoder.layers.{i}', f'{dst}.resblocks.{i}'
       out[f'{d}.attn.in_proj_weight'] = np.concatenate(
-          [sd[f'{s}.self_attn.{q}_proj.weight'] for q in 'qkv'], 0)
+        [sd[f'{s}.self_attn.{q}_proj.weight'] for q in 'qkv'], 0
+      )
       out[f'{d}.attn.in_proj_bias'] = np.concatenate(
-          [sd[f'{s}.self_attn.{q}_proj.bias'] for q in 'qkv'], 0)
-      for a, b in (('attn.out_proj', 'self_attn.out_proj'), ('ln_1', 'layer_norm1'),
-                   ('ln_2', 'layer_norm2'), ('mlp.c_fc', 'mlp.fc1'), ('mlp.c_proj', 'mlp.fc2')):
+        [sd[f'{s}.self_attn.{q}_proj.bias'] for q in 'qkv'], 0
+      )
+      for a, b in (
+        ('attn.out_proj', 'self_attn.out_proj'),
+        ('ln_1', 'layer_norm1'),
+        ('ln_2', 'layer_norm2'),
+        ('mlp.c_fc', 'mlp.fc1'),
+        ('mlp.c_proj', 'mlp.fc2'),
+      ):
         out[f'{d}.{a}.weight'] = sd[f'{s}.{b}.weight']
         out[f'{d}.{a}.bias'] = sd[f'{s}.{b}.bias']
 
@@ -122,6 +143,7 @@ def save_torchscript_openai(state, path, extra_buffers=True):
 def save_plain_state_dict(state, path):
   """Writes ``state`` as a plain ``torch.save`` state dict (OpenAI names)."""
   import torch
+
   torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, path)
 
 
@@ -142,6 +164,7 @@ def random_inputs(cfg, n_img=2, n_txt=3, seed=0, image_size=None):
 def hf_outputs(hf_model, pixels, ids, interpolate=False):
   """(image_embeds, text_embeds, logits_per_image) from the PyTorch reference, numpy."""
   import torch
+
   with torch.no_grad():
     px = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # NHWC -> NCHW
     tid = torch.from_numpy(ids)
@@ -186,10 +209,15 @@ def torch_modified_resnet(layers, width, heads, out_dim, image_size, seed=0):
       self.bn3 = nn.BatchNorm2d(planes * 4)
       self.downsample = None
       if stride > 1 or inplanes != planes * 4:
-        self.downsample = nn.Sequential(collections.OrderedDict([
-            ('-1', nn.AvgPool2d(stride)),
-            ('0', nn.Conv2d(inplanes, planes * 4, 1, bias=False)),
-            ('1', nn.BatchNorm2d(planes * 4))]))
+        self.downsample = nn.Sequential(
+          collections.OrderedDict(
+            [
+              ('-1', nn.AvgPool2d(stride)),
+              ('0', nn.Conv2d(inplanes, planes * 4, 1, bias=False)),
+              ('1', nn.BatchNorm2d(planes * 4)),
+            ]
+          )
+        )
 
     def forward(self, x):
       out = F.relu(self.bn1(self.conv1(x)))
@@ -211,13 +239,26 @@ def torch_modified_resnet(layers, width, heads, out_dim, image_size, seed=0):
       x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
       x = x + self.positional_embedding[:, None, :]
       x, _ = F.multi_head_attention_forward(
-          query=x[:1], key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=self.heads,
-          q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight,
-          v_proj_weight=self.v_proj.weight, in_proj_weight=None,
-          in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
-          bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
-          out_proj_weight=self.c_proj.weight, out_proj_bias=self.c_proj.bias,
-          use_separate_proj_weight=True, training=False, need_weights=False)
+        query=x[:1],
+        key=x,
+        value=x,
+        embed_dim_to_check=x.shape[-1],
+        num_heads=self.heads,
+        q_proj_weight=self.q_proj.weight,
+        k_proj_weight=self.k_proj.weight,
+        v_proj_weight=self.v_proj.weight,
+        in_proj_weight=None,
+        in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
+        bias_k=None,
+        bias_v=None,
+        add_zero_attn=False,
+        dropout_p=0.0,
+        out_proj_weight=self.c_proj.weight,
+        out_proj_bias=self.c_proj.bias,
+        use_separate_proj_weight=True,
+        training=False,
+        need_weights=False,
+      )
       return x.squeeze(0)
 
   class ModifiedResNet(nn.Module):
@@ -270,5 +311,6 @@ def torch_modified_resnet(layers, width, heads, out_dim, image_size, seed=0):
 def torch_image_features(model, pixels):
   """Image embeddings of a PyTorch image tower for NHWC numpy pixels."""
   import torch
+
   with torch.no_grad():
     return model(torch.from_numpy(pixels).permute(0, 3, 1, 2)).numpy()

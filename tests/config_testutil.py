@@ -4,6 +4,7 @@ The recipe loads OpenAI weights in bfloat16 from FogAct; tests build small model
 weights in float32 on generated data, so these helpers return the recipe's blocks with
 `model.init_from=None`, `model.dtype='float32'` and `data.dataset='synthetic_fog_act'`.
 """
+
 from fognet_jax import config_lib
 
 
@@ -32,10 +33,11 @@ def parse(*args):
   """The config that `--config=... --config.KEY=VALUE ...` gives (main's flag, in-process)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   argv = ['prog', *args]
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'cfg', flag_values=fv, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    'config', None, 'cfg', flag_values=fv, lock_config=True, sys_argv=argv
+  )
   fv(argv)
   return fv.config
-

@@ -1,4 +1,5 @@
 """The reports a failed Orbax write leaves behind are dropped; other asyncio reports are kept."""
+
 import logging
 
 from fognet_jax import checkpointing
@@ -10,15 +11,24 @@ def _record(message: str) -> logging.LogRecord:
 
 def test_unread_errors_of_checkpoint_writes_are_dropped_and_nothing_else():
   drop = checkpointing._drop_orphaned_write_reports  # pylint: disable=protected-access
-  write = ('Future exception was never retrieved\nfuture: <Future finished exception='
-           "ValueError('RESOURCE_EXHAUSTED: Error writing \"x\" in OCDBT database at local file "
-           '"/run/checkpoints/2.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/"'
-           "')>")
+  write = (
+    'Future exception was never retrieved\nfuture: <Future finished exception='
+    'ValueError(\'RESOURCE_EXHAUSTED: Error writing "x" in OCDBT database at local file '
+    '"/run/checkpoints/2.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/"'
+    "')>"
+  )
   assert drop(_record(write)) is False
   assert drop(_record(write.replace('Future', 'Task', 1))) is False
   # An unread error that is not a checkpoint write's, and any other asyncio report, stay.
-  assert drop(_record('Future exception was never retrieved\nfuture: <Future finished '
-                      "exception=ValueError('boom')>")) is True
+  assert (
+    drop(
+      _record(
+        'Future exception was never retrieved\nfuture: <Future finished '
+        "exception=ValueError('boom')>"
+      )
+    )
+    is True
+  )
   assert drop(_record('Executing <Task ...> took 0.5 seconds')) is True
 
 

@@ -1,4 +1,5 @@
 """Tests of the Flax CLIP model (shapes, dtype, remat, interpolation, parameter count)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +53,8 @@ def test_bf16_remat_close_to_fp32_and_grads():
   assert all(g.dtype == jnp.float32 for g in leaves)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
   ref = nnx.grad(lambda m: jnp.sum(m.encode_image(pixels) ** 2))(
-      clip.create('tiny', seed=1, remat=True))
+    clip.create('tiny', seed=1, remat=True)
+  )
   ref_plain = nnx.grad(lambda m: jnp.sum(m.encode_image(pixels) ** 2))(fp32)
   for x, y in zip(jax.tree.leaves(nnx.state(ref)), jax.tree.leaves(nnx.state(ref_plain))):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
@@ -80,6 +82,7 @@ def test_bicubic_matrix_matches_numpy_reference():
   # Independent check: torch-style bicubic (a=-0.75, align_corners=False) written per pixel.
   def ref(in_size, out_size):
     a = -0.75
+
     def w(x):
       x = abs(x)
       if x <= 1:
@@ -87,6 +90,7 @@ def test_bicubic_matrix_matches_numpy_reference():
       if x < 2:
         return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
       return 0.0
+
     m = np.zeros((out_size, in_size))
     for i in range(out_size):
       src = (i + 0.5) * in_size / out_size - 0.5
@@ -94,6 +98,7 @@ def test_bicubic_matrix_matches_numpy_reference():
       for j in range(f - 1, f + 3):
         m[i, min(max(j, 0), in_size - 1)] += w(src - j)
     return m
+
   for n_in, n_out in [(4, 6), (7, 4), (14, 16), (5, 5)]:
     np.testing.assert_allclose(clip.bicubic_matrix(n_in, n_out), ref(n_in, n_out), atol=1e-6)
   np.testing.assert_allclose(clip.bicubic_matrix(5, 5), np.eye(5), atol=1e-6)
@@ -160,13 +165,18 @@ def test_attention_impl_option():
   rng = np.random.default_rng(5)
   x = rng.normal(size=(2, 5, 16))
   for impl in (None, 'xla'):
-    mha = clip.MultiHeadAttention(16, 4, dtype=jnp.float32, rngs=nnx.Rngs(7), in_std=0.5,
-                                  out_std=0.5, attention_impl=impl)
+    mha = clip.MultiHeadAttention(
+      16, 4, dtype=jnp.float32, rngs=nnx.Rngs(7), in_std=0.5, out_std=0.5, attention_impl=impl
+    )
     for lin in (mha.q_proj, mha.k_proj, mha.v_proj, mha.out_proj):
       lin.bias[...] = jnp.asarray(rng.normal(size=16), jnp.float32)
-    w = {n: (np.asarray(getattr(mha, n).kernel[...], np.float64),
-             np.asarray(getattr(mha, n).bias[...], np.float64))
-         for n in ('q_proj', 'k_proj', 'v_proj', 'out_proj')}
+    w = {
+      n: (
+        np.asarray(getattr(mha, n).kernel[...], np.float64),
+        np.asarray(getattr(mha, n).bias[...], np.float64),
+      )
+      for n in ('q_proj', 'k_proj', 'v_proj', 'out_proj')
+    }
     lin = lambda h, n: h @ w[n][0] + w[n][1]
     q, k, v = lin(x, 'q_proj'), lin(x, 'k_proj'), lin(x, 'v_proj')
     for causal in (False, True):
@@ -180,8 +190,9 @@ def test_attention_impl_option():
           p = np.exp(s - s.max(-1, keepdims=True))
           heads[bi, :, sl] = (p / p.sum(-1, keepdims=True)) @ v[bi, :, sl]
       got = mha(jnp.asarray(x, jnp.float32), causal=causal)
-      np.testing.assert_allclose(got, lin(heads, 'out_proj'), rtol=1e-4, atol=1e-5,
-                                 err_msg=f'{impl} causal={causal}')
+      np.testing.assert_allclose(
+        got, lin(heads, 'out_proj'), rtol=1e-4, atol=1e-5, err_msg=f'{impl} causal={causal}'
+      )
 
 
 def matmul_dtypes(module, method, *args):
@@ -196,7 +207,7 @@ def matmul_dtypes(module, method, *args):
       if eqn.primitive.name in ('dot_general', 'conv_general_dilated'):
         found.append((eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars)))
       for param in eqn.params.values():
-        for sub in (param if isinstance(param, (list, tuple)) else [param]):
+        for sub in param if isinstance(param, (list, tuple)) else [param]:
           inner = getattr(sub, 'jaxpr', sub)
           if hasattr(inner, 'eqns'):
             walk(inner)
@@ -215,8 +226,9 @@ def test_bf16_dtype_really_runs_bf16_matmuls(name):
   counts = {}
   for dtype in (jnp.float32, jnp.bfloat16):
     # (remat on the ViT's bf16 run only: tracing the remat ResNet blocks is slow)
-    model = clip.create(name, seed=0, dtype=dtype,
-                        remat=dtype == jnp.bfloat16 and not clip.CONFIGS[name].is_resnet)
+    model = clip.create(
+      name, seed=0, dtype=dtype, remat=dtype == jnp.bfloat16 and not clip.CONFIGS[name].is_resnet
+    )
     calls = [('encode_image', pixels)]
     if not clip.CONFIGS[name].is_resnet:  # the same text tower: traced once, for the ViT
       calls.append(('encode_text', tokens))

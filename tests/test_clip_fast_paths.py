@@ -12,6 +12,7 @@
   values and gradients to scaling the logits (head widths of a power of 4);
 * the cuDNN path's padding and masking (run with XLA's kernel here) equals unpadded attention.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,15 +53,17 @@ def test_linear_equals_nnx_linear_on_3d_inputs():
 @pytest.mark.parametrize('causal', [False, True])
 def test_attention_equals_numpy_with_random_biases(causal):
   width, heads = 16, 4
-  mha = clip.MultiHeadAttention(width, heads, dtype=jnp.float32, rngs=nnx.Rngs(0),
-                                in_std=0.3, out_std=0.3)
+  mha = clip.MultiHeadAttention(
+    width, heads, dtype=jnp.float32, rngs=nnx.Rngs(0), in_std=0.3, out_std=0.3
+  )
   keys = jax.random.split(jax.random.key(2), 4)
   for proj, key in zip((mha.q_proj, mha.k_proj, mha.v_proj, mha.out_proj), keys):
     proj.bias[...] = 0.5 * jax.random.normal(key, (width,))
   x = np.asarray(jax.random.normal(jax.random.key(3), (2, 7, width)))
   p = lambda m: (np.asarray(m.kernel[...], np.float64), np.asarray(m.bias[...], np.float64))
-  ref = _np_attention(x, *p(mha.q_proj), *p(mha.k_proj), *p(mha.v_proj), *p(mha.out_proj),
-                      heads, causal)
+  ref = _np_attention(
+    x, *p(mha.q_proj), *p(mha.k_proj), *p(mha.v_proj), *p(mha.out_proj), heads, causal
+  )
   out = mha(jnp.asarray(x), causal=causal)
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
   # The row path reads the same attention at one position per sequence.
@@ -84,8 +87,9 @@ def _mha_scaling_the_logits(mha, x, causal):
 @pytest.mark.parametrize('width,heads', [(64, 4), (128, 2)])  # head widths 16 and 64
 @pytest.mark.parametrize('causal', [False, True])
 def test_queries_carrying_the_scale_are_bit_identical(width, heads, causal):
-  mha = clip.MultiHeadAttention(width, heads, dtype=jnp.float32, rngs=nnx.Rngs(0),
-                                in_std=0.5, out_std=0.3)
+  mha = clip.MultiHeadAttention(
+    width, heads, dtype=jnp.float32, rngs=nnx.Rngs(0), in_std=0.5, out_std=0.3
+  )
   for i, proj in enumerate((mha.q_proj, mha.k_proj, mha.v_proj)):
     proj.bias[...] = 0.5 * jax.random.normal(jax.random.key(10 + i), (width,))
   x = jax.random.normal(jax.random.key(3), (2, 9, width))
@@ -97,7 +101,8 @@ def test_queries_carrying_the_scale_are_bit_identical(width, heads, causal):
 
   ours = jax.jit(jax.value_and_grad(loss(lambda m, x: m(x, causal=causal))))(params)
   ref = jax.jit(jax.value_and_grad(loss(lambda m, x: _mha_scaling_the_logits(m, x, causal))))(
-      params)
+    params
+  )
   np.testing.assert_array_equal(ours[0], ref[0])
   for a, b in zip(jax.tree.leaves(ours[1]), jax.tree.leaves(ref[1])):
     np.testing.assert_array_equal(a, b)
@@ -141,8 +146,7 @@ def test_pooled_last_layer_equals_full_last_layer(remat):
   def full_fn(m):
     return jnp.concatenate([_full_image(m, x), _full_text(m, ids)])
 
-  np.testing.assert_allclose(nnx.jit(fast_fn)(model), nnx.jit(full_fn)(model), rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(nnx.jit(fast_fn)(model), nnx.jit(full_fn)(model), rtol=1e-5, atol=1e-5)
 
   def grad(fn):
     return nnx.jit(nnx.grad(lambda m: jnp.sum(jnp.sin(fn(m)))))(model)
@@ -193,6 +197,7 @@ def test_cudnn_padding_and_masking_equal_unpadded(length, causal):
   assert padded.shape == ref.shape
   np.testing.assert_allclose(padded, ref, rtol=1e-5, atol=1e-5)
   # Queries scaled already, as MultiHeadAttention gives them: no second scaling.
-  prescaled = multihead._cudnn_attention(q * 8**-0.5, k, v, causal=causal,
-                                         implementation='xla', scale=1.0)
+  prescaled = multihead._cudnn_attention(
+    q * 8**-0.5, k, v, causal=causal, implementation='xla', scale=1.0
+  )
   np.testing.assert_allclose(prescaled, ref, rtol=1e-5, atol=1e-5)

@@ -5,6 +5,7 @@ The reference (``clip_testutil.torch_modified_resnet``) has OpenAI's layout and 
 names and random weights, biases *and* batch-norm statistics; the text tower comes from a
 random transformers ``CLIPModel``. Errors are ``max |jax - torch| / max |torch|``.
 """
+
 import clip_testutil as U
 import jax
 import jax.numpy as jnp
@@ -21,8 +22,9 @@ BF16_TOL = 3e-2
 
 def _openai_tensors(cfg, seed=0):
   """OpenAI-named state dict of a random ResNet CLIP, and its two PyTorch towers."""
-  vision = U.torch_modified_resnet(cfg.vision_layers, cfg.vision_width, cfg.vision_heads,
-                                   cfg.embed_dim, cfg.image_size, seed=seed)
+  vision = U.torch_modified_resnet(
+    cfg.vision_layers, cfg.vision_width, cfg.vision_heads, cfg.embed_dim, cfg.image_size, seed=seed
+  )
   text = U.random_hf_model(clip.get_config('tiny', embed_dim=cfg.embed_dim), seed=seed)
   tensors = {k: v for k, v in U.openai_state_dict(text).items() if not k.startswith('visual.')}
   tensors.update({f'visual.{k}': v.detach().numpy() for k, v in vision.state_dict().items()})
@@ -40,14 +42,12 @@ def rn(tmp_path_factory):
   scale = float(np.exp(tensors['logit_scale']))
   norm = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
   logits = scale * norm(img) @ norm(txt).T
-  return dict(cfg=cfg, tensors=tensors, root=root, pixels=pixels, ids=ids,
-              ref=(img, txt, logits))
+  return dict(cfg=cfg, tensors=tensors, root=root, pixels=pixels, ids=ids, ref=(img, txt, logits))
 
 
 def _outputs(model, pixels, ids):
   px, tid = jnp.asarray(pixels), jnp.asarray(ids, jnp.int32)
-  return jax.jit(lambda m, x, t: (m.encode_image(x), m.encode_text(t), m(x, t)[0]))(
-      model, px, tid)
+  return jax.jit(lambda m, x, t: (m.encode_image(x), m.encode_text(t), m(x, t)[0]))(model, px, tid)
 
 
 def _check(name, ours, ref, tol, logits_tol=None):
@@ -60,8 +60,9 @@ def _check(name, ours, ref, tol, logits_tol=None):
 
 def _convert(rn):
   tensors = {k: v for k, v in rn['tensors'].items() if not k.endswith('num_batches_tracked')}
-  return clip_weights.convert_state_dict(tensors, rn['cfg'], clip_weights.openai_key_map(rn['cfg']),
-                                         source='x')
+  return clip_weights.convert_state_dict(
+    tensors, rn['cfg'], clip_weights.openai_key_map(rn['cfg']), source='x'
+  )
 
 
 @pytest.mark.parametrize('kind', ['torchscript', 'state_dict'])
@@ -73,8 +74,9 @@ def test_resnet_openai_pt_parity(rn, kind):
     U.save_plain_state_dict(rn['tensors'], path)
   # The tiny text tower has 16-wide heads, so the config is named (OpenAI's are inferred).
   model = clip_weights.load(path, config='tiny-rn')
-  _check(f'tiny-rn OpenAI {kind} fp32', _outputs(model, rn['pixels'], rn['ids']), rn['ref'],
-         FP32_TOL)
+  _check(
+    f'tiny-rn OpenAI {kind} fp32', _outputs(model, rn['pixels'], rn['ids']), rn['ref'], FP32_TOL
+  )
   model = clip_weights.load(path, config='tiny-rn', dtype=jnp.bfloat16)
   ours = _outputs(model, rn['pixels'], rn['ids'])
   # The random logits here are small (|cos| < 0.1 before the scale), so the bf16 rounding of
@@ -91,17 +93,18 @@ def test_resnet_openai_pt_parity(rn, kind):
   assert np.all(np.abs(logits - ref_logits) <= scale * (2 * (r[:, None] + t[None, :]) + 1e-5))
   # ... and they are the scaled cosines of the bf16 model's own embeddings to fp32 precision.
   norm = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
-  np.testing.assert_allclose(logits, scale * norm(img) @ norm(txt).T, rtol=1e-5,
-                             atol=1e-5 * scale)
+  np.testing.assert_allclose(logits, scale * norm(img) @ norm(txt).T, rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_resnet_batch_norm_statistics_are_loaded(rn):
   model = _convert(rn)
   bn = model.visual.layers[0][0].bn2
-  np.testing.assert_array_equal(np.asarray(bn.mean[...]),
-                                rn['tensors']['visual.layer1.0.bn2.running_mean'])
-  np.testing.assert_array_equal(np.asarray(bn.var[...]),
-                                rn['tensors']['visual.layer1.0.bn2.running_var'])
+  np.testing.assert_array_equal(
+    np.asarray(bn.mean[...]), rn['tensors']['visual.layer1.0.bn2.running_mean']
+  )
+  np.testing.assert_array_equal(
+    np.asarray(bn.var[...]), rn['tensors']['visual.layer1.0.bn2.running_var']
+  )
   # Statistics are state, not parameters: the optimizer never sees them.
   names = {'.'.join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
   assert 'visual.layers.0.0.bn2.scale' in names and 'visual.layers.0.0.bn2.mean' not in names
@@ -116,21 +119,31 @@ def test_resnet_mismatches_listed(rn, tmp_path):
   with pytest.raises(clip_weights.CheckpointMismatchError) as e:
     clip_weights.load(path, config='tiny-rn')
   msg = str(e.value)
-  assert 'visual.layer2.0.downsample.1.running_var' in msg and 'visual.attnpool.q_proj.weight' in msg
+  assert (
+    'visual.layer2.0.downsample.1.running_var' in msg and 'visual.attnpool.q_proj.weight' in msg
+  )
 
 
 def test_resnet_config_inference():
   # 64-wide heads everywhere, as in OpenAI's models: the config is read off the shapes.
-  cfg = clip.get_config('tiny-rn', vision_layers=(2, 1, 3, 1), vision_width=16,
-                        vision_heads=8, image_size=96, text_heads=1, embed_dim=24)
+  cfg = clip.get_config(
+    'tiny-rn',
+    vision_layers=(2, 1, 3, 1),
+    vision_width=16,
+    vision_heads=8,
+    image_size=96,
+    text_heads=1,
+    embed_dim=24,
+  )
   tensors, _, _ = _openai_tensors(cfg, seed=1)
   assert clip_weights.config_from_openai(tensors, 'x.pt') == cfg
 
 
 def test_rn50_parameter_count_matches_pytorch():
   cfg = clip.CONFIGS['RN50']
-  ref = U.torch_modified_resnet(cfg.vision_layers, cfg.vision_width, cfg.vision_heads,
-                                cfg.embed_dim, cfg.image_size)
+  ref = U.torch_modified_resnet(
+    cfg.vision_layers, cfg.vision_width, cfg.vision_heads, cfg.embed_dim, cfg.image_size
+  )
   n_ref = sum(p.numel() for p in ref.parameters())
   model = nnx.eval_shape(lambda: clip.CLIP(cfg, rngs=nnx.Rngs(0)))
   assert clip.count_params(model.visual) == n_ref == 38_316_896
@@ -174,6 +187,7 @@ def test_resnet_analytic_macs_against_xla():
   the 7x7 maps of the last stage); the hand count, like the papers' counters, keeps them.
   """
   from fognet_jax.tools import model_cost
+
   cfg = clip.CONFIGS['RN50']
   model = nnx.eval_shape(lambda: clip.CLIP(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(model.visual)

@@ -4,6 +4,7 @@ The reference model gets random weights (LayerNorm and biases randomised too), i
 with ``save_pretrained`` (and re-keyed to OpenAI's names for the ``.pt`` tests) and loaded
 with ``clip.from_pretrained``. Errors are ``max |jax - torch| / max |torch|`` per output.
 """
+
 import os
 import pickle
 import zipfile
@@ -26,8 +27,7 @@ BF16_TOL = 2e-2
 def _jax_outputs(model, pixels, ids):
   px, tid = jnp.asarray(pixels), jnp.asarray(ids, jnp.int32)
   # One jit: XLA shares the towers between the embeddings and the logits.
-  return jax.jit(lambda m, x, t: (m.encode_image(x), m.encode_text(t), m(x, t)[0]))(
-      model, px, tid)
+  return jax.jit(lambda m, x, t: (m.encode_image(x), m.encode_text(t), m(x, t)[0]))(model, px, tid)
 
 
 def _check(name, ours, ref, tol):
@@ -38,8 +38,10 @@ def _check(name, ours, ref, tol):
 
 
 def _params(model):
-  return {'.'.join(map(str, p)): np.asarray(v.get_value())
-          for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  return {
+    '.'.join(map(str, p)): np.asarray(v.get_value())
+    for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+  }
 
 
 @pytest.fixture(scope='module')
@@ -49,8 +51,15 @@ def tiny(tmp_path_factory):
   hf = U.random_hf_model(cfg, seed=0)
   hf.save_pretrained(root / 'hf')
   pixels, ids = U.random_inputs(cfg, seed=0)
-  return dict(cfg=cfg, root=root, hf=hf, dir=str(root / 'hf'), pixels=pixels, ids=ids,
-              ref=U.hf_outputs(hf, pixels, ids))
+  return dict(
+    cfg=cfg,
+    root=root,
+    hf=hf,
+    dir=str(root / 'hf'),
+    pixels=pixels,
+    ids=ids,
+    ref=U.hf_outputs(hf, pixels, ids),
+  )
 
 
 @pytest.mark.parametrize('dtype,tol', [('float32', FP32_TOL), ('bfloat16', BF16_TOL)])
@@ -66,8 +75,7 @@ def test_tiny_hf_parity_interpolated_resolution(tiny):
   pixels = np.random.default_rng(3).standard_normal((2, 48, 64, 3)).astype(np.float32)
   ref = U.hf_outputs(tiny['hf'], pixels, tiny['ids'], interpolate=True)
   model = clip_weights.load(tiny['dir'])
-  _check('tiny HF fp32 48x64 interpolated', _jax_outputs(model, pixels, tiny['ids']), ref,
-         FP32_TOL)
+  _check('tiny HF fp32 48x64 interpolated', _jax_outputs(model, pixels, tiny['ids']), ref, FP32_TOL)
 
 
 @pytest.mark.parametrize('kind', ['torchscript', 'state_dict'])
@@ -80,11 +88,19 @@ def test_tiny_openai_pt_parity(tiny, kind):
     U.save_plain_state_dict(state, path)
   # Tiny heads are 16 wide, so the head count is given (OpenAI's are inferred: 64 wide).
   model = clip_weights.load(path, config='tiny')
-  _check(f'tiny OpenAI {kind} fp32', _jax_outputs(model, tiny['pixels'], tiny['ids']),
-         tiny['ref'], FP32_TOL)
+  _check(
+    f'tiny OpenAI {kind} fp32',
+    _jax_outputs(model, tiny['pixels'], tiny['ids']),
+    tiny['ref'],
+    FP32_TOL,
+  )
   model = clip_weights.load(path, config='tiny', dtype=jnp.bfloat16)
-  _check(f'tiny OpenAI {kind} bf16', _jax_outputs(model, tiny['pixels'], tiny['ids']),
-         tiny['ref'], BF16_TOL)
+  _check(
+    f'tiny OpenAI {kind} bf16',
+    _jax_outputs(model, tiny['pixels'], tiny['ids']),
+    tiny['ref'],
+    BF16_TOL,
+  )
 
 
 def test_openai_config_inference():
@@ -92,11 +108,13 @@ def test_openai_config_inference():
   hf = U.random_hf_model(cfg, seed=1)
   tensors = U.openai_state_dict(hf)
   assert clip_weights.config_from_openai(tensors, 'x.pt') == clip.get_config(
-      cfg, vision_mlp_dim=None, text_mlp_dim=None)
+    cfg, vision_mlp_dim=None, text_mlp_dim=None
+  )
   # A ResNet tower's first block without its attention pool: the missing key is named.
   tensors['visual.layer1.0.conv1.weight'] = np.zeros((8, 8, 1, 1), np.float32)
-  with pytest.raises(clip_weights.CheckpointMismatchError,
-                     match='visual.attnpool.positional_embedding'):
+  with pytest.raises(
+    clip_weights.CheckpointMismatchError, match='visual.attnpool.positional_embedding'
+  ):
     clip_weights.config_from_openai(tensors, 'x.pt')
 
 
@@ -113,6 +131,7 @@ def test_pytorch_model_bin_and_bf16_safetensors(tiny, tmp_path):
     np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
   # bfloat16 safetensors: values equal the bf16-rounded fp32 weights, params stay fp32.
   import copy
+
   copy.deepcopy(tiny['hf']).to(torch.bfloat16).save_pretrained(tmp_path / 'bf16')
   got = _params(clip_weights.load(str(tmp_path / 'bf16')))
   for k in ref:
@@ -130,6 +149,7 @@ def _mutate(tensors, remove, rename_extra, reshape):
 
 def test_hf_mismatches_listed_together(tiny, tmp_path):
   from safetensors.torch import save_file
+
   sd = {k: v.contiguous() for k, v in tiny['hf'].state_dict().items()}
   sd.pop('text_model.encoder.layers.1.mlp.fc2.bias')
   sd.pop('vision_model.post_layernorm.weight')
@@ -142,8 +162,10 @@ def test_hf_mismatches_listed_together(tiny, tmp_path):
   with pytest.raises(clip_weights.CheckpointMismatchError) as info:
     clip_weights.load(str(d))
   err = info.value
-  assert err.missing == ['text_model.encoder.layers.1.mlp.fc2.bias',
-                         'vision_model.post_layernorm.weight']
+  assert err.missing == [
+    'text_model.encoder.layers.1.mlp.fc2.bias',
+    'vision_model.post_layernorm.weight',
+  ]
   assert err.unexpected == ['vision_model.extra_head.weight']
   assert len(err.wrong_shapes) == 1 and 'position_embedding' in err.wrong_shapes[0]
   for s in err.missing + err.unexpected:
@@ -153,8 +175,12 @@ def test_hf_mismatches_listed_together(tiny, tmp_path):
 
 def test_openai_mismatches_listed_together(tiny, tmp_path):
   state = U.openai_state_dict(tiny['hf'])
-  state = _mutate(state, 'visual.transformer.resblocks.0.attn.in_proj_bias',
-                  'visual.transformer.resblocks.0.attn.q_bias', 'transformer.resblocks.1.mlp.c_fc.weight')
+  state = _mutate(
+    state,
+    'visual.transformer.resblocks.0.attn.in_proj_bias',
+    'visual.transformer.resblocks.0.attn.q_bias',
+    'transformer.resblocks.1.mlp.c_fc.weight',
+  )
   path = str(tmp_path / 'bad.pt')
   U.save_plain_state_dict(state, path)
   with pytest.raises(clip_weights.CheckpointMismatchError) as info:
@@ -245,16 +271,16 @@ def b16(tmp_path_factory):
   del hf
   U.save_torchscript_openai(state, str(root / 'ViT-B-16.pt'))
   del state
-  return dict(cfg=cfg, dir=str(root / 'hf'), pt=str(root / 'ViT-B-16.pt'), pixels=pixels,
-              ids=ids, ref=ref)
+  return dict(
+    cfg=cfg, dir=str(root / 'hf'), pt=str(root / 'ViT-B-16.pt'), pixels=pixels, ids=ids, ref=ref
+  )
 
 
 def test_b16_parity_hf_and_openai(b16):
   model = clip_weights.load(b16['dir'])
   assert model.config == b16['cfg']
   assert clip.count_params(model) == 149_620_737
-  _check('ViT-B/16 HF fp32', _jax_outputs(model, b16['pixels'], b16['ids']), b16['ref'],
-         FP32_TOL)
+  _check('ViT-B/16 HF fp32', _jax_outputs(model, b16['pixels'], b16['ids']), b16['ref'], FP32_TOL)
   # The OpenAI TorchScript-style archive (config inferred) gives identical parameters.
   from_pt = clip_weights.load(b16['pt'])
   assert from_pt.config == b16['cfg']
@@ -263,11 +289,14 @@ def test_b16_parity_hf_and_openai(b16):
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   del model, a, b
-  _check('ViT-B/16 OpenAI .pt fp32', _jax_outputs(from_pt, b16['pixels'], b16['ids']),
-         b16['ref'], FP32_TOL)
+  _check(
+    'ViT-B/16 OpenAI .pt fp32',
+    _jax_outputs(from_pt, b16['pixels'], b16['ids']),
+    b16['ref'],
+    FP32_TOL,
+  )
 
 
 def test_b16_parity_bf16(b16):
   model = clip_weights.load(b16['dir'], dtype=jnp.bfloat16)
-  _check('ViT-B/16 HF bf16', _jax_outputs(model, b16['pixels'], b16['ids']), b16['ref'],
-         BF16_TOL)
+  _check('ViT-B/16 HF bf16', _jax_outputs(model, b16['pixels'], b16['ids']), b16['ref'], BF16_TOL)

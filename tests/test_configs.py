@@ -1,4 +1,5 @@
 """Config files, variants, overrides and start-up validation."""
+
 import glob
 import importlib.util
 import os
@@ -43,12 +44,18 @@ print(' '.join(sorted(new - set(sys.stdlib_module_names) - {'ml_collections'})))
 """
 
 
-@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py'))),
-                         ids=os.path.basename)
+@pytest.mark.parametrize(
+  'path', sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py'))), ids=os.path.basename
+)
 def test_config_files_import_only_ml_collections_and_each_other(path):
-  out = subprocess.run([sys.executable, '-c', _IMPORTS_OF_A_CONFIG, path, 'baseline'],
-                       capture_output=True, text=True, check=True, cwd=ROOT,
-                       env={**os.environ, 'PYTHONPATH': ROOT}).stdout.split()
+  out = subprocess.run(
+    [sys.executable, '-c', _IMPORTS_OF_A_CONFIG, path, 'baseline'],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=ROOT,
+    env={**os.environ, 'PYTHONPATH': ROOT},
+  ).stdout.split()
   assert out == []
 
 
@@ -56,15 +63,21 @@ def test_paper_setting():
   cfg = _parse(f'--config={ROOT}/configs/fogact.py')
   assert cfg.model.backbone == 'ViT-B/16' and cfg.model.init_from == 'openai/clip-vit-base-patch16'
   assert (cfg.data.num_frames, cfg.data.image_size) == (8, 224)
-  assert (cfg.train.batch_size, cfg.train.num_epochs, cfg.train.learning_rate,
-          cfg.train.warmup_epochs) == (128, 30, 5e-5, 5)
+  assert (
+    cfg.train.batch_size,
+    cfg.train.num_epochs,
+    cfg.train.learning_rate,
+    cfg.train.warmup_epochs,
+  ) == (128, 30, 5e-5, 5)
   assert (cfg.loss.lambda_clean, cfg.loss.beta_temp) == (0.4, 0.1)
   assert cfg.model.fas.enabled and cfg.model.me.enabled and cfg.model.csa.enabled
 
 
 def test_variants_and_overrides():
-  cfg = _parse(f'--config={ROOT}/configs/fogact.py:b32,frames=4,views=4x1,dense,modules=fas+csa',
-               '--config.train.grad_accum_steps=4')
+  cfg = _parse(
+    f'--config={ROOT}/configs/fogact.py:b32,frames=4,views=4x1,dense,modules=fas+csa',
+    '--config.train.grad_accum_steps=4',
+  )
   assert cfg.model.backbone == 'ViT-B/32'
   assert cfg.model.init_from == 'openai/clip-vit-base-patch32'
   assert cfg.data.num_frames == 4 and (cfg.data.num_clips, cfg.data.num_crops) == (4, 1)
@@ -73,7 +86,7 @@ def test_variants_and_overrides():
   assert cfg.train.grad_accum_steps == 4
   base = _parse(f'--config={ROOT}/configs/fogact.py:baseline')
   assert base.model.arch == 'actionclip' and not base.model.fas.enabled
-  assert cfg.model.fas.concat == 'channels'   # eq. 1 over channel-joined streams
+  assert cfg.model.fas.concat == 'channels'  # eq. 1 over channel-joined streams
   assert _parse(f'--config={ROOT}/configs/fogact.py:fas=tokens').model.fas.concat == 'tokens'
   single = _parse(f'--config={ROOT}/configs/fogact.py:single_persp,l14,fsdp')
   assert single.data.perspective == 'front' and single.model.backbone == 'ViT-L/14'
@@ -84,7 +97,7 @@ def test_resnet_backbone_variant(tmp_path):
   cfg = _parse(f'--config={ROOT}/configs/fogact.py:rn50')
   assert cfg.model.backbone == 'RN50' and cfg.model.init_from == './RN50.pt'
   # OpenAI's RN50.pt is a manual download: start-up names the key and says where to get it.
-  with pytest.raises(config_lib.ConfigError, match=r"model.init_from.*RN50.pt.*_MODELS"):
+  with pytest.raises(config_lib.ConfigError, match=r'model.init_from.*RN50.pt.*_MODELS'):
     config_lib.validate(cfg, num_devices=1)
   weights = tmp_path / 'RN50.pt'
   weights.write_bytes(b'')
@@ -93,8 +106,7 @@ def test_resnet_backbone_variant(tmp_path):
 
 
 def test_unknown_variant_and_unknown_key_fail():
-  with pytest.raises(flags.IllegalFlagValueError,
-                     match=r"unknown config variant token 'nonsense'"):
+  with pytest.raises(flags.IllegalFlagValueError, match=r"unknown config variant token 'nonsense'"):
     _parse(f'--config={ROOT}/configs/fogact.py:nonsense')
   with pytest.raises(ValueError, match=r"unknown config variant token 'nonsense'"):
     spec = importlib.util.spec_from_file_location('fogact', f'{ROOT}/configs/fogact.py')
@@ -105,7 +117,9 @@ def test_unknown_variant_and_unknown_key_fail():
     _parse(f'--config={ROOT}/configs/synthetic.py', '--config.train.no_such_key=1')
 
 
-@pytest.mark.parametrize('key,value,devices,match', [
+@pytest.mark.parametrize(
+  'key,value,devices,match',
+  [
     ('train.batch_size', 100, 8, 'train.batch_size'),
     ('train.grad_accum_steps', 3, 8, 'train.grad_accum_steps'),
     ('data.num_frames', 0, 1, 'data.num_frames'),
@@ -120,7 +134,8 @@ def test_unknown_variant_and_unknown_key_fail():
     ('perf.residual_dtype', 'bfloat16', 1, 'perf.residual_dtype'),  # the demo runs float32
     ('perf.attention_impl', 'flash', 1, 'perf.attention_impl'),
     ('perf.fsdp_min_size', -1, 1, 'perf.fsdp_min_size'),
-])
+  ],
+)
 def test_validation_names_the_key(key, value, devices, match):
   cfg = _parse(f'--config={ROOT}/configs/synthetic.py')
   *blocks, name = key.split('.')
@@ -139,6 +154,7 @@ def test_a_saved_config_from_before_the_perf_block_reads_with_one(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
 
   from fognet_jax import predict  # pylint: disable=g-import-not-at-top
+
   today = _parse(f'--config={ROOT}/configs/synthetic.py:scratch').to_dict()
   today['perf'].update(pixels_on_device=False, fsdp_min_size=64, async_checkpointing=False)
   today = json.loads(json.dumps(today))  # as config.json holds it (lists for tuples)
@@ -153,4 +169,4 @@ def test_a_saved_config_from_before_the_perf_block_reads_with_one(tmp_path):
   config = predict.load_config(str(tmp_path))
   assert json.loads(json.dumps(config.to_dict())) == today
   config_lib.validate(config, num_devices=1)
-  assert config_lib.upgrade_saved_config(today) == today   # today's layout is kept as it is
+  assert config_lib.upgrade_saved_config(today) == today  # today's layout is kept as it is

@@ -1,5 +1,6 @@
 """Every TFDS builder names the paper: a real homepage and a BibTeX citation of "Seeing Through
 Fog: Towards Fog-Invariant Action Recognition"; README.md opens with the same citation."""
+
 import os
 import re
 
@@ -25,9 +26,11 @@ def bibtex_entries(text: str) -> list:
       assert i < len(text), f'unbalanced braces in the entry {m.group(2)}'
       depth += {'{': 1, '}': -1}.get(text[i], 0)
       i += 1
-    body = text[m.end():i - 1]
-    fields = {k.lower(): ' '.join(v.split())
-              for k, v in re.findall(r'(\w+)\s*=\s*\{((?:[^{}]|\{[^{}]*\})*)\}', body)}
+    body = text[m.end() : i - 1]
+    fields = {
+      k.lower(): ' '.join(v.split())
+      for k, v in re.findall(r'(\w+)\s*=\s*\{((?:[^{}]|\{[^{}]*\})*)\}', body)
+    }
     entries.append((m.group(1).lower(), m.group(2), fields))
   return entries
 

@@ -1,4 +1,5 @@
 """Evaluation: metrics against independent loops, view averaging, padding masks, PNG."""
+
 import os
 
 import jax.numpy as jnp
@@ -39,9 +40,14 @@ def test_eval_averages_views_and_drops_padding(tmp_path):
   graphdef, params, rest = train.split_model(model)
   tokens = toy.prompt_tokens()
   mesh = sharding.make_mesh(8)
-  probs, labels = evaluate.run_eval(graphdef, params, rest, mesh=mesh,
-                                    batches=toy.eval_batches(8, num_videos=13, views=3),
-                                    prompt_tokens=tokens)
+  probs, labels = evaluate.run_eval(
+    graphdef,
+    params,
+    rest,
+    mesh=mesh,
+    batches=toy.eval_batches(8, num_videos=13, views=3),
+    prompt_tokens=tokens,
+  )
   assert probs.shape == (13, toy.NUM_CLASSES) and labels.shape == (13,)
   # Independent: per video, per view, predict on one device, average the views.
   text = model.encode_text(jnp.asarray(tokens.reshape(-1, tokens.shape[-1])))
@@ -54,9 +60,15 @@ def test_eval_averages_views_and_drops_padding(tmp_path):
   np.testing.assert_allclose(probs, np.mean(expect, axis=0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
   # Fewer templates changes the text embeddings used.
-  p1, _ = evaluate.run_eval(graphdef, params, rest, mesh=mesh,
-                            batches=toy.eval_batches(8, num_videos=13, views=3),
-                            prompt_tokens=tokens, num_templates=1)
+  p1, _ = evaluate.run_eval(
+    graphdef,
+    params,
+    rest,
+    mesh=mesh,
+    batches=toy.eval_batches(8, num_videos=13, views=3),
+    prompt_tokens=tokens,
+    num_templates=1,
+  )
   assert np.max(np.abs(p1 - probs)) > 1e-6
 
 
@@ -66,13 +78,17 @@ def test_eval_of_uint8_views_equals_host_normalised_views():
   graphdef, params, rest = train.split_model(model)
   tokens = toy.prompt_tokens()
   mesh = sharding.make_mesh(8)
-  u8 = [dict(b, frames=np.clip(b['frames'] * 60 + 120, 0, 255).astype(np.uint8))
-        for b in toy.eval_batches(8, num_videos=13, views=2)]
+  u8 = [
+    dict(b, frames=np.clip(b['frames'] * 60 + 120, 0, 255).astype(np.uint8))
+    for b in toy.eval_batches(8, num_videos=13, views=2)
+  ]
   host = [dict(b, frames=augment.normalize(b['frames'])) for b in u8]
-  p_u8, l_u8 = evaluate.run_eval(graphdef, params, rest, mesh=mesh, batches=u8,
-                                 prompt_tokens=tokens)
-  p_host, l_host = evaluate.run_eval(graphdef, params, rest, mesh=mesh, batches=host,
-                                     prompt_tokens=tokens)
+  p_u8, l_u8 = evaluate.run_eval(
+    graphdef, params, rest, mesh=mesh, batches=u8, prompt_tokens=tokens
+  )
+  p_host, l_host = evaluate.run_eval(
+    graphdef, params, rest, mesh=mesh, batches=host, prompt_tokens=tokens
+  )
   np.testing.assert_array_equal(l_u8, l_host)
   np.testing.assert_allclose(p_u8, p_host, rtol=1e-5, atol=1e-6)
 
@@ -82,15 +98,23 @@ def test_state_evaluation_writes_png_and_results(tmp_path):
   mesh = sharding.make_mesh(8)
   sched = train.make_schedule(cfg.train, 10, 0)
   graphdef, state, _, _ = train.build_state(cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(0)), sched)
-  res = evaluate.evaluate_state(cfg, graphdef, state, mesh=mesh, class_names=toy.CLASS_NAMES,
-                                prompt_tokens=toy.prompt_tokens(), workdir=str(tmp_path),
-                                batches=toy.eval_batches(8, num_videos=13, views=2))
+  res = evaluate.evaluate_state(
+    cfg,
+    graphdef,
+    state,
+    mesh=mesh,
+    class_names=toy.CLASS_NAMES,
+    prompt_tokens=toy.prompt_tokens(),
+    workdir=str(tmp_path),
+    batches=toy.eval_batches(8, num_videos=13, views=2),
+  )
   path = evaluate.write_results(res, str(tmp_path))
   png = os.path.join(str(tmp_path), evaluate.CONFUSION_FILE)
   with open(png, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   assert os.path.getsize(png) > 2000
   import json
+
   with open(path) as f:
     loaded = json.load(f)
   assert loaded['num_videos'] == 13 and loaded['step'] == 0

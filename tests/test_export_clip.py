@@ -1,5 +1,6 @@
 """`python -m fognet_jax.export_clip`: a run's CLIP towers written as a checkpoint that
 `model.init_from` loads (the clean pretraining stage's hand-over), and the committed one."""
+
 import os
 
 import jax
@@ -18,8 +19,10 @@ ROOT = U.ROOT
 
 
 def _leaves(module):
-  return {'/'.join(map(str, p)): np.asarray(v)
-          for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(module, nnx.Param))}
+  return {
+    '/'.join(map(str, p)): np.asarray(v)
+    for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(module, nnx.Param))
+  }
 
 
 @pytest.fixture(scope='module')
@@ -28,8 +31,14 @@ def pretrained(tmp_path_factory):
   base = tmp_path_factory.mktemp('export')
   data = U.tiny_data_args(base)
   run = str(base / 'pretrain')
-  r = U.run_module('fognet_jax.main', '--config=configs/synthetic.py:scratch,baseline,train=clean',
-                   f'--workdir={run}', '--mode=train_only', *data, *U.TINY)
+  r = U.run_module(
+    'fognet_jax.main',
+    '--config=configs/synthetic.py:scratch,baseline,train=clean',
+    f'--workdir={run}',
+    '--mode=train_only',
+    *data,
+    *U.TINY,
+  )
   assert r.returncode == 0, r.stderr[-4000:]
   out = str(base / 'clip')
   r = U.run_module('fognet_jax.export_clip', f'--workdir={run}', f'--out={out}')
@@ -43,6 +52,7 @@ def test_export_holds_the_runs_trained_towers(pretrained):
   config = predict.load_config(run)
   from fognet_jax import main as main_lib  # pylint: disable=g-import-not-at-top
   from fognet_jax import sharding  # pylint: disable=g-import-not-at-top
+
   graphdef, state = main_lib.restore_state(config, sharding.make_mesh(1), run)
   trained = nnx.merge(graphdef, state.params, state.rest).clip
   loaded = clip_weights.load(out)
@@ -61,17 +71,25 @@ def test_init_from_the_export_starts_fognet_from_it(pretrained):
   cfg = config_lib.load_config(os.path.join(ROOT, 'configs', 'synthetic.py'))
   with cfg.unlocked():
     cfg.model.init_from = out
-  config_lib.validate_model(cfg.model)   # clip_overrides are None: the checkpoint's architecture
+  config_lib.validate_model(cfg.model)  # clip_overrides are None: the checkpoint's architecture
   model = weights.create_model(cfg.model, rngs=nnx.Rngs(0))
   want = _leaves(clip_weights.load(out))
   got = _leaves(model.clip)
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   # the whole recipe trains from it through main
-  r = U.run_module('fognet_jax.main', '--config=configs/synthetic.py', f'--workdir={base / "ft"}',
-                   f'--config.model.init_from={out}', '--config.train.num_train_steps=2',
-                   '--config.train.batch_size=8', '--config.eval.batch_size=8',
-                   '--config.data.num_frames=2', '--config.data.image_size=32', *data)
+  r = U.run_module(
+    'fognet_jax.main',
+    '--config=configs/synthetic.py',
+    f'--workdir={base / "ft"}',
+    f'--config.model.init_from={out}',
+    '--config.train.num_train_steps=2',
+    '--config.train.batch_size=8',
+    '--config.eval.batch_size=8',
+    '--config.data.num_frames=2',
+    '--config.data.image_size=32',
+    *data,
+  )
   assert r.returncode == 0, r.stderr[-4000:]
 
 

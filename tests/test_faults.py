@@ -1,4 +1,5 @@
 """Faults a user hits: a corrupt or half-written latest checkpoint, two runs on one workdir."""
+
 import os
 import signal
 import subprocess
@@ -20,8 +21,9 @@ from fognet_jax import train
 
 def _train(workdir, steps=6, *, stop_after=None, **kw):
   """The toy run of `steps` steps; `stop_after`: a SIGTERM (preemption) ends it at that step."""
-  cfg = toy.config(num_train_steps=steps, checkpoint_every_steps=2, log_every_steps=1,
-                   async_checkpointing=False)
+  cfg = toy.config(
+    num_train_steps=steps, checkpoint_every_steps=2, log_every_steps=1, async_checkpointing=False
+  )
   mesh = sharding.make_mesh(1)
   starts = []
 
@@ -32,9 +34,15 @@ def _train(workdir, steps=6, *, stop_after=None, **kw):
         os.kill(os.getpid(), signal.SIGTERM)
       yield b
 
-  _, state, _ = train.train(cfg, workdir, **toy.run_parts(cfg, mesh),
-                            model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss,
-                            batches=batches, **kw)
+  _, state, _ = train.train(
+    cfg,
+    workdir,
+    **toy.run_parts(cfg, mesh),
+    model=toy.ToyModel(rngs=nnx.Rngs(0)),
+    loss_fn=toy.toy_loss,
+    batches=batches,
+    **kw,
+  )
   return state, starts
 
 
@@ -65,8 +73,9 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize('damage', [_truncate, _drop_metadata])
-def test_unrestorable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference,
-                                                                       damage, caplog):
+def test_unrestorable_latest_checkpoint_falls_back_to_the_previous_one(
+  tmp_path, reference, damage, caplog
+):
   workdir = str(tmp_path / 'run')
   _train(workdir, stop_after=4)  # checkpoints 2 and 4, then preempted
   ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
@@ -88,34 +97,37 @@ def test_no_restorable_checkpoint_is_one_clear_error(tmp_path):
   ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
   for step in ('2', '4'):
     _truncate(os.path.join(ckpt_dir, step))
-  with pytest.raises(checkpointing.CheckpointError,
-                     match=rf'no checkpoint in {ckpt_dir} can be restored \(steps \[4, 2\]\)'):
+  with pytest.raises(
+    checkpointing.CheckpointError,
+    match=rf'no checkpoint in {ckpt_dir} can be restored \(steps \[4, 2\]\)',
+  ):
     _train(workdir)
   # Nothing was renamed or deleted: the user decides.
   assert sorted(os.listdir(ckpt_dir)) == ['2', '4']
 
 
-_HOLD = '''
+_HOLD = """
 import fcntl, sys, time
 f = open(sys.argv[1], 'a+')
 fcntl.flock(f, fcntl.LOCK_EX)
 f.seek(0); f.truncate(); f.write('pid 4242 on somehost since then'); f.flush()
 print('locked', flush=True)
 time.sleep(120)
-'''
+"""
 
 
 def test_second_run_on_a_workdir_is_refused_naming_the_lock(tmp_path):
   workdir = str(tmp_path / 'run')
   os.makedirs(workdir)
   lock = os.path.join(workdir, checkpointing.LOCK_FILE)
-  holder = subprocess.Popen([sys.executable, '-c', _HOLD, lock], stdout=subprocess.PIPE,
-                            text=True)
+  holder = subprocess.Popen([sys.executable, '-c', _HOLD, lock], stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == 'locked'
-    with pytest.raises(checkpointing.WorkdirLockedError,
-                       match=rf'{workdir} is in use by another training run: the lock {lock} '
-                             r'is held \(pid 4242 on somehost since then\)'):
+    with pytest.raises(
+      checkpointing.WorkdirLockedError,
+      match=rf'{workdir} is in use by another training run: the lock {lock} '
+      r'is held \(pid 4242 on somehost since then\)',
+    ):
       _train(workdir, stop_after=2)
     assert sorted(os.listdir(workdir)) == [checkpointing.LOCK_FILE]  # nothing touched
   finally:
@@ -134,8 +146,14 @@ def test_lock_is_released_when_training_fails(tmp_path):
   cfg = toy.config(num_train_steps=4, log_every_steps=1, async_checkpointing=False)
   mesh = sharding.make_mesh(1)
   with pytest.raises(train.NonFiniteLossError) as failure:
-    train.train(cfg, workdir, **toy.run_parts(cfg, mesh), model=toy.ToyModel(rngs=nnx.Rngs(0)),
-                loss_fn=toy.toy_loss, batches=lambda s: toy.batches(0, 16, s, nan_at=1))
+    train.train(
+      cfg,
+      workdir,
+      **toy.run_parts(cfg, mesh),
+      model=toy.ToyModel(rngs=nnx.Rngs(0)),
+      loss_fn=toy.toy_loss,
+      batches=lambda s: toy.batches(0, 16, s, nan_at=1),
+    )
   # `failure` keeps the traceback, and with it train's frame and its lock object, alive: the
   # lock is free only because train released it, not because the object was collected.
   assert failure.traceback
@@ -156,9 +174,15 @@ def test_a_restore_that_fails_leaves_the_config_json_of_the_run(tmp_path):
   mesh = sharding.make_mesh(1)
   started = []
   with pytest.raises(checkpointing.CheckpointError):
-    train.train(cfg, workdir, **toy.run_parts(cfg, mesh), model=toy.ToyModel(rngs=nnx.Rngs(0)),
-                loss_fn=toy.toy_loss, batches=lambda s: toy.batches(0, 16, s),
-                on_start=started.append)
+    train.train(
+      cfg,
+      workdir,
+      **toy.run_parts(cfg, mesh),
+      model=toy.ToyModel(rngs=nnx.Rngs(0)),
+      loss_fn=toy.toy_loss,
+      batches=lambda s: toy.batches(0, 16, s),
+      on_start=started.append,
+    )
   with open(os.path.join(workdir, 'config.json')) as f:
     assert f.read() == written  # the config the checkpoints were written with
   assert started == []
@@ -175,6 +199,7 @@ def test_the_reads_a_failed_restore_leaves_behind_report_nothing(tmp_path, monke
   import time
 
   import tensorstore as ts
+
   reported = []
   monkeypatch.setattr(sys, 'unraisablehook', reported.append)
   checkpointing.Checkpointer(str(tmp_path), async_save=False).close()
@@ -199,11 +224,13 @@ def test_the_reads_a_failed_restore_leaves_behind_report_nothing(tmp_path, monke
 
   # Orbax's read coroutine (serialization._read_array_index_and_device_put) turns any error,
   # the GeneratorExit of its closing included, into an Exception of its own.
-  source = ('async def read_array(future):\n'
-            '  try:\n'
-            '    return await future\n'
-            '  except BaseException as e:\n'
-            '    raise Exception("Encountered error while reading array index") from e\n')
+  source = (
+    'async def read_array(future):\n'
+    '  try:\n'
+    '    return await future\n'
+    '  except BaseException as e:\n'
+    '    raise Exception("Encountered error while reading array index") from e\n'
+  )
   namespace = {}
   filename = os.path.join('site-packages', 'orbax', 'checkpoint', '_src', 'serialization.py')
   exec(compile(source, filename, 'exec'), namespace)  # pylint: disable=exec-used
@@ -220,13 +247,14 @@ def test_the_reads_a_failed_restore_leaves_behind_report_nothing(tmp_path, monke
   assert [str(r.exc_value) for r in reported] == ['something else']
 
 
-def test_a_full_disk_during_a_background_save_names_the_last_complete_checkpoint(tmp_path,
-                                                                                  caplog):
+def test_a_full_disk_during_a_background_save_names_the_last_complete_checkpoint(tmp_path, caplog):
   import time
+
   workdir = str(tmp_path / 'run')
   ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
   main_testutil.mount_tmpfs(ckpt_dir, 1 << 20)  # the checkpoints on a small disk
   try:
+
     def batches(start):
       for i, b in enumerate(toy.batches(0, 16, start), start):
         if i == 3:  # before step 4: checkpoint 2 is complete, then the disk fills up
@@ -239,15 +267,23 @@ def test_a_full_disk_during_a_background_save_names_the_last_complete_checkpoint
                 f.flush()
         yield b
 
-    cfg = toy.config(num_train_steps=6, checkpoint_every_steps=2, log_every_steps=1,
-                     async_checkpointing=True)
+    cfg = toy.config(
+      num_train_steps=6, checkpoint_every_steps=2, log_every_steps=1, async_checkpointing=True
+    )
     mesh = sharding.make_mesh(1)
     with caplog.at_level('INFO'), pytest.raises(checkpointing.CheckpointSaveError) as failure:
-      train.train(cfg, workdir, **toy.run_parts(cfg, mesh),
-                  model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss, batches=batches)
+      train.train(
+        cfg,
+        workdir,
+        **toy.run_parts(cfg, mesh),
+        model=toy.ToyModel(rngs=nnx.Rngs(0)),
+        loss_fn=toy.toy_loss,
+        batches=batches,
+      )
     assert str(failure.value) == (
-        f'cannot write the checkpoint of step 4 to {ckpt_dir} (No space left on device); the '
-        f'last complete checkpoint is {ckpt_dir}/2')
+      f'cannot write the checkpoint of step 4 to {ckpt_dir} (No space left on device); the '
+      f'last complete checkpoint is {ckpt_dir}/2'
+    )
     messages = [r.getMessage() for r in caplog.records]
     assert f'Checkpoint of step 2 -> {ckpt_dir}' in messages
     assert not any('Checkpoint of step 4' in m for m in messages)

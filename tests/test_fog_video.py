@@ -1,4 +1,5 @@
 """`python -m fognet_jax.fog_video`: fog a video file with the builders' ASM, streamed in chunks."""
+
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ def _clip():
   frames = []
   for t in range(T):
     f = np.stack([60 + 120 * x / W, 40 + 150 * y / H, 90 + 60 * np.sin((x + 2 * t) / 9)], -1)
-    f[10:26, 5 + t:21 + t] = 230
+    f[10:26, 5 + t : 21 + t] = 230
     frames.append(np.clip(f, 0, 255).astype(np.uint8))
   return np.stack(frames)
 
@@ -37,16 +38,26 @@ def clean_video(tmp_path_factory):
 
 def _run(*args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, '-m', 'fognet_jax.fog_video', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, '-m', 'fognet_jax.fog_video', *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 @pytest.mark.parametrize('heterogeneous', [True, False])
 def test_fog_in_chunks_equals_fog_of_the_whole_clip(heterogeneous):
   clip = _clip()
   whole = fog_lib.apply_fog(clip, intensity='dense', seed=3, heterogeneous=heterogeneous)
-  chunks = [fog_lib.apply_fog(clip[s:s + 16], intensity='dense', seed=3, start_frame=s,
-                              heterogeneous=heterogeneous) for s in range(0, T, 16)]
+  chunks = [
+    fog_lib.apply_fog(
+      clip[s : s + 16], intensity='dense', seed=3, start_frame=s, heterogeneous=heterogeneous
+    )
+    for s in range(0, T, 16)
+  ]
   np.testing.assert_array_equal(np.concatenate(chunks), whole)
   # The start index matters: the fog field drifts over time.
   shifted = fog_lib.apply_fog(clip[16:32], intensity='dense', seed=3, heterogeneous=heterogeneous)
@@ -92,20 +103,27 @@ def test_depth_map_file(clean_video, tmp_path):
   assert change[:8].mean() < change[-8:].mean()  # far (d = 1) fogs more than near (d = 0)
 
 
-@pytest.mark.parametrize('args,match', [
+@pytest.mark.parametrize(
+  'args,match',
+  [
     (['{missing}', '{out}'], 'missing.mp4: no such file'),
     (['{text}', '{out}'], 'notes.txt'),
-    (['{clean}', '{out}', '--density=thick'], "--density must be one of"),
+    (['{clean}', '{out}', '--density=thick'], '--density must be one of'),
     (['{clean}', '{out}', '--airlight=2'], '--airlight must be in'),
     (['{clean}', '{out}', '--depth={badnpy}'], 'has shape (3, 3)'),
     (['{clean}', '{out}', '--depth=/no/depth.npy'], '/no/depth.npy does not exist'),
-])
+  ],
+)
 def test_bad_input_is_named(clean_video, tmp_path, capsys, args, match):
   (tmp_path / 'notes.txt').write_text('not a video')
   np.save(tmp_path / 'bad.npy', np.zeros((3, 3), np.float32))
-  names = dict(missing=str(tmp_path / 'missing.mp4'), out=str(tmp_path / 'o.mp4'),
-               text=str(tmp_path / 'notes.txt'), clean=clean_video,
-               badnpy=str(tmp_path / 'bad.npy'))
+  names = dict(
+    missing=str(tmp_path / 'missing.mp4'),
+    out=str(tmp_path / 'o.mp4'),
+    text=str(tmp_path / 'notes.txt'),
+    clean=clean_video,
+    badnpy=str(tmp_path / 'bad.npy'),
+  )
   code = fog_cli.main([a.format(**names) for a in args])
   assert code == 1
   assert match in capsys.readouterr().err
@@ -116,13 +134,13 @@ def test_unknown_output_extension_names_the_path_and_the_formats(clean_video, tm
   out = str(tmp_path / 'foggy.xyz')
   assert fog_cli.main([clean_video, out]) == 1
   assert capsys.readouterr().err.splitlines() == [
-      f'error: {out}: unsupported output format .xyz; supported: .mp4, .mkv, .mov (H.264), '
-      '.avi (MPEG-4)']
+    f'error: {out}: unsupported output format .xyz; supported: .mp4, .mkv, .mov (H.264), '
+    '.avi (MPEG-4)'
+  ]
   assert os.listdir(tmp_path) == []
 
 
-def test_library_logs_and_warnings_only_with_verbose(clean_video, tmp_path, monkeypatch,
-                                                     caplog):
+def test_library_logs_and_warnings_only_with_verbose(clean_video, tmp_path, monkeypatch, caplog):
   probe = video_io.probe
 
   def noisy_probe(path):  # a library that logs and warns while the video is processed
@@ -150,7 +168,7 @@ def long_video(tmp_path_factory):
   def frames():
     for t in range(300):
       f = np.stack([60 + 120 * x / w, 40 + 150 * y / h, 90 + 60 * np.sin((x + 3 * t) / 9)], -1)
-      f[40:90, t % 200:t % 200 + 50] = 230
+      f[40:90, t % 200 : t % 200 + 50] = 230
       yield np.clip(f, 0, 255).astype(np.uint8)
 
   path = str(tmp_path_factory.mktemp('long') / 'long.mp4')
@@ -162,9 +180,14 @@ def long_video(tmp_path_factory):
 def test_interrupted_run_leaves_no_output_and_prints_one_line(long_video, tmp_path, sig):
   out = tmp_path / 'out' / 'foggy.mp4'
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.Popen([sys.executable, '-m', 'fognet_jax.fog_video', long_video, str(out)],
-                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
+  proc = subprocess.Popen(
+    [sys.executable, '-m', 'fognet_jax.fog_video', long_video, str(out)],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   try:
     first = proc.stderr.readline()  # the first progress line: the output is being written
     assert first.startswith('['), first

@@ -6,6 +6,7 @@ The worker runs in a subprocess (`python tests/test_interrupts.py WORKDIR BLOCK_
 stream blocks before batch BLOCK_AT until the file WORKDIR/release exists, so the signals
 arrive at a known step.
 """
+
 import os
 import signal
 import subprocess
@@ -14,14 +15,15 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIRST = 'Interrupted (Ctrl-C): saving a checkpoint and stopping after this step'
-SECOND = ('Interrupted again: stopped at once, without saving; the last complete checkpoint '
-          'is kept.')
+SECOND = 'Interrupted again: stopped at once, without saving; the last complete checkpoint is kept.'
 
 
 def _config():
   import train_toy as toy
-  return toy.config(num_train_steps=10, checkpoint_every_steps=4, log_every_steps=1,
-                    keep_checkpoints=2)
+
+  return toy.config(
+    num_train_steps=10, checkpoint_every_steps=4, log_every_steps=1, keep_checkpoints=2
+  )
 
 
 def _run(workdir, block_at):
@@ -30,20 +32,30 @@ def _run(workdir, block_at):
 
   from fognet_jax import sharding
   from fognet_jax import train
+
   cfg = _config()
   mesh = sharding.make_mesh(1)
 
-  _, state, _ = train.train(cfg, workdir, **toy.run_parts(cfg, mesh),
-                            model=toy.ToyModel(rngs=nnx.Rngs(cfg.seed)), loss_fn=toy.toy_loss,
-                            batches=toy.blocking_batches(cfg, workdir, block_at))
+  _, state, _ = train.train(
+    cfg,
+    workdir,
+    **toy.run_parts(cfg, mesh),
+    model=toy.ToyModel(rngs=nnx.Rngs(cfg.seed)),
+    loss_fn=toy.toy_loss,
+    batches=toy.blocking_batches(cfg, workdir, block_at),
+  )
   print(f'stopped at step {int(state.step)}', flush=True)
 
 
 def _start(workdir, block_at):
   env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  return subprocess.Popen([sys.executable, os.path.join(HERE, 'test_interrupts.py'), workdir,
-                           str(block_at)], env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable, os.path.join(HERE, 'test_interrupts.py'), workdir, str(block_at)],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _wait_for(path, proc, timeout=180):

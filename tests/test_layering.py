@@ -2,6 +2,7 @@
 
 Read from the source (ast), so the checks see function-local imports too.
 """
+
 import ast
 import os
 import sys
@@ -11,8 +12,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('fognet_jax', 'tfds_fogact')
 # Libraries a module may import inside a function: optional, heavy, or only needed there.
-LOCAL_IMPORTS_ALLOWED = ('tensorflow', 'matplotlib', 'huggingface_hub', 'flax.metrics',
-                         'array_record')
+LOCAL_IMPORTS_ALLOWED = (
+  'tensorflow',
+  'matplotlib',
+  'huggingface_hub',
+  'flax.metrics',
+  'array_record',
+)
 
 
 def _modules() -> dict[str, str]:
@@ -24,7 +30,7 @@ def _modules() -> dict[str, str]:
         if name.endswith('.py'):
           path = os.path.join(directory, name)
           rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
-          found[rel[:-len('.__init__')] if rel.endswith('.__init__') else rel] = path
+          found[rel[: -len('.__init__')] if rel.endswith('.__init__') else rel] = path
   return found
 
 
@@ -42,7 +48,7 @@ def _imports(path: str, module: str, known: set[str]):
       base = node.module or ''
       if node.level:
         parts = package.split('.')
-        base = '.'.join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+        base = '.'.join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
       names = [f'{base}.{a.name}' if f'{base}.{a.name}' in known else base for a in node.names]
     for name in names:
       out.append((name, id(node) in top))
@@ -105,22 +111,36 @@ def test_no_import_cycles():
   graph, _ = _graph()
   # A package's __init__ importing its own submodules (the builder registry) is not a layer
   # reaching back up; every other edge counts.
-  pruned = {m: {t for t in ts if not (t.startswith(m + '.') and m in PACKAGES)}
-            for m, ts in graph.items()}
+  pruned = {
+    m: {t for t in ts if not (t.startswith(m + '.') and m in PACKAGES)} for m, ts in graph.items()
+  }
   assert _cycles(pruned) == []
 
 
 def test_the_builders_do_not_import_the_trainer():
   graph, _ = _graph()
-  up = sorted((m, t) for m, ts in graph.items() if m.startswith('tfds_fogact')
-              for t in ts if t.startswith('fognet_jax'))
+  up = sorted(
+    (m, t)
+    for m, ts in graph.items()
+    if m.startswith('tfds_fogact')
+    for t in ts
+    if t.startswith('fognet_jax')
+  )
   assert up == []
 
 
-@pytest.mark.parametrize('lower', ['fognet_jax.evaluate', 'fognet_jax.train',
-                                   'fognet_jax.input_pipeline', 'fognet_jax.models.fognet',
-                                   'fognet_jax.models.clip', 'fognet_jax.records',
-                                   'fognet_jax.weights'])
+@pytest.mark.parametrize(
+  'lower',
+  [
+    'fognet_jax.evaluate',
+    'fognet_jax.train',
+    'fognet_jax.input_pipeline',
+    'fognet_jax.models.fognet',
+    'fognet_jax.models.clip',
+    'fognet_jax.records',
+    'fognet_jax.weights',
+  ],
+)
 def test_lower_layers_do_not_import_the_entry_point_or_the_trainer(lower):
   graph, _ = _graph()
   assert 'fognet_jax.main' not in graph[lower]
@@ -133,13 +153,13 @@ def test_models_import_nothing_of_the_package_outside_models():
   graph, _ = _graph()
   models = [m for m in graph if m.startswith('fognet_jax.models.')]
   assert len(models) >= 8, models
-  outside = sorted((m, t) for m in models for t in graph[m]
-                   if not t.startswith('fognet_jax.models'))
+  outside = sorted(
+    (m, t) for m in models for t in graph[m] if not t.startswith('fognet_jax.models')
+  )
   assert outside == []
 
 
 def test_imports_are_at_the_top_except_optional_libraries():
   _, local = _graph()
-  bad = [(m, name) for m, name in local
-         if not name.startswith(LOCAL_IMPORTS_ALLOWED)]
+  bad = [(m, name) for m, name in local if not name.startswith(LOCAL_IMPORTS_ALLOWED)]
   assert bad == []

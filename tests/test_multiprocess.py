@@ -12,6 +12,7 @@ The children run this file (`python tests/test_multiprocess.py --config=... --wo
 `main.main` with a few library functions wrapped to log, per process, which training samples
 and evaluation examples it read, which files it wrote and the final parameters.
 """
+
 import glob
 import json
 import os
@@ -30,16 +31,20 @@ ROOT = os.path.dirname(HERE)
 TRACE_ENV = 'FOGNET_TEST_TRACE_DIR'
 BATCH = 8  # main_testutil.TINY's batch: 2 rows per device on 4 devices
 TINY = [
-    '--config=configs/synthetic.py:scratch', *main_testutil.TINY,
-    '--config.model.clip_overrides.vision_layers=1', '--config.model.clip_overrides.text_layers=1',
-    '--config.train.checkpoint_every_steps=2', '--config.eval.confusion_matrix=True',
-    # A constant learning rate: 2 steps + 2 resumed steps equal 4 steps in one go.
-    '--config.train.warmup_epochs=0', '--config.train.end_lr_ratio=1.0',
-    '--config.perf.async_checkpointing=False',
-    # Parameters whose gradient is zero in exact arithmetic (attention key biases) get float
-    # noise as gradient, which Adam with a tiny eps turns into full-size updates of either sign;
-    # a larger eps leaves them still, so that the two runs can be compared.
-    '--config.train.eps=1e-3',
+  '--config=configs/synthetic.py:scratch',
+  *main_testutil.TINY,
+  '--config.model.clip_overrides.vision_layers=1',
+  '--config.model.clip_overrides.text_layers=1',
+  '--config.train.checkpoint_every_steps=2',
+  '--config.eval.confusion_matrix=True',
+  # A constant learning rate: 2 steps + 2 resumed steps equal 4 steps in one go.
+  '--config.train.warmup_epochs=0',
+  '--config.train.end_lr_ratio=1.0',
+  '--config.perf.async_checkpointing=False',
+  # Parameters whose gradient is zero in exact arithmetic (attention key biases) get float
+  # noise as gradient, which Adam with a tiny eps turns into full-size updates of either sign;
+  # a larger eps leaves them still, so that the two runs can be compared.
+  '--config.train.eps=1e-3',
 ]
 TIMEOUT_S = 240
 TIMING_KEYS = ('steps_per_sec', 'clip_pairs_per_sec')
@@ -56,8 +61,14 @@ def _tail(path: str, n: int = 4000) -> str:
     return f.read()[-n:]
 
 
-def _launch(num_processes: int, devices: int, workdir: str, trace_dir: str, args: list[str],
-            timeout: float = TIMEOUT_S) -> list[str]:
+def _launch(
+  num_processes: int,
+  devices: int,
+  workdir: str,
+  trace_dir: str,
+  args: list[str],
+  timeout: float = TIMEOUT_S,
+) -> list[str]:
   """Runs `num_processes` children of `main`, each with `devices` CPU devices; returns their
   log paths. Fails with the logs' tails when one exits non-zero; kills all on a timeout."""
   os.makedirs(trace_dir, exist_ok=True)
@@ -65,23 +76,38 @@ def _launch(num_processes: int, devices: int, workdir: str, trace_dir: str, args
   procs, logs = [], []
   try:
     for i in range(num_processes):
-      env = {k: v for k, v in os.environ.items()
-             if not k.startswith(('JAX_COORDINATOR', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'))}
-      env.update(PYTHONPATH=os.pathsep.join([ROOT, HERE, os.environ.get('PYTHONPATH', '')]),
-                 JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
-                 # No LLVM optimisation: compiling dominates these few steps.
-                 XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
-                           '--xla_backend_optimization_level=0',
-                 **{TRACE_ENV: trace_dir})
+      env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(('JAX_COORDINATOR', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'))
+      }
+      env.update(
+        PYTHONPATH=os.pathsep.join([ROOT, HERE, os.environ.get('PYTHONPATH', '')]),
+        JAX_PLATFORMS='cpu',
+        TF_CPP_MIN_LOG_LEVEL='2',
+        # No LLVM optimisation: compiling dominates these few steps.
+        XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
+        '--xla_backend_optimization_level=0',
+        **{TRACE_ENV: trace_dir},
+      )
       if num_processes > 1:
-        env.update(JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
-                   JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(i))
+        env.update(
+          JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+          JAX_NUM_PROCESSES=str(num_processes),
+          JAX_PROCESS_ID=str(i),
+        )
       log = os.path.join(trace_dir, f'log.{i}.txt')
       logs.append(log)
       with open(log, 'w') as out:
-        procs.append(subprocess.Popen(
+        procs.append(
+          subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), f'--workdir={workdir}', *TINY, *args],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+          )
+        )
     deadline = time.time() + timeout
     while any(p.poll() is None for p in procs):
       failed = [i for i, p in enumerate(procs) if p.poll() not in (None, 0)]
@@ -95,10 +121,13 @@ def _launch(num_processes: int, devices: int, workdir: str, trace_dir: str, args
         p.wait(30)
   codes = [p.returncode for p in procs]
   if any(codes):
-    tails = '\n'.join(f'--- process {i} (exit {c}) ---\n{_tail(logs[i])}'
-                      for i, c in enumerate(codes))
-    pytest.fail(f'{num_processes}-process run {args} failed or timed out ({timeout:.0f} s): '
-                f'exit codes {codes}\n{tails}')
+    tails = '\n'.join(
+      f'--- process {i} (exit {c}) ---\n{_tail(logs[i])}' for i, c in enumerate(codes)
+    )
+    pytest.fail(
+      f'{num_processes}-process run {args} failed or timed out ({timeout:.0f} s): '
+      f'exit codes {codes}\n{tails}'
+    )
   return logs
 
 
@@ -112,8 +141,11 @@ def _trace(trace_dir: str, kind: str, process: int) -> list[dict]:
 
 def _history(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
-            for line in f if line.strip()]
+    return [
+      {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+      for line in f
+      if line.strip()
+    ]
 
 
 def _results(workdir: str) -> dict:
@@ -126,6 +158,7 @@ def data_args(tmp_path_factory):
   """A tiny synthetic_fog_act, built here once so that the children do not race to build it."""
   from fognet_jax import config_lib
   from fognet_jax import records
+
   base = tmp_path_factory.mktemp('synthetic')
   args = main_testutil.tiny_data_args(base)
   cfg = config_lib.load_config(os.path.join(ROOT, 'configs', 'synthetic.py'))
@@ -154,8 +187,9 @@ def test_two_processes_with_resume_equal_one_process(tmp_path, data_args):
   ref = threading.Thread(target=run_ref)
   ref.start()
   try:
-    _launch(2, 2, mp_dir, mp_trace[0],
-            [*args, '--config.train.num_train_steps=2', '--mode=train_only'])
+    _launch(
+      2, 2, mp_dir, mp_trace[0], [*args, '--config.train.num_train_steps=2', '--mode=train_only']
+    )
   finally:
     ref.join()
   if ref_error:
@@ -164,7 +198,7 @@ def test_two_processes_with_resume_equal_one_process(tmp_path, data_args):
   assert not os.path.exists(os.path.join(mp_dir, 'results.json'))
   # The second part restores step 2 and continues to 4, then evaluates.
   logs = _launch(2, 2, mp_dir, mp_trace[1], [*args, '--config.train.num_train_steps=4'])
-  assert 'Resuming at step 2' in _tail(logs[0], 10 ** 7), _tail(logs[0])
+  assert 'Resuming at step 2' in _tail(logs[0], 10**7), _tail(logs[0])
   print(f'runs took {time.time() - t0:.0f} s')
 
   # Same parameters in both processes, equal to the 1-process run's.
@@ -176,10 +210,13 @@ def test_two_processes_with_resume_equal_one_process(tmp_path, data_args):
     worst = max(diff, key=diff.get)
     print(f'process {p}: max |parameter difference| {diff[worst]:.2e} ({worst})')
     for k, v in ref_params.items():  # 4 steps of learning rate 2e-3 move a parameter by ~1e-2
-      np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=5e-6,
-                                 err_msg=f'process {p}: {k} differs from the 1-process run')
-  moved = max(float(np.max(np.abs(ref_params[k] - v))) for k, v in
-              np.load(os.path.join(mp_trace[0], 'params_initial.0.npz')).items())
+      np.testing.assert_allclose(
+        got[k], v, rtol=1e-5, atol=5e-6, err_msg=f'process {p}: {k} differs from the 1-process run'
+      )
+  moved = max(
+    float(np.max(np.abs(ref_params[k] - v)))
+    for k, v in np.load(os.path.join(mp_trace[0], 'params_initial.0.npz')).items()
+  )
   assert moved > 1e-4, 'training did not change the parameters'
 
   # Each step's logged metrics once (process 0 writes), equal to the 1-process run's.
@@ -188,7 +225,9 @@ def test_two_processes_with_resume_equal_one_process(tmp_path, data_args):
   for a, b in zip(mp_hist, ref_hist):
     for k in ('loss', 'loss_f', 'loss_c', 'learning_rate', 'grad_norm'):
       assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a['step'], k, a[k], b[k])
-  assert len(glob.glob(os.path.join(mp_dir, 'tensorboard', 'events.out.tfevents.*'))) == 2  # one per part
+  assert (
+    len(glob.glob(os.path.join(mp_dir, 'tensorboard', 'events.out.tfevents.*'))) == 2
+  )  # one per part
 
   # Each process read its own half of every global batch: disjoint, together the whole batch.
   for trace, steps in ((mp_trace[0], range(0, 2)), (mp_trace[1], range(2, 4))):
@@ -204,14 +243,17 @@ def test_two_processes_with_resume_equal_one_process(tmp_path, data_args):
   ref_rows = {r['step']: r for r in _trace(ref_trace, 'train_rows', 0)}
   for s in range(4):
     trace = mp_trace[s // 2]
-    mp_pos = sorted(p for q in (0, 1) for r in _trace(trace, 'train_rows', q) if r['step'] == s
-                    for p in r['pos'])
+    mp_pos = sorted(
+      p for q in (0, 1) for r in _trace(trace, 'train_rows', q) if r['step'] == s for p in r['pos']
+    )
     assert mp_pos == sorted(ref_rows[s]['pos']), f'step {s}: other examples than 1 process'
 
   # Evaluation: contiguous halves of the test split, every video counted once.
   ranges = [_trace(mp_trace[1], 'eval_rows', p) for p in (0, 1)]
-  assert [r[0]['range'] for r in ranges] == [[0, (num_test + 1) // 2],
-                                             [(num_test + 1) // 2, num_test]], ranges
+  assert [r[0]['range'] for r in ranges] == [
+    [0, (num_test + 1) // 2],
+    [(num_test + 1) // 2, num_test],
+  ], ranges
   ref_res, mp_res = _results(ref_dir), _results(mp_dir)
   assert mp_res['num_videos'] == ref_res['num_videos'] == num_test
   assert mp_res['step'] == ref_res['step'] == 4
@@ -224,10 +266,13 @@ def test_two_processes_with_resume_equal_one_process(tmp_path, data_args):
     assert not _trace(trace, 'writes', 1), _trace(trace, 'writes', 1)
   assert _trace(mp_trace[0], 'writes', 0) == []
   assert sorted(w['file'] for w in _trace(mp_trace[1], 'writes', 0)) == [
-      'confusion_matrix.png', 'results.json']
+    'confusion_matrix.png',
+    'results.json',
+  ]
 
 
 # ------------------------------------------------------------------------------ child process
+
 
 def _instrument(trace_dir: str) -> None:
   """Wraps library functions to log, per process, what this process read and wrote."""
@@ -236,6 +281,7 @@ def _instrument(trace_dir: str) -> None:
   from fognet_jax import evaluate
   from fognet_jax import input_pipeline
   from fognet_jax import train
+
   lock = threading.Lock()
 
   def record(kind, **fields):
@@ -250,8 +296,14 @@ def _instrument(trace_dir: str) -> None:
 
   def train_sample_ids(num_examples, **kw):
     g, pos = sample_ids(num_examples, **kw)
-    record('train_rows', step=kw['step'], process=kw['process_index'],
-           process_count=kw['process_count'], g=g.tolist(), pos=pos.tolist())
+    record(
+      'train_rows',
+      step=kw['step'],
+      process=kw['process_index'],
+      process_count=kw['process_count'],
+      g=g.tolist(),
+      pos=pos.tolist(),
+    )
     return g, pos
 
   process_range = input_pipeline.eval_process_range
@@ -274,8 +326,10 @@ def _instrument(trace_dir: str) -> None:
   train_fn = train.train
 
   def train_logged(config, workdir, *, model, **kw):
-    np.savez(os.path.join(trace_dir, f'params_initial.{jax.process_index()}.npz'),
-             **flat(train.split_model(model)[1]))
+    np.savez(
+      os.path.join(trace_dir, f'params_initial.{jax.process_index()}.npz'),
+      **flat(train.split_model(model)[1]),
+    )
     graphdef, state, last = train_fn(config, workdir, model=model, **kw)
     np.savez(os.path.join(trace_dir, f'params.{jax.process_index()}.npz'), **flat(state.params))
     return graphdef, state, last
@@ -291,6 +345,7 @@ if __name__ == '__main__':
   from absl import app
 
   from fognet_jax import main as main_lib
+
   _instrument(os.environ[TRACE_ENV])
   main_lib.define_flags()
   app.run(main_lib.main)

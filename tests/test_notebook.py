@@ -8,6 +8,7 @@ reads its requirements and runs the installer, whose pip steps find nothing to d
 requirement is installed, and fognet_jax is installed at the same version). Shell steps and
 magics (TensorBoard) run for real; nothing is skipped.
 """
+
 import importlib.metadata
 import json
 import os
@@ -63,8 +64,9 @@ def install_prefix(nb):
 
 def execute(nb, cwd, timeout=600):
   os.makedirs(cwd, exist_ok=True)
-  NotebookClient(nb, timeout=timeout, kernel_name='python3',
-                 resources={'metadata': {'path': str(cwd)}}).execute()
+  NotebookClient(
+    nb, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(cwd)}}
+  ).execute()
   return nb
 
 
@@ -89,11 +91,20 @@ def source_repo(tmp_path_factory):
     installed = importlib.metadata.version('fognet_jax')
   except importlib.metadata.PackageNotFoundError:
     installed = None
-  assert installed == VERSION, (f'fognet_jax {VERSION} must be installed (pip install -e .) '
-                                f'for this test, found {installed}')
+  assert installed == VERSION, (
+    f'fognet_jax {VERSION} must be installed (pip install -e .) for this test, found {installed}'
+  )
   repo = tmp_path_factory.mktemp('source') / 'fognet_jax'
-  listed = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
-                          cwd=ROOT, capture_output=True, check=True).stdout.decode().split('\0')
+  listed = (
+    subprocess.run(
+      ['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
+      cwd=ROOT,
+      capture_output=True,
+      check=True,
+    )
+    .stdout.decode()
+    .split('\0')
+  )
   for rel in filter(None, listed):
     src = os.path.join(ROOT, rel)
     if os.path.isfile(src) and not os.path.islink(src):
@@ -136,10 +147,18 @@ def test_notebook_is_valid_and_has_the_steps():
   assert '# @param' in code[0].source and _FORM_SOURCE.search(code[0].source)
   assert re.search(r"^SOURCE = ''", code[0].source, re.M), 'SOURCE ships empty'
   text = '\n'.join(c.source for c in code)
-  for needed in ('subprocess.run(', 'colab_install.py', 'jax.devices()', 'drive.mount',
-                 'records.prepare', 'main.train_and_evaluate', '%tensorboard',
-                 'main.evaluate_checkpoint', "find_spec('fognet_jax.predict')",
-                 'video_io.write_video'):
+  for needed in (
+    'subprocess.run(',
+    'colab_install.py',
+    'jax.devices()',
+    'drive.mount',
+    'records.prepare',
+    'main.train_and_evaluate',
+    '%tensorboard',
+    'main.evaluate_checkpoint',
+    "find_spec('fognet_jax.predict')",
+    'video_io.write_video',
+  ):
     assert needed in text, needed
   assert 'OWNER' not in text
   for line in text.splitlines():  # no shell escapes: their failures would not stop the notebook
@@ -161,8 +180,11 @@ def test_notebook_runs_in_a_kernel_from_a_git_source(source_repo, kernel_env, tm
   assert f'file://{source_repo} -> {checkout}' in install
   assert 'tensorflow-cpu: tensorflow' in install and '(kept)' in install  # nothing reinstalled
   assert f'fognet_jax {VERSION} is installed already' in install and 'skipped' in install
-  head = lambda d: subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=d, capture_output=True,
-                                  text=True, check=True).stdout
+  head = lambda d: (
+    subprocess.run(
+      ['git', 'rev-parse', 'HEAD'], cwd=d, capture_output=True, text=True, check=True
+    ).stdout
+  )
   assert head(checkout) == head(source_repo)  # a clone of the source
   workdir = kernel_env / 'runs' / 'synthetic_tiny'
   with open(workdir / 'results.json') as f:
@@ -194,19 +216,20 @@ def _fails_at_install(nb, cwd):
   return e.value
 
 
-@pytest.mark.parametrize('kind', ['missing_path', 'bad_git_url', 'folder_not_a_clone',
-                                  'not_an_sdist'])
+@pytest.mark.parametrize(
+  'kind', ['missing_path', 'bad_git_url', 'folder_not_a_clone', 'not_an_sdist']
+)
 def test_a_bad_source_stops_at_the_install_cell(kind, kernel_env, tmp_path):
   (tmp_path / 'folder').mkdir()
   (tmp_path / 'notes.txt').write_text('x')
   source, message = {
-      'missing_path': ('/nonexistent/fognet_jax', 'is not a git URL, an existing folder'),
-      'bad_git_url': ('file:///nonexistent/fognet_jax.git', 'git clone --depth 1'),
-      'folder_not_a_clone': (str(tmp_path / 'folder'), 'is a folder but not a fognet_jax clone'),
-      'not_an_sdist': (str(tmp_path / 'notes.txt'), 'is a file but not an sdist'),
+    'missing_path': ('/nonexistent/fognet_jax', 'is not a git URL, an existing folder'),
+    'bad_git_url': ('file:///nonexistent/fognet_jax.git', 'git clone --depth 1'),
+    'folder_not_a_clone': (str(tmp_path / 'folder'), 'is a folder but not a fognet_jax clone'),
+    'not_an_sdist': (str(tmp_path / 'notes.txt'), 'is a file but not an sdist'),
   }[kind]
   nb = with_source(_notebook(), source)
-  nb.cells = nb.cells[:nb.cells.index(_code_cells(nb)[2]) + 1]  # up to the devices cell
+  nb.cells = nb.cells[: nb.cells.index(_code_cells(nb)[2]) + 1]  # up to the devices cell
   error = _fails_at_install(nb, tmp_path / 'cwd')
   assert error.ename == 'SourceError' and message in error.evalue and _HOW in error.evalue
 
@@ -217,7 +240,7 @@ def test_an_empty_source_in_colab_stops_at_the_install_cell(kernel_env, tmp_path
   (fake / 'google' / 'colab' / '__init__.py').write_text('')
   monkeypatch.setenv('PYTHONPATH', str(fake))
   nb = _notebook()
-  nb.cells = nb.cells[:nb.cells.index(_code_cells(nb)[2]) + 1]
+  nb.cells = nb.cells[: nb.cells.index(_code_cells(nb)[2]) + 1]
   error = _fails_at_install(nb, tmp_path / 'cwd')
   assert 'IN_COLAB=True' in text_of(_code_cells(nb)[0])
   assert error.ename == 'SourceError' and 'SOURCE is empty' in error.evalue
@@ -228,8 +251,12 @@ def test_install_from_a_drive_folder_and_from_an_sdist(source_repo, kernel_env, 
   clone = tmp_path / 'drive' / 'fognet_jax'
   subprocess.run(['git', 'clone', '-q', str(source_repo), str(clone)], check=True)
   (clone / 'workdir').mkdir()  # run directories are not copied
-  subprocess.run([sys.executable, 'setup.py', '-q', 'sdist', '-d', str(tmp_path / 'dist')],
-                 cwd=clone, check=True, capture_output=True)
+  subprocess.run(
+    [sys.executable, 'setup.py', '-q', 'sdist', '-d', str(tmp_path / 'dist')],
+    cwd=clone,
+    check=True,
+    capture_output=True,
+  )
   (sdist,) = (tmp_path / 'dist').iterdir()
   assert sdist.name == f'fognet_jax-{VERSION}.tar.gz'
   shutil.rmtree(clone / 'fognet_jax.egg-info')
@@ -238,7 +265,12 @@ def test_install_from_a_drive_folder_and_from_an_sdist(source_repo, kernel_env, 
     nb = execute(install_prefix(with_source(_notebook(), str(source))), tmp_path / 'cwd')
     out = text_of(_code_cells(nb)[1])
     assert f'{source} -> {checkout}' in out and 'fognet_jax from' in out
-    for rel in ('setup.py', 'configs/synthetic.py', 'notebooks/colab_install.py',
-                'fognet_jax/predict.py', 'tfds_fogact/synthetic_fog_act/renderer.py'):
+    for rel in (
+      'setup.py',
+      'configs/synthetic.py',
+      'notebooks/colab_install.py',
+      'fognet_jax/predict.py',
+      'tfds_fogact/synthetic_fog_act/renderer.py',
+    ):
       assert (checkout / rel).is_file(), (source, rel)
     assert not (checkout / '.git').exists() and not (checkout / 'workdir').exists()

@@ -1,5 +1,6 @@
 """`python -m fognet_jax.predict`: a run trained with configs/synthetic.py recognises the action
 in a video written by PyAV; files that are missing or not videos are named and skipped."""
+
 import io
 import json
 import os
@@ -13,8 +14,11 @@ from tfds_fogact import video_io
 from tfds_fogact.synthetic_fog_act import renderer
 
 # main_testutil.TINY with 4 steps (checkpoints 2 and 4) and 2 test clips per video.
-TINY = U.TINY + ['--config.train.num_train_steps=4', '--config.train.log_every_steps=2',
-                 '--config.data.num_clips=2']
+TINY = U.TINY + [
+  '--config.train.num_train_steps=4',
+  '--config.train.log_every_steps=2',
+  '--config.data.num_clips=2',
+]
 _run = U.run_module
 
 
@@ -23,8 +27,14 @@ def run_dir(tmp_path_factory):
   """A run of configs/synthetic.py (tiny: 4 steps on a miniature generated dataset)."""
   base = tmp_path_factory.mktemp('predict')
   workdir = str(base / 'run')
-  r = _run('fognet_jax.main', '--config=configs/synthetic.py:scratch', f'--workdir={workdir}',
-           '--mode=train_only', *U.tiny_data_args(base), *TINY)
+  r = _run(
+    'fognet_jax.main',
+    '--config=configs/synthetic.py:scratch',
+    f'--workdir={workdir}',
+    '--mode=train_only',
+    *U.tiny_data_args(base),
+    *TINY,
+  )
   assert r.returncode == 0, r.stderr[-4000:]
   return workdir
 
@@ -43,8 +53,7 @@ def test_json_lines_for_videos_and_one_line_errors_for_bad_files(run_dir, video,
   text = tmp_path / 'notes.txt'
   text.write_text('not a video')
   missing = str(tmp_path / 'missing.mp4')
-  r = _run('fognet_jax.predict', f'--workdir={run_dir}', video, missing, str(text), video,
-           '--json')
+  r = _run('fognet_jax.predict', f'--workdir={run_dir}', video, missing, str(text), video, '--json')
   assert r.returncode == 1, r.stderr[-3000:]  # some files failed
   lines = [json.loads(line) for line in r.stdout.splitlines()]
   assert [x['video'] for x in lines] == [video, video]  # the good file, both times
@@ -107,17 +116,29 @@ def test_open_vocabulary_labels(run_dir, video, tmp_path):
     class_names = json.load(f)
   default = _run('fognet_jax.predict', f'--workdir={run_dir}', video, '--json')
   assert default.returncode == 0 and default.stderr == '', default.stderr[-3000:]
-  same = _run('fognet_jax.predict', f'--workdir={run_dir}', video, '--json',
-              '--labels=' + ','.join(class_names))
+  same = _run(
+    'fognet_jax.predict',
+    f'--workdir={run_dir}',
+    video,
+    '--json',
+    '--labels=' + ','.join(class_names),
+  )
   assert same.returncode == 0 and same.stderr == '', same.stderr[-3000:]
   assert json.loads(same.stdout) == json.loads(default.stdout)  # same top-5, same probabilities
 
-  labels = ['a person jumping', 'a person bowing', 'a person kicking a ball',
-            'a person walking', 'a person waving', 'a person sitting down']
+  labels = [
+    'a person jumping',
+    'a person bowing',
+    'a person kicking a ball',
+    'a person walking',
+    'a person waving',
+    'a person sitting down',
+  ]
   path = tmp_path / 'labels.txt'
   path.write_text('\n'.join(labels) + '\n\n')  # one label a line; blank lines are skipped
-  other = _run('fognet_jax.predict', f'--workdir={run_dir}', video, '--json',
-               f'--labels_file={path}')
+  other = _run(
+    'fognet_jax.predict', f'--workdir={run_dir}', video, '--json', f'--labels_file={path}'
+  )
   assert other.returncode == 0 and other.stderr == '', other.stderr[-3000:]
   mine, theirs = json.loads(other.stdout), json.loads(default.stdout)
   names = [c for c, _ in mine['top5']]
@@ -133,18 +154,26 @@ def test_open_vocabulary_labels(run_dir, video, tmp_path):
   np.testing.assert_allclose([p for _, p in predictor.top(probs_all)], probs, rtol=1e-5)
 
 
-@pytest.mark.parametrize('flag, message', [
+@pytest.mark.parametrize(
+  'flag, message',
+  [
     ('--labels=', '--labels is empty'),
     ('--labels= , ,', '--labels is empty'),
     ('--labels=jump,jump', "--labels names 'jump' twice"),
     ('--labels_file={missing}', '{missing}: no such file'),
     ('--labels_file={empty}', '{empty} holds no labels'),
-])
+  ],
+)
 def test_bad_labels_are_one_error(run_dir, video, tmp_path, flag, message):
   missing, empty = tmp_path / 'missing.txt', tmp_path / 'empty.txt'
   empty.write_text('\n \n')
-  r = _run('fognet_jax.predict', f'--workdir={run_dir}', video,
-           flag.format(missing=missing, empty=empty), timeout=120)
+  r = _run(
+    'fognet_jax.predict',
+    f'--workdir={run_dir}',
+    video,
+    flag.format(missing=missing, empty=empty),
+    timeout=120,
+  )
   assert r.returncode == 1 and r.stdout == ''
   assert r.stderr.splitlines() == ['error: ' + message.format(missing=missing, empty=empty)]
 
@@ -152,7 +181,13 @@ def test_bad_labels_are_one_error(run_dir, video, tmp_path, flag, message):
 def test_labels_and_labels_file_together_are_one_error(run_dir, video, tmp_path):
   path = tmp_path / 'labels.txt'
   path.write_text('jump\n')
-  r = _run('fognet_jax.predict', f'--workdir={run_dir}', video, '--labels=jump',
-           f'--labels_file={path}', timeout=120)
+  r = _run(
+    'fognet_jax.predict',
+    f'--workdir={run_dir}',
+    video,
+    '--labels=jump',
+    f'--labels_file={path}',
+    timeout=120,
+  )
   assert r.returncode == 1 and r.stdout == ''
   assert r.stderr.splitlines() == ['error: give --labels or --labels_file, not both']

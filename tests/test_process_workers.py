@@ -6,6 +6,7 @@ config, seed and step, whatever the workers), resume from the iterator's state, 
 prepared dataset through a source that pickles, report a worker's exception and a dead
 worker in the parent, and never claim the accelerator.
 """
+
 import io
 import json
 import os
@@ -38,26 +39,46 @@ def _cfg(**kw):
 
 def _jpeg(rng):
   buf = io.BytesIO()
-  Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(buf, format="JPEG")
+  Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(buf, format='JPEG')
   return buf.getvalue()
 
 
 def _examples(n):
   rng = np.random.default_rng(0)
-  return [{"clean": [_jpeg(rng) for _ in range(4)], "foggy": [_jpeg(rng) for _ in range(4)],
-           "label": i} for i in range(n)]
+  return [
+    {'clean': [_jpeg(rng) for _ in range(4)], 'foggy': [_jpeg(rng) for _ in range(4)], 'label': i}
+    for i in range(n)
+  ]
 
 
-def _batches(cfg, kind, *, train_steps=2, start_step=3, source=None, split="test",
-             pixels_on_device=True):
+def _batches(
+  cfg, kind, *, train_steps=2, start_step=3, source=None, split='test', pixels_on_device=True
+):
   """Training batches from `start_step` (process 1 of 2), then one pass of evaluation."""
-  cfg = _cfg(**{**cfg, "worker_type": kind})
-  it = ip.train_iterator(cfg, batch_size=4, seed=5, start_step=start_step, process_index=1,
-                         process_count=2, source=source, pixels_on_device=pixels_on_device)
+  cfg = _cfg(**{**cfg, 'worker_type': kind})
+  it = ip.train_iterator(
+    cfg,
+    batch_size=4,
+    seed=5,
+    start_step=start_step,
+    process_index=1,
+    process_count=2,
+    source=source,
+    pixels_on_device=pixels_on_device,
+  )
   train = [next(it) for _ in range(train_steps)]
   it.close()
-  ev = list(ip.eval_iterator(cfg, split=split, batch_size=3, process_index=0, process_count=1,
-                             source=source, pixels_on_device=pixels_on_device))
+  ev = list(
+    ip.eval_iterator(
+      cfg,
+      split=split,
+      batch_size=3,
+      process_index=0,
+      process_count=1,
+      source=source,
+      pixels_on_device=pixels_on_device,
+    )
+  )
   return train + ev
 
 
@@ -70,48 +91,49 @@ def _assert_same(a, b):
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def prepared(tmp_path_factory):
-  root = tmp_path_factory.mktemp("workers")
-  (root / "manual").mkdir()
-  (root / "manual" / "generation.json").write_text(
-      json.dumps({"train_per_group": 1, "test_per_group": 1, "num_frames": 4}))
-  cfg = dict(data_dir=str(root / "data"), manual_dir=str(root / "manual"))
+  root = tmp_path_factory.mktemp('workers')
+  (root / 'manual').mkdir()
+  (root / 'manual' / 'generation.json').write_text(
+    json.dumps({'train_per_group': 1, 'test_per_group': 1, 'num_frames': 4})
+  )
+  cfg = dict(data_dir=str(root / 'data'), manual_dir=str(root / 'manual'))
   records.prepare(_cfg(**cfg))
   return cfg
 
 
-@pytest.mark.parametrize("on_device", [True, False])
+@pytest.mark.parametrize('on_device', [True, False])
 def test_process_workers_give_the_thread_batches_of_a_prepared_dataset(prepared, on_device):
-  cfg = dict(prepared, fog="dense", eval_perspective="front,left")
-  threads = _batches(cfg, "thread", pixels_on_device=on_device)
-  processes = _batches(cfg, "process", pixels_on_device=on_device)
+  cfg = dict(prepared, fog='dense', eval_perspective='front,left')
+  threads = _batches(cfg, 'thread', pixels_on_device=on_device)
+  processes = _batches(cfg, 'process', pixels_on_device=on_device)
   _assert_same(threads, processes)
-  assert threads[0]["clean"].dtype == (np.uint8 if on_device else np.float32)
-  assert sum(int(b["mask"].sum()) for b in threads[2:]) == len(
-      records.indices(_cfg(**cfg), "test"))
+  assert threads[0]['clean'].dtype == (np.uint8 if on_device else np.float32)
+  assert sum(int(b['mask'].sum()) for b in threads[2:]) == len(records.indices(_cfg(**cfg), 'test'))
 
 
 def test_the_prepared_source_pickles_small_and_reads_the_same_records(prepared):
-  src = records.source(_cfg(**prepared), "train")
+  src = records.source(_cfg(**prepared), 'train')
   data = pickle.dumps(src)
   assert len(data) < 4096  # the ArrayRecord reader, not TFDS's DatasetInfo
   copy = pickle.loads(data)
   # TFDS's own data source of the split hands out the same records
-  builder = tfds.builder(_cfg().dataset, data_dir=prepared["data_dir"])
-  tfds_source = common.data_source(builder, "train",
-                                   deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+  builder = tfds.builder(_cfg().dataset, data_dir=prepared['data_dir'])
+  tfds_source = common.data_source(
+    builder, 'train', deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+  )
   assert len(copy) == len(src) == len(tfds_source) > 1
   for i in (0, len(src) - 1):
     parsed = records.EncodedExample(records.tf_example_pb2.Example.FromString(tfds_source[i]))
-    assert list(copy[i]["foggy"]) == list(src[i]["foggy"]) == list(parsed["foggy"])
-    assert copy[i]["label"] == src[i]["label"] == parsed["label"]
-  assert list(copy[0]["foggy"]) != list(copy[1]["foggy"])
+    assert list(copy[i]['foggy']) == list(src[i]['foggy']) == list(parsed['foggy'])
+    assert copy[i]['label'] == src[i]['label'] == parsed['label']
+  assert list(copy[0]['foggy']) != list(copy[1]['foggy'])
 
 
 def test_an_in_memory_source_goes_to_the_workers():
   src = _examples(6)
-  _assert_same(_batches({}, "thread", source=src), _batches({}, "process", source=src))
+  _assert_same(_batches({}, 'thread', source=src), _batches({}, 'process', source=src))
 
 
 class _BadFrames:
@@ -119,7 +141,7 @@ class _BadFrames:
 
   def __init__(self):
     self.items = _examples(4)
-    self.items[2]["foggy"] = [b"not an image"] * 4
+    self.items[2]['foggy'] = [b'not an image'] * 4
 
   def __len__(self):
     return len(self.items)
@@ -130,22 +152,24 @@ class _BadFrames:
 
 def _first_error(kind):
   with pytest.raises(Exception) as info:
-    list(ip.eval_iterator(_cfg(worker_type=kind), batch_size=2, process_index=0,
-                          process_count=1, source=_BadFrames()))
+    list(
+      ip.eval_iterator(
+        _cfg(worker_type=kind), batch_size=2, process_index=0, process_count=1, source=_BadFrames()
+      )
+    )
   return info.value
 
 
 def test_a_worker_exception_reaches_the_caller_as_with_threads():
-  in_thread, in_process = _first_error("thread"), _first_error("process")
+  in_thread, in_process = _first_error('thread'), _first_error('process')
   assert type(in_process) is type(in_thread) is ValueError
   # the message names the example; PIL's names an in-memory file by its address
-  address = re.compile(r"0x[0-9a-f]+")
-  assert address.sub("", str(in_process)) == address.sub("", str(in_thread))
-  assert str(in_thread).startswith("the given source: example 2: UnidentifiedImageError")
+  address = re.compile(r'0x[0-9a-f]+')
+  assert address.sub('', str(in_process)) == address.sub('', str(in_thread))
+  assert str(in_thread).startswith('the given source: example 2: UnidentifiedImageError')
 
 
 class _Dies:
-
   def __len__(self):
     return 4
 
@@ -154,8 +178,14 @@ class _Dies:
 
 
 def test_a_dead_worker_is_reported_with_what_to_do():
-  it = ip.train_iterator(_cfg(worker_type="process"), batch_size=2, seed=0, process_index=0,
-                         process_count=1, source=_Dies())
+  it = ip.train_iterator(
+    _cfg(worker_type='process'),
+    batch_size=2,
+    seed=0,
+    process_index=0,
+    process_count=1,
+    source=_Dies(),
+  )
   with pytest.raises(RuntimeError, match=r"worker process died.*__main__.*worker_type='thread'"):
     next(it)
 
@@ -169,30 +199,45 @@ class _Probe:
 
   def __getitem__(self, i):
     ex = dict(_examples(1)[0])
-    ex["label"] = int(not xla_bridge.backends_are_initialized() and jax.config.jax_platforms == "cpu")
+    ex['label'] = int(
+      not xla_bridge.backends_are_initialized() and jax.config.jax_platforms == 'cpu'
+    )
     return ex
 
 
 def test_workers_do_not_claim_the_accelerator(monkeypatch):
   # as on a GPU host: the worker inherits no platform choice (tests/conftest.py sets cpu)
-  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
-  it = ip.train_iterator(_cfg(worker_type="process", num_workers=1), batch_size=2, seed=0,
-                         process_index=0, process_count=1, source=_Probe())
+  monkeypatch.delenv('JAX_PLATFORMS', raising=False)
+  it = ip.train_iterator(
+    _cfg(worker_type='process', num_workers=1),
+    batch_size=2,
+    seed=0,
+    process_index=0,
+    process_count=1,
+    source=_Probe(),
+  )
   try:
-    np.testing.assert_array_equal(next(it)["label"], [1, 1])
+    np.testing.assert_array_equal(next(it)['label'], [1, 1])
   finally:
     it.close()
 
 
 def test_worker_type_is_validated():
-  with pytest.raises(config_lib.ConfigError, match="data.worker_type"):
-    config_lib.validate_data(_cfg(worker_type="processes"))
-  with pytest.raises(ValueError, match="config.data.worker_type"):
-    next(ip.eval_iterator(_cfg(worker_type="fork"), batch_size=2, process_index=0,
-                          process_count=1, source=_examples(2)))
+  with pytest.raises(config_lib.ConfigError, match='data.worker_type'):
+    config_lib.validate_data(_cfg(worker_type='processes'))
+  with pytest.raises(ValueError, match='config.data.worker_type'):
+    next(
+      ip.eval_iterator(
+        _cfg(worker_type='fork'),
+        batch_size=2,
+        process_index=0,
+        process_count=1,
+        source=_examples(2),
+      )
+    )
 
 
-@pytest.mark.parametrize("kind", ["thread", "process"])
+@pytest.mark.parametrize('kind', ['thread', 'process'])
 def test_the_iterator_state_resumes_at_the_next_batch(kind):
   """Grain's iterator state (what a checkpoint would keep) restores the very next batch."""
   src = _examples(6)
@@ -202,13 +247,13 @@ def test_the_iterator_state_resumes_at_the_next_batch(kind):
   state = it.get_state()
   want = [next(it) for _ in range(2)]
   it.close()
-  again = ip.train_iterator(cfg, batch_size=2, seed=1, process_index=0, process_count=1,
-                            source=src)
+  again = ip.train_iterator(cfg, batch_size=2, seed=1, process_index=0, process_count=1, source=src)
   again.set_state(state)
   _assert_same(want, [next(again) for _ in range(2)])
   again.close()
   # the same batches as a fresh iterator started at step 1
-  start = ip.train_iterator(_cfg(), batch_size=2, seed=1, start_step=1, process_index=0,
-                            process_count=1, source=src)
+  start = ip.train_iterator(
+    _cfg(), batch_size=2, seed=1, start_step=1, process_index=0, process_count=1, source=src
+  )
   _assert_same(want, [next(start) for _ in range(2)])
   start.close()

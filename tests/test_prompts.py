@@ -1,4 +1,5 @@
 """Prompt templates, tokenisation layout and per-step template sampling."""
+
 import jax
 import numpy as np
 import pytest
@@ -22,19 +23,19 @@ class FakeTokenizer:
 
 def test_templates_are_the_16_actionclip_ones():
   assert len(prompts.TEMPLATES) == 16 and len(set(prompts.TEMPLATES)) == 16
-  assert all(t.count("{}") == 1 for t in prompts.TEMPLATES)
-  assert "a photo of action {}" in prompts.TEMPLATES and "{}" in prompts.TEMPLATES
+  assert all(t.count('{}') == 1 for t in prompts.TEMPLATES)
+  assert 'a photo of action {}' in prompts.TEMPLATES and '{}' in prompts.TEMPLATES
 
 
 def test_tokenize_classes_layout():
   tok = FakeTokenizer()
-  names = ["brush_hair", "ride bike", "jump"]
+  names = ['brush_hair', 'ride bike', 'jump']
   tokens = prompts.tokenize_classes(names, tok)
   assert tokens.shape == (16, 3, 8) and tokens.dtype == np.int32
   inverse = {v: k for k, v in tok.table.items()}
   for k, template in enumerate(prompts.TEMPLATES):
     for c, name in enumerate(names):
-      assert inverse[tokens[k, c, 0]] == template.format(name.replace("_", " "))
+      assert inverse[tokens[k, c, 0]] == template.format(name.replace('_', ' '))
 
 
 def test_sample_train_prompts_one_template_per_class():
@@ -53,14 +54,16 @@ def test_sample_train_prompts_one_template_per_class():
   assert len(np.unique(draws)) > 8
   assert any(len(set(row)) > 1 for row in draws)
   # Same key, same draw.
-  np.testing.assert_array_equal(prompts.sample_train_prompts(tokens, jax.random.key(3)),
-                                prompts.sample_train_prompts(tokens, jax.random.key(3)))
+  np.testing.assert_array_equal(
+    prompts.sample_train_prompts(tokens, jax.random.key(3)),
+    prompts.sample_train_prompts(tokens, jax.random.key(3)),
+  )
 
 
 def test_bad_inputs():
-  with pytest.raises(ValueError, match="empty"):
+  with pytest.raises(ValueError, match='empty'):
     prompts.tokenize_classes([], FakeTokenizer())
-  with pytest.raises(ValueError, match="exactly one"):
-    prompts.class_prompts(["a"], ["no placeholder"])
-  with pytest.raises(ValueError, match="K, C, L"):
+  with pytest.raises(ValueError, match='exactly one'):
+    prompts.class_prompts(['a'], ['no placeholder'])
+  with pytest.raises(ValueError, match='K, C, L'):
     prompts.sample_train_prompts(np.zeros((3, 4), np.int32), jax.random.key(0))

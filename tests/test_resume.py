@@ -6,6 +6,7 @@ The worker runs in a subprocess (`python tests/test_resume.py WORKDIR BLOCK_AT O
 stream blocks before batch BLOCK_AT and waits for a file, which lets the test kill or signal
 it at a known step without timing assumptions.
 """
+
 import os
 import signal
 import subprocess
@@ -21,12 +22,15 @@ TIMING_KEYS = ('steps_per_sec', 'clip_pairs_per_sec')
 
 def _config():
   import train_toy as toy
-  return toy.config(num_train_steps=10, checkpoint_every_steps=4, log_every_steps=1,
-                    keep_checkpoints=2)
+
+  return toy.config(
+    num_train_steps=10, checkpoint_every_steps=4, log_every_steps=1, keep_checkpoints=2
+  )
 
 
 def _flat_params(state):
   from fognet_jax import train
+
   leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
   return {train.path_str(p): np.asarray(x) for p, x in leaves}
 
@@ -38,12 +42,18 @@ def _run(workdir, block_at=-1):
 
   from fognet_jax import sharding
   from fognet_jax import train
+
   cfg = _config()
   mesh = sharding.make_mesh(8)
 
-  _, state, _ = train.train(cfg, workdir, **toy.run_parts(cfg, mesh),
-                            model=toy.ToyModel(rngs=nnx.Rngs(cfg.seed)), loss_fn=toy.toy_loss,
-                            batches=toy.blocking_batches(cfg, workdir, block_at))
+  _, state, _ = train.train(
+    cfg,
+    workdir,
+    **toy.run_parts(cfg, mesh),
+    model=toy.ToyModel(rngs=nnx.Rngs(cfg.seed)),
+    loss_fn=toy.toy_loss,
+    batches=toy.blocking_batches(cfg, workdir, block_at),
+  )
   return state
 
 
@@ -57,19 +67,31 @@ def _wait_for(path, proc, timeout=180):
 
 def _start(workdir, block_at):
   env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  return subprocess.Popen([sys.executable, os.path.join(HERE, 'test_resume.py'), workdir,
-                           str(block_at), os.path.join(workdir, 'params.npz')], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  return subprocess.Popen(
+    [
+      sys.executable,
+      os.path.join(HERE, 'test_resume.py'),
+      workdir,
+      str(block_at),
+      os.path.join(workdir, 'params.npz'),
+    ],
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
 
 
 def _history(workdir):
   from fognet_jax import metrics
-  return [{k: v for k, v in row.items() if k not in TIMING_KEYS}
-          for row in metrics.read_history(workdir)]
+
+  return [
+    {k: v for k, v in row.items() if k not in TIMING_KEYS} for row in metrics.read_history(workdir)
+  ]
 
 
 def test_sigkill_then_sigterm_then_finish_equals_uninterrupted(tmp_path):
   from fognet_jax import checkpointing
+
   ref_dir, run_dir = str(tmp_path / 'uninterrupted'), str(tmp_path / 'interrupted')
   os.makedirs(run_dir)
   ref = _flat_params(_run(ref_dir))
@@ -122,6 +144,7 @@ if __name__ == '__main__':
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
   from absl import logging as absl_logging
+
   absl_logging.set_verbosity(absl_logging.INFO)
   workdir, block, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
   final = _run(workdir, block)

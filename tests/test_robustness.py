@@ -1,6 +1,7 @@
 """`python -m fognet_jax.robustness`: a trained run evaluated on its clean test clips in ASM fog
 of several densities; density 0 is the clean-stream evaluation, denser fog lowers the
 contrast, bad arguments are one `error:` line."""
+
 import json
 import os
 
@@ -21,8 +22,14 @@ def run_dir(tmp_path_factory):
   evaluated on the clean test clips (its results.json)."""
   base = tmp_path_factory.mktemp('robustness')
   workdir = str(base / 'run')
-  r = _run('fognet_jax.main', '--config=configs/synthetic.py:scratch', f'--workdir={workdir}',
-           '--config.eval.stream=clean', *U.tiny_data_args(base), *U.TINY)
+  r = _run(
+    'fognet_jax.main',
+    '--config=configs/synthetic.py:scratch',
+    f'--workdir={workdir}',
+    '--config.eval.stream=clean',
+    *U.tiny_data_args(base),
+    *U.TINY,
+  )
   assert r.returncode == 0, r.stderr[-4000:]
   return workdir
 
@@ -47,8 +54,11 @@ def test_density_zero_is_the_clean_evaluation(run_dir, tmp_path):
   # at density 3 every clip is fogged.
   config = predict.load_config(run_dir)
   batch = config.eval.batch_size
-  reference = list(input_pipeline.eval_iterator(config.data, batch_size=batch, stream='clean',
-                                                pixels_on_device=config.perf.pixels_on_device))
+  reference = list(
+    input_pipeline.eval_iterator(
+      config.data, batch_size=batch, stream='clean', pixels_on_device=config.perf.pixels_on_device
+    )
+  )
   zero = list(robustness.eval_batches(config, 0.0))
   dense = list(robustness.eval_batches(config, 3.0))
   assert len(zero) == len(dense) == len(reference) > 0
@@ -85,9 +95,9 @@ def test_denser_fog_lowers_the_contrast():
 def test_bad_arguments_are_one_error_line(run_dir, tmp_path, case):
   missing = str(tmp_path / 'missing')
   args, named = {
-      'missing_dir': ([f'--workdir={run_dir},{missing}', '--densities=0,1'], missing),
-      'not_a_number': ([f'--workdir={run_dir}', '--densities=0,x,2'], "'x'"),
-      'negative': ([f'--workdir={run_dir}', '--densities=0,-1'], "'-1'"),
+    'missing_dir': ([f'--workdir={run_dir},{missing}', '--densities=0,1'], missing),
+    'not_a_number': ([f'--workdir={run_dir}', '--densities=0,x,2'], "'x'"),
+    'negative': ([f'--workdir={run_dir}', '--densities=0,-1'], "'-1'"),
   }[case]
   out = tmp_path / 'out'
   r = _run('fognet_jax.robustness', *args, f'--out={out}', timeout=120)
@@ -112,15 +122,32 @@ def test_what_the_argument_checks_name(run_dir, tmp_path):
 
 
 def test_seeds_of_one_config_are_one_line():
-  base = {'seed': 0, 'data': {'dataset': 'd', 'fog': None, 'perspective': None},
-          'model': {'arch': 'fognet', 'fas': {'enabled': True, 'concat': 'channels'},
-                    'me': {'enabled': True}, 'csa': {'enabled': True}}}
+  base = {
+    'seed': 0,
+    'data': {'dataset': 'd', 'fog': None, 'perspective': None},
+    'model': {
+      'arch': 'fognet',
+      'fas': {'enabled': True, 'concat': 'channels'},
+      'me': {'enabled': True},
+      'csa': {'enabled': True},
+    },
+  }
   other = json.loads(json.dumps(base))
   other['model']['me']['enabled'] = False
-  configs = {'r/a/seed0': base, 'r/a/seed1': dict(base, seed=1), 'r/b/seed0': other,
-             'r/c/seed0': dict(base, data=dict(base['data'], dataset='e'))}
+  configs = {
+    'r/a/seed0': base,
+    'r/a/seed1': dict(base, seed=1),
+    'r/b/seed0': other,
+    'r/c/seed0': dict(base, data=dict(base['data'], dataset='e')),
+  }
   groups = robustness.group_runs(configs)
-  assert [g['workdirs'] for g in groups] == [['r/a/seed0', 'r/a/seed1'], ['r/b/seed0'],
-                                             ['r/c/seed0']]
-  assert [g['label'] for g in groups] == ['fognet_fas-me-csa [a] (2 seeds)', 'fognet_fas-csa',
-                                          'fognet_fas-me-csa [seed0]']
+  assert [g['workdirs'] for g in groups] == [
+    ['r/a/seed0', 'r/a/seed1'],
+    ['r/b/seed0'],
+    ['r/c/seed0'],
+  ]
+  assert [g['label'] for g in groups] == [
+    'fognet_fas-me-csa [a] (2 seeds)',
+    'fognet_fas-csa',
+    'fognet_fas-me-csa [seed0]',
+  ]

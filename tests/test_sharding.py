@@ -1,4 +1,5 @@
 """Mesh and sharding rules."""
+
 import jax
 import numpy as np
 import pytest
@@ -10,17 +11,20 @@ from fognet_jax import sharding
 def test_fsdp_spec_picks_largest_divisible_dim():
   assert sharding.fsdp_spec((768, 3072), 8, 16) == P(None, 'data')
   assert sharding.fsdp_spec((3072, 768), 8, 16) == P('data', None)
-  assert sharding.fsdp_spec((77, 512), 8, 16) == P(None, 'data')   # 77 not divisible
-  assert sharding.fsdp_spec((7, 9), 8, 16) == P()                  # nothing divisible
-  assert sharding.fsdp_spec((512,), 8, 2 ** 14) == P()             # too small
-  assert sharding.fsdp_spec((), 8, 0) == P()                       # scalar
-  assert sharding.fsdp_spec((1024, 1024), 1, 16) == P()            # one device
+  assert sharding.fsdp_spec((77, 512), 8, 16) == P(None, 'data')  # 77 not divisible
+  assert sharding.fsdp_spec((7, 9), 8, 16) == P()  # nothing divisible
+  assert sharding.fsdp_spec((512,), 8, 2**14) == P()  # too small
+  assert sharding.fsdp_spec((), 8, 0) == P()  # scalar
+  assert sharding.fsdp_spec((1024, 1024), 1, 16) == P()  # one device
 
 
 def test_state_shardings_and_global_batch():
   mesh = sharding.make_mesh(8)
-  tree = {'w': np.zeros((64, 32), np.float32), 'b': np.zeros((32,), np.float32),
-          's': np.zeros((), np.int32)}
+  tree = {
+    'w': np.zeros((64, 32), np.float32),
+    'b': np.zeros((32,), np.float32),
+    's': np.zeros((), np.int32),
+  }
   rep = sharding.state_shardings(tree, mesh, fsdp=False)
   assert all(s.spec == P() for s in jax.tree.leaves(rep))
   fs = sharding.state_shardings(tree, mesh, fsdp=True, min_size=100)
@@ -42,8 +46,12 @@ def test_mesh_size_checks():
 
 
 def test_distributed_auto_is_off_on_a_single_host(monkeypatch):
-  for var in ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
-              'TPU_WORKER_HOSTNAMES'):
+  for var in (
+    'JAX_COORDINATOR_ADDRESS',
+    'SLURM_NTASKS',
+    'OMPI_COMM_WORLD_SIZE',
+    'TPU_WORKER_HOSTNAMES',
+  ):
     monkeypatch.delenv(var, raising=False)
   assert sharding.maybe_initialize_distributed('auto') is False
   assert sharding.maybe_initialize_distributed(False) is False
@@ -52,8 +60,14 @@ def test_distributed_auto_is_off_on_a_single_host(monkeypatch):
 def test_distributed_job_from_environment(monkeypatch):
   calls = []
   monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
-  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID', 'SLURM_NTASKS',
-               'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES'):
+  for name in (
+    'JAX_COORDINATOR_ADDRESS',
+    'JAX_NUM_PROCESSES',
+    'JAX_PROCESS_ID',
+    'SLURM_NTASKS',
+    'OMPI_COMM_WORLD_SIZE',
+    'TPU_WORKER_HOSTNAMES',
+  ):
     monkeypatch.delenv(name, raising=False)
   assert not sharding.maybe_initialize_distributed('auto') and not calls
   assert not sharding.maybe_initialize_distributed(False)
@@ -69,14 +83,16 @@ def test_distributed_job_from_environment(monkeypatch):
 # devices. Activations must stay split along the batch, as the data is: with FSDP only
 # parameters and their gradients travel, and a clean/foggy pair never leaves its device.
 
+
 def _tiny_fognet_config(fsdp: bool):
   from fognet_jax import config_lib
+
   cfg = config_lib.load_config('configs/synthetic.py:scratch')
   o = cfg.model.clip_overrides
   o.vision_layers, o.text_layers, o.image_size, o.patch_size = 1, 1, 32, 8
   cfg.data.image_size, cfg.data.num_frames = 32, 2
   cfg.mesh.fsdp = fsdp
-  cfg.perf.fsdp_min_size = 2 ** 10  # the tiny towers' matrices are sharded too
+  cfg.perf.fsdp_min_size = 2**10  # the tiny towers' matrices are sharded too
   cfg.train.batch_size = 16
   return cfg
 
@@ -85,6 +101,7 @@ def _tiny_fognet_config(fsdp: bool):
 def compiled_steps():
   """{'dp' | 'fsdp': (compiled step, largest parameter's element count)} on 8 CPU devices."""
   from fognet_jax.tools import tpu_fit
+
   out = {}
   for name in ('dp', 'fsdp'):
     cfg = _tiny_fognet_config(fsdp=name == 'fsdp')
@@ -96,6 +113,7 @@ def compiled_steps():
 
 def _moved(compiled):
   from fognet_jax.tools import tpu_fit
+
   return tpu_fit.collectives(compiled.as_text())
 
 
@@ -105,20 +123,28 @@ def test_fsdp_moves_parameters_not_activations_and_needs_no_more_memory(compiled
   assert any(kind == 'all-gather' for kind, _ in moved)  # FSDP gathers its parameters
   # Activations of the global batch are 2B*T = 64 frames of 17 tokens (1088 rows of 64 to
   # 256 features, 70k to 280k elements); no parameter has more than `largest` (16k).
-  too_big = [(kind, shape) for kind, shapes in moved for shape in shapes
-             if np.prod(shape, dtype=np.int64) > largest]
+  too_big = [
+    (kind, shape)
+    for kind, shapes in moved
+    for shape in shapes
+    if np.prod(shape, dtype=np.int64) > largest
+  ]
   assert not too_big, f'activation-sized collectives in the FSDP step: {too_big}'
   dp, _ = compiled_steps['dp']
-  total = lambda m: (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-                     + m.temp_size_in_bytes)
-  print(f'bytes per device: data-parallel {total(dp.memory_analysis())}, '
-        f'FSDP {total(fsdp.memory_analysis())}')
+  total = lambda m: (
+    m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+  )
+  print(
+    f'bytes per device: data-parallel {total(dp.memory_analysis())}, '
+    f'FSDP {total(fsdp.memory_analysis())}'
+  )
   assert total(fsdp.memory_analysis()) <= total(dp.memory_analysis())
 
 
 @pytest.mark.parametrize('name', ['dp', 'fsdp'])
 def test_clean_foggy_pairs_stay_on_their_device(compiled_steps, name):
   moved = _moved(compiled_steps[name][0])
-  shuffles = [(kind, shapes) for kind, shapes in moved
-              if kind in ('all-to-all', 'collective-permute')]
+  shuffles = [
+    (kind, shapes) for kind, shapes in moved if kind in ('all-to-all', 'collective-permute')
+  ]
   assert not shuffles, f'frames or embeddings move between devices: {shuffles}'

@@ -1,4 +1,5 @@
 """Tokenizer ids equal transformers' CLIPTokenizer on a BPE vocabulary learned in the test."""
+
 import collections
 import gzip
 import json
@@ -9,23 +10,26 @@ import transformers
 
 from fognet_jax import tokenizer as tok
 
-CORPUS = """A video of a person doing push ups. The man is riding a horse in heavy fog!
+CORPUS = (
+  """A video of a person doing push ups. The man is riding a horse in heavy fog!
 a photo of a person playing the guitar; she's juggling balls, they're walking the dog.
 Kids play basketball at 3 o'clock - swimming, surfing, skiing & skateboarding in the rain.
 Fog, mist and haze reduce the visibility: 10 people were running, jumping, climbing...
 Ein Mann fährt Fahrrad im Nebel. Un homme fait du vélo dans le brouillard. 自転車に乗る人
-""" * 3
+"""
+  * 3
+)
 
 TEXTS = [
-    'a video of a person doing push ups',
-    'A Photo of  THE man\triding a horse in FOG!!',
-    "she's juggling; they'll be running (fast) at 12:45 — ok?",
-    'Ein Mann fährt Fahrrad im Nebel, vélo, 自転車に乗る人 🙂',
-    'unseen words: xylophone quizzical zebra',
-    '',
-    '   ',
-    'climbing ' * 60,  # longer than the context: truncated
-    'e\u0301te\u0301',  # decomposed accents: NFC
+  'a video of a person doing push ups',
+  'A Photo of  THE man\triding a horse in FOG!!',
+  "she's juggling; they'll be running (fast) at 12:45 — ok?",
+  'Ein Mann fährt Fahrrad im Nebel, vélo, 自転車に乗る人 🙂',
+  'unseen words: xylophone quizzical zebra',
+  '',
+  '   ',
+  'climbing ' * 60,  # longer than the context: truncated
+  'e\u0301te\u0301',  # decomposed accents: NFC
 ]
 
 
@@ -71,11 +75,13 @@ def files(tmp_path_factory):
   d = tmp_path_factory.mktemp('bpe')
   vocab, merges = _learn_bpe(CORPUS, 300)
   (d / 'vocab.json').write_text(json.dumps(vocab), encoding='utf-8')
-  (d / 'merges.txt').write_text('#version: 0.2\n' + '\n'.join(f'{a} {b}' for a, b in merges)
-                                + '\n', encoding='utf-8')
+  (d / 'merges.txt').write_text(
+    '#version: 0.2\n' + '\n'.join(f'{a} {b}' for a, b in merges) + '\n', encoding='utf-8'
+  )
   with gzip.open(d / 'bpe_simple_vocab_16e6.txt.gz', 'wt', encoding='utf-8') as f:
-    f.write('"bpe_simple_vocab_16e6.txt#version: 0.2\n' +
-            '\n'.join(f'{a} {b}' for a, b in merges) + '\n')
+    f.write(
+      '"bpe_simple_vocab_16e6.txt#version: 0.2\n' + '\n'.join(f'{a} {b}' for a, b in merges) + '\n'
+    )
   ref = transformers.CLIPTokenizer(vocab=vocab, merges=list(merges))
   # transformers 5 silently ignores vocab_file=/merges_file= (2-token vocab): make sure the
   # reference really holds the learned vocabulary.
@@ -91,15 +97,19 @@ def _reference_ids(ref, texts, context_length=77):
   # Pad with 0 as OpenAI's clip.tokenize does (HF pads with EOT): zero after the first EOT.
   for row in ids:
     first = int(np.argmax(row == eot))
-    row[first + 1:] = 0
+    row[first + 1 :] = 0
   return ids
 
 
 @pytest.mark.parametrize('source', ['dir', 'vocab.json', 'tokenizer.json', 'gz', 'hf_dir'])
 def test_clip_ids_equal_reference(files, source):
-  path = {'dir': files['dir'], 'vocab.json': files['dir'] / 'vocab.json',
-          'tokenizer.json': files['dir'] / 'hf' / 'tokenizer.json',
-          'gz': files['dir'] / 'bpe_simple_vocab_16e6.txt.gz', 'hf_dir': files['dir'] / 'hf'}
+  path = {
+    'dir': files['dir'],
+    'vocab.json': files['dir'] / 'vocab.json',
+    'tokenizer.json': files['dir'] / 'hf' / 'tokenizer.json',
+    'gz': files['dir'] / 'bpe_simple_vocab_16e6.txt.gz',
+    'hf_dir': files['dir'] / 'hf',
+  }
   t = tok.get_tokenizer('clip', str(path[source]))
   got = t(TEXTS)
   want = _reference_ids(files['ref'], TEXTS)
@@ -113,8 +123,9 @@ def test_clip_ids_equal_reference(files, source):
 def test_reference_from_pretrained_dir_agrees(files):
   ref = transformers.CLIPTokenizer.from_pretrained(str(files['dir'] / 'hf'))
   assert ref.get_vocab() == files['vocab']
-  np.testing.assert_array_equal(tok.get_tokenizer('clip', str(files['dir']))(TEXTS),
-                                _reference_ids(ref, TEXTS))
+  np.testing.assert_array_equal(
+    tok.get_tokenizer('clip', str(files['dir']))(TEXTS), _reference_ids(ref, TEXTS)
+  )
 
 
 def test_special_tokens_truncation_and_context(files):
@@ -140,7 +151,7 @@ def test_byte_tokenizer():
 
 
 def test_errors(tmp_path):
-  with pytest.raises(ValueError, match="needs path"):
+  with pytest.raises(ValueError, match='needs path'):
     tok.get_tokenizer('clip')
   with pytest.raises(ValueError, match="'clip' or 'byte'"):
     tok.get_tokenizer('wordpiece')

@@ -1,5 +1,6 @@
 """Train step: sharding equivalence (1 vs 8 devices, DP and FSDP), accumulation, freezing,
 schedule, NaN handling. Uses the toy model of train_toy.py (same interfaces as FogNet)."""
+
 import os
 import signal
 
@@ -25,10 +26,17 @@ def _one_step(cfg, num_devices, *, fsdp=False, batch=None, steps=1):
   schedule = train.make_schedule(cfg.train, counts.total, counts.warmup)
   model = toy.ToyModel(rngs=nnx.Rngs(0))
   graphdef, state, shardings, tx = train.build_state(cfg, mesh, model, schedule)
-  step = train.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings,
-                               loss_fn=toy.toy_loss, schedule=schedule, seed=cfg.seed,
-                               grad_accum_steps=cfg.train.grad_accum_steps,
-                               freeze_text=cfg.train.freeze_text)
+  step = train.make_train_step(
+    graphdef,
+    tx,
+    mesh=mesh,
+    state_shardings=shardings,
+    loss_fn=toy.toy_loss,
+    schedule=schedule,
+    seed=cfg.seed,
+    grad_accum_steps=cfg.train.grad_accum_steps,
+    freeze_text=cfg.train.freeze_text,
+  )
   tokens = jax.device_put(jnp.asarray(toy.prompt_tokens()), sharding.replicated(mesh))
   metrics = None
   for i in range(steps):
@@ -39,8 +47,12 @@ def _one_step(cfg, num_devices, *, fsdp=False, batch=None, steps=1):
 
 def _max_rel_diff(a, b):
   diffs = jax.tree.map(
-      lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y))) /
-                         max(np.max(np.abs(np.asarray(y))), 1e-12)), a, b)
+    lambda x, y: float(
+      np.max(np.abs(np.asarray(x) - np.asarray(y))) / max(np.max(np.abs(np.asarray(y))), 1e-12)
+    ),
+    a,
+    b,
+  )
   return max(jax.tree.leaves(diffs))
 
 
@@ -56,8 +68,10 @@ def test_eight_devices_data_parallel_and_fsdp_match_one_device():
   rel_dp = _max_rel_diff(dp.params, ref.params)
   rel_fsdp = _max_rel_diff(fsdp.params, ref.params)
   rel_opt = _max_rel_diff(fsdp.opt_state, ref.opt_state)
-  print(f'max relative parameter difference vs 1 device: data-parallel {rel_dp:.2e}, '
-        f'FSDP {rel_fsdp:.2e} (optimizer state {rel_opt:.2e})')
+  print(
+    f'max relative parameter difference vs 1 device: data-parallel {rel_dp:.2e}, '
+    f'FSDP {rel_fsdp:.2e} (optimizer state {rel_opt:.2e})'
+  )
   assert rel_dp < 1e-5 and rel_fsdp < 1e-5 and rel_opt < 1e-5
   np.testing.assert_allclose(dp_m['loss'], ref_m['loss'], rtol=1e-5)
   np.testing.assert_allclose(fsdp_m['loss'], ref_m['loss'], rtol=1e-5)
@@ -90,8 +104,12 @@ def _uint8_pair_batch(batch_size: int, seed: int = 0):
   foggy = (clean // 2 + 100).astype(np.uint8)
   cjs = [augment.sample_color_jitter(rng, aug) for _ in range(batch_size)]
   labels = rng.integers(0, toy.NUM_CLASSES, batch_size).astype(np.int32)
-  u8 = {'clean': clean, 'foggy': foggy, 'label': labels,
-        'color': np.stack([augment.color_affines(c) for c in cjs])}
+  u8 = {
+    'clean': clean,
+    'foggy': foggy,
+    'label': labels,
+    'color': np.stack([augment.color_affines(c) for c in cjs]),
+  }
 
   def host(x):
     return np.stack([augment.color_and_normalize(f, c) for f, c in zip(x, cjs)])
@@ -116,18 +134,26 @@ def test_uint8_frames_and_colour_chains_train_like_host_floats():
 def test_the_training_loop_sends_the_colour_chains(tmp_path):
   """train.train on uint8 + colour-chain batches = on the same pairs as host floats (the loop
   passes 'color' on to the step; extra keys stay on the host)."""
-  cfg = toy.config(num_train_steps=3, checkpoint_every_steps=100, log_every_steps=1,
-                   async_checkpointing=False)
+  cfg = toy.config(
+    num_train_steps=3, checkpoint_every_steps=100, log_every_steps=1, async_checkpointing=False
+  )
   mesh = sharding.make_mesh(8)
   pairs = [_uint8_pair_batch(16, seed=i) for i in range(3)]
   finals = []
   for name, which in (('u8', 0), ('host', 1)):
+
     def batches(start, which=which):
       for u8_host in pairs[start:]:
         yield dict(u8_host[which], note=np.array(['not for the device'] * 16))
-    _, state, _ = train.train(cfg, str(tmp_path / name), **toy.run_parts(cfg, mesh),
-                              model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss,
-                              batches=batches)
+
+    _, state, _ = train.train(
+      cfg,
+      str(tmp_path / name),
+      **toy.run_parts(cfg, mesh),
+      model=toy.ToyModel(rngs=nnx.Rngs(0)),
+      loss_fn=toy.toy_loss,
+      batches=batches,
+    )
     finals.append(state.params)
   assert _max_rel_diff(finals[0], finals[1]) < 1e-5
 
@@ -153,8 +179,9 @@ def test_schedule_is_linear_warmup_then_cosine():
   steps = np.arange(0, 111)
   got = np.array([float(sched(s)) for s in steps])
   frac = np.clip((steps - 10) / 100, 0, 1)
-  expect = np.where(steps < 10, 2.0 * steps / 10,
-                    0.2 + (2.0 - 0.2) * 0.5 * (1 + np.cos(np.pi * frac)))
+  expect = np.where(
+    steps < 10, 2.0 * steps / 10, 0.2 + (2.0 - 0.2) * 0.5 * (1 + np.cos(np.pi * frac))
+  )
   np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-6)
 
 
@@ -164,17 +191,24 @@ def test_epochs_resolve_to_steps():
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  cfg = toy.config(num_train_steps=10, checkpoint_every_steps=2, log_every_steps=1,
-                   async_checkpointing=False)
+  cfg = toy.config(
+    num_train_steps=10, checkpoint_every_steps=2, log_every_steps=1, async_checkpointing=False
+  )
   mesh = sharding.make_mesh(8)
   with pytest.raises(train.NonFiniteLossError, match=r'step 6.*last good checkpoint is step 4'):
-    train.train(cfg, str(tmp_path), **toy.run_parts(cfg, mesh),
-                model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss,
-                batches=lambda s: toy.batches(0, 16, s, nan_at=5))
+    train.train(
+      cfg,
+      str(tmp_path),
+      **toy.run_parts(cfg, mesh),
+      model=toy.ToyModel(rngs=nnx.Rngs(0)),
+      loss_fn=toy.toy_loss,
+      batches=lambda s: toy.batches(0, 16, s, nan_at=5),
+    )
   ck = checkpointing.Checkpointer(str(tmp_path), async_save=False)
   assert ck.all_steps() == [2, 4]
-  _, template, _, _ = train.build_state(cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(0)),
-                                        train.make_schedule(cfg.train, 10, 0))
+  _, template, _, _ = train.build_state(
+    cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(0)), train.make_schedule(cfg.train, 10, 0)
+  )
   restored = ck.restore(template)
   ck.close()
   assert int(restored.step) == 4
@@ -184,8 +218,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def _events_of_a_run(tmp_path, monkeypatch, batches):
   """Runs the toy for 6 steps (log every 2, save at the end); returns the order in which steps
   were dispatched ('step') and metrics read back ('read')."""
-  cfg = toy.config(num_train_steps=6, log_every_steps=2, checkpoint_every_steps=100,
-                   async_checkpointing=False)
+  cfg = toy.config(
+    num_train_steps=6, log_every_steps=2, checkpoint_every_steps=100, async_checkpointing=False
+  )
   events = []
   make = train.make_train_step
 
@@ -196,6 +231,7 @@ def _events_of_a_run(tmp_path, monkeypatch, batches):
       out = step_fn(*a)
       events.append('step')
       return out
+
     return step
 
   get = jax.device_get
@@ -207,8 +243,14 @@ def _events_of_a_run(tmp_path, monkeypatch, batches):
     return get(x)
 
   monkeypatch.setattr(train.jax, 'device_get', reading)
-  train.train(cfg, str(tmp_path), **toy.run_parts(cfg, sharding.make_mesh(1)),
-              model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss, batches=batches)
+  train.train(
+    cfg,
+    str(tmp_path),
+    **toy.run_parts(cfg, sharding.make_mesh(1)),
+    model=toy.ToyModel(rngs=nnx.Rngs(0)),
+    loss_fn=toy.toy_loss,
+    batches=batches,
+  )
   return events
 
 
@@ -236,6 +278,7 @@ def test_a_logged_step_is_written_when_the_run_fails_before_the_next(tmp_path, m
 
 # ------------------------------------------------------------------ gradients themselves
 
+
 class ToyTwoStream(toy.ToyModel):
   """The toy encoders with FogNet's output dict, so the real loss (eqs. 8-11) applies."""
 
@@ -246,8 +289,14 @@ class ToyTwoStream(toy.ToyModel):
   def train_outputs(self, clean, foggy, text_emb):
     fc, ff = self._frames(clean), self._frames(foggy)
     pool = lambda f: self.visual_head(jax.nn.gelu(jnp.mean(f, axis=1)))
-    return {'video_f': pool(ff), 'video_c': pool(fc), 'frames_f': ff, 'frames_c': fc,
-            'text': text_emb, 'logit_scale': self.logit_scale[...]}
+    return {
+      'video_f': pool(ff),
+      'video_c': pool(fc),
+      'frames_f': ff,
+      'frames_c': fc,
+      'text': text_emb,
+      'logit_scale': self.logit_scale[...],
+    }
 
 
 def _contrastive_config(**train_overrides):
@@ -266,6 +315,7 @@ def _first_template(tokens, key):
 def _sgd_step(cfg, num_devices, batch, *, fsdp=False):
   """One train step with SGD(lr=1): params before - params after = the step's gradient."""
   import optax
+
   mesh = sharding.make_mesh(num_devices)
   model = ToyTwoStream(rngs=nnx.Rngs(0))
   graphdef, params0, rest0 = train.split_model(model)
@@ -273,15 +323,22 @@ def _sgd_step(cfg, num_devices, batch, *, fsdp=False):
   tx = optax.sgd(1.0)
   _, state = train.init_state(model, tx)
   state, shardings = train.shard_state(state, mesh, fsdp=fsdp, min_size=16)
-  step = train.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings,
-                               loss_fn=losses.make_loss_fn(cfg),
-                               schedule=lambda s: 1.0, seed=cfg.seed,
-                               grad_accum_steps=cfg.train.grad_accum_steps,
-                               prompt_sampler=_first_template)
+  step = train.make_train_step(
+    graphdef,
+    tx,
+    mesh=mesh,
+    state_shardings=shardings,
+    loss_fn=losses.make_loss_fn(cfg),
+    schedule=lambda s: 1.0,
+    seed=cfg.seed,
+    grad_accum_steps=cfg.train.grad_accum_steps,
+    prompt_sampler=_first_template,
+  )
   tokens = jax.device_put(jnp.asarray(toy.prompt_tokens()), sharding.replicated(mesh))
   new, metrics = step(state, sharding.put_global_batch(batch, mesh), tokens)
-  grads = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), params0,
-                       jax.device_get(new.params))
+  grads = jax.tree.map(
+    lambda a, b: np.asarray(a) - np.asarray(b), params0, jax.device_get(new.params)
+  )
   return graphdef, params0, rest0, grads, jax.device_get(metrics)
 
 
@@ -296,8 +353,9 @@ def _reference_grads(graphdef, params, rest, cfg, batch, accum):
     text = model.encode_text(text_tokens)
     vals = []
     for a in range(accum):
-      out = model.train_outputs(jnp.asarray(batch['clean'][a::accum]),
-                                jnp.asarray(batch['foggy'][a::accum]), text)
+      out = model.train_outputs(
+        jnp.asarray(batch['clean'][a::accum]), jnp.asarray(batch['foggy'][a::accum]), text
+      )
       vals.append(loss_fn(out, jnp.asarray(batch['label'][a::accum]))[0])
     return sum(vals) / accum, vals
 
@@ -306,8 +364,9 @@ def _reference_grads(graphdef, params, rest, cfg, batch, accum):
 
 
 def _global_norm(tree):
-  return float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))
-                           for x in jax.tree.leaves(tree))))
+  return float(
+    np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
+  )
 
 
 @pytest.mark.parametrize('num_devices,fsdp,accum', [(1, False, 4), (8, False, 2), (8, True, 2)])
@@ -323,8 +382,10 @@ def test_accumulated_gradient_of_the_contrastive_loss(num_devices, fsdp, accum):
   err = _global_norm(jax.tree.map(lambda a, b: a - b, grads, ref)) / scale
   # The known difference: micro-batch gradients are not the full-batch gradient.
   gap = _global_norm(jax.tree.map(lambda a, b: a - b, full, ref)) / scale
-  print(f'accum={accum} on {num_devices} devices (fsdp={fsdp}): |step grad - reference| / '
-        f'|reference| = {err:.2e}; the full-batch gradient is {gap:.2e} away')
+  print(
+    f'accum={accum} on {num_devices} devices (fsdp={fsdp}): |step grad - reference| / '
+    f'|reference| = {err:.2e}; the full-batch gradient is {gap:.2e} away'
+  )
   assert gap > 0.05
   assert err < 1e-4
   np.testing.assert_allclose(metrics['grad_norm'], scale, rtol=1e-4)
@@ -337,9 +398,11 @@ def test_accumulated_gradient_of_the_contrastive_loss(num_devices, fsdp, accum):
 
 # ------------------------------------------------------------------ FSDP checkpoint restore
 
+
 def test_fsdp_state_is_restored_sharded_and_resumes_exactly(tmp_path):
-  cfg = toy.config(num_train_steps=4, checkpoint_every_steps=2, log_every_steps=1,
-                   async_checkpointing=False)
+  cfg = toy.config(
+    num_train_steps=4, checkpoint_every_steps=2, log_every_steps=1, async_checkpointing=False
+  )
   cfg.mesh.fsdp = True
   mesh = sharding.make_mesh(8)
   starts = []
@@ -351,17 +414,24 @@ def test_fsdp_state_is_restored_sharded_and_resumes_exactly(tmp_path):
         if i == sigterm_at:
           os.kill(os.getpid(), signal.SIGTERM)
         yield b
-    return train.train(cfg, workdir, **toy.run_parts(cfg, mesh),
-                       model=toy.ToyModel(rngs=nnx.Rngs(0)), loss_fn=toy.toy_loss,
-                       batches=batches)[1]
+
+    return train.train(
+      cfg,
+      workdir,
+      **toy.run_parts(cfg, mesh),
+      model=toy.ToyModel(rngs=nnx.Rngs(0)),
+      loss_fn=toy.toy_loss,
+      batches=batches,
+    )[1]
 
   ref = run(str(tmp_path / 'ref'))
   half = run(str(tmp_path / 'run'), sigterm_at=1)
   assert int(half.step) == 2
   ck = checkpointing.Checkpointer(str(tmp_path / 'run'), async_save=False)
   assert ck.all_steps() == [2]
-  _, template, shardings, _ = train.build_state(cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(5)),
-                                                train.make_schedule(cfg.train, 4, 0))
+  _, template, shardings, _ = train.build_state(
+    cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(5)), train.make_schedule(cfg.train, 4, 0)
+  )
   restored = ck.restore(template)
   ck.close()
   assert int(restored.step) == 2
@@ -378,7 +448,9 @@ def test_fsdp_state_is_restored_sharded_and_resumes_exactly(tmp_path):
   assert int(final.step) == 4
   for got, want in zip(jax.tree.leaves(final.params), jax.tree.leaves(ref.params)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-  assert final.params['frame']['kernel'][...].sharding.spec == jax.sharding.PartitionSpec('data', None)
+  assert final.params['frame']['kernel'][...].sharding.spec == jax.sharding.PartitionSpec(
+    'data', None
+  )
 
 
 def test_prompt_templates_are_redrawn_every_step():
@@ -388,10 +460,18 @@ def test_prompt_templates_are_redrawn_every_step():
   cfg = toy.config()
   mesh = sharding.make_mesh(1)
   schedule = train.make_schedule(cfg.train, 10, 0)
-  graphdef, state, shardings, tx = train.build_state(cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(0)),
-                                                     schedule)
-  step = train.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings,
-                               loss_fn=toy.toy_loss, schedule=schedule, seed=cfg.seed)
+  graphdef, state, shardings, tx = train.build_state(
+    cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(0)), schedule
+  )
+  step = train.make_train_step(
+    graphdef,
+    tx,
+    mesh=mesh,
+    state_shardings=shardings,
+    loss_fn=toy.toy_loss,
+    schedule=schedule,
+    seed=cfg.seed,
+  )
   tokens = jax.device_put(jnp.asarray(toy.prompt_tokens()), sharding.replicated(mesh))
   batch = toy.make_batch(0, 0, 16)
   host = jax.device_get(state)
@@ -409,13 +489,24 @@ def test_fusion_module_learning_rate_ratio():
   """train.fusion_lr_ratio: parameters under `fusion_pattern` (the temporal transformer) move
   at ratio x the learning rate, the others at 1x: AdamW's first step is lr * sign(g)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   params = {'temporal': {'w': jnp.ones((2, 2))}, 'visual': {'w': jnp.ones((2, 2))}}
   grads = jax.tree.map(lambda x: 0.5 * x, params)
 
   def first_update(ratio, pattern=r'(^|/)temporal(/|$)'):
-    tcfg = ml_collections.ConfigDict(dict(
-        b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.0, grad_clip_norm=0.0, freeze_text=False,
-        freeze_text_pattern=r'(^|/)text(/|$)', fusion_lr_ratio=ratio, fusion_pattern=pattern))
+    tcfg = ml_collections.ConfigDict(
+      dict(
+        b1=0.9,
+        b2=0.98,
+        eps=1e-8,
+        weight_decay=0.0,
+        grad_clip_norm=0.0,
+        freeze_text=False,
+        freeze_text_pattern=r'(^|/)text(/|$)',
+        fusion_lr_ratio=ratio,
+        fusion_pattern=pattern,
+      )
+    )
     tx = train.make_optimizer(tcfg, params, lambda step: 1e-3)
     updates, _ = tx.update(grads, tx.init(params), params)
     return jax.tree.map(np.asarray, updates)

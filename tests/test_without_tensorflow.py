@@ -1,5 +1,6 @@
 """Training and evaluating on a prepared dataset needs no TensorFlow (GPU images often lack
 it): the same run with TensorFlow hidden gives the same metrics and results."""
+
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import main_testutil
 
 # Runs `python -m MODULE ARGS...` with every `tensorflow` module unfindable: find_spec returns
 # None and importing raises ModuleNotFoundError, as on a machine where it is not installed.
-HIDE_TF = r'''
+HIDE_TF = r"""
 import importlib.machinery
 import runpy
 import sys
@@ -29,7 +30,7 @@ import importlib.util
 assert importlib.util.find_spec('tensorflow') is None
 module, sys.argv = sys.argv[1], sys.argv[1:]
 runpy.run_module(module, run_name='__main__', alter_sys=True)
-'''
+"""
 
 
 def _rows(workdir):
@@ -47,8 +48,13 @@ def test_train_and_evaluate_without_tensorflow(tmp_path):
   assert with_tf.returncode == 0, with_tf.stderr[-3000:]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   without = subprocess.run(
-      [sys.executable, '-c', HIDE_TF, 'fognet_jax.main', *args, f'--workdir={tmp_path / "b"}'],
-      cwd=main_testutil.ROOT, env=env, capture_output=True, text=True, timeout=300)
+    [sys.executable, '-c', HIDE_TF, 'fognet_jax.main', *args, f'--workdir={tmp_path / "b"}'],
+    cwd=main_testutil.ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert without.returncode == 0, without.stderr[-3000:]
   assert 'No TensorBoard events' in without.stderr
   assert not os.path.exists(tmp_path / 'b' / 'tensorboard')

@@ -1,4 +1,5 @@
 """Shared base for the TFDS builder tests."""
+
 import tensorflow_datasets as tfds
 
 
@@ -9,5 +10,7 @@ class BuilderTestCase(tfds.testing.DatasetBuilderTestCase):
   by pytest as a skipped test; as a property it stays usable on instances but is not a test.
   Subclasses set DATASET_CLASS, SPLITS, ... as usual.
   """
+
   test_session = property(
-      lambda self: tfds.testing.DatasetBuilderTestCase.test_session.__get__(self))
+    lambda self: tfds.testing.DatasetBuilderTestCase.test_session.__get__(self)
+  )

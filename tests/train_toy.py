@@ -3,6 +3,7 @@
 Used by the training tests so that the train step, sharding, accumulation, checkpointing and
 resume logic are tested independently of (and much faster than) the real model.
 """
+
 import os
 import time
 
@@ -37,8 +38,12 @@ class ToyModel(nnx.Module):
     return self.visual_head(jax.nn.gelu(jnp.mean(frames, axis=1)))  # (B, D)
 
   def train_outputs(self, clean, foggy, text_emb):
-    return {'clean': self._video(clean), 'foggy': self._video(foggy), 'text': text_emb,
-            'logit_scale': self.logit_scale[...]}
+    return {
+      'clean': self._video(clean),
+      'foggy': self._video(foggy),
+      'text': text_emb,
+      'logit_scale': self.logit_scale[...],
+    }
 
   def predict(self, foggy, text_emb):
     v = self._video(foggy)
@@ -112,21 +117,21 @@ def eval_batches(batch_size: int, num_videos: int = 13, views: int = 2):
   """Finite eval stream with padding + mask, like input_pipeline.eval_iterator."""
   full = make_batch(999, 0, num_videos)
   for s in range(0, num_videos, batch_size):
-    foggy = full['foggy'][s:s + batch_size]
-    labels = full['label'][s:s + batch_size]
+    foggy = full['foggy'][s : s + batch_size]
+    labels = full['label'][s : s + batch_size]
     n = len(labels)
     pad = batch_size - n
     foggy = np.concatenate([foggy, np.zeros((pad,) + foggy.shape[1:], np.float32)])
     labels = np.concatenate([labels, np.zeros(pad, np.int32)])
     fv = np.stack([foggy + 0.01 * v for v in range(views)], axis=1)  # (B, V, T, H, W, 3)
-    yield {'frames': fv.astype(np.float32), 'label': labels,
-           'mask': np.arange(batch_size) < n}
+    yield {'frames': fv.astype(np.float32), 'label': labels, 'mask': np.arange(batch_size) < n}
 
 
 def config(**train_overrides) -> ml_collections.ConfigDict:
   """A full config with small train settings (data/model blocks unused by the toy); keyword
   arguments set train keys, or perf keys (async_checkpointing)."""
   import config_testutil
+
   c = config_testutil.recipe()
   c.data.num_frames = FRAMES
   c.data.image_size = SIZE
@@ -152,6 +157,7 @@ CLASS_NAMES = [f'class_{i}' for i in range(NUM_CLASSES)]
 
 def steps(cfg, num_train_examples: int = 160):
   from fognet_jax import train
+
   return train.step_counts(cfg.train, num_train_examples)
 
 

@@ -14,14 +14,15 @@ modules next to them are the builders' shared code: ``common`` (features,
 synthesis) and ``video_io`` (PyAV decoding and writing); only ``BUILDER_PACKAGES``
 are imported by the loop below.
 """
+
 import importlib as _importlib
 import pathlib as _pathlib
 
 from tfds_fogact import common  # noqa: F401
 
 _HERE = _pathlib.Path(__file__).resolve().parent
-BUILDER_PACKAGES = ("synthetic_fog_act", "fogact", "fogged_public")
+BUILDER_PACKAGES = ('synthetic_fog_act', 'fogact', 'fogged_public')
 
 for _name in BUILDER_PACKAGES:
-  if (_HERE / _name / "__init__.py").is_file():
-    _importlib.import_module(f"{__name__}.{_name}")
+  if (_HERE / _name / '__init__.py').is_file():
+    _importlib.import_module(f'{__name__}.{_name}')

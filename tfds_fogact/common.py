@@ -11,6 +11,7 @@
   and the project's input pipeline read, for random access). :func:`prepare` does
   both; :func:`add_array_record` converts an already prepared dataset.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 #: The paper's arXiv listing (abstract, PDF and the authors' links): the builders' homepage.
-HOMEPAGE = "https://arxiv.org/abs/2605.20645"
+HOMEPAGE = 'https://arxiv.org/abs/2605.20645'
 #: BibTeX of the paper that introduces FogAct and FogNet; every builder's citation starts with it.
 CITATION = """\
 @misc{liu2026seeing,
@@ -41,19 +42,19 @@ CITATION = """\
   url           = {https://arxiv.org/abs/2605.20645}
 }"""
 
-PERSPECTIVES: tuple[str, ...] = ("front", "back", "left", "right")
-FOG_LEVELS: tuple[str, ...] = ("light", "dense")
-SPLITS: tuple[str, ...] = ("train", "test")
+PERSPECTIVES: tuple[str, ...] = ('front', 'back', 'left', 'right')
+FOG_LEVELS: tuple[str, ...] = ('light', 'dense')
+SPLITS: tuple[str, ...] = ('train', 'test')
 
-DEFAULT_FILE_FORMAT = "tfrecord"
-RANDOM_ACCESS_FILE_FORMAT = "array_record"
+DEFAULT_FILE_FORMAT = 'tfrecord'
+RANDOM_ACCESS_FILE_FORMAT = 'array_record'
 ALTERNATIVE_FILE_FORMATS = (RANDOM_ACCESS_FILE_FORMAT,)
 
 
 @functools.cache
 def tensorflow_available() -> bool:
   """Whether TensorFlow can be imported (it is not needed to read a prepared dataset)."""
-  return importlib.util.find_spec("tensorflow") is not None
+  return importlib.util.find_spec('tensorflow') is not None
 
 
 def _video_feature(shape) -> tfds.features.FeatureConnector:
@@ -61,14 +62,15 @@ def _video_feature(shape) -> tfds.features.FeatureConnector:
   ``Sequence`` of JPEG ``Image``s that a Video is: the same records, the same parsing
   (reading a prepared dataset works; building one needs TensorFlow anyway)."""
   if tensorflow_available():
-    return tfds.features.Video(shape=shape, encoding_format="jpeg")
-  return tfds.features.Sequence(tfds.features.Image(shape=shape[1:], encoding_format="jpeg"),
-                                length=shape[0])
+    return tfds.features.Video(shape=shape, encoding_format='jpeg')
+  return tfds.features.Sequence(
+    tfds.features.Image(shape=shape[1:], encoding_format='jpeg'), length=shape[0]
+  )
 
 
-def paired_features(class_names: Sequence[str],
-                    frame_shape: tuple[Optional[int], Optional[int]] = (None, None),
-                    ) -> tfds.features.FeaturesDict:
+def paired_features(
+  class_names: Sequence[str], frame_shape: tuple[Optional[int], Optional[int]] = (None, None)
+) -> tfds.features.FeaturesDict:
   """Feature spec of a paired clean/foggy video dataset.
 
   Args:
@@ -84,25 +86,27 @@ def paired_features(class_names: Sequence[str],
   """
   names = list(class_names)
   if not names:
-    raise ValueError("paired_features: class_names is empty")
+    raise ValueError('paired_features: class_names is empty')
   if len(set(names)) != len(names):
     dup = sorted({n for n in names if names.count(n) > 1})
-    raise ValueError(f"paired_features: duplicate class names {dup}")
+    raise ValueError(f'paired_features: duplicate class names {dup}')
   if len(frame_shape) != 2:
-    raise ValueError(f"paired_features: frame_shape must be (height, width), got {frame_shape}")
+    raise ValueError(f'paired_features: frame_shape must be (height, width), got {frame_shape}')
   h, w = frame_shape
   video = functools.partial(_video_feature, (None, h, w, 3))
-  return tfds.features.FeaturesDict({
-      "clean": video(),
-      "foggy": video(),
-      "label": tfds.features.ClassLabel(names=names),
-      "clip_id": tfds.features.Text(),
-      "scene": tfds.features.Text(),
-      "perspective": tfds.features.ClassLabel(names=list(PERSPECTIVES)),
-      "fog": tfds.features.ClassLabel(names=list(FOG_LEVELS)),
-      "num_people": tfds.features.Scalar(dtype=np.int32),
-      "num_frames": tfds.features.Scalar(dtype=np.int32),
-  })
+  return tfds.features.FeaturesDict(
+    {
+      'clean': video(),
+      'foggy': video(),
+      'label': tfds.features.ClassLabel(names=names),
+      'clip_id': tfds.features.Text(),
+      'scene': tfds.features.Text(),
+      'perspective': tfds.features.ClassLabel(names=list(PERSPECTIVES)),
+      'fog': tfds.features.ClassLabel(names=list(FOG_LEVELS)),
+      'num_people': tfds.features.Scalar(dtype=np.int32),
+      'num_frames': tfds.features.Scalar(dtype=np.int32),
+    }
+  )
 
 
 @dataclasses.dataclass(eq=False)
@@ -126,17 +130,17 @@ class VideoBuilderConfig(tfds.core.BuilderConfig):
   jpeg_quality: int = 90
 
   def __post_init__(self):
-    where = f"builder config {self.name!r}"
+    where = f'builder config {self.name!r}'
     if self.short_side is not None and self.short_side < 1:
-      raise ValueError(f"{where}: short_side must be >= 1, got {self.short_side}")
+      raise ValueError(f'{where}: short_side must be >= 1, got {self.short_side}')
     if self.frame_size is not None and (len(self.frame_size) != 2 or min(self.frame_size) < 1):
-      raise ValueError(f"{where}: frame_size must be (height, width) >= 1, got {self.frame_size}")
+      raise ValueError(f'{where}: frame_size must be (height, width) >= 1, got {self.frame_size}')
     if self.fps is not None and not self.fps > 0:
-      raise ValueError(f"{where}: fps must be > 0, got {self.fps}")
+      raise ValueError(f'{where}: fps must be > 0, got {self.fps}')
     if self.max_frames is not None and self.max_frames < 1:
-      raise ValueError(f"{where}: max_frames must be >= 1, got {self.max_frames}")
+      raise ValueError(f'{where}: max_frames must be >= 1, got {self.max_frames}')
     if not 1 <= self.jpeg_quality <= 100:
-      raise ValueError(f"{where}: jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+      raise ValueError(f'{where}: jpeg_quality must be in [1, 100], got {self.jpeg_quality}')
 
   @property
   def frame_shape(self) -> tuple[Optional[int], Optional[int]]:
@@ -157,7 +161,7 @@ class VideoBuilderConfig(tfds.core.BuilderConfig):
   def frame_indices(self, num_frames: int, source_fps: Optional[float]) -> np.ndarray:
     """Indices of the source frames kept by `fps` subsampling and `max_frames`."""
     if num_frames < 0:
-      raise ValueError(f"frame_indices: num_frames must be >= 0, got {num_frames}")
+      raise ValueError(f'frame_indices: num_frames must be >= 0, got {num_frames}')
     if self.fps is None or source_fps is None or self.fps >= source_fps:
       idx = np.arange(num_frames)
     else:
@@ -172,12 +176,15 @@ class VideoBuilderConfig(tfds.core.BuilderConfig):
     """Resizes (T, H, W, 3) uint8 frames to :meth:`output_size` (PIL, antialiased)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
-      raise ValueError(f"resize: frames must be (T, H, W, 3), got {frames.shape}")
+      raise ValueError(f'resize: frames must be (T, H, W, 3), got {frames.shape}')
     h, w = self.output_size(frames.shape[1], frames.shape[2])
     if (h, w) == frames.shape[1:3]:
       return frames
-    return np.stack([resize_frame(f, (h, w)) for f in frames]) if len(frames) else (
-        np.zeros((0, h, w, 3), np.uint8))
+    return (
+      np.stack([resize_frame(f, (h, w)) for f in frames])
+      if len(frames)
+      else (np.zeros((0, h, w, 3), np.uint8))
+    )
 
 
 def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -189,12 +196,13 @@ def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
   """JPEG bytes of one (H, W, 3) uint8 frame."""
   buf = io.BytesIO()
-  Image.fromarray(np.ascontiguousarray(frame)).save(buf, format="JPEG", quality=quality)
+  Image.fromarray(np.ascontiguousarray(frame)).save(buf, format='JPEG', quality=quality)
   return buf.getvalue()
 
 
-def encode_jpeg_frames(frames, quality: int = 90,
-                       pool: Optional[concurrent.futures.Executor] = None) -> list[bytes]:
+def encode_jpeg_frames(
+  frames, quality: int = 90, pool: Optional[concurrent.futures.Executor] = None
+) -> list[bytes]:
   """JPEG-encodes a sequence of (H, W, 3) uint8 frames.
 
   The returned list of bytes can be given to ``tfds.features.Video`` directly
@@ -210,7 +218,7 @@ def encode_jpeg_frames(frames, quality: int = 90,
 def decode_jpeg(data: bytes) -> np.ndarray:
   """(H, W, 3) uint8 frame from JPEG (or PNG) bytes."""
   with Image.open(io.BytesIO(data)) as im:
-    return np.asarray(im.convert("RGB"))
+    return np.asarray(im.convert('RGB'))
 
 
 # ----------------------------------------------------------------------------- file formats
@@ -226,8 +234,11 @@ def has_random_access(builder: tfds.core.DatasetBuilder) -> bool:
   """Whether every ArrayRecord shard of the prepared dataset exists."""
   if not builder.info.splits:
     return False
-  return all(os.path.exists(f) for split in builder.info.splits
-             for f in _split_shards(builder, split, RANDOM_ACCESS_FILE_FORMAT))
+  return all(
+    os.path.exists(f)
+    for split in builder.info.splits
+    for f in _split_shards(builder, split, RANDOM_ACCESS_FILE_FORMAT)
+  )
 
 
 def _register_alternative(builder: tfds.core.DatasetBuilder) -> None:
@@ -252,8 +263,9 @@ def add_array_record(builder: tfds.core.DatasetBuilder) -> None:
 
   if builder.info.file_format is None or builder.info.file_format.value != DEFAULT_FILE_FORMAT:
     raise ValueError(
-        f"add_array_record: {builder.data_dir} is stored as {builder.info.file_format}, expected"
-        f" {DEFAULT_FILE_FORMAT}")
+      f'add_array_record: {builder.data_dir} is stored as {builder.info.file_format}, expected'
+      f' {DEFAULT_FILE_FORMAT}'
+    )
   if not has_random_access(builder):
     for split in builder.info.splits:
       src = _split_shards(builder, split, DEFAULT_FILE_FORMAT)
@@ -262,8 +274,8 @@ def add_array_record(builder: tfds.core.DatasetBuilder) -> None:
       for s, d, n in zip(src, dst, lengths):
         if os.path.exists(d):
           continue
-        tmp = d + ".incomplete"
-        writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+        tmp = d + '.incomplete'
+        writer = array_record_module.ArrayRecordWriter(tmp, 'group_size:1')
         count = 0
         for record in tf.data.TFRecordDataset(s).as_numpy_iterator():
           writer.write(record)
@@ -271,14 +283,15 @@ def add_array_record(builder: tfds.core.DatasetBuilder) -> None:
         writer.close()
         if count != n:
           os.remove(tmp)
-          raise IOError(f"add_array_record: {s} holds {count} records, dataset_info says {n}")
+          raise IOError(f'add_array_record: {s} holds {count} records, dataset_info says {n}')
         os.replace(tmp, d)
   _register_alternative(builder)
   builder.info.write_to_directory(builder.data_dir)
 
 
-def prepare(builder: tfds.core.DatasetBuilder,
-            download_config: Optional[tfds.download.DownloadConfig] = None) -> tfds.core.DatasetBuilder:
+def prepare(
+  builder: tfds.core.DatasetBuilder, download_config: Optional[tfds.download.DownloadConfig] = None
+) -> tfds.core.DatasetBuilder:
   """Prepares `builder` as TFRecord (for ``tfds.load``) plus an ArrayRecord copy.
 
   After this both ``builder.as_dataset(...)`` / ``tfds.load(...)`` and
@@ -308,7 +321,9 @@ class DualFormatMixin:
       add_array_record(self)
 
 
-def data_source(builder: tfds.core.DatasetBuilder, split: str, *, decoders=None, deserialize_method=None):
+def data_source(
+  builder: tfds.core.DatasetBuilder, split: str, *, decoders=None, deserialize_method=None
+):
   """Random-access source (ArrayRecord) of a prepared split; converts first if needed.
 
   `deserialize_method` (a ``tfds.decode.DeserializeMethod``) defaults to
@@ -318,25 +333,32 @@ def data_source(builder: tfds.core.DatasetBuilder, split: str, *, decoders=None,
   if not has_random_access(builder):
     add_array_record(builder)
   _register_alternative(builder)
-  kwargs = {} if deserialize_method is None else {"deserialize_method": deserialize_method}
-  return builder.as_data_source(split=split, decoders=decoders, file_format=RANDOM_ACCESS_FILE_FORMAT,
-                                **kwargs)
+  kwargs = {} if deserialize_method is None else {'deserialize_method': deserialize_method}
+  return builder.as_data_source(
+    split=split, decoders=decoders, file_format=RANDOM_ACCESS_FILE_FORMAT, **kwargs
+  )
 
 
 def main(argv=None):
   """CLI: ``python -m tfds_fogact.common NAME[/CONFIG] [--data_dir D] [--manual_dir M]``."""
   # `python -m tfds_fogact.common` imports the package first, which registers the builders.
-  parser = argparse.ArgumentParser(description="Prepare a tfds_fogact dataset (TFRecord + ArrayRecord).")
-  parser.add_argument("name", help="dataset name, e.g. synthetic_fog_act or synthetic_fog_act/bench224")
-  parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--manual_dir", default=None)
+  parser = argparse.ArgumentParser(
+    description='Prepare a tfds_fogact dataset (TFRecord + ArrayRecord).'
+  )
+  parser.add_argument(
+    'name', help='dataset name, e.g. synthetic_fog_act or synthetic_fog_act/bench224'
+  )
+  parser.add_argument('--data_dir', default=None)
+  parser.add_argument('--manual_dir', default=None)
   args = parser.parse_args(argv)
   builder = tfds.builder(args.name, data_dir=args.data_dir)
   cfg = tfds.download.DownloadConfig(manual_dir=args.manual_dir) if args.manual_dir else None
   prepare(builder, cfg)
-  print(f"prepared {args.name} in {builder.data_dir}: "
-        + ", ".join(f"{k}={v.num_examples}" for k, v in builder.info.splits.items()))
+  print(
+    f'prepared {args.name} in {builder.data_dir}: '
+    + ', '.join(f'{k}={v.num_examples}' for k, v in builder.info.splits.items())
+  )
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   main()

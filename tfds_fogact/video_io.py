@@ -11,6 +11,7 @@ video, no video stream, corrupt or truncated data, zero decodable frames) raises
 clips can be written without holding them) with libx264 or mpeg4; the tests, the dummy-data
 scripts and the memory benchmark use it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,7 @@ from typing import Sequence
 import av
 import numpy as np
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv')
 
 # A file that decodes to fewer frames than its container declares, by more than this
 # fraction (and more than 2 frames), is reported as truncated: durations derived from
@@ -43,7 +44,7 @@ class VideoError(Exception):
   def __init__(self, path, reason: str):
     self.path = os.fspath(path)
     self.reason = reason
-    super().__init__(f"{self.path}: {reason}")
+    super().__init__(f'{self.path}: {reason}')
 
   def __reduce__(self):  # Picklable across processes.
     return (type(self), (self.path, self.reason))
@@ -52,6 +53,7 @@ class VideoError(Exception):
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
   """What the container says about the first video stream (no decoding)."""
+
   width: int
   height: int
   fps: float
@@ -59,8 +61,9 @@ class VideoInfo:
   duration_s: float  # 0.0 when unknown.
 
 
-def output_size(height: int, width: int, *, short_side: int | None = None,
-                size: tuple[int, int] | None = None) -> tuple[int, int]:
+def output_size(
+  height: int, width: int, *, short_side: int | None = None, size: tuple[int, int] | None = None
+) -> tuple[int, int]:
   """(out_height, out_width) for a `height`×`width` source.
 
   `size=(h, w)` gives a fixed size; `short_side=s` scales so the shorter side is `s`,
@@ -69,16 +72,16 @@ def output_size(height: int, width: int, *, short_side: int | None = None,
   dataset built with one setting has the same short side.
   """
   if size is not None and short_side is not None:
-    raise ValueError("Give at most one of short_side and size.")
+    raise ValueError('Give at most one of short_side and size.')
   if size is not None:
     h, w = (int(v) for v in size)
     if h <= 0 or w <= 0:
-      raise ValueError(f"size must be positive, got {size}.")
+      raise ValueError(f'size must be positive, got {size}.')
     return h, w
   if short_side is None:
     return height, width
   if short_side <= 0:
-    raise ValueError(f"short_side must be positive, got {short_side}.")
+    raise ValueError(f'short_side must be positive, got {short_side}.')
   if height <= width:
     return short_side, max(1, int(round(width * short_side / height)))
   return max(1, int(round(height * short_side / width))), short_side
@@ -88,20 +91,20 @@ def _open(path) -> tuple[av.container.InputContainer, av.video.stream.VideoStrea
   """Opens `path` and returns (container, first video stream), or raises VideoError."""
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise VideoError(path, "file not found")
+    raise VideoError(path, 'file not found')
   if os.path.isdir(path):
-    raise VideoError(path, "is a directory, not a video file")
+    raise VideoError(path, 'is a directory, not a video file')
   if not os.access(path, os.R_OK):
-    raise VideoError(path, "file is not readable (permission denied)")
+    raise VideoError(path, 'file is not readable (permission denied)')
   if os.path.getsize(path) == 0:
-    raise VideoError(path, "empty file (0 bytes)")
+    raise VideoError(path, 'empty file (0 bytes)')
   try:
-    container = av.open(path, mode="r")
+    container = av.open(path, mode='r')
   except (av.error.FFmpegError, OSError, ValueError) as e:
-    raise VideoError(path, f"not a readable video container ({e})") from e
+    raise VideoError(path, f'not a readable video container ({e})') from e
   if not container.streams.video:
     container.close()
-    raise VideoError(path, "no video stream in the file")
+    raise VideoError(path, 'no video stream in the file')
   return container, container.streams.video[0]
 
 
@@ -134,17 +137,25 @@ def probe(path) -> VideoInfo:
   container, stream = _open(path)
   try:
     fps = _stream_fps(stream)
-    return VideoInfo(width=stream.codec_context.width,
-                     height=stream.codec_context.height, fps=fps,
-                     num_frames=_declared_frames(container, stream, fps),
-                     duration_s=_duration_s(container, stream))
+    return VideoInfo(
+      width=stream.codec_context.width,
+      height=stream.codec_context.height,
+      fps=fps,
+      num_frames=_declared_frames(container, stream, fps),
+      duration_s=_duration_s(container, stream),
+    )
   finally:
     container.close()
 
 
-def iter_frames(path, *, fps: float | None = None, short_side: int | None = None,
-                size: tuple[int, int] | None = None,
-                max_frames: int | None = None) -> Iterator[np.ndarray]:
+def iter_frames(
+  path,
+  *,
+  fps: float | None = None,
+  short_side: int | None = None,
+  size: tuple[int, int] | None = None,
+  max_frames: int | None = None,
+) -> Iterator[np.ndarray]:
   """Yields (H, W, 3) uint8 RGB frames of `path`, subsampled and resized while decoding.
 
   Args:
@@ -161,20 +172,23 @@ def iter_frames(path, *, fps: float | None = None, short_side: int | None = None
   """
   path = os.fspath(path)
   if fps is not None and fps <= 0:
-    raise ValueError(f"fps must be positive, got {fps}.")
+    raise ValueError(f'fps must be positive, got {fps}.')
   if max_frames is not None and max_frames <= 0:
-    raise ValueError(f"max_frames must be positive, got {max_frames}.")
+    raise ValueError(f'max_frames must be positive, got {max_frames}.')
   container, stream = _open(path)
   try:
     src_fps = _stream_fps(stream)
     declared = _declared_frames(container, stream, src_fps)
     # Kept source frames: floor(k * src_fps / fps) for k = 0, 1, ... (the rule of
     # `tfds_fogact.common.VideoBuilderConfig.frame_indices`), in exact rational arithmetic.
-    step = (None if (fps is None or not src_fps or fps >= src_fps) else
-            fractions.Fraction(src_fps).limit_denominator(1001)
-            / fractions.Fraction(fps).limit_denominator(1001))
+    step = (
+      None
+      if (fps is None or not src_fps or fps >= src_fps)
+      else fractions.Fraction(src_fps).limit_denominator(1001)
+      / fractions.Fraction(fps).limit_denominator(1001)
+    )
     next_k = 0
-    stream.thread_type = "AUTO"
+    stream.thread_type = 'AUTO'
     out_hw = None
     n_decoded = 0
     n_out = 0
@@ -187,29 +201,36 @@ def iter_frames(path, *, fps: float | None = None, short_side: int | None = None
             continue
           next_k += 1
         if out_hw is None:
-          out_hw = output_size(frame.height, frame.width, short_side=short_side,
-                               size=size)
-        rgb = frame.reformat(width=out_hw[1], height=out_hw[0], format="rgb24",
-                             interpolation="AREA")
+          out_hw = output_size(frame.height, frame.width, short_side=short_side, size=size)
+        rgb = frame.reformat(
+          width=out_hw[1], height=out_hw[0], format='rgb24', interpolation='AREA'
+        )
         yield rgb.to_ndarray()
         n_out += 1
         if max_frames is not None and n_out >= max_frames:
           return
     except av.error.FFmpegError as e:
-      raise VideoError(path, f"corrupt video data: decoding failed after {n_decoded} "
-                       f"frames ({e})") from e
+      raise VideoError(
+        path, f'corrupt video data: decoding failed after {n_decoded} frames ({e})'
+      ) from e
     if n_decoded == 0:
-      raise VideoError(path, "no decodable video frames (empty or corrupt stream)")
+      raise VideoError(path, 'no decodable video frames (empty or corrupt stream)')
     if _is_truncated(n_decoded, declared):
-      raise VideoError(path, f"truncated: decoded {n_decoded} of {declared} frames "
-                       "the container declares")
+      raise VideoError(
+        path, f'truncated: decoded {n_decoded} of {declared} frames the container declares'
+      )
   finally:
     container.close()
 
 
-def read_video(path, *, fps: float | None = None, short_side: int | None = None,
-               size: tuple[int, int] | None = None,
-               max_frames: int | None = None) -> tuple[np.ndarray, float]:
+def read_video(
+  path,
+  *,
+  fps: float | None = None,
+  short_side: int | None = None,
+  size: tuple[int, int] | None = None,
+  max_frames: int | None = None,
+) -> tuple[np.ndarray, float]:
   """Decodes `path` into (frames (T, H, W, 3) uint8 RGB, output fps).
 
   Memory: frames are resized and subsampled as they are decoded, so only the reduced clip
@@ -217,7 +238,7 @@ def read_video(path, *, fps: float | None = None, short_side: int | None = None,
   were dropped, else the source rate. Raises VideoError (see `iter_frames`).
   """
   if fps is not None and fps <= 0:
-    raise ValueError(f"fps must be positive, got {fps}.")
+    raise ValueError(f'fps must be positive, got {fps}.')
   info = probe(path)
   src_fps = info.fps
   subsampled = fps is not None and bool(src_fps) and fps < src_fps
@@ -230,8 +251,7 @@ def read_video(path, *, fps: float | None = None, short_side: int | None = None,
     estimate = min(estimate, max_frames)
   estimate = min(estimate, _MAX_PREALLOCATED_FRAMES)  # A corrupt header may claim anything.
   buf, n = None, 0
-  for frame in iter_frames(path, fps=fps, short_side=short_side, size=size,
-                           max_frames=max_frames):
+  for frame in iter_frames(path, fps=fps, short_side=short_side, size=size, max_frames=max_frames):
     if buf is None:
       buf = np.empty((max(estimate, 1),) + frame.shape, np.uint8)
     elif n == len(buf):
@@ -243,8 +263,9 @@ def read_video(path, *, fps: float | None = None, short_side: int | None = None,
   return frames, out_fps
 
 
-def trim_pair(clean: Sequence, foggy: Sequence, *,
-              name: str = "") -> tuple[Sequence, Sequence, int]:
+def trim_pair(
+  clean: Sequence, foggy: Sequence, *, name: str = ''
+) -> tuple[Sequence, Sequence, int]:
   """Trims two frame sequences (arrays, or lists of encoded frames) to their common
   length, logging a warning that says how much was dropped.
 
@@ -256,16 +277,29 @@ def trim_pair(clean: Sequence, foggy: Sequence, *,
   if n_clean == n_foggy:
     return clean, foggy, 0
   n = min(n_clean, n_foggy)
-  longer = "clean" if n_clean > n_foggy else "foggy"
+  longer = 'clean' if n_clean > n_foggy else 'foggy'
   dropped = abs(n_clean - n_foggy)
-  log.warning("%s: clean has %d frames, foggy has %d; trimmed both to %d (dropped the last "
-              "%d %s frame%s).", name or "pair", n_clean, n_foggy, n, dropped, longer,
-              "" if dropped == 1 else "s")
+  log.warning(
+    '%s: clean has %d frames, foggy has %d; trimmed both to %d (dropped the last %d %s frame%s).',
+    name or 'pair',
+    n_clean,
+    n_foggy,
+    n,
+    dropped,
+    longer,
+    '' if dropped == 1 else 's',
+  )
   return clean[:n], foggy[:n], dropped
 
 
-def write_video(path, frames: np.ndarray | Iterable[np.ndarray], fps: float, *,
-                codec: str = "libx264", quality: int = 18) -> int:
+def write_video(
+  path,
+  frames: np.ndarray | Iterable[np.ndarray],
+  fps: float,
+  *,
+  codec: str = 'libx264',
+  quality: int = 18,
+) -> int:
   """Writes RGB uint8 frames to `path`; returns the number of frames written.
 
   Args:
@@ -276,35 +310,35 @@ def write_video(path, frames: np.ndarray | Iterable[np.ndarray], fps: float, *,
     quality: libx264 CRF (0 = lossless) or mpeg4 qscale (1 = best, 31 = worst); lower is
       better.
   """
-  if codec not in ("libx264", "mpeg4"):
+  if codec not in ('libx264', 'mpeg4'):
     raise ValueError(f"codec must be 'libx264' or 'mpeg4', got {codec!r}.")
   rate = fractions.Fraction(fps).limit_denominator(1001)
   n = 0
-  with av.open(os.fspath(path), mode="w") as container:
+  with av.open(os.fspath(path), mode='w') as container:
     stream = None
     for frame in frames:
       frame = np.asarray(frame)
       if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
-        raise ValueError(f"{path}: frames must be (H, W, 3) uint8, got {frame.shape} "
-                         f"{frame.dtype}.")
+        raise ValueError(
+          f'{path}: frames must be (H, W, 3) uint8, got {frame.shape} {frame.dtype}.'
+        )
       if stream is None:
         h, w = frame.shape[:2]
-        if codec == "libx264" and (h % 2 or w % 2):
-          raise ValueError(f"{path}: libx264 with yuv420p needs even H and W, "
-                           f"got {h}×{w}.")
+        if codec == 'libx264' and (h % 2 or w % 2):
+          raise ValueError(f'{path}: libx264 with yuv420p needs even H and W, got {h}×{w}.')
         stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        if codec == "libx264":
-          stream.options = {"crf": str(quality), "preset": "veryfast"}
+        stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'
+        if codec == 'libx264':
+          stream.options = {'crf': str(quality), 'preset': 'veryfast'}
         else:
           # A fixed quantiser (what `ffmpeg -q:v` aims at; PyAV's qscale flag has
           # no effect here).
           stream.codec_context.qmin = stream.codec_context.qmax = quality
-      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
         container.mux(packet)
       n += 1
     if stream is None:
-      raise ValueError(f"{path}: no frames to write.")
+      raise ValueError(f'{path}: no frames to write.')
     for packet in stream.encode():
       container.mux(packet)
   return n

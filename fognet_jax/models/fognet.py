@@ -53,6 +53,7 @@ Readings of the paper (the alternative is a constructor argument, set from the c
   Table 5b). ``temporal_fusion='transformer'`` also works for ``arch='fognet'`` (applied to
   v^D of each stream).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,25 +67,27 @@ from flax import nnx
 from fognet_jax.models import clip
 
 Array = jax.Array
-ARCHS = ("fognet", "actionclip")
-FAS_CONCAT = ("tokens", "channels")
-TRAIN_STREAMS = ("foggy", "clean", "clean+foggy")
-TEMPORAL_FUSIONS = ("mean", "transformer")
+ARCHS = ('fognet', 'actionclip')
+FAS_CONCAT = ('tokens', 'channels')
+TRAIN_STREAMS = ('foggy', 'clean', 'clean+foggy')
+TEMPORAL_FUSIONS = ('mean', 'transformer')
 
 
 @dataclasses.dataclass(frozen=True)
 class FASOptions:
   """Fog-Aware Selection's options (see :class:`FogAwareSelection`)."""
+
   parameter_free: bool = False
   num_heads: int = 8
   temperature: float = 1.0
   init_scale: float = 0.1
-  concat: str = "channels"
+  concat: str = 'channels'
 
 
 @dataclasses.dataclass(frozen=True)
 class MEOptions:
   """Mutual Enhancement's options (see :class:`MutualEnhancement`)."""
+
   shared_weights: bool = True
   num_heads: int = 1
   init_scale: float = 0.1
@@ -97,8 +100,9 @@ def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
   return x / jnp.maximum(norm, eps)
 
 
-def similarity_logits(video: Array, text: Array, logit_scale: Array,
-                      max_logit_scale: float = 100.0) -> Array:
+def similarity_logits(
+  video: Array, text: Array, logit_scale: Array, max_logit_scale: float = 100.0
+) -> Array:
   """Scaled cosine similarities, fp32.
 
   Args:
@@ -114,10 +118,10 @@ def similarity_logits(video: Array, text: Array, logit_scale: Array,
   v = l2_normalize(video)
   t = l2_normalize(text)
   if t.ndim == 2:
-    return scale * jnp.einsum("bd,cd->bc", v, t)
+    return scale * jnp.einsum('bd,cd->bc', v, t)
   if t.ndim == 3:
-    return scale * jnp.einsum("bd,kcd->bkc", v, t)
-  raise ValueError(f"text embeddings must be (C, D) or (K, C, D), got shape {t.shape}")
+    return scale * jnp.einsum('bd,kcd->bkc', v, t)
+  raise ValueError(f'text embeddings must be (C, D) or (K, C, D), got shape {t.shape}')
 
 
 def _normal(std: float):
@@ -134,9 +138,9 @@ def attention(q: Array, k: Array, v: Array, num_heads: int) -> Array:
   Returns:
     (B, N, D) in the dtype of ``v``.
   """
-  split = lambda t: einops.rearrange(t, "b n (h d) -> b h n d", h=num_heads)
+  split = lambda t: einops.rearrange(t, 'b n (h d) -> b h n d', h=num_heads)
   out = clip.attention(split(q), split(k), split(v), causal=False)  # (B, H, N, d)
-  return einops.rearrange(out, "b h n d -> b n (h d)")
+  return einops.rearrange(out, 'b h n d -> b n (h d)')
 
 
 class FogAwareSelection(nnx.Module):
@@ -158,11 +162,20 @@ class FogAwareSelection(nnx.Module):
       branch small at first: the pretrained CLIP embedding passes nearly unchanged).
   """
 
-  def __init__(self, dim: int, *, parameter_free: bool = False, num_heads: int = 8,
-               temperature: float = 1.0, init_scale: float = 0.1, concat: str = "channels",
-               dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    parameter_free: bool = False,
+    num_heads: int = 8,
+    temperature: float = 1.0,
+    init_scale: float = 0.1,
+    concat: str = 'channels',
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     if concat not in FAS_CONCAT:
-      raise ValueError(f"FogAwareSelection concat must be one of {FAS_CONCAT}, got {concat!r}")
+      raise ValueError(f'FogAwareSelection concat must be one of {FAS_CONCAT}, got {concat!r}')
     self.concat = concat
     self.parameter_free = bool(parameter_free)
     self.temperature = float(temperature)
@@ -171,10 +184,12 @@ class FogAwareSelection(nnx.Module):
     if self.parameter_free:
       return
     if dim % self.num_heads:
-      raise ValueError(f"FogAwareSelection num_heads={self.num_heads} does not divide the "
-                       f"embedding width {dim}")
-    linear = functools.partial(nnx.Linear, dim, dim, dtype=dtype, param_dtype=jnp.float32,
-                               rngs=rngs)
+      raise ValueError(
+        f'FogAwareSelection num_heads={self.num_heads} does not divide the embedding width {dim}'
+      )
+    linear = functools.partial(
+      nnx.Linear, dim, dim, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+    )
     self.q = linear(kernel_init=_normal(dim**-0.5))
     self.k = linear(kernel_init=_normal(dim**-0.5))
     self.v = linear(kernel_init=_normal(dim**-0.5))
@@ -184,16 +199,16 @@ class FogAwareSelection(nnx.Module):
     if self.parameter_free:
       xf = x.astype(jnp.float32)
       xn = l2_normalize(xf)
-      sim = jnp.einsum("bnd,bmd->bnm", xn, xn) / self.temperature  # (B, N, N) cosines
+      sim = jnp.einsum('bnd,bmd->bnm', xn, xn) / self.temperature  # (B, N, N) cosines
       weights = jax.nn.softmax(sim, axis=-1)
-      return jnp.einsum("bnm,bmd->bnd", weights, xf).astype(x.dtype)
+      return jnp.einsum('bnm,bmd->bnd', weights, xf).astype(x.dtype)
     h = x.astype(self.dtype)
     out = self.out(attention(self.q(h), self.k(h), self.v(h), self.num_heads))
     return x + out.astype(x.dtype)
 
   def select_pair(self, v_c: Array, v_f: Array) -> tuple[Array, Array]:
     """Training: eq. 1 over ``[v_c ; v_f]``, eq. 2 chunk -> (v_c^A, v_f^A), each (B, T, D)."""
-    if self.concat == "channels":
+    if self.concat == 'channels':
       return self._select_pair_channels(v_c, v_f)
     t = v_c.shape[1]
     v_att = self(jnp.concatenate([v_c, v_f], axis=1))  # (B, 2T, D)
@@ -204,22 +219,22 @@ class FogAwareSelection(nnx.Module):
     if self.parameter_free:
       cat = jnp.concatenate([v_c, v_f], axis=-1).astype(jnp.float32)  # (B, T, 2D)
       xn = l2_normalize(cat)
-      sim = jnp.einsum("btd,bsd->bts", xn, xn) / self.temperature  # (B, T, T)
+      sim = jnp.einsum('btd,bsd->bts', xn, xn) / self.temperature  # (B, T, T)
       w = jax.nn.softmax(sim, axis=-1)
-      att = jnp.einsum("bts,bsd->btd", w, cat)
+      att = jnp.einsum('bts,bsd->btd', w, cat)
       d = v_c.shape[-1]
       return att[..., :d].astype(v_c.dtype), att[..., d:].astype(v_f.dtype)
     # Per head, [q_c ; q_f] . [k_c ; k_f] / sqrt(2 d_head), with q scaled by 1/sqrt(2): the
     # mean of the two streams' q.k / sqrt(d_head), which at inference (one stream) is the
     # plain q_f.k_f / sqrt(d_head). Values [v_c ; v_f] per head, split after the attention.
-    split = lambda t: einops.rearrange(t, "b n (h d) -> b h n d", h=self.num_heads)
+    split = lambda t: einops.rearrange(t, 'b n (h d) -> b h n d', h=self.num_heads)
     hc, hf = v_c.astype(self.dtype), v_f.astype(self.dtype)
     q = jnp.concatenate([split(self.q(hc)), split(self.q(hf))], axis=-1) * (2.0**-0.5)
     k = jnp.concatenate([split(self.k(hc)), split(self.k(hf))], axis=-1)
     v = jnp.concatenate([split(self.v(hc)), split(self.v(hf))], axis=-1)  # (B, H, T, 2d)
     att = clip.attention(q, k, v, causal=False)  # (B, H, T, 2d)
     dh = att.shape[-1] // 2
-    merge = lambda t: einops.rearrange(t, "b h n d -> b n (h d)")
+    merge = lambda t: einops.rearrange(t, 'b h n d -> b n (h d)')
     out_c = self.out(merge(att[..., :dh])).astype(v_c.dtype)
     out_f = self.out(merge(att[..., dh:])).astype(v_f.dtype)
     return v_c + out_c, v_f + out_f
@@ -228,15 +243,24 @@ class FogAwareSelection(nnx.Module):
 class CrossAttention(nnx.Module):
   """``Attn(x_q Wq, x_kv Wk, x_kv Wv)`` without bias or output projection (eq. 3)."""
 
-  def __init__(self, dim: int, *, num_heads: int = 1, init_scale: float = 0.1,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    num_heads: int = 1,
+    init_scale: float = 0.1,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     if dim % num_heads:
-      raise ValueError(f"CrossAttention num_heads={num_heads} does not divide the embedding "
-                       f"width {dim}")
+      raise ValueError(
+        f'CrossAttention num_heads={num_heads} does not divide the embedding width {dim}'
+      )
     self.num_heads = int(num_heads)
     self.dtype = dtype
-    linear = functools.partial(nnx.Linear, dim, dim, use_bias=False, dtype=dtype,
-                               param_dtype=jnp.float32, rngs=rngs)
+    linear = functools.partial(
+      nnx.Linear, dim, dim, use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+    )
     self.wq = linear(kernel_init=_normal(dim**-0.5))
     self.wk = linear(kernel_init=_normal(dim**-0.5))
     self.wv = linear(kernel_init=_normal(init_scale * dim**-0.5))
@@ -260,11 +284,20 @@ class MutualEnhancement(nnx.Module):
       separate sets.
   """
 
-  def __init__(self, dim: int, *, shared_weights: bool = True, num_heads: int = 1,
-               init_scale: float = 0.1, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    shared_weights: bool = True,
+    num_heads: int = 1,
+    init_scale: float = 0.1,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     self.shared_weights = bool(shared_weights)
-    make = functools.partial(CrossAttention, dim, num_heads=num_heads, init_scale=init_scale,
-                             dtype=dtype, rngs=rngs)
+    make = functools.partial(
+      CrossAttention, dim, num_heads=num_heads, init_scale=init_scale, dtype=dtype, rngs=rngs
+    )
     self.to_foggy = make()
     self.to_clean = None if self.shared_weights else make()
 
@@ -285,19 +318,39 @@ class TemporalTransformer(nnx.Module):
   blocks (``clip.Transformer``), a residual around it, then the mean over T.
   """
 
-  def __init__(self, dim: int, *, layers: int, heads: int, max_frames: int,
-               dtype=jnp.float32, remat: bool = False, attention_impl: str | None = None,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    layers: int,
+    heads: int,
+    max_frames: int,
+    dtype=jnp.float32,
+    remat: bool = False,
+    attention_impl: str | None = None,
+    rngs: nnx.Rngs,
+  ):
     self.max_frames = int(max_frames)
     self.frame_position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_frames, dim)))
-    self.transformer = clip.Transformer(dim, layers, heads, 4 * dim, "quick_gelu", dtype=dtype,
-                                        remat=remat, rngs=rngs, attention_impl=attention_impl)
+    self.transformer = clip.Transformer(
+      dim,
+      layers,
+      heads,
+      4 * dim,
+      'quick_gelu',
+      dtype=dtype,
+      remat=remat,
+      rngs=rngs,
+      attention_impl=attention_impl,
+    )
 
   def __call__(self, x: Array) -> Array:
     t = x.shape[1]
     if t > self.max_frames:
-      raise ValueError(f"clip has {t} frames but the temporal transformer has position "
-                       f"embeddings for max_frames={self.max_frames}")
+      raise ValueError(
+        f'clip has {t} frames but the temporal transformer has position '
+        f'embeddings for max_frames={self.max_frames}'
+      )
     xf = x.astype(jnp.float32)
     h = self.transformer(xf + self.frame_position[...][:t][None])
     return jnp.mean(xf + h.astype(jnp.float32), axis=1)
@@ -322,39 +375,78 @@ class FogNet(nnx.Module):
     attention_impl: the temporal transformer's attention (``clip.attention``'s `impl`).
   """
 
-  def __init__(self, clip_model: clip.CLIP, *, arch: str = "fognet",
-               fas: FASOptions | None = FASOptions(), me: MEOptions | None = MEOptions(),
-               train_stream: str = "foggy", temporal_fusion: str = "mean",
-               temporal_layers: int = 6, temporal_heads: int | None = None,
-               max_frames: int = 32, frame_centering: bool = False, dtype=jnp.float32,
-               remat: bool = False, attention_impl: str | None = None, rngs: nnx.Rngs):
-    for name, value, known in (("arch", arch, ARCHS), ("train_stream", train_stream,
-                                                       TRAIN_STREAMS),
-                               ("temporal_fusion", temporal_fusion, TEMPORAL_FUSIONS)):
+  def __init__(
+    self,
+    clip_model: clip.CLIP,
+    *,
+    arch: str = 'fognet',
+    fas: FASOptions | None = FASOptions(),
+    me: MEOptions | None = MEOptions(),
+    train_stream: str = 'foggy',
+    temporal_fusion: str = 'mean',
+    temporal_layers: int = 6,
+    temporal_heads: int | None = None,
+    max_frames: int = 32,
+    frame_centering: bool = False,
+    dtype=jnp.float32,
+    remat: bool = False,
+    attention_impl: str | None = None,
+    rngs: nnx.Rngs,
+  ):
+    for name, value, known in (
+      ('arch', arch, ARCHS),
+      ('train_stream', train_stream, TRAIN_STREAMS),
+      ('temporal_fusion', temporal_fusion, TEMPORAL_FUSIONS),
+    ):
       if value not in known:
-        raise ValueError(f"FogNet {name} must be one of {known}, got {value!r}")
+        raise ValueError(f'FogNet {name} must be one of {known}, got {value!r}')
     self.clip = clip_model
     dtype = clip.canonical_dtype(dtype)
     dim = clip_model.config.embed_dim
     self.arch = arch
-    two = arch == "fognet"
+    two = arch == 'fognet'
     self.train_stream = train_stream
     self.frame_centering = bool(frame_centering)
-    self.fas = FogAwareSelection(
-        dim, parameter_free=fas.parameter_free, num_heads=fas.num_heads,
-        temperature=fas.temperature, init_scale=fas.init_scale, concat=fas.concat,
-        dtype=dtype, rngs=rngs) if two and fas is not None else None
-    self.me = MutualEnhancement(
-        dim, shared_weights=me.shared_weights, num_heads=me.num_heads,
-        init_scale=me.init_scale, dtype=dtype, rngs=rngs) if two and me is not None else None
-    if temporal_fusion == "transformer":
+    self.fas = (
+      FogAwareSelection(
+        dim,
+        parameter_free=fas.parameter_free,
+        num_heads=fas.num_heads,
+        temperature=fas.temperature,
+        init_scale=fas.init_scale,
+        concat=fas.concat,
+        dtype=dtype,
+        rngs=rngs,
+      )
+      if two and fas is not None
+      else None
+    )
+    self.me = (
+      MutualEnhancement(
+        dim,
+        shared_weights=me.shared_weights,
+        num_heads=me.num_heads,
+        init_scale=me.init_scale,
+        dtype=dtype,
+        rngs=rngs,
+      )
+      if two and me is not None
+      else None
+    )
+    if temporal_fusion == 'transformer':
       heads = temporal_heads or max(1, dim // 64)
       if dim % heads:
-        raise ValueError(f"FogNet temporal_heads={heads} does not divide the embedding width "
-                         f"{dim}")
-      self.temporal = TemporalTransformer(dim, layers=temporal_layers, heads=heads,
-                                          max_frames=max_frames, dtype=dtype, remat=remat,
-                                          attention_impl=attention_impl, rngs=rngs)
+        raise ValueError(f'FogNet temporal_heads={heads} does not divide the embedding width {dim}')
+      self.temporal = TemporalTransformer(
+        dim,
+        layers=temporal_layers,
+        heads=heads,
+        max_frames=max_frames,
+        dtype=dtype,
+        remat=remat,
+        attention_impl=attention_impl,
+        rngs=rngs,
+      )
     else:
       self.temporal = None
 
@@ -370,13 +462,13 @@ class FogNet(nnx.Module):
   def encode_frames(self, video: Array) -> Array:
     """(B, T, H, W, 3) CLIP-normalised frames -> (B, T, D) per-frame image embeddings."""
     if video.ndim != 5 or video.shape[-1] != 3:
-      raise ValueError(f"video clips must be (B, T, H, W, 3), got shape {video.shape}")
+      raise ValueError(f'video clips must be (B, T, H, W, 3), got shape {video.shape}')
     b = video.shape[0]
     if self.frame_centering:
       video = video - jnp.mean(video, axis=1, keepdims=True)  # (B, T, H, W, 3) minus clip mean
-    frames = einops.rearrange(video, "b t h w c -> (b t) h w c")  # (B*T, H, W, 3)
+    frames = einops.rearrange(video, 'b t h w c -> (b t) h w c')  # (B*T, H, W, 3)
     emb = self.clip.encode_image(frames)  # (B*T, D)
-    return einops.rearrange(emb, "(b t) d -> b t d", b=b)
+    return einops.rearrange(emb, '(b t) d -> b t d', b=b)
 
   def fuse(self, frames: Array) -> Array:
     """Temporal fusion (B, T, D) -> (B, D): mean over T or the temporal transformer."""
@@ -406,26 +498,31 @@ class FogNet(nnx.Module):
       'logit_scale' (scalar, log scale).
     """
     if clean.shape != foggy.shape:
-      raise ValueError(f"clean and foggy clips differ in shape: {clean.shape} vs {foggy.shape}")
-    out = {"text": text_emb, "logit_scale": self.logit_scale, "video_c": None,
-           "frames_f": None, "frames_c": None}
-    if self.arch == "actionclip":
-      video = {"foggy": foggy, "clean": clean}.get(self.train_stream)
+      raise ValueError(f'clean and foggy clips differ in shape: {clean.shape} vs {foggy.shape}')
+    out = {
+      'text': text_emb,
+      'logit_scale': self.logit_scale,
+      'video_c': None,
+      'frames_f': None,
+      'frames_c': None,
+    }
+    if self.arch == 'actionclip':
+      video = {'foggy': foggy, 'clean': clean}.get(self.train_stream)
       if video is None:  # 'clean+foggy': one batch of 2B single-stream videos.
         video = jnp.concatenate([foggy, clean], axis=0)  # (2B, T, H, W, 3)
-      out["video_f"] = self.fuse(self.encode_frames(video))
+      out['video_f'] = self.fuse(self.encode_frames(video))
       return out
     # Both streams in one pass through the image tower, each pair's two clips side by side:
     # sample b's clips are rows 2b and 2b+1, so they stay on the device that holds sample b
     # (the batch axis is the one split over devices; joining the streams end to end would
     # move frames between devices).
-    pairs = einops.rearrange(jnp.stack([clean, foggy], axis=1),
-                             "b s t h w c -> (b s) t h w c")  # (2B, T, H, W, 3)
-    both = einops.rearrange(self.encode_frames(pairs), "(b s) t d -> b s t d", s=2)
+    pairs = einops.rearrange(
+      jnp.stack([clean, foggy], axis=1), 'b s t h w c -> (b s) t h w c'
+    )  # (2B, T, H, W, 3)
+    both = einops.rearrange(self.encode_frames(pairs), '(b s) t d -> b s t d', s=2)
     v_c, v_f = both[:, 0], both[:, 1]  # (B, T, D) each
     v_c_d, v_f_d = self.two_stream(v_c, v_f)
-    out.update(video_f=self.fuse(v_f_d), video_c=self.fuse(v_c_d), frames_f=v_f_d,
-               frames_c=v_c_d)
+    out.update(video_f=self.fuse(v_f_d), video_c=self.fuse(v_c_d), frames_f=v_f_d, frames_c=v_c_d)
     return out
 
   # ---------------------------------------------------------------- inference

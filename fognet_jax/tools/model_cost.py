@@ -26,6 +26,7 @@ params_heads (FAS + ME + temporal transformer), gflops_inference (XLA, multiply-
 = 2), gmacs_inference, gflops_text_per_prompt, gmacs_vision_analytic,
 gmacs_vision_computed, plus the shape used.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ import os
 import sys
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -50,20 +51,21 @@ from fognet_jax.models import clip  # noqa: E402
 def _define_flags() -> None:
   """Command-line flags; defined only when run as a program, so that importing this module
   (for `measure` or the hand counts) leaves the global absl flags (e.g. --config) alone."""
-  config_flags.DEFINE_config_file("config", None, "Config file (with a `model` block).",
-                                  lock_config=False)
-  flags.DEFINE_integer("frames", 8, "Frames of the inference clip.")
-  flags.DEFINE_integer("image_size", 224, "Frame side of the inference clip.")
-  flags.DEFINE_integer("num_classes", 10, "Classes in the text-embedding input.")
+  config_flags.DEFINE_config_file(
+    'config', None, 'Config file (with a `model` block).', lock_config=False
+  )
+  flags.DEFINE_integer('frames', 8, 'Frames of the inference clip.')
+  flags.DEFINE_integer('image_size', 224, 'Frame side of the inference clip.')
+  flags.DEFINE_integer('num_classes', 10, 'Classes in the text-embedding input.')
 
 
 def _flops(compiled) -> float:
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # older JAX: one dict per computation
     analysis = analysis[0]
-  if not analysis or "flops" not in analysis:
+  if not analysis or 'flops' not in analysis:
     raise RuntimeError("XLA cost analysis returned no 'flops' entry on this backend")
-  return float(analysis["flops"])
+  return float(analysis['flops'])
 
 
 def resnet_macs_analytic(clip_cfg, image_size: int) -> float:
@@ -87,8 +89,9 @@ def resnet_macs_analytic(clip_cfg, image_size: int) -> float:
   return float(macs)
 
 
-def vision_macs_analytic(clip_cfg, frames: int, image_size: int, *,
-                         pooled_last_layer: bool = False) -> float:
+def vision_macs_analytic(
+  clip_cfg, frames: int, image_size: int, *, pooled_last_layer: bool = False
+) -> float:
   """Multiply-adds of the CLIP image tower on ``frames`` images (matmuls and patch conv).
 
   By default every layer is counted for every token, as papers count a ViT (the model's
@@ -104,38 +107,46 @@ def vision_macs_analytic(clip_cfg, frames: int, image_size: int, *,
   last = per_layer
   if pooled_last_layer:
     last = 2 * n * w * w + 2 * w * w + 2 * n * w + 2 * w * m  # k, v; q, out; attention; MLP
-  per_image = (g * g * clip_cfg.patch_size**2 * 3 * w
-               + (clip_cfg.vision_layers - 1) * per_layer + last + w * clip_cfg.embed_dim)
+  per_image = (
+    g * g * clip_cfg.patch_size**2 * 3 * w
+    + (clip_cfg.vision_layers - 1) * per_layer
+    + last
+    + w * clip_cfg.embed_dim
+  )
   return float(frames * per_image)
 
 
-def measure(model_cfg, *, frames: int = 8, image_size: int = 224,
-            num_classes: int = 10) -> dict[str, Any]:
+def measure(
+  model_cfg, *, frames: int = 8, image_size: int = 224, num_classes: int = 10
+) -> dict[str, Any]:
   """Parameter counts and XLA FLOPs of one foggy-only inference (see module docstring)."""
   cfg = model_cfg.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.init_from = None  # cost of the architecture; weights are not needed
   config_lib.validate_model(cfg)
   if image_size <= 0 or frames <= 0 or num_classes <= 0:
-    raise ValueError("--frames, --image_size and --num_classes must be positive")
+    raise ValueError('--frames, --image_size and --num_classes must be positive')
   # attention_impl 'xla': compiled for the CPU (see the module docstring)
-  model = nnx.eval_shape(lambda: weights.create_model(cfg, rngs=nnx.Rngs(0), attention_impl="xla"))
+  model = nnx.eval_shape(lambda: weights.create_model(cfg, rngs=nnx.Rngs(0), attention_impl='xla'))
   graphdef, state = nnx.split(model)
   params = nnx.state(model, nnx.Param)
   clip_cfg = model.clip.config
   stride = 32 if clip_cfg.is_resnet else clip_cfg.patch_size
   if image_size % stride:
-    raise ValueError(f"--image_size={image_size} is not a multiple of the patch size / stride "
-                     f"{stride} of model.backbone={cfg.backbone!r}")
+    raise ValueError(
+      f'--image_size={image_size} is not a multiple of the patch size / stride '
+      f'{stride} of model.backbone={cfg.backbone!r}'
+    )
   n_visual = clip.count_params(model.clip.visual)
   n_text = clip.count_params(model.clip.text)
   n_tok = clip.count_params(model.clip.text.token_embedding)
   n_total = clip.count_params(params)
-  n_heads = sum(clip.count_params(m)
-                for m in (model.fas, model.me, model.temporal) if m is not None)
+  n_heads = sum(
+    clip.count_params(m) for m in (model.fas, model.me, model.temporal) if m is not None
+  )
 
   d = clip_cfg.embed_dim
-  on_cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  on_cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=on_cpu)
   foggy = spec((1, frames, image_size, image_size, 3), jnp.float32)
   text = spec((num_classes, d), jnp.float32)
@@ -151,43 +162,47 @@ def measure(model_cfg, *, frames: int = 8, image_size: int = 224,
   flops = _flops(jax.jit(predict).lower(state, foggy, text).compile())
   text_flops = _flops(jax.jit(encode_text).lower(state, tokens).compile())
   return {
-      "backbone": cfg.backbone,
-      "arch": cfg.arch,
-      "fas": bool(cfg.fas.enabled), "me": bool(cfg.me.enabled), "csa": bool(cfg.csa.enabled),
-      "temporal_fusion": cfg.temporal_fusion,
-      "input": [1, frames, image_size, image_size, 3],
-      "num_classes": num_classes,
-      "params_trainable": n_total,
-      "params_visual": n_visual,
-      "params_text": n_text,
-      "params_text_token_embedding": n_tok,
-      "params_heads": n_heads,
-      "gflops_inference": round(flops / 1e9, 3),
-      "gmacs_inference": round(flops / 2e9, 3),
-      "gflops_text_per_prompt": round(text_flops / 1e9, 3),
-      "gmacs_vision_analytic": round(vision_macs_analytic(clip_cfg, frames, image_size) / 1e9, 3),
-      "gmacs_vision_computed": round(vision_macs_analytic(
-          clip_cfg, frames, image_size, pooled_last_layer=True) / 1e9, 3),
-      "flops_convention": "XLA cost analysis; multiply-add = 2 flops; gmacs = gflops / 2",
-      "backend": "cpu",
+    'backbone': cfg.backbone,
+    'arch': cfg.arch,
+    'fas': bool(cfg.fas.enabled),
+    'me': bool(cfg.me.enabled),
+    'csa': bool(cfg.csa.enabled),
+    'temporal_fusion': cfg.temporal_fusion,
+    'input': [1, frames, image_size, image_size, 3],
+    'num_classes': num_classes,
+    'params_trainable': n_total,
+    'params_visual': n_visual,
+    'params_text': n_text,
+    'params_text_token_embedding': n_tok,
+    'params_heads': n_heads,
+    'gflops_inference': round(flops / 1e9, 3),
+    'gmacs_inference': round(flops / 2e9, 3),
+    'gflops_text_per_prompt': round(text_flops / 1e9, 3),
+    'gmacs_vision_analytic': round(vision_macs_analytic(clip_cfg, frames, image_size) / 1e9, 3),
+    'gmacs_vision_computed': round(
+      vision_macs_analytic(clip_cfg, frames, image_size, pooled_last_layer=True) / 1e9, 3
+    ),
+    'flops_convention': 'XLA cost analysis; multiply-add = 2 flops; gmacs = gflops / 2',
+    'backend': 'cpu',
   }
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   fv = flags.FLAGS
   config = fv.config
   if config is None:
-    raise app.UsageError("--config is required (a file whose get_config() has a `model` block)")
-  if "model" not in config:
-    raise ValueError(f"config {fv['config'].config_filename!r} has no `model` block")
-  result = measure(config.model, frames=fv.frames, image_size=fv.image_size,
-                   num_classes=fv.num_classes)
-  result["config"] = fv["config"].config_filename
-  sys.stdout.write(json.dumps(result) + "\n")
+    raise app.UsageError('--config is required (a file whose get_config() has a `model` block)')
+  if 'model' not in config:
+    raise ValueError(f'config {fv["config"].config_filename!r} has no `model` block')
+  result = measure(
+    config.model, frames=fv.frames, image_size=fv.image_size, num_classes=fv.num_classes
+  )
+  result['config'] = fv['config'].config_filename
+  sys.stdout.write(json.dumps(result) + '\n')
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   _define_flags()
   app.run(main)

@@ -32,6 +32,7 @@ else `TPU_LIBRARY_PATH`, else an installed `libtpu` package, else `make venv`'s 
 `<venv>/libtpu` (installed there, not in site-packages, so that JAX on a CPU machine does not
 try to start a TPU with it). The version jax pins (`jax[tpu]`): LIBTPU_VERSION.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,36 +74,42 @@ LIBTPU_VERSION = '0.0.42.1'  # what `jax[tpu]` pins for jax 0.10.2 (the Makefile
 # v2 / v3 devices are TensorCores (16 / 32 GiB per chip of two); v4 and v5p devices are
 # megacore chips; v5e ('TPU v5 lite') and v6e ('TPU v6 lite') chips have one TensorCore.
 HBM_GIB = (
-    ('tpu v2', 8),
-    ('tpu v3', 16),
-    ('tpu v4', 32),
-    ('tpu v5 lite', 16),
-    ('tpu v5e', 16),
-    ('tpu v5p', 95),
-    ('tpu v5', 95),
-    ('tpu v6 lite', 32),
-    ('tpu v6e', 32),
+  ('tpu v2', 8),
+  ('tpu v3', 16),
+  ('tpu v4', 32),
+  ('tpu v5 lite', 16),
+  ('tpu v5e', 16),
+  ('tpu v5p', 95),
+  ('tpu v5', 95),
+  ('tpu v6 lite', 32),
+  ('tpu v6e', 32),
 )
 
 # Cloud / Colab slice names -> libtpu topology names.
 TOPOLOGIES = {
-    'v2-8': 'v2:2x2', 'v3-8': 'v3:2x2',
-    'v4-8': 'v4:2x2x1', 'v5p-8': 'v5p:2x2x1',
-    'v5e-1': 'v5e:1x1', 'v5e-4': 'v5e:2x2', 'v5e-8': 'v5e:2x4',
-    'v6e-1': 'v6e:1x1', 'v6e-4': 'v6e:2x2', 'v6e-8': 'v6e:2x4',
+  'v2-8': 'v2:2x2',
+  'v3-8': 'v3:2x2',
+  'v4-8': 'v4:2x2x1',
+  'v5p-8': 'v5p:2x2x1',
+  'v5e-1': 'v5e:1x1',
+  'v5e-4': 'v5e:2x2',
+  'v5e-8': 'v5e:2x4',
+  'v6e-1': 'v6e:1x1',
+  'v6e-4': 'v6e:2x2',
+  'v6e-8': 'v6e:2x4',
 }
 _MEGACORE = ('v4', 'v5p')  # one JAX device per chip of two TensorCores
 
-GIB = 2 ** 30
+GIB = 2**30
 
 # The paper's recipe (configs/fogact.py: ViT-B/16, bf16, 8 x 224², global batch 128) on one
 # TPU host, from this tool's compiles (benchmarks/RESULTS.md, "TPU"): per device kind,
 # (remat, clips per device per micro-batch) that compiled within the HBM with room to spare.
 PAPER_RECIPE_FITS = {
-    'TPU v2': (True, 16),       # v2-8: 8 cores of 8 GiB; 6.4 GB per core
-    'TPU v5 lite': (True, 32),  # v5e: 16 GiB; 13.6 GB (v5e-1, 4 micro-batches), 11.6 (v5e-4)
-    'TPU v6 lite': (True, 64),  # v6e: 32 GiB; 21.5 GB (v6e-1, 2 micro-batches)
-    'TPU v4': (False, 32),      # v4 megacore: 32 GiB; 31.4 GB of 34.4 without remat (v4-8)
+  'TPU v2': (True, 16),  # v2-8: 8 cores of 8 GiB; 6.4 GB per core
+  'TPU v5 lite': (True, 32),  # v5e: 16 GiB; 13.6 GB (v5e-1, 4 micro-batches), 11.6 (v5e-4)
+  'TPU v6 lite': (True, 64),  # v6e: 32 GiB; 21.5 GB (v6e-1, 2 micro-batches)
+  'TPU v4': (False, 32),  # v4 megacore: 32 GiB; 31.4 GB of 34.4 without remat (v4-8)
 }
 
 
@@ -111,6 +118,7 @@ class ToolError(Exception):
 
 
 # ------------------------------------------------------------------------------ libtpu
+
 
 def _venv_libtpu() -> str:
   return os.path.join(sys.prefix, 'libtpu', 'libtpu', 'libtpu.so')
@@ -138,17 +146,18 @@ def find_libtpu(path: Optional[str] = None) -> str:
   if os.path.isfile(_venv_libtpu()):
     return _venv_libtpu()
   raise ToolError(
-      'no libtpu (the XLA:TPU compiler) found: run `make venv`, or install the version jax '
-      f'pins with `pip install --target {os.path.join(sys.prefix, "libtpu")} '
-      f'libtpu=={LIBTPU_VERSION}` (or `pip install libtpu=={LIBTPU_VERSION}`), or pass '
-      '--libtpu=PATH/libtpu.so or set TPU_LIBRARY_PATH')
+    'no libtpu (the XLA:TPU compiler) found: run `make venv`, or install the version jax '
+    f'pins with `pip install --target {os.path.join(sys.prefix, "libtpu")} '
+    f'libtpu=={LIBTPU_VERSION}` (or `pip install libtpu=={LIBTPU_VERSION}`), or pass '
+    '--libtpu=PATH/libtpu.so or set TPU_LIBRARY_PATH'
+  )
 
 
 def libtpu_version(path: str) -> str:
   """The version in the dist-info beside a libtpu package's libtpu.so, else 'unknown'."""
   found = glob.glob(os.path.join(os.path.dirname(os.path.dirname(path)), 'libtpu-*.dist-info'))
   if found:
-    return os.path.basename(found[0])[len('libtpu-'):-len('.dist-info')]
+    return os.path.basename(found[0])[len('libtpu-') : -len('.dist-info')]
   return 'unknown'
 
 
@@ -179,8 +188,10 @@ def topology_devices(topology: str, libtpu: str) -> list:
   except ValueError:
     dims = []
   if not dims or any(d < 1 for d in dims):
-    raise ToolError(f'--topology={topology}: expected a libtpu name like v5e:2x2 or v4:2x2x1, '
-                    f'or one of {", ".join(TOPOLOGIES)}')
+    raise ToolError(
+      f'--topology={topology}: expected a libtpu name like v5e:2x2 or v4:2x2x1, '
+      f'or one of {", ".join(TOPOLOGIES)}'
+    )
   kwargs: dict[str, Any] = {}
   if math.prod(dims) < 4:  # libtpu's default host is 2x2x1 chips
     kwargs['chips_per_host_bounds'] = tuple(dims + [1] * (3 - len(dims)))
@@ -211,11 +222,12 @@ def one_line(error: Any, limit: int = 300) -> str:
   """The first line of an error message (XLA's carry a source-location trace after it)."""
   text = str(error).strip().splitlines()
   line = ' '.join(text[0].split()) if text else type(error).__name__
-  return line if len(line) <= limit else line[:limit - 3] + '...'
+  return line if len(line) <= limit else line[: limit - 3] + '...'
 
 
-def paper_recipe(device_kind: str, num_devices: int,
-                 batch: int = 128) -> Optional[tuple[int, bool, int]]:
+def paper_recipe(
+  device_kind: str, num_devices: int, batch: int = 128
+) -> Optional[tuple[int, bool, int]]:
   """(global batch, remat, grad_accum_steps) of the paper's recipe on `num_devices` devices
   of `device_kind` (`jax.devices()[0].device_kind`): the fewest micro-batches whose clips per
   device fit (`PAPER_RECIPE_FITS`); None for a kind not compiled for."""
@@ -232,8 +244,8 @@ def paper_recipe(device_kind: str, num_devices: int,
 
 # ------------------------------------------------------------------------------ the step
 
-def step_config(config, *, batch: int, accum: Optional[int] = None,
-                remat: Optional[bool] = None):
+
+def step_config(config, *, batch: int, accum: Optional[int] = None, remat: Optional[bool] = None):
   """A copy of `config` with the global batch, the accumulation and remat set."""
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
@@ -272,48 +284,73 @@ def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: 
 
   def create():
     rngs = nnx.Rngs(config.seed)
-    towers = clip.CLIP(clip_cfg, dtype=dtype, remat=bool(m.remat),
-                       attention_impl=config.perf.attention_impl,
-                       residual_dtype=config.perf.residual_dtype, rngs=rngs)
+    towers = clip.CLIP(
+      clip_cfg,
+      dtype=dtype,
+      remat=bool(m.remat),
+      attention_impl=config.perf.attention_impl,
+      residual_dtype=config.perf.residual_dtype,
+      rngs=rngs,
+    )
     return weights.fognet_model(m, towers, rngs=rngs, attention_impl=config.perf.attention_impl)
 
   model = nnx.eval_shape(create)
   graphdef, params, rest = train.split_model(model)
   schedule = train.make_schedule(config.train, 1000, 100)
   tx = train.make_optimizer(config.train, params, schedule)
-  state = train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, rest=rest,
-                           opt_state=jax.eval_shape(tx.init, params))
-  shardings = sharding_lib.state_shardings(state, mesh, fsdp=config.mesh.fsdp,
-                                           min_size=config.perf.fsdp_min_size)
+  state = train.TrainState(
+    step=jax.ShapeDtypeStruct((), jnp.int32),
+    params=params,
+    rest=rest,
+    opt_state=jax.eval_shape(tx.init, params),
+  )
+  shardings = sharding_lib.state_shardings(
+    state, mesh, fsdp=config.mesh.fsdp, min_size=config.perf.fsdp_min_size
+  )
   step = train.make_train_step(
-      graphdef, tx, mesh=mesh, state_shardings=shardings, loss_fn=losses.make_loss_fn(config),
-      schedule=schedule, seed=config.seed, grad_accum_steps=config.train.grad_accum_steps,
-      freeze_text=config.train.freeze_text, prompt_sampler=main_lib.prompt_sampler(config))
+    graphdef,
+    tx,
+    mesh=mesh,
+    state_shardings=shardings,
+    loss_fn=losses.make_loss_fn(config),
+    schedule=schedule,
+    seed=config.seed,
+    grad_accum_steps=config.train.grad_accum_steps,
+    freeze_text=config.train.freeze_text,
+    prompt_sampler=main_lib.prompt_sampler(config),
+  )
 
   def shaped(tree, sharding_tree):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        tree, sharding_tree)
+    return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sharding_tree
+    )
 
   b, d = config.train.batch_size, config.data
   frames = (b, d.num_frames, d.image_size, d.image_size, 3)
   uint8 = bool(config.perf.pixels_on_device)
   split = sharding_lib.batch_sharding(mesh)
-  batch = {'clean': jax.ShapeDtypeStruct(frames, jnp.uint8 if uint8 else jnp.float32,
-                                         sharding=split),
-           'label': jax.ShapeDtypeStruct((b,), jnp.int32, sharding=split)}
+  batch = {
+    'clean': jax.ShapeDtypeStruct(frames, jnp.uint8 if uint8 else jnp.float32, sharding=split),
+    'label': jax.ShapeDtypeStruct((b,), jnp.int32, sharding=split),
+  }
   batch['foggy'] = batch['clean']
   if uint8:
-    batch['color'] = jax.ShapeDtypeStruct((b, pixels.COLOR_STEPS, 3, 4), jnp.float32,
-                                          sharding=split)
+    batch['color'] = jax.ShapeDtypeStruct(
+      (b, pixels.COLOR_STEPS, 3, 4), jnp.float32, sharding=split
+    )
   k = config.train.num_templates if config.train.num_templates > 0 else len(prompts.TEMPLATES)
-  tokens = jax.ShapeDtypeStruct((k, num_classes, min(prompt_len, clip_cfg.context_length)),
-                                jnp.int32, sharding=sharding_lib.replicated(mesh))
+  tokens = jax.ShapeDtypeStruct(
+    (k, num_classes, min(prompt_len, clip_cfg.context_length)),
+    jnp.int32,
+    sharding=sharding_lib.replicated(mesh),
+  )
   return step, (shaped(state, shardings), batch, tokens)
 
 
 @dataclasses.dataclass
 class Fit:
   """What the compiler says about one setting (bytes per device)."""
+
   batch: int
   accum: int
   remat: bool
@@ -324,7 +361,7 @@ class Fit:
   alias: int = 0
   temp: int = 0
   code: int = 0
-  flops: float = 0.0     # one step, all devices
+  flops: float = 0.0  # one step, all devices
   compile_s: float = 0.0
   hbm: Optional[int] = None
 
@@ -344,13 +381,25 @@ def _flops(compiled) -> float:
   return float((analysis or {}).get('flops', 0.0))
 
 
-def compile_fit(config, devices: Sequence, *, batch: int, accum: Optional[int] = None,
-                remat: Optional[bool] = None, num_classes: int = 55,
-                prompt_len: int = 77) -> Fit:
+def compile_fit(
+  config,
+  devices: Sequence,
+  *,
+  batch: int,
+  accum: Optional[int] = None,
+  remat: Optional[bool] = None,
+  num_classes: int = 55,
+  prompt_len: int = 77,
+) -> Fit:
   """Compiles the step of `config` at global `batch` for `devices`; the compiler's verdict."""
   cfg = step_config(config, batch=batch, accum=accum, remat=remat)
-  fit = Fit(batch=int(batch), accum=int(cfg.train.grad_accum_steps), remat=bool(cfg.model.remat),
-            fsdp=bool(cfg.mesh.fsdp), hbm=hbm_bytes(devices[0].device_kind))
+  fit = Fit(
+    batch=int(batch),
+    accum=int(cfg.train.grad_accum_steps),
+    remat=bool(cfg.model.remat),
+    fsdp=bool(cfg.mesh.fsdp),
+    hbm=hbm_bytes(devices[0].device_kind),
+  )
   step, args = build_step(cfg, devices, num_classes=num_classes, prompt_len=prompt_len)
   start = time.perf_counter()
   try:
@@ -372,8 +421,9 @@ def compile_fit(config, devices: Sequence, *, batch: int, accum: Optional[int] =
   return fit
 
 
-def search(try_batch, unit: int, start: Optional[int] = None, limit: int = 1 << 16,
-           known: Sequence[Fit] = ()) -> list[Fit]:
+def search(
+  try_batch, unit: int, start: Optional[int] = None, limit: int = 1 << 16, known: Sequence[Fit] = ()
+) -> list[Fit]:
   """Largest multiple of `unit` that fits: doubling from `start` (default `unit`) to the first
   batch that does not fit, then bisection. `try_batch(b) -> Fit`; a batch in `known` (Fits
   already compiled) is not compiled again. Returns every Fit it compiled."""
@@ -414,26 +464,36 @@ def largest_fit(fits: Sequence[Fit]) -> Optional[int]:
 
 
 def format_header() -> str:
-  return (f'{"batch":>6} {"accum":>5} {"remat":>5} {"fsdp":>4}  {"args GB":>8} {"out GB":>7} '
-          f'{"temp GB":>8} {"total GB":>8} {"HBM GB":>7}  {"fits":>4} {"TFLOP/step":>10} '
-          f'{"compile s":>9}  compiler')
+  return (
+    f'{"batch":>6} {"accum":>5} {"remat":>5} {"fsdp":>4}  {"args GB":>8} {"out GB":>7} '
+    f'{"temp GB":>8} {"total GB":>8} {"HBM GB":>7}  {"fits":>4} {"TFLOP/step":>10} '
+    f'{"compile s":>9}  compiler'
+  )
 
 
 def format_row(fit: Fit) -> str:
   gb = lambda n: f'{n / 1e9:.2f}'
   hbm = gb(fit.hbm) if fit.hbm else '?'
-  head = (f'{fit.batch:>6} {fit.accum:>5} {"yes" if fit.remat else "no":>5} '
-          f'{"yes" if fit.fsdp else "no":>4}  ')
+  head = (
+    f'{fit.batch:>6} {fit.accum:>5} {"yes" if fit.remat else "no":>5} '
+    f'{"yes" if fit.fsdp else "no":>4}  '
+  )
   if fit.error is not None:
-    return (head + f'{"-":>8} {"-":>7} {"-":>8} {"-":>8} {hbm:>7}  {"no":>4} {"-":>10} '
-            f'{fit.compile_s:>9.1f}  error: {fit.error}')
-  return (head + f'{gb(fit.argument):>8} {gb(fit.output - fit.alias):>7} {gb(fit.temp):>8} '
-          f'{gb(fit.total):>8} {hbm:>7}  {"yes" if fit.fits else "no":>4} '
-          f'{fit.flops / 1e12:>10.1f} {fit.compile_s:>9.1f}  compiled')
+    return (
+      head + f'{"-":>8} {"-":>7} {"-":>8} {"-":>8} {hbm:>7}  {"no":>4} {"-":>10} '
+      f'{fit.compile_s:>9.1f}  error: {fit.error}'
+    )
+  return (
+    head + f'{gb(fit.argument):>8} {gb(fit.output - fit.alias):>7} {gb(fit.temp):>8} '
+    f'{gb(fit.total):>8} {hbm:>7}  {"yes" if fit.fits else "no":>4} '
+    f'{fit.flops / 1e12:>10.1f} {fit.compile_s:>9.1f}  compiled'
+  )
 
 
-_COLLECTIVE = re.compile(r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+(all-reduce|all-gather|'
-                         r'reduce-scatter|all-to-all|collective-permute)(?:-start)?\(')
+_COLLECTIVE = re.compile(
+  r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+(all-reduce|all-gather|'
+  r'reduce-scatter|all-to-all|collective-permute)(?:-start)?\('
+)
 _ARRAY = re.compile(r'\b([a-z]+[0-9]*)\[([0-9,]*)\]')
 
 
@@ -445,27 +505,41 @@ def collectives(hlo_text: str) -> list[tuple[str, list[tuple[int, ...]]]]:
   for line in hlo_text.splitlines():
     m = _COLLECTIVE.match(line)
     if m:
-      shapes = [tuple(int(d) for d in dims.split(',') if d)
-                for _, dims in _ARRAY.findall(m.group(1))]
+      shapes = [
+        tuple(int(d) for d in dims.split(',') if d) for _, dims in _ARRAY.findall(m.group(1))
+      ]
       found.append((m.group(2), shapes))
   return found
 
 
 # ------------------------------------------------------------------------------ the program
 
+
 def _define_flags():
-  config_flags.DEFINE_config_file('config', None, 'Config file, optionally `file.py:variant`.',
-                                  lock_config=True)
-  flags.DEFINE_string('topology', 'v5e:1x1', 'TPU topology: a libtpu name (v5e:1x1, v2:2x2, '
-                      'v4:2x2x1) or a slice name (' + ', '.join(TOPOLOGIES) + ').')
+  config_flags.DEFINE_config_file(
+    'config', None, 'Config file, optionally `file.py:variant`.', lock_config=True
+  )
+  flags.DEFINE_string(
+    'topology',
+    'v5e:1x1',
+    'TPU topology: a libtpu name (v5e:1x1, v2:2x2, '
+    'v4:2x2x1) or a slice name (' + ', '.join(TOPOLOGIES) + ').',
+  )
   flags.DEFINE_list('batch', [], 'Global batches to compile (default: train.batch_size).')
-  flags.DEFINE_bool('remat', None, 'Set model.remat (default: the config\'s).')
-  flags.DEFINE_integer('accum', None, 'Set train.grad_accum_steps (default: the config\'s).')
+  flags.DEFINE_bool('remat', None, "Set model.remat (default: the config's).")
+  flags.DEFINE_integer('accum', None, "Set train.grad_accum_steps (default: the config's).")
   flags.DEFINE_bool('search', False, 'Also search the largest global batch that fits.')
-  flags.DEFINE_integer('search_unit', None, 'The search\'s step: it finds the largest multiple '
-                       'of this that fits (default: devices x accumulation steps).')
-  flags.DEFINE_string('libtpu', None, 'Path of libtpu.so (default: TPU_LIBRARY_PATH, the '
-                      'libtpu package, or <venv>/libtpu).')
+  flags.DEFINE_integer(
+    'search_unit',
+    None,
+    "The search's step: it finds the largest multiple "
+    'of this that fits (default: devices x accumulation steps).',
+  )
+  flags.DEFINE_string(
+    'libtpu',
+    None,
+    'Path of libtpu.so (default: TPU_LIBRARY_PATH, the libtpu package, or <venv>/libtpu).',
+  )
   flags.DEFINE_integer('classes', 55, 'Classes: text prompts encoded per step (FogAct: 55).')
   flags.DEFINE_integer('prompt_len', 77, 'Tokens per prompt (77 untrimmed, the most).')
   flags.DEFINE_string('json_out', None, 'Also write the rows (exact bytes) as JSON here.')
@@ -489,21 +563,33 @@ def main(argv) -> int:
   config = fv.config
   unit = len(devices) * (fv.accum or config.train.grad_accum_steps)
   if fv.search_unit is not None and (fv.search_unit < 1 or fv.search_unit % unit):
-    raise ToolError(f'--search_unit={fv.search_unit}: must be a positive multiple of devices '
-                    f'x accumulation steps ({unit})')
+    raise ToolError(
+      f'--search_unit={fv.search_unit}: must be a positive multiple of devices '
+      f'x accumulation steps ({unit})'
+    )
   kind = devices[0].device_kind
   hbm = hbm_bytes(kind)
-  print(f'topology {topology_name(fv.topology)}: {len(devices)} x {kind}, '
-        f'{"?" if hbm is None else f"{hbm / GIB:g} GiB"} HBM per device; libtpu '
-        f'{libtpu_version(libtpu)}; config {fv["config"].config_filename}: '
-        f'{config.model.backbone} {config.model.dtype} {config.data.num_frames}x'
-        f'{config.data.image_size}^2; bytes per device', flush=True)
+  print(
+    f'topology {topology_name(fv.topology)}: {len(devices)} x {kind}, '
+    f'{"?" if hbm is None else f"{hbm / GIB:g} GiB"} HBM per device; libtpu '
+    f'{libtpu_version(libtpu)}; config {fv["config"].config_filename}: '
+    f'{config.model.backbone} {config.model.dtype} {config.data.num_frames}x'
+    f'{config.data.image_size}^2; bytes per device',
+    flush=True,
+  )
   print(format_header(), flush=True)
 
   def try_batch(b: int) -> Fit:
     try:
-      fit = compile_fit(config, devices, batch=b, accum=fv.accum, remat=fv.remat,
-                        num_classes=fv.classes, prompt_len=fv.prompt_len)
+      fit = compile_fit(
+        config,
+        devices,
+        batch=b,
+        accum=fv.accum,
+        remat=fv.remat,
+        num_classes=fv.classes,
+        prompt_len=fv.prompt_len,
+      )
     except ValueError as e:  # a batch the config refuses (not divisible, ...)
       raise ToolError(one_line(e)) from e
     print(format_row(fit), flush=True)
@@ -517,13 +603,24 @@ def main(argv) -> int:
   best = largest_fit(fits)
   if fv.json_out:
     with open(fv.json_out, 'w') as f:
-      json.dump({'topology': topology_name(fv.topology), 'devices': len(devices),
-                 'device_kind': kind, 'libtpu': libtpu_version(libtpu),
-                 'config': fv['config'].config_filename, 'largest_fit': best,
-                 'rows': [dict(dataclasses.asdict(x), total=x.total, fits=x.fits)
-                          for x in fits]}, f, indent=1)
-  print(f'largest global batch that fits: {best if best else "none of those tried"}'
-        + ('' if fv.search else ' (of those tried; --search looks further)'), flush=True)
+      json.dump(
+        {
+          'topology': topology_name(fv.topology),
+          'devices': len(devices),
+          'device_kind': kind,
+          'libtpu': libtpu_version(libtpu),
+          'config': fv['config'].config_filename,
+          'largest_fit': best,
+          'rows': [dict(dataclasses.asdict(x), total=x.total, fits=x.fits) for x in fits],
+        },
+        f,
+        indent=1,
+      )
+  print(
+    f'largest global batch that fits: {best if best else "none of those tried"}'
+    + ('' if fv.search else ' (of those tried; --search looks further)'),
+    flush=True,
+  )
   return 0
 
 

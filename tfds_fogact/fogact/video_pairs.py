@@ -13,6 +13,7 @@
   directory and to ``DatasetInfo.metadata``. Clean and foggy streams of different lengths
   are trimmed to the common length with a logged warning (also recorded in the report).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -32,82 +33,91 @@ from tfds_fogact import video_io
 from tfds_fogact.fogact.annotations import Clip
 from tfds_fogact.video_io import VideoError
 
-SKIP_ENV = "FOGACT_SKIP_BAD"
-REPORT_FILE = "build_report.tsv"
+SKIP_ENV = 'FOGACT_SKIP_BAD'
+REPORT_FILE = 'build_report.tsv'
 
 log = logging.getLogger(__name__)
 
 
 def skip_bad_from_env() -> bool:
   """Whether ``FOGACT_SKIP_BAD`` asks to skip bad videos (1/true/yes/on)."""
-  value = os.environ.get(SKIP_ENV, "").strip().lower()
-  if value in ("", "0", "false", "no", "off"):
+  value = os.environ.get(SKIP_ENV, '').strip().lower()
+  if value in ('', '0', 'false', 'no', 'off'):
     return False
-  if value in ("1", "true", "yes", "on"):
+  if value in ('1', 'true', 'yes', 'on'):
     return True
-  raise ValueError(f"environment variable {SKIP_ENV}={value!r}: use 1 or 0")
+  raise ValueError(f'environment variable {SKIP_ENV}={value!r}: use 1 or 0')
 
 
 @dataclasses.dataclass
 class BuildReport:
   """What a build left out (`skipped`) or changed (`trimmed`), one dict per event."""
+
   skipped: list = dataclasses.field(default_factory=list)
   trimmed: list = dataclasses.field(default_factory=list)
 
   def to_metadata(self) -> dict:
-    return {"skipped_videos": list(self.skipped), "trimmed_pairs": list(self.trimmed)}
+    return {'skipped_videos': list(self.skipped), 'trimmed_pairs': list(self.trimmed)}
 
   def write(self, data_dir) -> str:
     """Writes ``build_report.tsv`` (event, clip_id, file, detail) into data_dir."""
     path = os.path.join(os.fspath(data_dir), REPORT_FILE)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-      w = csv.writer(f, delimiter="\t", lineterminator="\n")
-      w.writerow(["event", "clip_id", "file", "detail"])
+    with open(path, 'w', encoding='utf-8', newline='') as f:
+      w = csv.writer(f, delimiter='\t', lineterminator='\n')
+      w.writerow(['event', 'clip_id', 'file', 'detail'])
       for s in self.skipped:
-        w.writerow(["skipped", s["clip_id"], s["file"], s["reason"]])
+        w.writerow(['skipped', s['clip_id'], s['file'], s['reason']])
       for t in self.trimmed:
-        w.writerow(["trimmed", t["clip_id"], t["clean"],
-                    f"clean {t['clean_frames']} frames, foggy {t['foggy_frames']}, "
-                    f"kept {t['kept_frames']}"])
+        w.writerow(
+          [
+            'trimmed',
+            t['clip_id'],
+            t['clean'],
+            f'clean {t["clean_frames"]} frames, foggy {t["foggy_frames"]}, kept {t["kept_frames"]}',
+          ]
+        )
     return path
 
 
 def _output_size(path, config: common.VideoBuilderConfig) -> tuple[int, int]:
   info = video_io.probe(path)
   if info.width <= 0 or info.height <= 0:
-    raise VideoError(path, f"video stream has no frame size ({info.width}×{info.height})")
+    raise VideoError(path, f'video stream has no frame size ({info.width}×{info.height})')
   return tuple(config.output_size(info.height, info.width))
 
 
-def read_clip(path, config: common.VideoBuilderConfig,
-              size: Optional[tuple[int, int]] = None) -> np.ndarray:
+def read_clip(
+  path, config: common.VideoBuilderConfig, size: Optional[tuple[int, int]] = None
+) -> np.ndarray:
   """Decodes `path` to (T, H, W, 3) uint8 frames at the config's rate and size.
 
   `size` forces (height, width) (used to give the foggy stream the clean stream's size);
   otherwise it is `config.output_size` of the source. Raises VideoError.
   """
   size = tuple(size) if size is not None else _output_size(path, config)
-  frames, _ = video_io.read_video(path, fps=config.fps, size=size,
-                                  max_frames=config.max_frames)
+  frames, _ = video_io.read_video(path, fps=config.fps, size=size, max_frames=config.max_frames)
   return frames
 
 
-def read_clip_jpeg(path, config: common.VideoBuilderConfig,
-                   size: Optional[tuple[int, int]] = None) -> tuple[list[bytes], tuple]:
+def read_clip_jpeg(
+  path, config: common.VideoBuilderConfig, size: Optional[tuple[int, int]] = None
+) -> tuple[list[bytes], tuple]:
   """Like `read_clip`, but JPEG-encodes each frame as it is decoded.
 
   Returns (JPEG bytes per frame, (height, width)). Only the encoded clip is held, so the
   memory of a recorded pair is bounded by its serialised size (plus one decoded frame).
   """
   size = tuple(size) if size is not None else _output_size(path, config)
-  jpegs = [common.encode_jpeg(f, config.jpeg_quality)
-           for f in video_io.iter_frames(path, fps=config.fps, size=size,
-                                         max_frames=config.max_frames)]
+  jpegs = [
+    common.encode_jpeg(f, config.jpeg_quality)
+    for f in video_io.iter_frames(path, fps=config.fps, size=size, max_frames=config.max_frames)
+  ]
   return jpegs, size
 
 
-def read_pair(clip: Clip, config: common.VideoBuilderConfig,
-              report: Optional[BuildReport] = None) -> tuple[list[bytes], list[bytes]]:
+def read_pair(
+  clip: Clip, config: common.VideoBuilderConfig, report: Optional[BuildReport] = None
+) -> tuple[list[bytes], list[bytes]]:
   """JPEG frames of the clean and foggy videos of `clip`: same size, same length.
 
   The foggy video is resized to the clean video's output size; streams of different
@@ -116,11 +126,18 @@ def read_pair(clip: Clip, config: common.VideoBuilderConfig,
   clean, size = read_clip_jpeg(clip.clean, config)
   foggy, _ = read_clip_jpeg(clip.foggy, config, size=size)
   n_clean, n_foggy = len(clean), len(foggy)
-  clean, foggy, dropped = video_io.trim_pair(clean, foggy, name=f"clip {clip.clip_id!r}")
+  clean, foggy, dropped = video_io.trim_pair(clean, foggy, name=f'clip {clip.clip_id!r}')
   if dropped and report is not None:
-    report.trimmed.append({"clip_id": clip.clip_id, "clean": clip.clean, "foggy": clip.foggy,
-                           "clean_frames": n_clean, "foggy_frames": n_foggy,
-                           "kept_frames": len(clean)})
+    report.trimmed.append(
+      {
+        'clip_id': clip.clip_id,
+        'clean': clip.clean,
+        'foggy': clip.foggy,
+        'clean_frames': n_clean,
+        'foggy_frames': n_foggy,
+        'kept_frames': len(clean),
+      }
+    )
   return clean, foggy
 
 
@@ -132,10 +149,15 @@ def _label_or_unknown(value: str) -> object:
 FogMaker = Callable[[Clip, np.ndarray], tuple[np.ndarray, str]]
 
 
-def generate_examples(clips: Iterable[Clip], config: common.VideoBuilderConfig, *,
-                      skip_bad: bool, report: BuildReport,
-                      make_foggy: Optional[FogMaker] = None,
-                      hint: str = "") -> Iterator[tuple[str, dict]]:
+def generate_examples(
+  clips: Iterable[Clip],
+  config: common.VideoBuilderConfig,
+  *,
+  skip_bad: bool,
+  report: BuildReport,
+  make_foggy: Optional[FogMaker] = None,
+  hint: str = '',
+) -> Iterator[tuple[str, dict]]:
   """Yields (clip_id, example dict for `common.paired_features`).
 
   Args:
@@ -162,29 +184,39 @@ def generate_examples(clips: Iterable[Clip], config: common.VideoBuilderConfig, 
           del frames, foggy_frames
       except VideoError as e:
         if not skip_bad:
-          raise VideoError(e.path, f"{e.reason} (clip {clip.clip_id!r}, {clip.source}). "
-                           f"{hint}".rstrip()) from e
-        log.warning("Skipping clip %r: %s: %s", clip.clip_id, e.path, e.reason)
-        report.skipped.append({"clip_id": clip.clip_id, "file": e.path, "reason": e.reason,
-                               "clean": clip.clean, "foggy": clip.foggy or ""})
+          raise VideoError(
+            e.path, f'{e.reason} (clip {clip.clip_id!r}, {clip.source}). {hint}'.rstrip()
+          ) from e
+        log.warning('Skipping clip %r: %s: %s', clip.clip_id, e.path, e.reason)
+        report.skipped.append(
+          {
+            'clip_id': clip.clip_id,
+            'file': e.path,
+            'reason': e.reason,
+            'clean': clip.clean,
+            'foggy': clip.foggy or '',
+          }
+        )
         continue
       example = {
-          "clean": clean,
-          "foggy": foggy,
-          "label": clip.label,
-          "clip_id": clip.clip_id,
-          "scene": clip.scene,
-          "perspective": _label_or_unknown(clip.perspective),
-          "fog": _label_or_unknown(fog),
-          "num_people": np.int32(clip.num_people),
-          "num_frames": np.int32(len(clean)),
+        'clean': clean,
+        'foggy': foggy,
+        'label': clip.label,
+        'clip_id': clip.clip_id,
+        'scene': clip.scene,
+        'perspective': _label_or_unknown(clip.perspective),
+        'fog': _label_or_unknown(fog),
+        'num_people': np.int32(clip.num_people),
+        'num_frames': np.int32(len(clean)),
       }
       yield clip.clip_id, example
 
 
-SKIP_HINT = ("To build without such pairs, pass skip_bad_videos=True (e.g. "
-             "tfds.builder(name, skip_bad_videos=True)) or set FOGACT_SKIP_BAD=1; skipped "
-             f"pairs are then listed in {REPORT_FILE} in the dataset directory.")
+SKIP_HINT = (
+  'To build without such pairs, pass skip_bad_videos=True (e.g. '
+  'tfds.builder(name, skip_bad_videos=True)) or set FOGACT_SKIP_BAD=1; skipped '
+  f'pairs are then listed in {REPORT_FILE} in the dataset directory.'
+)
 
 
 class ReportingBuilderMixin:
@@ -197,8 +229,7 @@ class ReportingBuilderMixin:
   """
 
   def __init__(self, *, skip_bad_videos: Optional[bool] = None, **kwargs):
-    self.skip_bad_videos = (skip_bad_from_env() if skip_bad_videos is None
-                            else bool(skip_bad_videos))
+    self.skip_bad_videos = skip_bad_from_env() if skip_bad_videos is None else bool(skip_bad_videos)
     self.build_report = BuildReport()
     super().__init__(**kwargs)
 
@@ -208,6 +239,10 @@ class ReportingBuilderMixin:
     self.info.metadata.update(self.build_report.to_metadata())
     self.build_report.write(self.data_dir)  # The temporary dir, renamed when done.
     if self.build_report.skipped:
-      log.warning("%s: skipped %d pair(s) with unreadable videos; they are listed in %s in "
-                  "the dataset directory.", self.name, len(self.build_report.skipped),
-                  REPORT_FILE)
+      log.warning(
+        '%s: skipped %d pair(s) with unreadable videos; they are listed in %s in '
+        'the dataset directory.',
+        self.name,
+        len(self.build_report.skipped),
+        REPORT_FILE,
+      )

@@ -26,6 +26,7 @@ single official archive, so a list is required)::
 Every row problem (unknown class, missing video, malformed line, bad split value) is
 collected over the whole list and raised as one `AnnotationError` before decoding starts.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,12 +41,12 @@ from tfds_fogact.fogact.annotations import read_classes
 from tfds_fogact.fogact.annotations import read_csv_rows
 from tfds_fogact.video_io import VIDEO_EXTENSIONS
 
-UCF_LIST_DIR = "ucfTrainTestlist"
-UCF_VIDEO_DIRS = ("UCF-101", "UCF101", "videos")
-HMDB_SPLIT_DIRS = ("testTrainMulti_7030_splits", "test_train_splits")
-HMDB_VIDEO_DIRS = ("hmdb51_org", "hmdb51", "videos")
-KINETICS_LIST = "kinetics100.csv"
-KINETICS_COLUMNS = ("filename", "label")
+UCF_LIST_DIR = 'ucfTrainTestlist'
+UCF_VIDEO_DIRS = ('UCF-101', 'UCF101', 'videos')
+HMDB_SPLIT_DIRS = ('testTrainMulti_7030_splits', 'test_train_splits')
+HMDB_VIDEO_DIRS = ('hmdb51_org', 'hmdb51', 'videos')
+KINETICS_LIST = 'kinetics100.csv'
+KINETICS_COLUMNS = ('filename', 'label')
 
 
 def _video_root(manual_dir: str, candidates: Sequence[str]) -> str:
@@ -63,7 +64,7 @@ def _find(root: str, rel: str) -> Optional[str]:
   if os.path.isfile(path):
     return path
   cur = root
-  for part in rel.split("/"):
+  for part in rel.split('/'):
     try:
       entries = {e.lower(): e for e in os.listdir(cur)}
     except OSError:
@@ -76,13 +77,13 @@ def _find(root: str, rel: str) -> Optional[str]:
 
 def _require_split_number(split_number: int, allowed=(1, 2, 3)) -> None:
   if split_number not in allowed:
-    raise ValueError(f"split_number must be one of {allowed}, got {split_number}")
+    raise ValueError(f'split_number must be one of {allowed}, got {split_number}')
 
 
 def _read_lines(path: str) -> list[tuple[int, str]]:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: split file not found")
-  with open(path, encoding="utf-8") as f:
+    raise FileNotFoundError(f'{path}: split file not found')
+  with open(path, encoding='utf-8') as f:
     return [(i + 1, line.strip()) for i, line in enumerate(f) if line.strip()]
 
 
@@ -91,13 +92,15 @@ def ucf101(manual_dir, split_number: int = 1) -> tuple[list[str], list[Clip]]:
   _require_split_number(split_number)
   manual_dir = os.fspath(manual_dir)
   list_dir = os.path.join(manual_dir, UCF_LIST_DIR)
-  class_ind = os.path.join(list_dir, "classInd.txt")
+  class_ind = os.path.join(list_dir, 'classInd.txt')
   classes, problems = [], []
   for line_no, line in _read_lines(class_ind):
     parts = line.split()
     if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != len(classes) + 1:
-      problems.append(f"line {line_no}: expected '<index> <ClassName>' with index "
-                      f"{len(classes) + 1}, got {line!r}")
+      problems.append(
+        f"line {line_no}: expected '<index> <ClassName>' with index "
+        f'{len(classes) + 1}, got {line!r}'
+      )
       continue
     classes.append(parts[1])
   if problems:
@@ -105,30 +108,40 @@ def ucf101(manual_dir, split_number: int = 1) -> tuple[list[str], list[Clip]]:
   lower = {c.lower(): c for c in classes}
   root = _video_root(manual_dir, UCF_VIDEO_DIRS)
   clips, problems = [], []
-  for split, name in (("train", f"trainlist0{split_number}.txt"),
-                      ("test", f"testlist0{split_number}.txt")):
+  for split, name in (
+    ('train', f'trainlist0{split_number}.txt'),
+    ('test', f'testlist0{split_number}.txt'),
+  ):
     path = os.path.join(list_dir, name)
     for line_no, line in _read_lines(path):
-      rel = line.split()[0].replace("\\", "/")
-      where = f"{name} line {line_no} ({rel})"
-      folder = rel.split("/")[0] if "/" in rel else ""
+      rel = line.split()[0].replace('\\', '/')
+      where = f'{name} line {line_no} ({rel})'
+      folder = rel.split('/')[0] if '/' in rel else ''
       label = lower.get(folder.lower())
       errs = []
       if label is None:
-        errs.append(f"class folder {folder!r} is not in classInd.txt")
+        errs.append(f'class folder {folder!r} is not in classInd.txt')
       if not rel.lower().endswith(VIDEO_EXTENSIONS):
-        errs.append("not a video file name")
+        errs.append('not a video file name')
       full = _find(root, rel)
       if full is None:
-        errs.append(f"video not found under {root}")
+        errs.append(f'video not found under {root}')
       if errs:
-        problems.append(f"{where}: " + "; ".join(errs))
+        problems.append(f'{where}: ' + '; '.join(errs))
         continue
       stem = os.path.splitext(os.path.basename(rel))[0]
-      group = re.search(r"_(g\d+)_", stem)
-      clips.append(Clip(clip_id=f"{label}/{stem}", label=label, clean=full, foggy=None,
-                        scene=group.group(1) if group else "", split=split,
-                        source=f"{name} line {line_no}"))
+      group = re.search(r'_(g\d+)_', stem)
+      clips.append(
+        Clip(
+          clip_id=f'{label}/{stem}',
+          label=label,
+          clean=full,
+          foggy=None,
+          scene=group.group(1) if group else '',
+          split=split,
+          source=f'{name} line {line_no}',
+        )
+      )
   if problems:
     raise AnnotationError(list_dir, problems)
   return classes, clips
@@ -140,30 +153,38 @@ def hmdb51(manual_dir, split_number: int = 1) -> tuple[list[str], list[Clip]]:
   manual_dir = os.fspath(manual_dir)
   split_dir = _video_root(manual_dir, HMDB_SPLIT_DIRS)
   if split_dir == manual_dir:
-    raise FileNotFoundError(f"{manual_dir}: no split folder (one of {HMDB_SPLIT_DIRS})")
-  suffix = f"_test_split{split_number}.txt"
+    raise FileNotFoundError(f'{manual_dir}: no split folder (one of {HMDB_SPLIT_DIRS})')
+  suffix = f'_test_split{split_number}.txt'
   files = sorted(f for f in os.listdir(split_dir) if f.endswith(suffix))
   if not files:
     raise FileNotFoundError(f"{split_dir}: no '<class>{suffix}' files")
-  classes = [f[:-len(suffix)] for f in files]
+  classes = [f[: -len(suffix)] for f in files]
   root = _video_root(manual_dir, HMDB_VIDEO_DIRS)
   clips, problems = [], []
   for label, fname in zip(classes, files):
     for line_no, line in _read_lines(os.path.join(split_dir, fname)):
       parts = line.split()
-      where = f"{fname} line {line_no}"
-      if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+      where = f'{fname} line {line_no}'
+      if len(parts) != 2 or parts[1] not in ('0', '1', '2'):
         problems.append(f"{where}: expected '<file>.avi 0|1|2', got {line!r}")
         continue
-      if parts[1] == "0":
+      if parts[1] == '0':
         continue
-      full = _find(root, f"{label}/{parts[0]}")
+      full = _find(root, f'{label}/{parts[0]}')
       if full is None:
-        problems.append(f"{where}: video {label}/{parts[0]} not found under {root}")
+        problems.append(f'{where}: video {label}/{parts[0]} not found under {root}')
         continue
       stem = os.path.splitext(parts[0])[0]
-      clips.append(Clip(clip_id=f"{label}/{stem}", label=label, clean=full, foggy=None,
-                        split="train" if parts[1] == "1" else "test", source=where))
+      clips.append(
+        Clip(
+          clip_id=f'{label}/{stem}',
+          label=label,
+          clean=full,
+          foggy=None,
+          split='train' if parts[1] == '1' else 'test',
+          source=where,
+        )
+      )
   if problems:
     raise AnnotationError(split_dir, problems)
   return classes, clips
@@ -174,41 +195,55 @@ def kinetics100(manual_dir) -> tuple[list[str], list[Clip]]:
   manual_dir = os.fspath(manual_dir)
   path = os.path.join(manual_dir, KINETICS_LIST)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: Kinetics-100 needs a list with header "
-                            "'filename,label,split' (see docs/data_real.md)")
-  rows = [{k: (v or "").strip() for k, v in r.items() if k is not None}
-          for r in read_csv_rows(path, KINETICS_COLUMNS, "filename,label[,split]")]
-  classes_path = os.path.join(manual_dir, "classes.txt")
-  classes = (read_classes(classes_path) if os.path.isfile(classes_path)
-             else sorted({r["label"] for r in rows if r["label"]}))
+    raise FileNotFoundError(
+      f'{path} not found: Kinetics-100 needs a list with header '
+      "'filename,label,split' (see docs/data_real.md)"
+    )
+  rows = [
+    {k: (v or '').strip() for k, v in r.items() if k is not None}
+    for r in read_csv_rows(path, KINETICS_COLUMNS, 'filename,label[,split]')
+  ]
+  classes_path = os.path.join(manual_dir, 'classes.txt')
+  classes = (
+    read_classes(classes_path)
+    if os.path.isfile(classes_path)
+    else sorted({r['label'] for r in rows if r['label']})
+  )
   class_set = set(classes)
   clips, problems, seen = [], [], {}
   for i, row in enumerate(rows):
     line = i + 2
-    rel = row["filename"]
+    rel = row['filename']
     errs = []
-    if row["label"] not in class_set:
-      errs.append(f"label {row['label']!r} is not in classes.txt")
-    split = row.get("split", "").lower()
+    if row['label'] not in class_set:
+      errs.append(f'label {row["label"]!r} is not in classes.txt')
+    split = row.get('split', '').lower()
     if split and split not in common.SPLITS:
-      errs.append(f"split {row.get('split')!r} is not one of {', '.join(common.SPLITS)} "
-                  "(or empty)")
+      errs.append(f'split {row.get("split")!r} is not one of {", ".join(common.SPLITS)} (or empty)')
     if not rel.lower().endswith(VIDEO_EXTENSIONS):
-      errs.append(f"filename {rel!r}: extension not one of {', '.join(VIDEO_EXTENSIONS)}")
+      errs.append(f'filename {rel!r}: extension not one of {", ".join(VIDEO_EXTENSIONS)}')
     full = os.path.normpath(os.path.join(manual_dir, rel))
     if not os.path.isfile(full):
-      errs.append(f"video {rel!r} not found")
-    clip_id = f"{row['label']}/{os.path.splitext(os.path.basename(rel))[0]}"
+      errs.append(f'video {rel!r} not found')
+    clip_id = f'{row["label"]}/{os.path.splitext(os.path.basename(rel))[0]}'
     if clip_id in seen:
-      errs.append(f"clip {clip_id!r} already listed on line {seen[clip_id]}")
+      errs.append(f'clip {clip_id!r} already listed on line {seen[clip_id]}')
     seen.setdefault(clip_id, line)
     if errs:
-      problems.append(f"line {line} ({rel}): " + "; ".join(errs))
+      problems.append(f'line {line} ({rel}): ' + '; '.join(errs))
       continue
-    clips.append(Clip(clip_id=clip_id, label=row["label"], clean=full, foggy=None,
-                      split=split, source=f"{KINETICS_LIST} line {line}"))
+    clips.append(
+      Clip(
+        clip_id=clip_id,
+        label=row['label'],
+        clean=full,
+        foggy=None,
+        split=split,
+        source=f'{KINETICS_LIST} line {line}',
+      )
+    )
   if problems:
     raise AnnotationError(path, problems)
   if not clips:
-    raise AnnotationError(path, ["no rows"])
+    raise AnnotationError(path, ['no rows'])
   return classes, clips

@@ -31,6 +31,7 @@ Typical use::
     txt = model.encode_text(token_ids)    # (N, 77) int32 -> (N, D)
     small = clip.create('tiny', image_size=64, seed=0)   # random initialisation
 """
+
 from fognet_jax.models.clip.config import ACTIVATIONS
 from fognet_jax.models.clip.config import BATCH_NORM_EPS
 from fognet_jax.models.clip.config import CONFIGS
@@ -59,30 +60,30 @@ from fognet_jax.models.clip.vit import bicubic_matrix
 from fognet_jax.models.clip.vit import interpolate_pos_embed
 
 __all__ = [
-    'ACTIVATIONS',
-    'attention',
-    'ATTENTION_IMPLS',
-    'BATCH_NORM_EPS',
-    'bicubic_matrix',
-    'canonical_dtype',
-    'CLIP',
-    'CLIPConfig',
-    'CONFIGS',
-    'count_params',
-    'create',
-    'CUDNN_SEQ_MULTIPLE',
-    'get_config',
-    'IMAGE_MEAN',
-    'IMAGE_STD',
-    'interpolate_pos_embed',
-    'LAYER_NORM_EPS',
-    'Linear',
-    'MLP',
-    'ModifiedResNet',
-    'MultiHeadAttention',
-    'quick_gelu',
-    'ResidualAttentionBlock',
-    'TextTransformer',
-    'Transformer',
-    'VisionTransformer',
+  'ACTIVATIONS',
+  'attention',
+  'ATTENTION_IMPLS',
+  'BATCH_NORM_EPS',
+  'bicubic_matrix',
+  'canonical_dtype',
+  'CLIP',
+  'CLIPConfig',
+  'CONFIGS',
+  'count_params',
+  'create',
+  'CUDNN_SEQ_MULTIPLE',
+  'get_config',
+  'IMAGE_MEAN',
+  'IMAGE_STD',
+  'interpolate_pos_embed',
+  'LAYER_NORM_EPS',
+  'Linear',
+  'MLP',
+  'ModifiedResNet',
+  'MultiHeadAttention',
+  'quick_gelu',
+  'ResidualAttentionBlock',
+  'TextTransformer',
+  'Transformer',
+  'VisionTransformer',
 ]

@@ -1,5 +1,6 @@
 """CLIP hyper-parameters: :class:`CLIPConfig`, the named presets and the constants shared
 by the towers (image normalisation, norm epsilons, activations, compute dtypes)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,10 +24,7 @@ def quick_gelu(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {
-    'quick_gelu': quick_gelu,
-    'gelu': functools.partial(jax.nn.gelu, approximate=False),
-}
+ACTIVATIONS = {'quick_gelu': quick_gelu, 'gelu': functools.partial(jax.nn.gelu, approximate=False)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +46,7 @@ class CLIPConfig:
     vision_mlp_dim / text_mlp_dim: MLP hidden width; ``None`` means 4 * width.
     activation: 'quick_gelu' (OpenAI) or 'gelu' (exact erf GELU).
   """
+
   embed_dim: int = 512
   image_size: int = 224
   patch_size: int = 16
@@ -67,8 +66,18 @@ class CLIPConfig:
     def positive_int(value):
       return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
-    for name in ('embed_dim', 'image_size', 'patch_size', 'vision_width', 'vision_heads',
-                 'context_length', 'vocab_size', 'text_width', 'text_layers', 'text_heads'):
+    for name in (
+      'embed_dim',
+      'image_size',
+      'patch_size',
+      'vision_width',
+      'vision_heads',
+      'context_length',
+      'vocab_size',
+      'text_width',
+      'text_layers',
+      'text_heads',
+    ):
       value = getattr(self, name)
       if not positive_int(value):
         raise ValueError(f'CLIPConfig.{name} must be a positive integer, got {value!r}')
@@ -78,28 +87,39 @@ class CLIPConfig:
       layers = self.vision_layers
     if isinstance(layers, tuple):
       if len(layers) != 4 or not all(positive_int(n) for n in layers):
-        raise ValueError('CLIPConfig.vision_layers must be a positive integer (ViT) or four '
-                         f'positive block counts (ResNet), got {layers!r}')
+        raise ValueError(
+          'CLIPConfig.vision_layers must be a positive integer (ViT) or four '
+          f'positive block counts (ResNet), got {layers!r}'
+        )
       if self.image_size % 32:
-        raise ValueError(f'CLIPConfig.image_size={self.image_size} must be a multiple of 32 '
-                         'for a ResNet image tower')
+        raise ValueError(
+          f'CLIPConfig.image_size={self.image_size} must be a multiple of 32 '
+          'for a ResNet image tower'
+        )
       if (self.vision_width * 32) % self.vision_heads:
-        raise ValueError(f'CLIPConfig.vision_heads={self.vision_heads} must divide the ResNet '
-                         f'feature width 32 * vision_width = {self.vision_width * 32}')
+        raise ValueError(
+          f'CLIPConfig.vision_heads={self.vision_heads} must divide the ResNet '
+          f'feature width 32 * vision_width = {self.vision_width * 32}'
+        )
     elif not positive_int(layers):
       raise ValueError(f'CLIPConfig.vision_layers must be a positive integer, got {layers!r}')
     if not self.is_resnet and self.vision_width % self.vision_heads:
-      raise ValueError(f'CLIPConfig.vision_width={self.vision_width} is not divisible by '
-                       f'vision_heads={self.vision_heads}')
+      raise ValueError(
+        f'CLIPConfig.vision_width={self.vision_width} is not divisible by '
+        f'vision_heads={self.vision_heads}'
+      )
     if self.text_width % self.text_heads:
-      raise ValueError(f'CLIPConfig.text_width={self.text_width} is not divisible by '
-                       f'text_heads={self.text_heads}')
+      raise ValueError(
+        f'CLIPConfig.text_width={self.text_width} is not divisible by text_heads={self.text_heads}'
+      )
     if not self.is_resnet and self.image_size % self.patch_size:
-      raise ValueError(f'CLIPConfig.image_size={self.image_size} is not a multiple of '
-                       f'patch_size={self.patch_size}')
+      raise ValueError(
+        f'CLIPConfig.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}'
+      )
     if self.activation not in ACTIVATIONS:
-      raise ValueError(f'CLIPConfig.activation must be one of {sorted(ACTIVATIONS)}, '
-                       f'got {self.activation!r}')
+      raise ValueError(
+        f'CLIPConfig.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}'
+      )
 
   @property
   def is_resnet(self) -> bool:
@@ -121,35 +141,103 @@ class CLIPConfig:
 
 
 CONFIGS: dict[str, CLIPConfig] = {
-    'ViT-B/32': CLIPConfig(embed_dim=512, image_size=224, patch_size=32, vision_width=768,
-                           vision_layers=12, vision_heads=12, text_width=512, text_layers=12,
-                           text_heads=8),
-    'ViT-B/16': CLIPConfig(embed_dim=512, image_size=224, patch_size=16, vision_width=768,
-                           vision_layers=12, vision_heads=12, text_width=512, text_layers=12,
-                           text_heads=8),
-    'ViT-L/14': CLIPConfig(embed_dim=768, image_size=224, patch_size=14, vision_width=1024,
-                           vision_layers=24, vision_heads=16, text_width=768, text_layers=12,
-                           text_heads=12),
-    'ViT-L/14@336': CLIPConfig(embed_dim=768, image_size=336, patch_size=14, vision_width=1024,
-                               vision_layers=24, vision_heads=16, text_width=768,
-                               text_layers=12, text_heads=12),
-    'RN50': CLIPConfig(embed_dim=1024, image_size=224, vision_width=64,
-                       vision_layers=(3, 4, 6, 3), vision_heads=32, text_width=512,
-                       text_layers=12, text_heads=8),
-    'RN101': CLIPConfig(embed_dim=512, image_size=224, vision_width=64,
-                        vision_layers=(3, 4, 23, 3), vision_heads=32, text_width=512,
-                        text_layers=12, text_heads=8),
-    'RN50x4': CLIPConfig(embed_dim=640, image_size=288, vision_width=80,
-                         vision_layers=(4, 6, 10, 6), vision_heads=40, text_width=640,
-                         text_layers=12, text_heads=10),
-    # Small model for tests and from-scratch experiments (full BPE vocabulary and context).
-    'tiny': CLIPConfig(embed_dim=32, image_size=32, patch_size=8, vision_width=64,
-                       vision_layers=2, vision_heads=4, text_width=64, text_layers=2,
-                       text_heads=4),
-    # Its ResNet counterpart (stem width 8: feature width 256 before the attention pool).
-    'tiny-rn': CLIPConfig(embed_dim=32, image_size=64, vision_width=8,
-                          vision_layers=(1, 1, 1, 1), vision_heads=4, text_width=64,
-                          text_layers=2, text_heads=4),
+  'ViT-B/32': CLIPConfig(
+    embed_dim=512,
+    image_size=224,
+    patch_size=32,
+    vision_width=768,
+    vision_layers=12,
+    vision_heads=12,
+    text_width=512,
+    text_layers=12,
+    text_heads=8,
+  ),
+  'ViT-B/16': CLIPConfig(
+    embed_dim=512,
+    image_size=224,
+    patch_size=16,
+    vision_width=768,
+    vision_layers=12,
+    vision_heads=12,
+    text_width=512,
+    text_layers=12,
+    text_heads=8,
+  ),
+  'ViT-L/14': CLIPConfig(
+    embed_dim=768,
+    image_size=224,
+    patch_size=14,
+    vision_width=1024,
+    vision_layers=24,
+    vision_heads=16,
+    text_width=768,
+    text_layers=12,
+    text_heads=12,
+  ),
+  'ViT-L/14@336': CLIPConfig(
+    embed_dim=768,
+    image_size=336,
+    patch_size=14,
+    vision_width=1024,
+    vision_layers=24,
+    vision_heads=16,
+    text_width=768,
+    text_layers=12,
+    text_heads=12,
+  ),
+  'RN50': CLIPConfig(
+    embed_dim=1024,
+    image_size=224,
+    vision_width=64,
+    vision_layers=(3, 4, 6, 3),
+    vision_heads=32,
+    text_width=512,
+    text_layers=12,
+    text_heads=8,
+  ),
+  'RN101': CLIPConfig(
+    embed_dim=512,
+    image_size=224,
+    vision_width=64,
+    vision_layers=(3, 4, 23, 3),
+    vision_heads=32,
+    text_width=512,
+    text_layers=12,
+    text_heads=8,
+  ),
+  'RN50x4': CLIPConfig(
+    embed_dim=640,
+    image_size=288,
+    vision_width=80,
+    vision_layers=(4, 6, 10, 6),
+    vision_heads=40,
+    text_width=640,
+    text_layers=12,
+    text_heads=10,
+  ),
+  # Small model for tests and from-scratch experiments (full BPE vocabulary and context).
+  'tiny': CLIPConfig(
+    embed_dim=32,
+    image_size=32,
+    patch_size=8,
+    vision_width=64,
+    vision_layers=2,
+    vision_heads=4,
+    text_width=64,
+    text_layers=2,
+    text_heads=4,
+  ),
+  # Its ResNet counterpart (stem width 8: feature width 256 before the attention pool).
+  'tiny-rn': CLIPConfig(
+    embed_dim=32,
+    image_size=64,
+    vision_width=8,
+    vision_layers=(1, 1, 1, 1),
+    vision_heads=4,
+    text_width=64,
+    text_layers=2,
+    text_heads=4,
+  ),
 }
 
 

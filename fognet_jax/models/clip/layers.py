@@ -1,5 +1,6 @@
 """Small layers shared by the CLIP towers: LayerNorm as torch's, a normal initialiser, and a
 dense layer that runs as one 2-D matmul."""
+
 from __future__ import annotations
 
 import jax
@@ -12,8 +13,14 @@ from fognet_jax.models.clip.config import LAYER_NORM_EPS
 def layer_norm(width: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
   """LayerNorm with float32 statistics and output whatever the compute dtype, and the
   two-pass variance of torch."""
-  return nnx.LayerNorm(width, epsilon=LAYER_NORM_EPS, dtype=jnp.float32,
-                       param_dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
+  return nnx.LayerNorm(
+    width,
+    epsilon=LAYER_NORM_EPS,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    use_fast_variance=False,
+    rngs=rngs,
+  )
 
 
 def normal(std: float):

@@ -1,5 +1,6 @@
 """OpenAI CLIP: the image tower (a vision transformer or a ModifiedResNet), the text tower
 and the learned logit scale."""
+
 from __future__ import annotations
 
 import math
@@ -35,27 +36,48 @@ class CLIP(nnx.Module):
     rngs: random streams for the initialisation.
   """
 
-  def __init__(self, config: CLIPConfig, *, dtype=jnp.float32, remat: bool = False,
-               attention_impl: str | None = None, residual_dtype=None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    config: CLIPConfig,
+    *,
+    dtype=jnp.float32,
+    remat: bool = False,
+    attention_impl: str | None = None,
+    residual_dtype=None,
+    rngs: nnx.Rngs,
+  ):
     dtype = canonical_dtype(dtype)
     if attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}')
-    residual_dtype = jnp.dtype(jnp.float32) if residual_dtype is None else canonical_dtype(
-        residual_dtype)
+    residual_dtype = (
+      jnp.dtype(jnp.float32) if residual_dtype is None else canonical_dtype(residual_dtype)
+    )
     if residual_dtype not in (jnp.dtype(jnp.float32), dtype):
-      raise ValueError(f'residual_dtype must be None, float32 or the compute dtype {dtype}, '
-                       f'got {residual_dtype}')
+      raise ValueError(
+        f'residual_dtype must be None, float32 or the compute dtype {dtype}, got {residual_dtype}'
+      )
     self.config = config
     self.dtype = dtype
     self.remat = remat
     if config.is_resnet:
       self.visual = ModifiedResNet(config, dtype=dtype, remat=remat, rngs=rngs)
     else:
-      self.visual = VisionTransformer(config, dtype=dtype, remat=remat, rngs=rngs,
-                                      attention_impl=attention_impl,
-                                      residual_dtype=residual_dtype)
-    self.text = TextTransformer(config, dtype=dtype, remat=remat, rngs=rngs,
-                                attention_impl=attention_impl, residual_dtype=residual_dtype)
+      self.visual = VisionTransformer(
+        config,
+        dtype=dtype,
+        remat=remat,
+        rngs=rngs,
+        attention_impl=attention_impl,
+        residual_dtype=residual_dtype,
+      )
+    self.text = TextTransformer(
+      config,
+      dtype=dtype,
+      remat=remat,
+      rngs=rngs,
+      attention_impl=attention_impl,
+      residual_dtype=residual_dtype,
+    )
     self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
 
   def encode_image(self, pixels: jax.Array) -> jax.Array:
@@ -76,16 +98,29 @@ class CLIP(nnx.Module):
     return logits_per_image, logits_per_image.T
 
 
-def create(name_or_config: str | CLIPConfig = 'ViT-B/16', *, dtype=jnp.float32,
-           remat: bool = False, seed: int = 0, attention_impl: str | None = None,
-           residual_dtype=None, **overrides: Any) -> CLIP:
+def create(
+  name_or_config: str | CLIPConfig = 'ViT-B/16',
+  *,
+  dtype=jnp.float32,
+  remat: bool = False,
+  seed: int = 0,
+  attention_impl: str | None = None,
+  residual_dtype=None,
+  **overrides: Any,
+) -> CLIP:
   """Builds a randomly initialised CLIP from a config name (or config) plus overrides.
 
   Example: ``clip.create('tiny', image_size=64, seed=1)``.
   """
   config = get_config(name_or_config, **overrides)
-  return CLIP(config, dtype=dtype, remat=remat, attention_impl=attention_impl,
-              residual_dtype=residual_dtype, rngs=nnx.Rngs(seed))
+  return CLIP(
+    config,
+    dtype=dtype,
+    remat=remat,
+    attention_impl=attention_impl,
+    residual_dtype=residual_dtype,
+    rngs=nnx.Rngs(seed),
+  )
 
 
 def count_params(tree: Any) -> int:

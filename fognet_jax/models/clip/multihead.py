@@ -1,5 +1,6 @@
 """Attention of the CLIP towers: the scaled dot-product (einsums, or cuDNN's fused kernel)
 and OpenAI's multi-head self-attention with its q/k/v projections applied as one matmul."""
+
 from __future__ import annotations
 
 import functools
@@ -19,9 +20,16 @@ ATTENTION_IMPLS = (None, 'xla', 'cudnn')
 CUDNN_SEQ_MULTIPLE = 64
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
-              impl: str | None = None, key_mask: jax.Array | None = None,
-              scale: float | None = None) -> jax.Array:
+def attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  causal: bool,
+  impl: str | None = None,
+  key_mask: jax.Array | None = None,
+  scale: float | None = None,
+) -> jax.Array:
   """``softmax(scale q k^T) v`` per head, ``scale = 1 / sqrt(d)`` by default, softmax in
   float32 (as ``jax.nn.dot_product_attention``).
 
@@ -40,7 +48,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
     (N, heads, L, head_dim) in the dtype of ``v``.
   """
   if scale is None:
-    scale = q.shape[-1]**-0.5
+    scale = q.shape[-1] ** -0.5
   if impl == 'cudnn' and key_mask is None:
     return _cudnn_attention(q, k, v, causal=causal, scale=scale)
   logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
@@ -57,8 +65,15 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
   return jnp.einsum('nhlm,nhmd->nhld', weights, v)
 
 
-def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
-                     implementation: str = 'cudnn', scale: float | None = None) -> jax.Array:
+def _cudnn_attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  causal: bool,
+  implementation: str = 'cudnn',
+  scale: float | None = None,
+) -> jax.Array:
   """cuDNN fused attention on head-major (N, heads, L, d): pads L to a multiple of
   ``CUDNN_SEQ_MULTIPLE``, masks the padded keys, drops the padded queries.
 
@@ -68,14 +83,21 @@ def _cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool,
   length = q.shape[2]
   padded = -(-length // CUDNN_SEQ_MULTIPLE) * CUDNN_SEQ_MULTIPLE
   # (N, heads, L, d) -> (N, L_padded, heads, d), the layout dot_product_attention takes
-  to_bthd = lambda t: jnp.pad(t.transpose(0, 2, 1, 3),
-                              ((0, 0), (0, padded - length), (0, 0), (0, 0)))
+  to_bthd = lambda t: jnp.pad(
+    t.transpose(0, 2, 1, 3), ((0, 0), (0, padded - length), (0, 0), (0, 0))
+  )
   n = q.shape[0]
   lengths = jnp.full((n,), length, jnp.int32) if padded != length else None
   out = jax.nn.dot_product_attention(
-      to_bthd(q), to_bthd(k), to_bthd(v), is_causal=causal,
-      query_seq_lengths=lengths, key_value_seq_lengths=lengths, scale=scale,
-      implementation=implementation)
+    to_bthd(q),
+    to_bthd(k),
+    to_bthd(v),
+    is_causal=causal,
+    query_seq_lengths=lengths,
+    key_value_seq_lengths=lengths,
+    scale=scale,
+    implementation=implementation,
+  )
   return out[:, :length].transpose(0, 2, 1, 3)
 
 
@@ -87,14 +109,24 @@ class MultiHeadAttention(nnx.Module):
   GEMM instead of three.
   """
 
-  def __init__(self, width: int, heads: int, *, dtype, rngs: nnx.Rngs,
-               in_std: float, out_std: float, attention_impl: str | None = None):
+  def __init__(
+    self,
+    width: int,
+    heads: int,
+    *,
+    dtype,
+    rngs: nnx.Rngs,
+    in_std: float,
+    out_std: float,
+    attention_impl: str | None = None,
+  ):
     self.heads = heads
-    self.query_scale = (width // heads)**-0.5
+    self.query_scale = (width // heads) ** -0.5
     self.attention_impl = attention_impl
     self.dtype = dtype
-    linear = functools.partial(Linear, width, width, dtype=dtype, param_dtype=jnp.float32,
-                               rngs=rngs)
+    linear = functools.partial(
+      Linear, width, width, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+    )
     self.q_proj = linear(kernel_init=normal(in_std))
     self.k_proj = linear(kernel_init=normal(in_std))
     self.v_proj = linear(kernel_init=normal(in_std))

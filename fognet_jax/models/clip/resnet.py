@@ -1,4 +1,5 @@
 """OpenAI's ModifiedResNet image tower (RN50, RN101, RN50x4, ...)."""
+
 from __future__ import annotations
 
 import einops
@@ -36,11 +37,18 @@ class FrozenBatchNorm(nnx.Module):
 def _conv(cin: int, cout: int, k: int, *, dtype, rngs: nnx.Rngs, stride: int = 1) -> nnx.Conv:
   # He-normal: with frozen (identity) statistics from scratch, this keeps the activation
   # scale through the norm-free stem and blocks (PyTorch's default shrinks it ~3x a layer).
-  return nnx.Conv(cin, cout, kernel_size=(k, k), strides=(stride, stride),
-                  padding=((k // 2, k // 2), (k // 2, k // 2)), use_bias=False, dtype=dtype,
-                  param_dtype=jnp.float32,
-                  kernel_init=nnx.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal'),
-                  rngs=rngs)
+  return nnx.Conv(
+    cin,
+    cout,
+    kernel_size=(k, k),
+    strides=(stride, stride),
+    padding=((k // 2, k // 2), (k // 2, k // 2)),
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=nnx.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal'),
+    rngs=rngs,
+  )
 
 
 def _avg_pool(x: jax.Array, k: int) -> jax.Array:
@@ -85,17 +93,25 @@ class AttentionPool2d(nnx.Module):
   """CLIP's attention pooling: the mean feature (plus position embeddings) attends over
   all positions; output ``c_proj`` to ``embed_dim``."""
 
-  def __init__(self, grid: int, width: int, heads: int, out_dim: int, *, dtype,
-               rngs: nnx.Rngs):
+  def __init__(self, grid: int, width: int, heads: int, out_dim: int, *, dtype, rngs: nnx.Rngs):
     self.grid = grid
     self.heads = heads
     self.positional_embedding = nnx.Param(
-        width**-0.5 * jax.random.normal(rngs.params(), (grid * grid + 1, width)))
+      width**-0.5 * jax.random.normal(rngs.params(), (grid * grid + 1, width))
+    )
     std = width**-0.5
+
     def linear(cout):
-      return nnx.Linear(width, cout, dtype=dtype, param_dtype=jnp.float32,
-                        kernel_init=normal(std), bias_init=nnx.initializers.zeros_init(),
-                        rngs=rngs)
+      return nnx.Linear(
+        width,
+        cout,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=normal(std),
+        bias_init=nnx.initializers.zeros_init(),
+        rngs=rngs,
+      )
+
     self.q_proj, self.k_proj, self.v_proj = linear(width), linear(width), linear(width)
     self.c_proj = linear(out_dim)
 
@@ -103,8 +119,12 @@ class AttentionPool2d(nnx.Module):
     n, gh, gw, c = x.shape
     x = x.reshape(n, gh * gw, c).astype(jnp.float32)
     x = jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
-    x = x + interpolate_pos_embed(self.positional_embedding[...], (self.grid, self.grid),
-                                  (gh, gw))[None]
+    x = (
+      x
+      + interpolate_pos_embed(self.positional_embedding[...], (self.grid, self.grid), (gh, gw))[
+        None
+      ]
+    )
     # Only the mean token queries; the same attention as MultiHeadAttention's.
     split = lambda t: einops.rearrange(t, 'n l (h d) -> n h l d', h=self.heads)
     q = split(self.q_proj(x[:, :1]))
@@ -137,21 +157,25 @@ class ModifiedResNet(nnx.Module):
       planes = width * 2**i
       stage = []
       for b in range(blocks):
-        stage.append(Bottleneck(inplanes, planes, 2 if (i > 0 and b == 0) else 1, dtype=dtype,
-                                rngs=rngs))
+        stage.append(
+          Bottleneck(inplanes, planes, 2 if (i > 0 and b == 0) else 1, dtype=dtype, rngs=rngs)
+        )
         inplanes = planes * Bottleneck.expansion
       stages.append(nnx.List(stage))
     self.layers = nnx.List(stages)
-    self.attnpool = AttentionPool2d(config.grid_size, width * 32, config.vision_heads,
-                                    config.embed_dim, dtype=dtype, rngs=rngs)
+    self.attnpool = AttentionPool2d(
+      config.grid_size, width * 32, config.vision_heads, config.embed_dim, dtype=dtype, rngs=rngs
+    )
 
   def features(self, pixels: jax.Array) -> jax.Array:
     """Final feature map before the attention pool: (N, H/32, W/32, 32 * vision_width)."""
     if pixels.ndim != 4 or pixels.shape[-1] != 3:
       raise ValueError(f'encode_image expects (N, H, W, 3) pixels, got shape {pixels.shape}')
     if pixels.shape[1] < 32 or pixels.shape[2] < 32:
-      raise ValueError(f'Image {pixels.shape[1]}x{pixels.shape[2]} is smaller than the '
-                       'ResNet tower\'s downsampling of 32')
+      raise ValueError(
+        f'Image {pixels.shape[1]}x{pixels.shape[2]} is smaller than the '
+        "ResNet tower's downsampling of 32"
+      )
     x = pixels.astype(self.dtype)
     for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
       x = jax.nn.relu(bn(conv(x)))

@@ -1,5 +1,6 @@
 """OpenAI's pre-LayerNorm transformer: MLP, residual attention block, and the stack of them,
 on (N, L, width) token sequences."""
+
 from __future__ import annotations
 
 import jax
@@ -16,13 +17,24 @@ from fognet_jax.models.clip.multihead import MultiHeadAttention
 class MLP(nnx.Module):
   """``c_fc`` -> activation -> ``c_proj``."""
 
-  def __init__(self, width: int, hidden: int, activation: str, *, dtype, rngs: nnx.Rngs,
-               fc_std: float, proj_std: float):
+  def __init__(
+    self,
+    width: int,
+    hidden: int,
+    activation: str,
+    *,
+    dtype,
+    rngs: nnx.Rngs,
+    fc_std: float,
+    proj_std: float,
+  ):
     self.activation = activation
-    self.c_fc = Linear(width, hidden, dtype=dtype, param_dtype=jnp.float32,
-                       kernel_init=normal(fc_std), rngs=rngs)
-    self.c_proj = Linear(hidden, width, dtype=dtype, param_dtype=jnp.float32,
-                         kernel_init=normal(proj_std), rngs=rngs)
+    self.c_fc = Linear(
+      width, hidden, dtype=dtype, param_dtype=jnp.float32, kernel_init=normal(fc_std), rngs=rngs
+    )
+    self.c_proj = Linear(
+      hidden, width, dtype=dtype, param_dtype=jnp.float32, kernel_init=normal(proj_std), rngs=rngs
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.c_proj(ACTIVATIONS[self.activation](self.c_fc(x)))
@@ -31,21 +43,40 @@ class MLP(nnx.Module):
 class ResidualAttentionBlock(nnx.Module):
   """Pre-LayerNorm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
 
-  def __init__(self, width: int, heads: int, mlp_dim: int, activation: str, *, layers: int,
-               dtype, rngs: nnx.Rngs, attention_impl: str | None = None):
+  def __init__(
+    self,
+    width: int,
+    heads: int,
+    mlp_dim: int,
+    activation: str,
+    *,
+    layers: int,
+    dtype,
+    rngs: nnx.Rngs,
+    attention_impl: str | None = None,
+  ):
     # OpenAI's initialisation (CLIP.initialize_parameters).
     attn_std = width**-0.5
-    proj_std = width**-0.5 * (2 * layers)**-0.5
-    fc_std = (2 * width)**-0.5
+    proj_std = width**-0.5 * (2 * layers) ** -0.5
+    fc_std = (2 * width) ** -0.5
     self.ln_1 = layer_norm(width, rngs)
-    self.attn = MultiHeadAttention(width, heads, dtype=dtype, rngs=rngs, in_std=attn_std,
-                                   out_std=proj_std, attention_impl=attention_impl)
+    self.attn = MultiHeadAttention(
+      width,
+      heads,
+      dtype=dtype,
+      rngs=rngs,
+      in_std=attn_std,
+      out_std=proj_std,
+      attention_impl=attention_impl,
+    )
     self.ln_2 = layer_norm(width, rngs)
-    self.mlp = MLP(width, mlp_dim, activation, dtype=dtype, rngs=rngs, fc_std=fc_std,
-                   proj_std=proj_std)
+    self.mlp = MLP(
+      width, mlp_dim, activation, dtype=dtype, rngs=rngs, fc_std=fc_std, proj_std=proj_std
+    )
 
-  def __call__(self, x: jax.Array, *, causal: bool = False,
-               pool_at: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, *, causal: bool = False, pool_at: jax.Array | None = None
+  ) -> jax.Array:
     """(N, L, width) -> (N, L, width).
 
     With ``pool_at`` ((N,) int) only the output at position ``pool_at[n]`` of each sequence,
@@ -65,23 +96,46 @@ class ResidualAttentionBlock(nnx.Module):
 class Transformer(nnx.Module):
   """A stack of residual attention blocks, optionally rematerialised block by block."""
 
-  def __init__(self, width: int, layers: int, heads: int, mlp_dim: int, activation: str, *,
-               dtype, remat: bool, rngs: nnx.Rngs, attention_impl: str | None = None):
+  def __init__(
+    self,
+    width: int,
+    layers: int,
+    heads: int,
+    mlp_dim: int,
+    activation: str,
+    *,
+    dtype,
+    remat: bool,
+    rngs: nnx.Rngs,
+    attention_impl: str | None = None,
+  ):
     self.remat = remat
-    self.resblocks = nnx.List([
-        ResidualAttentionBlock(width, heads, mlp_dim, activation, layers=layers, dtype=dtype,
-                               rngs=rngs, attention_impl=attention_impl)
+    self.resblocks = nnx.List(
+      [
+        ResidualAttentionBlock(
+          width,
+          heads,
+          mlp_dim,
+          activation,
+          layers=layers,
+          dtype=dtype,
+          rngs=rngs,
+          attention_impl=attention_impl,
+        )
         for _ in range(layers)
-    ])
+      ]
+    )
 
-  def __call__(self, x: jax.Array, *, causal: bool = False,
-               pool_at: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, *, causal: bool = False, pool_at: jax.Array | None = None
+  ) -> jax.Array:
     """(N, L, width) -> (N, L, width); with ``pool_at`` ((N,) int) only the output at
     ``pool_at[n]`` of each sequence, (N, width).
 
     With ``pool_at`` the last block computes its query, output projection and MLP for those
     positions alone (exact: nothing else of the last layer is read).
     """
+
     def block_fn(block, x, pool_at=None):
       return block(x, causal=causal, pool_at=pool_at)
 

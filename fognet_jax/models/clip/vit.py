@@ -1,5 +1,6 @@
 """CLIP's vision transformer, and the bicubic resize of its position embeddings to other
 image sizes (the same operation as torch's)."""
+
 from __future__ import annotations
 
 import functools
@@ -17,10 +18,13 @@ from fognet_jax.models.clip.transformer import Transformer
 
 def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
   """Keys cubic convolution weights for offsets -1, 0, 1, 2 at fractional position t."""
+
   def near(x):  # |x| <= 1
     return ((a + 2) * x - (a + 3)) * x * x + 1
+
   def far(x):  # 1 < |x| < 2
     return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
   return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
 
 
@@ -43,8 +47,9 @@ def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
   return matrix.astype(np.float32)
 
 
-def interpolate_pos_embed(pos_embed: jax.Array, grid_in: tuple[int, int],
-                          grid_out: tuple[int, int]) -> jax.Array:
+def interpolate_pos_embed(
+  pos_embed: jax.Array, grid_in: tuple[int, int], grid_out: tuple[int, int]
+) -> jax.Array:
   """Resizes vision position embeddings ``(1 + gh*gw, C)`` to a new patch grid.
 
   The class-token row is kept; the patch rows are resized with bicubic interpolation
@@ -57,8 +62,9 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid_in: tuple[int, int],
   patch_pos = einops.rearrange(patch_pos, '(h w) c -> h w c', h=grid_in[0], w=grid_in[1])
   mh = jnp.asarray(bicubic_matrix(grid_in[0], grid_out[0]))
   mw = jnp.asarray(bicubic_matrix(grid_in[1], grid_out[1]))
-  patch_pos = jnp.einsum('Hh,hwc,Ww->HWc', mh, patch_pos.astype(jnp.float32), mw,
-                         precision=jax.lax.Precision.HIGHEST)
+  patch_pos = jnp.einsum(
+    'Hh,hwc,Ww->HWc', mh, patch_pos.astype(jnp.float32), mw, precision=jax.lax.Precision.HIGHEST
+  )
   patch_pos = einops.rearrange(patch_pos, 'h w c -> (h w) c')
   return jnp.concatenate([cls_pos, patch_pos.astype(pos_embed.dtype)], axis=0)
 
@@ -66,22 +72,48 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid_in: tuple[int, int],
 class VisionTransformer(nnx.Module):
   """CLIP image tower: (N, H, W, 3) CLIP-normalised pixels -> (N, embed_dim)."""
 
-  def __init__(self, config: CLIPConfig, *, dtype, remat: bool, rngs: nnx.Rngs,
-               attention_impl: str | None = None, residual_dtype=jnp.float32):
+  def __init__(
+    self,
+    config: CLIPConfig,
+    *,
+    dtype,
+    remat: bool,
+    rngs: nnx.Rngs,
+    attention_impl: str | None = None,
+    residual_dtype=jnp.float32,
+  ):
     width, p = config.vision_width, config.patch_size
     self.config = config
     self.dtype = dtype
     self.residual_dtype = residual_dtype
     scale = width**-0.5
-    self.conv1 = nnx.Conv(3, width, kernel_size=(p, p), strides=(p, p), padding='VALID',
-                          use_bias=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    self.conv1 = nnx.Conv(
+      3,
+      width,
+      kernel_size=(p, p),
+      strides=(p, p),
+      padding='VALID',
+      use_bias=False,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      rngs=rngs,
+    )
     self.class_embedding = nnx.Param(scale * jax.random.normal(rngs.params(), (width,)))
     self.positional_embedding = nnx.Param(
-        scale * jax.random.normal(rngs.params(), (config.grid_size**2 + 1, width)))
+      scale * jax.random.normal(rngs.params(), (config.grid_size**2 + 1, width))
+    )
     self.ln_pre = layer_norm(width, rngs)
-    self.transformer = Transformer(width, config.vision_layers, config.vision_heads,
-                                   config.vision_mlp, config.activation, dtype=dtype,
-                                   remat=remat, rngs=rngs, attention_impl=attention_impl)
+    self.transformer = Transformer(
+      width,
+      config.vision_layers,
+      config.vision_heads,
+      config.vision_mlp,
+      config.activation,
+      dtype=dtype,
+      remat=remat,
+      rngs=rngs,
+      attention_impl=attention_impl,
+    )
     self.ln_post = layer_norm(width, rngs)
     self.proj = nnx.Param(scale * jax.random.normal(rngs.params(), (width, config.embed_dim)))
 
@@ -95,8 +127,9 @@ class VisionTransformer(nnx.Module):
       raise ValueError(f'encode_image expects (N, H, W, 3) pixels, got shape {pixels.shape}')
     p = self.config.patch_size
     if pixels.shape[1] < p or pixels.shape[2] < p:
-      raise ValueError(f'Image {pixels.shape[1]}x{pixels.shape[2]} is smaller than the '
-                       f'patch size {p}')
+      raise ValueError(
+        f'Image {pixels.shape[1]}x{pixels.shape[2]} is smaller than the patch size {p}'
+      )
     x = self.conv1(pixels.astype(self.dtype))  # (N, gh, gw, width)
     n, gh, gw, _ = x.shape
     x = einops.rearrange(x, 'n h w c -> n (h w) c').astype(jnp.float32)
@@ -111,5 +144,6 @@ class VisionTransformer(nnx.Module):
     # (N, width): the class token of the last layer (computed for that token alone)
     cls_token = jnp.zeros((x.shape[0],), jnp.int32)
     x = self.ln_post(self.transformer(x, causal=False, pool_at=cls_token))
-    return jnp.dot(x.astype(self.dtype), self.proj[...].astype(self.dtype),
-                   preferred_element_type=jnp.float32).astype(jnp.float32)
+    return jnp.dot(
+      x.astype(self.dtype), self.proj[...].astype(self.dtype), preferred_element_type=jnp.float32
+    ).astype(jnp.float32)
