@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from fognet_jax import clip_convert
 from fognet_jax import clip_weights
 from fognet_jax.models import clip
 
@@ -60,8 +61,8 @@ def _check(name, ours, ref, tol, logits_tol=None):
 
 def _convert(rn):
   tensors = {k: v for k, v in rn['tensors'].items() if not k.endswith('num_batches_tracked')}
-  return clip_weights.convert_state_dict(
-    tensors, rn['cfg'], clip_weights.openai_key_map(rn['cfg']), source='x'
+  return clip_convert.convert_state_dict(
+    tensors, rn['cfg'], clip_convert.openai_key_map(rn['cfg']), source='x'
   )
 
 
@@ -136,7 +137,7 @@ def test_resnet_config_inference():
     embed_dim=24,
   )
   tensors, _, _ = _openai_tensors(cfg, seed=1)
-  assert clip_weights.config_from_openai(tensors, 'x.pt') == cfg
+  assert clip_convert.config_from_openai(tensors, 'x.pt') == cfg
 
 
 def test_rn50_parameter_count_matches_pytorch():

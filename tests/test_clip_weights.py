@@ -17,6 +17,7 @@ import pytest
 import torch
 from flax import nnx
 
+from fognet_jax import clip_convert
 from fognet_jax import clip_weights
 from fognet_jax.models import clip
 
@@ -107,7 +108,7 @@ def test_openai_config_inference():
   cfg = clip.get_config('tiny', vision_heads=1, text_heads=1)  # 64-wide heads
   hf = U.random_hf_model(cfg, seed=1)
   tensors = U.openai_state_dict(hf)
-  assert clip_weights.config_from_openai(tensors, 'x.pt') == clip.get_config(
+  assert clip_convert.config_from_openai(tensors, 'x.pt') == clip.get_config(
     cfg, vision_mlp_dim=None, text_mlp_dim=None
   )
   # A ResNet tower's first block without its attention pool: the missing key is named.
@@ -115,7 +116,7 @@ def test_openai_config_inference():
   with pytest.raises(
     clip_weights.CheckpointMismatchError, match='visual.attnpool.positional_embedding'
   ):
-    clip_weights.config_from_openai(tensors, 'x.pt')
+    clip_convert.config_from_openai(tensors, 'x.pt')
 
 
 def test_pytorch_model_bin_and_bf16_safetensors(tiny, tmp_path):

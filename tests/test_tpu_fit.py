@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from fognet_jax.tools import tpu_fit
+from fognet_jax.tools import tpu_topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,7 +78,7 @@ def test_the_real_step_compiles_for_a_tpu_and_its_memory_grows_with_the_batch(tm
   assert run.stderr == ''  # libtpu's lines about the missing TPU are not shown
   lines = run.stdout.splitlines()
   assert lines[0].startswith(
-    f'topology v5e:1x1: 1 x TPU v5 lite, 16 GiB HBM per device; libtpu {tpu_fit.LIBTPU_VERSION}'
+    f'topology v5e:1x1: 1 x TPU v5 lite, 16 GiB HBM per device; libtpu {tpu_topology.LIBTPU_VERSION}'
   )
   assert [row[-1] for row in _rows(run.stdout).values()] == ['compiled', 'compiled']
   assert lines[-1].startswith('largest global batch that fits: 64')
@@ -102,8 +103,8 @@ def test_a_missing_libtpu_says_how_to_install_the_pinned_version(monkeypatch, tm
     'find_spec',
     lambda name, *a: None if name == 'libtpu' else real_find_spec(name, *a),
   )
-  with pytest.raises(tpu_fit.ToolError, match=r'pip install .*libtpu==0\.0\.42\.1'):
-    tpu_fit.find_libtpu()
+  with pytest.raises(tpu_topology.ToolError, match=r'pip install .*libtpu==0\.0\.42\.1'):
+    tpu_topology.find_libtpu()
   # On the command line: one `error:` line, status 1.
   run = _tool(['--config=configs/synthetic.py', f'--libtpu={tmp_path}/libtpu.so'])
   assert run.returncode == 1
@@ -139,9 +140,9 @@ def test_a_search_unit_the_devices_do_not_divide_is_one_error_line_before_any_co
 def test_the_makefile_installs_the_pinned_libtpu_where_jax_does_not_look():
   with open(os.path.join(REPO, 'Makefile')) as f:
     makefile = f.read()
-  assert f'LIBTPU_VERSION ?= {tpu_fit.LIBTPU_VERSION}' in makefile
+  assert f'LIBTPU_VERSION ?= {tpu_topology.LIBTPU_VERSION}' in makefile
   assert '--target $(VENV)/libtpu' in makefile
-  assert os.path.isfile(tpu_fit.find_libtpu())  # this suite's install has it
+  assert os.path.isfile(tpu_topology.find_libtpu())  # this suite's install has it
 
 
 def test_a_cpu_run_starts_no_tpu():
@@ -185,24 +186,24 @@ def test_search_doubles_then_bisects_over_multiples_of_the_unit():
 
 
 def test_topology_names():
-  assert tpu_fit.topology_name('v5e-1') == 'v5e:1x1'
-  assert tpu_fit.topology_name('v2-8') == 'v2:2x2'
-  assert tpu_fit.topology_name('v4:2x2x1') == 'v4:2x2x1'
-  with pytest.raises(tpu_fit.ToolError, match='--topology=v9: expected'):
-    tpu_fit.topology_devices('v9', '/nonexistent/libtpu.so')
-  assert tpu_fit.hbm_bytes('TPU v5 lite') == 16 * 2**30
-  assert tpu_fit.hbm_bytes('TPU v2') == 8 * 2**30
-  assert tpu_fit.hbm_bytes('cpu') is None
+  assert tpu_topology.topology_name('v5e-1') == 'v5e:1x1'
+  assert tpu_topology.topology_name('v2-8') == 'v2:2x2'
+  assert tpu_topology.topology_name('v4:2x2x1') == 'v4:2x2x1'
+  with pytest.raises(tpu_topology.ToolError, match='--topology=v9: expected'):
+    tpu_topology.topology_devices('v9', '/nonexistent/libtpu.so')
+  assert tpu_topology.hbm_bytes('TPU v5 lite') == 16 * 2**30
+  assert tpu_topology.hbm_bytes('TPU v2') == 8 * 2**30
+  assert tpu_topology.hbm_bytes('cpu') is None
 
 
 def test_the_paper_recipe_per_tpu_uses_the_fewest_micro_batches_that_fit():
-  assert tpu_fit.paper_recipe('TPU v5 lite', 1) == (128, True, 4)  # 32 clips per micro-batch
-  assert tpu_fit.paper_recipe('TPU v5 lite', 4) == (128, True, 1)  # v5e-4: 32 per chip
-  assert tpu_fit.paper_recipe('TPU v2', 8) == (128, True, 1)  # v2-8: 16 per core
-  assert tpu_fit.paper_recipe('TPU v6 lite', 1) == (128, True, 2)  # v6e-1: 64 per micro-batch
-  assert tpu_fit.paper_recipe('TPU v4', 4) == (128, False, 1)  # v4-8: 32 per chip
-  assert tpu_fit.paper_recipe('TPU v2', 8, batch=256) == (256, True, 2)
-  assert tpu_fit.paper_recipe('TPU v7x', 1) is None  # never compiled for
-  for kind, (remat, per_device) in tpu_fit.PAPER_RECIPE_FITS.items():
-    _, _, accum = tpu_fit.paper_recipe(kind, 1)
+  assert tpu_topology.paper_recipe('TPU v5 lite', 1) == (128, True, 4)  # 32 clips per micro-batch
+  assert tpu_topology.paper_recipe('TPU v5 lite', 4) == (128, True, 1)  # v5e-4: 32 per chip
+  assert tpu_topology.paper_recipe('TPU v2', 8) == (128, True, 1)  # v2-8: 16 per core
+  assert tpu_topology.paper_recipe('TPU v6 lite', 1) == (128, True, 2)  # v6e-1: 64 per micro-batch
+  assert tpu_topology.paper_recipe('TPU v4', 4) == (128, False, 1)  # v4-8: 32 per chip
+  assert tpu_topology.paper_recipe('TPU v2', 8, batch=256) == (256, True, 2)
+  assert tpu_topology.paper_recipe('TPU v7x', 1) is None  # never compiled for
+  for kind, (remat, per_device) in tpu_topology.PAPER_RECIPE_FITS.items():
+    _, _, accum = tpu_topology.paper_recipe(kind, 1)
     assert 128 // accum <= per_device and 128 % accum == 0

@@ -17,36 +17,31 @@ an abstract batch of the config's frames (uint8 with colour chains when
 One row per global batch: the compiler's verdict (or its error, on one line), the bytes per
 device from `compiled.memory_analysis()` (arguments, outputs not aliased to a donated
 argument, temporaries, and their total with the generated code) against the device's HBM
-(`HBM_GIB`), the FLOPs of one step over all devices (`cost_analysis()`, multiply-add = 2;
-with accumulation, the micro-batch loop's body times its trip count) and the compile time.
+(`tpu_topology.HBM_GIB`), the FLOPs of one step over all devices (`cost_analysis()`,
+multiply-add = 2; with accumulation, the micro-batch loop's body times its trip count) and the
+compile time.
 A row fits when it compiles and its total is within the HBM. Then the largest batch that
 fits; with --search, found by doubling from the largest batch given that fits, then
 bisecting, in steps of --search_unit (default: devices x accumulation steps).
 
 Topologies: libtpu's names ('v5e:1x1', 'v2:2x2', 'v4:2x2x1', ...) or Cloud's slice names
-(`TOPOLOGIES`: 'v5e-1', 'v2-8', 'v4-8', ...). v4 and v5p are compiled as JAX sees them on a
-TPU VM: one device per chip (megacore); v2 and v3 show one device per TensorCore.
+(`tpu_topology.TOPOLOGIES`: 'v5e-1', 'v2-8', 'v4-8', ...). v4 and v5p are compiled as JAX sees
+them on a TPU VM: one device per chip (megacore); v2 and v3 show one device per TensorCore.
 
 libtpu (the compiler) is not a dependency of the package: `--libtpu=PATH` (its libtpu.so),
 else `TPU_LIBRARY_PATH`, else an installed `libtpu` package, else `make venv`'s copy in
 `<venv>/libtpu` (installed there, not in site-packages, so that JAX on a CPU machine does not
-try to start a TPU with it). The version jax pins (`jax[tpu]`): LIBTPU_VERSION.
+try to start a TPU with it). The version jax pins (`jax[tpu]`):
+`tpu_topology.LIBTPU_VERSION`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import glob
-import importlib.util
 import json
-import math
 import os
 import re
-import sys
-import tempfile
 import time
-from typing import Any
 from typing import Optional
 from typing import Sequence
 
@@ -55,7 +50,6 @@ import jax.numpy as jnp
 from absl import app
 from absl import flags
 from flax import nnx
-from jax.experimental import topologies
 from ml_collections import config_flags
 
 from fognet_jax import config_lib
@@ -67,180 +61,7 @@ from fognet_jax import sharding as sharding_lib
 from fognet_jax import train
 from fognet_jax import weights
 from fognet_jax.models import clip
-
-LIBTPU_VERSION = '0.0.42.1'  # what `jax[tpu]` pins for jax 0.10.2 (the Makefile installs it)
-
-# HBM of one JAX device, GiB, matched on `device_kind` (lower case), first match wins:
-# v2 / v3 devices are TensorCores (16 / 32 GiB per chip of two); v4 and v5p devices are
-# megacore chips; v5e ('TPU v5 lite') and v6e ('TPU v6 lite') chips have one TensorCore.
-HBM_GIB = (
-  ('tpu v2', 8),
-  ('tpu v3', 16),
-  ('tpu v4', 32),
-  ('tpu v5 lite', 16),
-  ('tpu v5e', 16),
-  ('tpu v5p', 95),
-  ('tpu v5', 95),
-  ('tpu v6 lite', 32),
-  ('tpu v6e', 32),
-)
-
-# Cloud / Colab slice names -> libtpu topology names.
-TOPOLOGIES = {
-  'v2-8': 'v2:2x2',
-  'v3-8': 'v3:2x2',
-  'v4-8': 'v4:2x2x1',
-  'v5p-8': 'v5p:2x2x1',
-  'v5e-1': 'v5e:1x1',
-  'v5e-4': 'v5e:2x2',
-  'v5e-8': 'v5e:2x4',
-  'v6e-1': 'v6e:1x1',
-  'v6e-4': 'v6e:2x2',
-  'v6e-8': 'v6e:2x4',
-}
-_MEGACORE = ('v4', 'v5p')  # one JAX device per chip of two TensorCores
-
-GIB = 2**30
-
-# The paper's recipe (configs/fogact.py: ViT-B/16, bf16, 8 x 224², global batch 128) on one
-# TPU host, from this tool's compiles (benchmarks/RESULTS.md, "TPU"): per device kind,
-# (remat, clips per device per micro-batch) that compiled within the HBM with room to spare.
-PAPER_RECIPE_FITS = {
-  'TPU v2': (True, 16),  # v2-8: 8 cores of 8 GiB; 6.4 GB per core
-  'TPU v5 lite': (True, 32),  # v5e: 16 GiB; 13.6 GB (v5e-1, 4 micro-batches), 11.6 (v5e-4)
-  'TPU v6 lite': (True, 64),  # v6e: 32 GiB; 21.5 GB (v6e-1, 2 micro-batches)
-  'TPU v4': (False, 32),  # v4 megacore: 32 GiB; 31.4 GB of 34.4 without remat (v4-8)
-}
-
-
-class ToolError(Exception):
-  """A user error of this tool (bad flag, no libtpu); printed as one `error:` line."""
-
-
-# ------------------------------------------------------------------------------ libtpu
-
-
-def _venv_libtpu() -> str:
-  return os.path.join(sys.prefix, 'libtpu', 'libtpu', 'libtpu.so')
-
-
-def find_libtpu(path: Optional[str] = None) -> str:
-  """The libtpu.so to compile with: `path`, TPU_LIBRARY_PATH, the `libtpu` package, or
-  `<venv>/libtpu` (where `make venv` installs it). Raises ToolError saying how to install it."""
-  if path:
-    if os.path.isdir(path):
-      path = os.path.join(path, 'libtpu.so')
-    if not os.path.isfile(path):
-      raise ToolError(f'--libtpu={path}: no such file')
-    return os.path.abspath(path)
-  env = os.environ.get('TPU_LIBRARY_PATH')
-  if env:
-    if not os.path.isfile(env):
-      raise ToolError(f'TPU_LIBRARY_PATH={env}: no such file')
-    return env
-  spec = importlib.util.find_spec('libtpu')  # finds the package without importing it
-  if spec is not None and spec.origin:
-    candidate = os.path.join(os.path.dirname(spec.origin), 'libtpu.so')
-    if os.path.isfile(candidate):
-      return candidate
-  if os.path.isfile(_venv_libtpu()):
-    return _venv_libtpu()
-  raise ToolError(
-    'no libtpu (the XLA:TPU compiler) found: run `make venv`, or install the version jax '
-    f'pins with `pip install --target {os.path.join(sys.prefix, "libtpu")} '
-    f'libtpu=={LIBTPU_VERSION}` (or `pip install libtpu=={LIBTPU_VERSION}`), or pass '
-    '--libtpu=PATH/libtpu.so or set TPU_LIBRARY_PATH'
-  )
-
-
-def libtpu_version(path: str) -> str:
-  """The version in the dist-info beside a libtpu package's libtpu.so, else 'unknown'."""
-  found = glob.glob(os.path.join(os.path.dirname(os.path.dirname(path)), 'libtpu-*.dist-info'))
-  if found:
-    return os.path.basename(found[0])[len('libtpu-') : -len('.dist-info')]
-  return 'unknown'
-
-
-@contextlib.contextmanager
-def _stderr_to(file):
-  """Sends file descriptor 2 (libtpu's start-up lines about a missing TPU) to `file`."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  os.dup2(file.fileno(), 2)
-  try:
-    yield
-  finally:
-    sys.stderr.flush()
-    os.dup2(saved, 2)
-    os.close(saved)
-
-
-def topology_name(topology: str) -> str:
-  return TOPOLOGIES.get(topology.lower(), topology)
-
-
-def topology_devices(topology: str, libtpu: str) -> list:
-  """The compile-only TPU devices of `topology` ('v5e:1x1', 'v2-8', ...)."""
-  name = topology_name(topology)
-  version, _, shape = name.partition(':')
-  try:
-    dims = [int(x) for x in shape.split('x')]
-  except ValueError:
-    dims = []
-  if not dims or any(d < 1 for d in dims):
-    raise ToolError(
-      f'--topology={topology}: expected a libtpu name like v5e:2x2 or v4:2x2x1, '
-      f'or one of {", ".join(TOPOLOGIES)}'
-    )
-  kwargs: dict[str, Any] = {}
-  if math.prod(dims) < 4:  # libtpu's default host is 2x2x1 chips
-    kwargs['chips_per_host_bounds'] = tuple(dims + [1] * (3 - len(dims)))
-  if version.lower() in _MEGACORE:
-    kwargs['chip_config_name'] = 'megacore'
-  os.environ['TPU_LIBRARY_PATH'] = libtpu  # read when the plugin is loaded (once per process)
-  # Compiling needs no TPU to itself: several processes may compile at once (libtpu otherwise
-  # takes /tmp/libtpu_lockfile and refuses a second process).
-  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-  with tempfile.TemporaryFile('w+') as log:
-    try:
-      with _stderr_to(log):
-        desc = topologies.get_topology_desc(platform='tpu', topology_name=name, **kwargs)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ToolError(f'--topology={topology}: libtpu {libtpu}: {one_line(e)}') from e
-  return list(desc.devices)
-
-
-def hbm_bytes(device_kind: str) -> Optional[int]:
-  kind = device_kind.lower()
-  for key, gib in HBM_GIB:
-    if key in kind:
-      return gib * GIB
-  return None
-
-
-def one_line(error: Any, limit: int = 300) -> str:
-  """The first line of an error message (XLA's carry a source-location trace after it)."""
-  text = str(error).strip().splitlines()
-  line = ' '.join(text[0].split()) if text else type(error).__name__
-  return line if len(line) <= limit else line[: limit - 3] + '...'
-
-
-def paper_recipe(
-  device_kind: str, num_devices: int, batch: int = 128
-) -> Optional[tuple[int, bool, int]]:
-  """(global batch, remat, grad_accum_steps) of the paper's recipe on `num_devices` devices
-  of `device_kind` (`jax.devices()[0].device_kind`): the fewest micro-batches whose clips per
-  device fit (`PAPER_RECIPE_FITS`); None for a kind not compiled for."""
-  if device_kind not in PAPER_RECIPE_FITS:
-    return None
-  remat, per_device = PAPER_RECIPE_FITS[device_kind]
-  accum = 1
-  while batch % (num_devices * accum) or batch // (num_devices * accum) > per_device:
-    accum += 1
-    if accum > batch:
-      return None
-  return batch, remat, accum
-
+from fognet_jax.tools import tpu_topology
 
 # ------------------------------------------------------------------------------ the step
 
@@ -398,14 +219,14 @@ def compile_fit(
     accum=int(cfg.train.grad_accum_steps),
     remat=bool(cfg.model.remat),
     fsdp=bool(cfg.mesh.fsdp),
-    hbm=hbm_bytes(devices[0].device_kind),
+    hbm=tpu_topology.hbm_bytes(devices[0].device_kind),
   )
   step, args = build_step(cfg, devices, num_classes=num_classes, prompt_len=prompt_len)
   start = time.perf_counter()
   try:
     compiled = step.lower(*args).compile()
   except Exception as e:  # pylint: disable=broad-except
-    fit.error = one_line(e)
+    fit.error = tpu_topology.one_line(e)
     fit.compile_s = time.perf_counter() - start
     return fit
   fit.compile_s = time.perf_counter() - start
@@ -523,7 +344,7 @@ def _define_flags():
     'topology',
     'v5e:1x1',
     'TPU topology: a libtpu name (v5e:1x1, v2:2x2, '
-    'v4:2x2x1) or a slice name (' + ', '.join(TOPOLOGIES) + ').',
+    'v4:2x2x1) or a slice name (' + ', '.join(tpu_topology.TOPOLOGIES) + ').',
   )
   flags.DEFINE_list('batch', [], 'Global batches to compile (default: train.batch_size).')
   flags.DEFINE_bool('remat', None, "Set model.remat (default: the config's).")
@@ -549,30 +370,30 @@ def _define_flags():
 def main(argv) -> int:
   fv = flags.FLAGS
   if len(argv) > 1:
-    raise ToolError(f'unexpected arguments: {" ".join(argv[1:])}')
+    raise tpu_topology.ToolError(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
     batches = [int(b) for b in fv.batch]
   except ValueError as e:
-    raise ToolError(f'--batch={",".join(fv.batch)}: not a list of integers') from e
+    raise tpu_topology.ToolError(f'--batch={",".join(fv.batch)}: not a list of integers') from e
   if any(b < 1 for b in batches):
-    raise ToolError(f'--batch={",".join(fv.batch)}: batches must be positive')
+    raise tpu_topology.ToolError(f'--batch={",".join(fv.batch)}: batches must be positive')
   if fv.accum is not None and fv.accum < 1:
-    raise ToolError(f'--accum={fv.accum}: must be >= 1')
-  libtpu = find_libtpu(fv.libtpu)
-  devices = topology_devices(fv.topology, libtpu)
+    raise tpu_topology.ToolError(f'--accum={fv.accum}: must be >= 1')
+  libtpu = tpu_topology.find_libtpu(fv.libtpu)
+  devices = tpu_topology.topology_devices(fv.topology, libtpu)
   config = fv.config
   unit = len(devices) * (fv.accum or config.train.grad_accum_steps)
   if fv.search_unit is not None and (fv.search_unit < 1 or fv.search_unit % unit):
-    raise ToolError(
+    raise tpu_topology.ToolError(
       f'--search_unit={fv.search_unit}: must be a positive multiple of devices '
       f'x accumulation steps ({unit})'
     )
   kind = devices[0].device_kind
-  hbm = hbm_bytes(kind)
+  hbm = tpu_topology.hbm_bytes(kind)
   print(
-    f'topology {topology_name(fv.topology)}: {len(devices)} x {kind}, '
-    f'{"?" if hbm is None else f"{hbm / GIB:g} GiB"} HBM per device; libtpu '
-    f'{libtpu_version(libtpu)}; config {fv["config"].config_filename}: '
+    f'topology {tpu_topology.topology_name(fv.topology)}: {len(devices)} x {kind}, '
+    f'{"?" if hbm is None else f"{hbm / tpu_topology.GIB:g} GiB"} HBM per device; libtpu '
+    f'{tpu_topology.libtpu_version(libtpu)}; config {fv["config"].config_filename}: '
     f'{config.model.backbone} {config.model.dtype} {config.data.num_frames}x'
     f'{config.data.image_size}^2; bytes per device',
     flush=True,
@@ -591,7 +412,7 @@ def main(argv) -> int:
         prompt_len=fv.prompt_len,
       )
     except ValueError as e:  # a batch the config refuses (not divisible, ...)
-      raise ToolError(one_line(e)) from e
+      raise tpu_topology.ToolError(tpu_topology.one_line(e)) from e
     print(format_row(fit), flush=True)
     return fit
 
@@ -605,10 +426,10 @@ def main(argv) -> int:
     with open(fv.json_out, 'w') as f:
       json.dump(
         {
-          'topology': topology_name(fv.topology),
+          'topology': tpu_topology.topology_name(fv.topology),
           'devices': len(devices),
           'device_kind': kind,
-          'libtpu': libtpu_version(libtpu),
+          'libtpu': tpu_topology.libtpu_version(libtpu),
           'config': fv['config'].config_filename,
           'largest_fit': best,
           'rows': [dict(dataclasses.asdict(x), total=x.total, fits=x.fits) for x in fits],
@@ -629,7 +450,7 @@ def _run():
   def guarded(argv):
     try:
       return main(argv)
-    except (ToolError,) + main_lib.USER_ERRORS as e:
+    except (tpu_topology.ToolError,) + main_lib.USER_ERRORS as e:
       main_lib.print_error(e)
       return 1
 
