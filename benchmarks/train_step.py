@@ -312,6 +312,7 @@ class OurStep:
     from fognet_jax import config_lib  # pylint: disable=g-import-not-at-top
     from fognet_jax import losses  # pylint: disable=g-import-not-at-top
     from fognet_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+    from fognet_jax import optim  # pylint: disable=g-import-not-at-top
     from fognet_jax import sharding  # pylint: disable=g-import-not-at-top
     from fognet_jax import train  # pylint: disable=g-import-not-at-top
     from fognet_jax.models import clip  # pylint: disable=g-import-not-at-top
@@ -323,7 +324,7 @@ class OurStep:
     model = main_lib.create_model(cfg)
     self.clip_cfg = model.clip.config
     self.streams = _streams(cfg)
-    schedule = train.make_schedule(cfg.train, 1000, 0)
+    schedule = optim.make_schedule(cfg.train, 1000, 0)
     graphdef, self.state, shardings, tx = train.build_state(cfg, mesh, model, schedule)
     self.params = clip.count_params(self.state.params)
     del model

@@ -25,8 +25,8 @@ from fognet_jax import augment
 from fognet_jax import input_pipeline
 from fognet_jax import prompts
 from fognet_jax import records
+from fognet_jax.models import blocks
 from fognet_jax.models import clip
-from fognet_jax.models import fognet
 
 # The repository's config directory (relative config names resolve here).
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
@@ -172,8 +172,8 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
   if m.fas.temperature <= 0:
     _fail('model.fas.temperature', f'must be > 0, got {m.fas.temperature}')
   _positive_ints(m.fas, 'model.fas', ('num_heads',))
-  if m.fas.get('concat', 'tokens') not in fognet.FAS_CONCAT:
-    _fail('model.fas.concat', f'must be one of {fognet.FAS_CONCAT}, got {m.fas.concat!r}')
+  if m.fas.get('concat', 'tokens') not in blocks.FAS_CONCAT:
+    _fail('model.fas.concat', f'must be one of {blocks.FAS_CONCAT}, got {m.fas.concat!r}')
   _positive_ints(m.me, 'model.me', ('num_heads',))
   _positive_ints(m, 'model', ('max_frames',))
   _positive_ints(m, 'model', ('temporal_layers',), minimum=0)

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 
 # The scaled cosine of the forward pass (FogNet.predict), shared with the losses.
-from fognet_jax.models.fognet import l2_normalize
+from fognet_jax.models.blocks import l2_normalize
 from fognet_jax.models.fognet import similarity_logits
 
 Array = jax.Array

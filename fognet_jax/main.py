@@ -49,6 +49,7 @@ from fognet_jax import evaluate
 from fognet_jax import input_pipeline
 from fognet_jax import losses
 from fognet_jax import metrics as metrics_lib
+from fognet_jax import optim
 from fognet_jax import prompts
 from fognet_jax import records
 from fognet_jax import sharding
@@ -313,7 +314,7 @@ def restore_state(
   model = create_model(config)
   # The schedule's values are not part of the state; any schedule gives the same structure.
   graphdef, state, _, _ = train.build_state(
-    config, mesh, model, train.make_schedule(config.train, 1, 0)
+    config, mesh, model, optim.make_schedule(config.train, 1, 0)
   )
   del model
   ckpt = checkpointing.Checkpointer(run_dir, async_save=False)

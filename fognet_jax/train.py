@@ -1,4 +1,4 @@
-"""Training: train state, optimizer, the jitted sharded train step, and the training loop.
+"""Training: train state, the jitted sharded train step, and the training loop.
 
 The model is an NNX module split into a static graph definition and two state pytrees
 (`nnx.Param` parameters and every other variable). The train step is a pure function of
@@ -17,7 +17,8 @@ tower is fine-tuned with the rest (ActionCLIP-style). `train.freeze_text=True` s
 at the text embeddings and gives the text parameters zero updates.
 
 `fognet_jax.main` assembles a run (mesh, data, model, loss, prompts) and passes the pieces to
-`train`; nothing here reads the dataset or builds the model itself.
+`train`; nothing here reads the dataset or builds the model itself. The optimizer and the
+learning-rate schedule come from `fognet_jax.optim`.
 
 Note on accumulation: FogNet's losses are contrastive within a batch (T2V normalises over the
 batch's videos), so with accumulation those normalisations run over each micro-batch; the
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from typing import Any
 from typing import Callable
@@ -48,6 +48,7 @@ from flax import nnx
 from fognet_jax import checkpointing
 from fognet_jax import losses
 from fognet_jax import metrics as metrics_lib
+from fognet_jax import optim
 from fognet_jax import pixels
 from fognet_jax import prompts
 from fognet_jax import sharding as sharding_lib
@@ -70,110 +71,6 @@ class TrainState:
   params: nnx.State  # nnx.Param variables (fp32)
   rest: nnx.State  # every other variable of the model (e.g. RNG counters)
   opt_state: Any  # optax state, same tree as params where it mirrors them
-
-
-# ------------------------------------------------------------------------------ optimizer
-
-
-def path_str(path) -> str:
-  """'a/b/0/c' from a jax key path (attribute, dict and sequence keys)."""
-  parts = []
-  for k in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return '/'.join(p for p in parts if p != 'value')
-
-
-def trainable_labels(
-  params: nnx.State, freeze_pattern: Optional[str], fusion_pattern: Optional[str] = None
-) -> Any:
-  """'frozen' / 'fusion' / 'train' per parameter: frozen where the path matches
-  `freeze_pattern`, else fusion where it matches `fusion_pattern`, else train."""
-  frozen = re.compile(freeze_pattern) if freeze_pattern else None
-  fusion = re.compile(fusion_pattern) if fusion_pattern else None
-
-  def label(p, _):
-    path = path_str(p)
-    if frozen is not None and frozen.search(path):
-      return 'frozen'
-    if fusion is not None and fusion.search(path):
-      return 'fusion'
-    return 'train'
-
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
-def make_schedule(tcfg: ml_collections.ConfigDict, total_steps: int, warmup_steps: int):
-  """Linear warm-up from 0 to the peak, then cosine annealing to `end_lr_ratio * peak`."""
-  total_steps = max(int(total_steps), 1)
-  warmup_steps = int(min(max(warmup_steps, 0), total_steps - 1))
-  return optax.warmup_cosine_decay_schedule(
-    init_value=0.0,
-    peak_value=tcfg.learning_rate,
-    warmup_steps=warmup_steps,
-    decay_steps=total_steps,
-    end_value=tcfg.learning_rate * tcfg.end_lr_ratio,
-  )
-
-
-def make_optimizer(
-  tcfg: ml_collections.ConfigDict, params: nnx.State, schedule
-) -> optax.GradientTransformation:
-  """AdamW (no decay on biases, norms, scalars), optional clipping, optional frozen text,
-  the temporal fusion module at `fusion_lr_ratio` x the learning rate (ActionCLIP's f_ratio)."""
-  decay_mask = jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
-
-  def adamw(lr):
-    return optax.adamw(
-      lr, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps, weight_decay=tcfg.weight_decay, mask=decay_mask
-    )
-
-  ratio = float(tcfg.get('fusion_lr_ratio', 1.0))
-  fusion_pattern = tcfg.get('fusion_pattern') if ratio != 1.0 else None
-  labels = trainable_labels(
-    params, tcfg.freeze_text_pattern if tcfg.freeze_text else None, fusion_pattern
-  )
-  names = set(jax.tree.leaves(labels))
-  if tcfg.freeze_text and 'frozen' not in names:
-    raise ValueError(
-      'config.train.freeze_text=True but config.train.freeze_text_pattern '
-      f'{tcfg.freeze_text_pattern!r} matches no parameter'
-    )
-  if fusion_pattern and 'fusion' not in names:
-    raise ValueError(
-      f'config.train.fusion_lr_ratio={ratio} but config.train.fusion_pattern '
-      f'{fusion_pattern!r} matches no parameter (model.temporal_fusion is '
-      "'mean': there is no fusion module)"
-    )
-  if names == {'train'}:
-    tx = adamw(schedule)
-  else:
-    tx = optax.multi_transform(
-      {
-        'train': adamw(schedule),
-        'fusion': adamw(lambda step: ratio * schedule(step)),
-        'frozen': optax.set_to_zero(),
-      },
-      labels,
-    )
-  if tcfg.grad_clip_norm and tcfg.grad_clip_norm > 0:
-    # The global norm of the gradients that are applied (frozen ones zeroed first).
-    zero_frozen = (
-      [
-        optax.multi_transform(
-          {'train': optax.identity(), 'fusion': optax.identity(), 'frozen': optax.set_to_zero()},
-          labels,
-        )
-      ]
-      if 'frozen' in names
-      else []
-    )
-    tx = optax.chain(*zero_frozen, optax.clip_by_global_norm(tcfg.grad_clip_norm), tx)
-  return tx
 
 
 # ------------------------------------------------------------------------------ state
@@ -350,7 +247,7 @@ def step_counts(tcfg: ml_collections.ConfigDict, num_train_examples: int) -> Ste
 def build_state(config: ml_collections.ConfigDict, mesh, model: nnx.Module, schedule):
   """(graphdef, state placed on `mesh`, state shardings, optimizer) for `model`."""
   _, params, _ = split_model(model)
-  tx = make_optimizer(config.train, params, schedule)
+  tx = optim.make_optimizer(config.train, params, schedule)
   graphdef, state = init_state(model, tx)
   state, shardings = shard_state(
     state, mesh, fsdp=config.mesh.fsdp, min_size=config.perf.fsdp_min_size
@@ -431,7 +328,7 @@ def _train(
 ):
   t = config.train
   os.makedirs(workdir, exist_ok=True)
-  schedule = make_schedule(t, steps.total, steps.warmup)
+  schedule = optim.make_schedule(t, steps.total, steps.warmup)
   graphdef, state, shardings, tx = build_state(config, mesh, model, schedule)
   del model
   metrics_lib.log_info(

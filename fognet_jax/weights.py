@@ -21,6 +21,7 @@ import ml_collections
 from flax import nnx
 
 from fognet_jax import clip_weights
+from fognet_jax.models import blocks
 from fognet_jax.models import clip
 from fognet_jax.models import fognet
 
@@ -74,7 +75,7 @@ def fognet_kwargs(
   fas = me = None
   if two and m.fas.enabled:
     # A config without `concat` is a run's config.json from before the key existed: 'tokens'.
-    fas = fognet.FASOptions(
+    fas = blocks.FASOptions(
       parameter_free=bool(m.fas.parameter_free),
       num_heads=int(m.fas.num_heads),
       temperature=float(m.fas.temperature),
@@ -82,7 +83,7 @@ def fognet_kwargs(
       concat=m.fas.get('concat', 'tokens'),
     )
   if two and m.me.enabled:
-    me = fognet.MEOptions(
+    me = blocks.MEOptions(
       shared_weights=bool(m.me.shared_weights),
       num_heads=int(m.me.num_heads),
       init_scale=float(m.me.init_scale),

@@ -9,6 +9,7 @@ from flax import nnx
 
 from fognet_jax import augment
 from fognet_jax import evaluate
+from fognet_jax import optim
 from fognet_jax import sharding
 from fognet_jax import train
 
@@ -96,7 +97,7 @@ def test_eval_of_uint8_views_equals_host_normalised_views():
 def test_state_evaluation_writes_png_and_results(tmp_path):
   cfg = toy.config()
   mesh = sharding.make_mesh(8)
-  sched = train.make_schedule(cfg.train, 10, 0)
+  sched = optim.make_schedule(cfg.train, 10, 0)
   graphdef, state, _, _ = train.build_state(cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(0)), sched)
   res = evaluate.evaluate_state(
     cfg,

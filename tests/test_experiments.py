@@ -1,6 +1,7 @@
-"""The experiments runner (fognet_jax/experiments.py): planning, shared runs, skip and resume,
-tables. The run functions are fakes with main.train_and_evaluate's contract (train, resuming
-from the run directory's state, then write results.json), so this runs in seconds."""
+"""The experiments runner (fognet_jax/experiments.py, experiment_tables.py): planning, shared
+runs, skip and resume, tables. The run functions are fakes with main.train_and_evaluate's
+contract (train, resuming from the run directory's state, then write results.json), so this
+runs in seconds."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from fognet_jax import experiment_tables
 from fognet_jax import experiments
 
 
@@ -218,7 +220,7 @@ def test_tables_mean_std_and_files(tmp_path):
   md = open(tmp_path / 'table_5b.md').read()
   assert f'{np.mean(want):.1f} ± {np.std(want, ddof=1):.1f}' in md
   orderings = json.load(open(tmp_path / 'table_5b.json'))['orderings']
-  assert len(orderings) == len(experiments.ORDERINGS['5b'])
+  assert len(orderings) == len(experiment_tables.ORDERINGS['5b'])
   first = orderings[0]  # clean -> clean vs clean -> foggy: +30 points, equal stds
   assert first['holds'] and first['op'] == '>'
   np.testing.assert_allclose(first['difference'], 30.0)
@@ -238,15 +240,15 @@ def test_orderings_margin_in_seed_std_units():
     row('Four', [50.0, 54.0, 58.0]),  # mean 54, std 4
     row('Single (front, replicated to full size)', [60.0, 63.0, 66.0]),
   ]  # 63, std 3
-  (o,) = experiments.check_orderings(rows, '5c')
+  (o,) = experiment_tables.check_orderings(rows, '5c')
   assert o['holds'] is False
   np.testing.assert_allclose(o['difference'], -9.0)
   np.testing.assert_allclose(o['margin_std'], -9.0 / np.sqrt((16 + 9) / 2))
   rows[1] = row('Single (front, replicated to full size)', [40.0])  # one seed: no std
-  (o,) = experiments.check_orderings(rows, '5c')
+  (o,) = experiment_tables.check_orderings(rows, '5c')
   assert o['holds'] is True and o['margin_std'] is None
   rows[1] = row('Single (front, replicated to full size)', [])  # not run
-  assert experiments.check_orderings(rows, '5c')[0]['holds'] is None
+  assert experiment_tables.check_orderings(rows, '5c')[0]['holds'] is None
   # '>=' holds on a tie, '>' does not
   ties = [
     row(n, [30.0, 32.0])
@@ -259,10 +261,10 @@ def test_orderings_margin_in_seed_std_units():
       'Baseline, transformer fusion',
     )
   ]
-  got = {(o['a'], o['op']): o['holds'] for o in experiments.check_orderings(ties, '5a')}
+  got = {(o['a'], o['op']): o['holds'] for o in experiment_tables.check_orderings(ties, '5a')}
   assert got[('ME', '>=')] is True and got[('FAS', '>')] is False
-  for table, claims in experiments.ORDERINGS.items():  # every claim names rows of its table
-    names = {label for label, _, _ in experiments.TABLES[table]['rows']}
+  for table, claims in experiment_tables.ORDERINGS.items():  # every claim names rows of its table
+    names = {label for label, _, _ in experiment_tables.TABLES[table]['rows']}
     assert all(a in names and b in names for a, _, b in claims)
 
 

@@ -14,8 +14,8 @@ from flax import nnx
 from fognet_jax import config_lib
 from fognet_jax import losses
 from fognet_jax import weights
+from fognet_jax.models import blocks
 from fognet_jax.models import clip
-from fognet_jax.models import fognet
 
 B, T, H, C = 4, 3, 32, 5
 LABELS = np.array([1, 4, 1, 0], np.int32)
@@ -143,7 +143,7 @@ def randomize_biases(fas, rng):
 # ------------------------------------------------------------------ equation tests
 @pytest.mark.parametrize('parameter_free', [False, True])
 def test_fas_matches_numpy(parameter_free):
-  mod = fognet.FogAwareSelection(
+  mod = blocks.FogAwareSelection(
     16,
     parameter_free=parameter_free,
     num_heads=4,
@@ -171,7 +171,7 @@ def test_fas_matches_numpy(parameter_free):
 
 @pytest.mark.parametrize('parameter_free', [False, True])
 def test_fas_channel_concat_matches_numpy(parameter_free):
-  mod = fognet.FogAwareSelection(
+  mod = blocks.FogAwareSelection(
     16,
     parameter_free=parameter_free,
     num_heads=4,
@@ -200,7 +200,7 @@ def test_fas_channel_concat_matches_numpy(parameter_free):
   _, a_same2 = mod.select_pair(jnp.asarray(-3 * v_c, jnp.float32), jnp.asarray(same, jnp.float32))
   np.testing.assert_allclose(a_same, a_same2, rtol=1e-5, atol=1e-5)
   # Inference is the same for both readings: attention over the T foggy tokens.
-  tokens_mod = fognet.FogAwareSelection(
+  tokens_mod = blocks.FogAwareSelection(
     16,
     parameter_free=parameter_free,
     num_heads=4,
@@ -218,13 +218,13 @@ def test_fas_channel_concat_matches_numpy(parameter_free):
     atol=1e-6,
   )
   with pytest.raises(ValueError, match='concat must be one of'):
-    fognet.FogAwareSelection(16, concat='frames', rngs=nnx.Rngs(0))
+    blocks.FogAwareSelection(16, concat='frames', rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize('shared', [True, False])
 @pytest.mark.parametrize('heads', [1, 2])
 def test_me_matches_numpy_both_directions(shared, heads):
-  mod = fognet.MutualEnhancement(
+  mod = blocks.MutualEnhancement(
     16, shared_weights=shared, num_heads=heads, init_scale=1.0, rngs=nnx.Rngs(1)
   )
   rng = np.random.default_rng(1)

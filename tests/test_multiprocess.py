@@ -280,6 +280,7 @@ def _instrument(trace_dir: str) -> None:
 
   from fognet_jax import evaluate
   from fognet_jax import input_pipeline
+  from fognet_jax import optim
   from fognet_jax import train
 
   lock = threading.Lock()
@@ -290,7 +291,7 @@ def _instrument(trace_dir: str) -> None:
 
   def flat(params):
     leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
-    return {train.path_str(p): np.asarray(x) for p, x in leaves}
+    return {optim.path_str(p): np.asarray(x) for p, x in leaves}
 
   sample_ids = input_pipeline.train_sample_ids
 

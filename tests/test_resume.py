@@ -29,10 +29,10 @@ def _config():
 
 
 def _flat_params(state):
-  from fognet_jax import train
+  from fognet_jax import optim
 
   leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
-  return {train.path_str(p): np.asarray(x) for p, x in leaves}
+  return {optim.path_str(p): np.asarray(x) for p, x in leaves}
 
 
 def _run(workdir, block_at=-1):

@@ -15,6 +15,7 @@ from fognet_jax import augment
 from fognet_jax import checkpointing
 from fognet_jax import losses
 from fognet_jax import metrics
+from fognet_jax import optim
 from fognet_jax import sharding
 from fognet_jax import train
 
@@ -23,7 +24,7 @@ def _one_step(cfg, num_devices, *, fsdp=False, batch=None, steps=1):
   cfg.mesh.fsdp = fsdp
   mesh = sharding.make_mesh(num_devices)
   counts = toy.steps(cfg)
-  schedule = train.make_schedule(cfg.train, counts.total, counts.warmup)
+  schedule = optim.make_schedule(cfg.train, counts.total, counts.warmup)
   model = toy.ToyModel(rngs=nnx.Rngs(0))
   graphdef, state, shardings, tx = train.build_state(cfg, mesh, model, schedule)
   step = train.make_train_step(
@@ -175,7 +176,7 @@ def test_freeze_pattern_matching_nothing_is_an_error():
 
 def test_schedule_is_linear_warmup_then_cosine():
   cfg = toy.config(learning_rate=2.0, end_lr_ratio=0.1)
-  sched = train.make_schedule(cfg.train, total_steps=110, warmup_steps=10)
+  sched = optim.make_schedule(cfg.train, total_steps=110, warmup_steps=10)
   steps = np.arange(0, 111)
   got = np.array([float(sched(s)) for s in steps])
   frac = np.clip((steps - 10) / 100, 0, 1)
@@ -207,7 +208,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   ck = checkpointing.Checkpointer(str(tmp_path), async_save=False)
   assert ck.all_steps() == [2, 4]
   _, template, _, _ = train.build_state(
-    cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(0)), train.make_schedule(cfg.train, 10, 0)
+    cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(0)), optim.make_schedule(cfg.train, 10, 0)
   )
   restored = ck.restore(template)
   ck.close()
@@ -430,7 +431,7 @@ def test_fsdp_state_is_restored_sharded_and_resumes_exactly(tmp_path):
   ck = checkpointing.Checkpointer(str(tmp_path / 'run'), async_save=False)
   assert ck.all_steps() == [2]
   _, template, shardings, _ = train.build_state(
-    cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(5)), train.make_schedule(cfg.train, 4, 0)
+    cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(5)), optim.make_schedule(cfg.train, 4, 0)
   )
   restored = ck.restore(template)
   ck.close()
@@ -459,7 +460,7 @@ def test_prompt_templates_are_redrawn_every_step():
   same step."""
   cfg = toy.config()
   mesh = sharding.make_mesh(1)
-  schedule = train.make_schedule(cfg.train, 10, 0)
+  schedule = optim.make_schedule(cfg.train, 10, 0)
   graphdef, state, shardings, tx = train.build_state(
     cfg, mesh, toy.ToyModel(rngs=nnx.Rngs(0)), schedule
   )
@@ -507,7 +508,7 @@ def test_fusion_module_learning_rate_ratio():
         fusion_pattern=pattern,
       )
     )
-    tx = train.make_optimizer(tcfg, params, lambda step: 1e-3)
+    tx = optim.make_optimizer(tcfg, params, lambda step: 1e-3)
     updates, _ = tx.update(grads, tx.init(params), params)
     return jax.tree.map(np.asarray, updates)
 

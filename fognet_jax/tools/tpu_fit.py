@@ -55,6 +55,7 @@ from ml_collections import config_flags
 from fognet_jax import config_lib
 from fognet_jax import losses
 from fognet_jax import main as main_lib
+from fognet_jax import optim
 from fognet_jax import pixels
 from fognet_jax import prompts
 from fognet_jax import sharding as sharding_lib
@@ -117,8 +118,8 @@ def build_step(config, devices: Sequence, *, num_classes: int = 55, prompt_len: 
 
   model = nnx.eval_shape(create)
   graphdef, params, rest = train.split_model(model)
-  schedule = train.make_schedule(config.train, 1000, 100)
-  tx = train.make_optimizer(config.train, params, schedule)
+  schedule = optim.make_schedule(config.train, 1000, 100)
+  tx = optim.make_optimizer(config.train, params, schedule)
   state = train.TrainState(
     step=jax.ShapeDtypeStruct((), jnp.int32),
     params=params,
