@@ -28,7 +28,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'notebooks', 'colab_tpu.ipynb')
 _FORM_SOURCE = re.compile(r"""^SOURCE = '[^']*'(?=\s+# @param \{type:"string"\}$)""", re.M)
 _HOW = 'Set SOURCE in the Settings form'
-VERSION = re.search(r'version="([^"]+)"', open(os.path.join(ROOT, 'setup.py')).read()).group(1)
+VERSION = re.search(
+  r"""version=['"]([^'"]+)['"]""", open(os.path.join(ROOT, 'setup.py')).read()
+).group(1)
 
 
 def _notebook():
