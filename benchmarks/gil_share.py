@@ -39,10 +39,16 @@ def child(kind: str, workers: int, seconds: float, data_dir: str, out: str) -> N
   cfg = config_lib.load_config('fogact').data
   cfg.dataset, cfg.data_dir = 'synthetic_fog_act/bench224', data_dir
   cfg.num_frames, cfg.image_size = 8, 224
-  cfg.num_workers, cfg.worker_type = workers, kind
   records.prepare(cfg)
   it = ip.train_iterator(
-    cfg, batch_size=8, seed=0, process_index=0, process_count=1, pixels_on_device=True
+    cfg,
+    batch_size=8,
+    seed=0,
+    process_index=0,
+    process_count=1,
+    pixels_on_device=True,
+    worker_type=kind,
+    num_workers=workers,
   )
   next(it)
   pairs, t0 = 8, time.perf_counter()

@@ -17,7 +17,7 @@
 #   2a pipeline      the input pipeline alone on this host's cores (benchmarks/input_pipeline.py
 #                    on bench224, 8x224^2, pixels on the device, 8 and 16 thread workers and
 #                    process workers): training pairs/s the host can feed, to read the e2e
-#                    figure against, and which config.data.worker_type feeds more here
+#                    figure against, and which config.perf.worker_type feeds more here
 #   2b cudnn_b16     FogNet bf16 B=16 with XLA attention, with cuDNN fused attention (tokens
 #                    padded to a multiple of 64 and masked), and with cuDNN and a bfloat16
 #                    residual stream (perf.residual_dtype), same process (--tiny: fp32,
@@ -94,7 +94,7 @@ if [[ $TINY == 1 ]]; then
                  --config.data.image_size=32 --config.data.num_frames=2
                  --config.model.dtype=float32 --config.train.batch_size=$B16
                  --config.train.num_train_steps=8 --config.train.log_every_steps=2
-                 --config.data.num_workers=2)
+                 --config.perf.num_workers=2)
   E2E_BATCH=$B16
 else
   SHAPES=(--backbone=ViT-B/16 --image_size=224 --frames=8)

@@ -10,7 +10,7 @@
 2. Builds (or reuses) `synthetic_fog_act/bench224` (224x224, 16 frames) and measures
    training clip pairs/s at 8x224x224 (paired decode + augmentation + normalisation)
    and foggy-only evaluation clips/s (1x1 view), for each worker count and kind
-   (`config.data.worker_type`: Grain's reading threads, or its spawned worker processes
+   (`config.perf.worker_type`: Grain's reading threads, or its spawned worker processes
    returning batches in shared memory), plus the rate per busy core
    (CPU time of the process and its workers / wall time), the main process's own CPU time
    per clip (with process workers: receiving and stacking the results; the cap of what one
@@ -131,7 +131,7 @@ def main():
   parser.add_argument(
     '--worker_type',
     default='thread',
-    help='config.data.worker_type: thread, process or both (thread,process)',
+    help='config.perf.worker_type: thread, process or both (thread,process)',
   )
   parser.add_argument('--skip_default_build', action='store_true')
   args = parser.parse_args()
@@ -179,9 +179,7 @@ def main():
     if place not in ('host', 'device'):
       raise SystemExit(f'--pixels: unknown place {place!r} (host, device)')
   for workers in [int(w) for w in args.workers.split(',')]:
-    cfg.num_workers = workers
     for kind in kinds:
-      cfg.worker_type = kind
       for place in places:
         on_device = place == 'device'
         it = ip.train_iterator(
@@ -191,6 +189,8 @@ def main():
           process_index=0,
           process_count=1,
           pixels_on_device=on_device,
+          worker_type=kind,
+          num_workers=workers,
         )
         rows.append(
           ('train pairs (clean+foggy, augmented)', place, kind, workers)
@@ -207,6 +207,8 @@ def main():
           process_index=0,
           process_count=1,
           pixels_on_device=on_device,
+          worker_type=kind,
+          num_workers=workers,
         )
         rows.append(
           ('eval clips (foggy only, 1x1 view)', place, kind, workers)

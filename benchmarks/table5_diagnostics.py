@@ -49,6 +49,9 @@ def _single_stream(config, run, graphdef, state, split: str, stream: str) -> flo
     batch_size=config.eval.batch_size,
     stream=stream,
     pixels_on_device=config.perf.pixels_on_device,
+    worker_type=config.perf.worker_type,
+    num_workers=config.perf.num_workers,
+    prefetch=config.perf.prefetch,
   )
   probs, labels = evaluate.run_eval(
     graphdef,
@@ -87,6 +90,9 @@ def _paired(config, run, graphdef, state) -> float:
       batch_size=config.eval.batch_size,
       stream=s,
       pixels_on_device=config.perf.pixels_on_device,
+      worker_type=config.perf.worker_type,
+      num_workers=config.perf.num_workers,
+      prefetch=config.perf.prefetch,
     )
     for s in ('clean', 'foggy')
   ]

@@ -85,11 +85,6 @@ def get_config(arg=None):
   # homogeneous ASM fog of the clean frames (the usual way of simulating fog), at the
   # example's own fog level, drawn per training sample (tfds_fogact.fog.apply_fog).
   d.train_sim_fog = placeholder(str)
-  d.num_workers = 4  # decoding workers per process
-  # 'thread' or 'process' (spawned workers: no GIL between them, seconds to start, ~300 MB
-  # each, frames back through /dev/shm; see docs/data.md)
-  d.worker_type = 'thread'
-  d.prefetch = 2  # batches prepared ahead
   # ActionCLIP's augmentation, one draw per pair applied to both streams.
   a = d.augment = ml_collections.ConfigDict()
   a.enabled = True
@@ -216,6 +211,11 @@ def get_config(arg=None):
   # Send uint8 frames and each pair's colour jitter as affine maps; the jitter and CLIP
   # normalisation run in the jitted step (fognet_jax.pixels). False: float32 from the host.
   p.pixels_on_device = True
+  # The input pipeline's workers: 'thread' or 'process' (spawned workers: no GIL between
+  # them, seconds to start, ~300 MB each, frames back through /dev/shm; see docs/data.md)
+  p.worker_type = 'thread'
+  p.num_workers = 4  # decoding workers per process
+  p.prefetch = 2  # batches prepared ahead
   p.attention_impl = placeholder(str)  # CLIP's attention: None / 'xla' (einsum) | 'cudnn' (GPU)
   # The CLIP transformers' residual stream between blocks: None (float32) | model.dtype
   # (16-bit activations throughout; opt-in until measured on a GPU, see docs/clip.md)

@@ -45,9 +45,9 @@ def get_config(arg=None):
   # process of process workers holds it 0.6 ms per pair, about 1700 pairs/s, and in steady
   # state they feed as much per core as threads
   # (docs/perf_notes.md, "Worker processes"; part 2a of gpu_suite.sh measures both).
-  config.data.worker_type = 'process'
-  config.data.num_workers = 14
-  config.data.prefetch = 4
+  config.perf.worker_type = 'process'
+  config.perf.num_workers = 14
+  config.perf.prefetch = 4
 
   config.model.backbone = 'ViT-B/16'
   config.model.init_from = None

@@ -65,6 +65,9 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 # existed holds it, and the behaviour of a run whose config.json lacks it.
 PERF_KEYS: dict[str, tuple[tuple[str, str], Any]] = {
   'pixels_on_device': (('data', 'pixels_on_device'), False),
+  'worker_type': (('data', 'worker_type'), 'thread'),
+  'num_workers': (('data', 'num_workers'), 4),
+  'prefetch': (('data', 'prefetch'), 2),
   'attention_impl': (('model', 'attention_impl'), None),
   'residual_dtype': (('model', 'residual_dtype'), None),
   'fsdp_min_size': (('mesh', 'fsdp_min_size'), 2**14),
@@ -108,9 +111,8 @@ def _existing_path(key: str, path: Optional[str], *, directory: bool, hint: str 
 
 
 def validate_data(d: ml_collections.ConfigDict) -> None:
-  _positive_ints(d, 'data', ('num_frames', 'num_clips', 'num_crops', 'num_workers'))
+  _positive_ints(d, 'data', ('num_frames', 'num_clips', 'num_crops'))
   _positive_ints(d, 'data', ('image_size',), minimum=8)
-  _positive_ints(d, 'data', ('prefetch',), minimum=0)
   if not d.get('dataset'):
     _fail('data.dataset', 'no dataset given')
   for key in ('train_split', 'eval_split'):
@@ -128,11 +130,6 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
     raise ConfigError(str(e)) from e
   if not isinstance(d.get('replicate_to_full', False), bool):
     _fail('data.replicate_to_full', f'must be True or False, got {d.replicate_to_full!r}')
-  if d.get('worker_type', 'thread') not in input_pipeline.WORKER_TYPES:
-    _fail(
-      'data.worker_type',
-      f'must be one of {input_pipeline.WORKER_TYPES}, got {d.get("worker_type")!r}',
-    )
   if d.get('train_sim_fog') not in augment.SIM_FOG:
     _fail('data.train_sim_fog', f"must be None or 'homogeneous', got {d.train_sim_fog!r}")
   a = d.augment
@@ -280,7 +277,12 @@ def validate_perf(perf: ml_collections.ConfigDict, *, dtype: str) -> None:
       'perf.residual_dtype',
       f"must be None, 'float32' or model.dtype ({dtype!r}), got {perf.residual_dtype!r}",
     )
-  _positive_ints(perf, 'perf', ('fsdp_min_size',), minimum=0)
+  _positive_ints(perf, 'perf', ('fsdp_min_size', 'prefetch'), minimum=0)
+  _positive_ints(perf, 'perf', ('num_workers',))
+  if perf.worker_type not in input_pipeline.WORKER_TYPES:
+    _fail(
+      'perf.worker_type', f'must be one of {input_pipeline.WORKER_TYPES}, got {perf.worker_type!r}'
+    )
 
 
 def validate(

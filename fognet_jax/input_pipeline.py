@@ -4,8 +4,8 @@ The dataset comes from ``records`` (random access to a prepared ``tfds_fogact`` 
 ArrayRecord files, the videos left encoded, the fog / perspective filters); every example
 is turned into a training pair or evaluation views by ``augment`` (sampling, crops,
 colour, decoding). Each iterator is a Grain pipeline: a ``grain.MapDataset`` of this
-process's sample numbers, mapped to examples, batched and read ahead by
-``data.num_workers`` workers of ``data.worker_type``:
+process's sample numbers, mapped to examples, batched and read ahead by `num_workers`
+workers of `worker_type` (the config's ``perf.num_workers`` / ``perf.worker_type``):
 
 * ``'thread'``: threads of this process (``grain.ReadOptions``), one example each, up to
   ``prefetch + 1`` batches of examples in flight; the batch is stacked when taken.
@@ -247,10 +247,10 @@ class Batches:
     except RuntimeError as e:
       if self._worker_type == 'process' and 'terminated unexpectedly' in str(e):
         raise RuntimeError(
-          "an input-pipeline worker process died (config.data.worker_type='process'): killed "
-          '(e.g. out of memory: fewer config.data.num_workers), or it failed to start. Workers '
+          "an input-pipeline worker process died (config.perf.worker_type='process'): killed "
+          '(e.g. out of memory: fewer config.perf.num_workers), or it failed to start. Workers '
           'are spawned and import the main module again: a script that starts training when '
-          "imported needs `if __name__ == '__main__':`. config.data.worker_type='thread' runs "
+          "imported needs `if __name__ == '__main__':`. config.perf.worker_type='thread' runs "
           'the workers as threads'
         ) from e
       raise
@@ -274,12 +274,17 @@ def _grain_flag_defaults() -> None:
     flag.parse(flag.default)
 
 
-def _loader(data_cfg, samples: grain.MapDataset, item, batch_size: int) -> Batches:
-  """`samples` mapped by `item`, in batches of `batch_size`, by the configured workers."""
-  kind = data_cfg.get('worker_type', 'thread')
+def _loader(
+  samples: grain.MapDataset, item, batch_size: int, *, kind: str, workers: int, prefetch: int
+) -> Batches:
+  """`samples` mapped by `item`, in batches of `batch_size`, by `workers` workers of `kind`
+  with `prefetch` batches prepared ahead."""
   if kind not in WORKER_TYPES:
-    raise ValueError(f'config.data.worker_type must be one of {WORKER_TYPES}, got {kind!r}')
-  workers, prefetch = data_cfg.num_workers, data_cfg.get('prefetch', 2)
+    raise ValueError(f'config.perf.worker_type must be one of {WORKER_TYPES}, got {kind!r}')
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    raise ValueError(f'config.perf.num_workers must be an integer >= 1, got {workers!r}')
+  if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+    raise ValueError(f'config.perf.prefetch must be an integer >= 0, got {prefetch!r}')
   examples = samples.map(item)
   if kind == 'thread':
     ahead = max((prefetch + 1) * batch_size, workers)
@@ -310,6 +315,9 @@ def train_iterator(
   process_count: Optional[int] = None,
   source=None,
   pixels_on_device: bool = False,
+  worker_type: str = 'thread',
+  num_workers: int = 4,
+  prefetch: int = 2,
 ) -> Batches:
   """Endless iterator of per-process training batches, from step `start_step` on.
 
@@ -320,6 +328,8 @@ def train_iterator(
   `process_index` / `process_count` default to ``jax.process_index()`` /
   ``jax.process_count()``; `source` (a sequence of examples with encoded
   'clean' / 'foggy' frame lists and 'label') replaces the dataset, for tests.
+  `worker_type`, `num_workers` and `prefetch` (the config's ``perf`` keys of those names)
+  choose the workers that read ahead; they never change the batches.
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
@@ -350,7 +360,9 @@ def train_iterator(
     pixels_on_device=pixels_on_device,
   )
   samples = grain.MapDataset.range(start_step * batch_size, _ENDLESS)
-  return _loader(data_cfg, samples, item, batch_size)
+  return _loader(
+    samples, item, batch_size, kind=worker_type, workers=num_workers, prefetch=prefetch
+  )
 
 
 def eval_process_range(
@@ -376,6 +388,9 @@ def eval_iterator(
   source=None,
   stream: str = 'foggy',
   pixels_on_device: bool = False,
+  worker_type: str = 'thread',
+  num_workers: int = 4,
+  prefetch: int = 2,
 ) -> Batches:
   """Finite iterator of single-stream evaluation batches.
 
@@ -383,6 +398,7 @@ def eval_iterator(
   uint8 with `pixels_on_device`, normalised by ``pixels.model_input`` in the eval
   step; else float32 CLIP-normalised), V = num_clips * num_crops. 'frames' holds the views
   of `stream` ('foggy', or 'clean' for a clean-test row); the other stream is never decoded.
+  `worker_type` / `num_workers` / `prefetch`: the workers, as for ``train_iterator``.
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
@@ -407,4 +423,11 @@ def eval_iterator(
     pixels_on_device=pixels_on_device,
   )
   rows = num_eval_batches(len(indices), batch_size, pc) * batch_size
-  return _loader(data_cfg, grain.MapDataset.range(rows), item, batch_size)
+  return _loader(
+    grain.MapDataset.range(rows),
+    item,
+    batch_size,
+    kind=worker_type,
+    workers=num_workers,
+    prefetch=prefetch,
+  )

@@ -341,6 +341,9 @@ def _evaluate(config, run: Run, graphdef, state, output_dir: str) -> dict:
     batch_size=sharding.local_batch_size(config.eval.batch_size),
     stream=config.eval.stream,
     pixels_on_device=config.perf.pixels_on_device,
+    worker_type=config.perf.worker_type,
+    num_workers=config.perf.num_workers,
+    prefetch=config.perf.prefetch,
   )
   results = evaluate.evaluate_state(
     config,
@@ -388,6 +391,9 @@ def train_and_evaluate(
       seed=config.seed,
       start_step=start_step,
       pixels_on_device=config.perf.pixels_on_device,
+      worker_type=config.perf.worker_type,
+      num_workers=config.perf.num_workers,
+      prefetch=config.perf.prefetch,
     )
 
   graphdef, state, last = train.train(

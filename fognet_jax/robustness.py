@@ -171,6 +171,9 @@ def eval_batches(
     source=source,
     stream='foggy',
     pixels_on_device=config.perf.pixels_on_device,
+    worker_type=config.perf.worker_type,
+    num_workers=config.perf.num_workers,
+    prefetch=config.perf.prefetch,
   )
 
 

@@ -17,7 +17,7 @@ TINY = [
   '--config.train.num_train_steps=3',
   '--config.train.log_every_steps=1',
   '--config.train.checkpoint_every_steps=2',
-  '--config.data.num_workers=2',
+  '--config.perf.num_workers=2',
 ]
 
 

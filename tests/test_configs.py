@@ -156,7 +156,14 @@ def test_a_saved_config_from_before_the_perf_block_reads_with_one(tmp_path):
   from fognet_jax import predict  # pylint: disable=g-import-not-at-top
 
   today = _parse(f'--config={ROOT}/configs/synthetic.py:scratch').to_dict()
-  today['perf'].update(pixels_on_device=False, fsdp_min_size=64, async_checkpointing=False)
+  today['perf'].update(
+    pixels_on_device=False,
+    fsdp_min_size=64,
+    async_checkpointing=False,
+    worker_type='process',
+    num_workers=3,
+    prefetch=5,
+  )
   today = json.loads(json.dumps(today))  # as config.json holds it (lists for tuples)
   older = json.loads(json.dumps(today))
   perf = older.pop('perf')
@@ -164,9 +171,20 @@ def test_a_saved_config_from_before_the_perf_block_reads_with_one(tmp_path):
   older['model']['attention_impl'] = perf['attention_impl']
   older['mesh']['fsdp_min_size'] = perf['fsdp_min_size']
   older['train']['async_checkpointing'] = perf['async_checkpointing']
+  for key in ('worker_type', 'num_workers', 'prefetch'):
+    older['data'][key] = perf[key]
   # residual_dtype is missing: the run had the float32 stream.
   (tmp_path / 'config.json').write_text(json.dumps(older))
   config = predict.load_config(str(tmp_path))
   assert json.loads(json.dumps(config.to_dict())) == today
   config_lib.validate(config, num_devices=1)
   assert config_lib.upgrade_saved_config(today) == today  # today's layout is kept as it is
+  # a run from before data.worker_type and data.prefetch had thread workers, 2 batches ahead
+  del older['data']['worker_type'], older['data']['prefetch']
+  upgraded = config_lib.upgrade_saved_config(older)
+  assert {k: upgraded['perf'][k] for k in ('worker_type', 'num_workers', 'prefetch')} == {
+    'worker_type': 'thread',
+    'num_workers': 3,
+    'prefetch': 2,
+  }
+  assert not {'worker_type', 'num_workers', 'prefetch'} & set(upgraded['data'])

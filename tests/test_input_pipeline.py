@@ -85,12 +85,23 @@ def source():
   return _Source(12)
 
 
+# The input workers at test size (the config's perf.worker_type / num_workers / prefetch).
+WORKERS = dict(worker_type='thread', num_workers=2, prefetch=2)
+
+
+def _train_iterator(data_cfg, **kw):
+  return ip.train_iterator(data_cfg, **{**WORKERS, **kw})
+
+
+def _eval_iterator(data_cfg, **kw):
+  return ip.eval_iterator(data_cfg, **{**WORKERS, **kw})
+
+
 def _cfg(**kw):
   """The recipe's data block at test size."""
   c = config_testutil.data_block()
   c.num_frames = 4
   c.image_size = 16
-  c.num_workers = 2
   for k, v in kw.items():
     if k.startswith('augment_'):
       c.augment[k[len('augment_') :]] = v
@@ -109,7 +120,7 @@ def _take(it, n):
 
 def test_paired_geometric_augmentation_keeps_streams_aligned(source):
   cfg = _cfg(augment_color_jitter_prob=0.0, augment_grayscale_prob=0.0)
-  it = ip.train_iterator(cfg, batch_size=4, seed=3, source=source, process_index=0, process_count=1)
+  it = _train_iterator(cfg, batch_size=4, seed=3, source=source, process_index=0, process_count=1)
   for batch in _take(it, 3):
     clean, foggy = _unnorm(batch['clean']), _unnorm(batch['foggy'])
     assert clean.shape == foggy.shape == (4, 4, 16, 16, 3)
@@ -125,12 +136,12 @@ def test_all_augmentations_are_identical_on_both_streams():
   src = _Source(6, identical=True)
   cfg = _cfg(augment_color_jitter_prob=1.0, augment_grayscale_prob=0.5)
   batch = next(
-    ip.train_iterator(cfg, batch_size=6, seed=0, source=src, process_index=0, process_count=1)
+    _train_iterator(cfg, batch_size=6, seed=0, source=src, process_index=0, process_count=1)
   )
   np.testing.assert_array_equal(batch['clean'], batch['foggy'])
   # and the augmentation does something: the 6 clips' colour statistics differ from no-augment ones
   plain = next(
-    ip.train_iterator(
+    _train_iterator(
       _cfg(augment_enabled=False),
       batch_size=6,
       seed=0,
@@ -161,13 +172,13 @@ def test_color_ops_are_pixelwise_and_bounded():
 def test_deterministic_and_seed_dependent(source):
   cfg = _cfg()
   a = _take(
-    ip.train_iterator(cfg, batch_size=3, seed=1, source=source, process_index=0, process_count=1), 2
+    _train_iterator(cfg, batch_size=3, seed=1, source=source, process_index=0, process_count=1), 2
   )
   b = _take(
-    ip.train_iterator(cfg, batch_size=3, seed=1, source=source, process_index=0, process_count=1), 2
+    _train_iterator(cfg, batch_size=3, seed=1, source=source, process_index=0, process_count=1), 2
   )
   c = _take(
-    ip.train_iterator(cfg, batch_size=3, seed=2, source=source, process_index=0, process_count=1), 2
+    _train_iterator(cfg, batch_size=3, seed=2, source=source, process_index=0, process_count=1), 2
   )
   for x, y in zip(a, b):
     for k in x:
@@ -178,11 +189,11 @@ def test_deterministic_and_seed_dependent(source):
 def test_resume_at_start_step_equals_uninterrupted_run(source):
   cfg = _cfg()
   full = _take(
-    ip.train_iterator(cfg, batch_size=5, seed=4, source=source, process_index=0, process_count=1), 5
+    _train_iterator(cfg, batch_size=5, seed=4, source=source, process_index=0, process_count=1), 5
   )
   src = _Source(12)
   resumed = _take(
-    ip.train_iterator(
+    _train_iterator(
       cfg, batch_size=5, seed=4, start_step=3, source=src, process_index=0, process_count=1
     ),
     2,
@@ -191,7 +202,7 @@ def test_resume_at_start_step_equals_uninterrupted_run(source):
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
   # without replaying: only the examples of batches >= 3 (plus prefetch) were read
-  assert len(src.reads) <= 5 * (2 + cfg.prefetch + 1)
+  assert len(src.reads) <= 5 * (2 + WORKERS['prefetch'] + 1)
 
 
 def test_process_split_is_disjoint_and_covers_every_epoch(source):
@@ -202,7 +213,7 @@ def test_process_split_is_disjoint_and_covers_every_epoch(source):
     pi: [
       next_batch['label']
       for next_batch in _take(
-        ip.train_iterator(
+        _train_iterator(
           cfg, batch_size=b, seed=0, source=source, process_index=pi, process_count=p
         ),
         steps,
@@ -225,7 +236,7 @@ def test_eval_never_touches_clean_and_pads_last_batch():
   src = _Source(5, forbid_clean=True)
   cfg = _cfg(num_clips=2, num_crops=3)
   batches = list(
-    ip.eval_iterator(cfg, split='test', batch_size=2, source=src, process_index=0, process_count=1)
+    _eval_iterator(cfg, split='test', batch_size=2, source=src, process_index=0, process_count=1)
   )
   assert len(batches) == 3
   assert batches[0]['frames'].shape == (2, 6, 4, 16, 16, 3)
@@ -236,7 +247,7 @@ def test_eval_never_touches_clean_and_pads_last_batch():
   )
   # two processes: same number of batches, disjoint examples covering the split
   per = [
-    list(ip.eval_iterator(cfg, batch_size=2, source=src, process_index=pi, process_count=2))
+    list(_eval_iterator(cfg, batch_size=2, source=src, process_index=pi, process_count=2))
     for pi in range(2)
   ]
   assert len(per[0]) == len(per[1]) == 2
@@ -416,7 +427,7 @@ def test_prepared_generated_dataset_with_filters(tmp_path):
   train_src = records.source(cfg, 'train')
   kept = records.indices(cfg, 'train')
   assert all(train_src[i]['fog'] == 1 and train_src[i]['perspective'] in (0, 2) for i in kept)
-  batch = next(ip.train_iterator(cfg, batch_size=4, seed=0, process_index=0, process_count=1))
+  batch = next(_train_iterator(cfg, batch_size=4, seed=0, process_index=0, process_count=1))
   assert batch['clean'].shape == (4, 4, 16, 16, 3) and batch['label'].dtype == np.int32
   # the test split is not filtered by the training subset: all fog levels and perspectives
   src = records.source(cfg, 'test')
@@ -424,7 +435,7 @@ def test_prepared_generated_dataset_with_filters(tmp_path):
   assert info.num_examples['test'] == len(keep) == full
   assert {src[i]['fog'] for i in keep} == {0, 1}
   assert {src[i]['perspective'] for i in keep} == {0, 1, 2, 3}
-  ev = list(ip.eval_iterator(cfg, split='test', batch_size=8, process_index=0, process_count=1))
+  ev = list(_eval_iterator(cfg, split='test', batch_size=8, process_index=0, process_count=1))
   assert sum(int(b['mask'].sum()) for b in ev) == full
   # explicit test filters still work
   dense_test = _cfg(data_dir=cfg.data_dir, eval_fog='dense')
@@ -452,7 +463,7 @@ def test_prepared_generated_dataset_with_filters(tmp_path):
 
 def test_clean_stream_evaluation_reads_the_clean_frames():
   foggy_only = list(
-    ip.eval_iterator(
+    _eval_iterator(
       _cfg(),
       split='test',
       batch_size=3,
@@ -462,7 +473,7 @@ def test_clean_stream_evaluation_reads_the_clean_frames():
     )
   )
   clean = list(
-    ip.eval_iterator(
+    _eval_iterator(
       _cfg(),
       split='test',
       batch_size=3,
@@ -480,7 +491,7 @@ def test_clean_stream_evaluation_reads_the_clean_frames():
   np.testing.assert_allclose(clean[0]['frames'][1], expected, atol=1e-6)
   with pytest.raises(ValueError, match='stream'):
     next(
-      ip.eval_iterator(
+      _eval_iterator(
         _cfg(), batch_size=2, source=_Source(2), process_index=0, process_count=1, stream='both'
       )
     )
@@ -494,7 +505,7 @@ def test_simulated_fog_replaces_the_foggy_stream():
     item['foggy'] = [_png(np.zeros((H, W, 3), np.uint8))] * T_SRC  # must never be used
   kw = dict(batch_size=4, seed=0, source=src, process_index=0, process_count=1)
   cfg = _cfg(train_sim_fog='homogeneous', augment_color_jitter_prob=0.0, augment_grayscale_prob=0.0)
-  a, b = _take(ip.train_iterator(cfg, **kw), 1)[0], _take(ip.train_iterator(cfg, **kw), 1)[0]
+  a, b = _take(_train_iterator(cfg, **kw), 1)[0], _take(_train_iterator(cfg, **kw), 1)[0]
   np.testing.assert_array_equal(a['foggy'], b['foggy'])  # deterministic per sample
   clean, foggy = _unnorm(a['clean']), _unnorm(a['foggy'])
   assert foggy.min() > 0.05  # not the black stored frames
@@ -510,8 +521,8 @@ def test_flip_swaps_labels_of_mirror_classes():
   for item in src.items:  # labels 0, 1, 2, 0, 1, 2
     item['label'] %= 3
   kw = dict(batch_size=6, seed=0, source=src, process_index=0, process_count=1)
-  plain = _take(ip.train_iterator(_cfg(augment_flip_swap=''), **kw), 4)
-  swapped = _take(ip.train_iterator(_cfg(augment_flip_swap='0:1'), **kw), 4)
+  plain = _take(_train_iterator(_cfg(augment_flip_swap=''), **kw), 4)
+  swapped = _take(_train_iterator(_cfg(augment_flip_swap='0:1'), **kw), 4)
   changed = 0
   for a, b in zip(plain, swapped):
     np.testing.assert_array_equal(a['clean'], b['clean'])  # same draws, same pixels
@@ -563,13 +574,13 @@ def test_device_pixels_equal_the_host_path(source, kw):
     for ex in source.items:
       ex['fog'] = 1  # dense
   host = _take(
-    ip.train_iterator(
+    _train_iterator(
       _cfg(**kw), batch_size=6, seed=5, source=source, process_index=0, process_count=1
     ),
     2,
   )
   dev = _take(
-    ip.train_iterator(
+    _train_iterator(
       _cfg(**kw),
       batch_size=6,
       seed=5,
@@ -593,10 +604,10 @@ def test_device_eval_views_equal_the_host_path():
   src = _Source(3)
   cfg = dict(num_clips=2, num_crops=3)
   host = list(
-    ip.eval_iterator(_cfg(**cfg), batch_size=2, source=src, process_index=0, process_count=1)
+    _eval_iterator(_cfg(**cfg), batch_size=2, source=src, process_index=0, process_count=1)
   )
   dev = list(
-    ip.eval_iterator(
+    _eval_iterator(
       _cfg(**cfg), batch_size=2, source=src, process_index=0, process_count=1, pixels_on_device=True
     )
   )

@@ -1,4 +1,4 @@
-"""Process workers of the input pipeline (``config.data.worker_type='process'``, Grain's
+"""Process workers of the input pipeline (``config.perf.worker_type='process'``, Grain's
 ``mp_prefetch``).
 
 They must give the thread workers' batches exactly (the batches are a pure function of the
@@ -31,10 +31,14 @@ def _cfg(**kw):
   c = config_testutil.data_block()
   c.num_frames = 3
   c.image_size = 16
-  c.num_workers = 2
   for k, v in kw.items():
     c[k] = v
   return c
+
+
+def _workers(kind, num_workers=2):
+  """The iterators' worker arguments (the config's perf.worker_type / num_workers)."""
+  return dict(worker_type=kind, num_workers=num_workers)
 
 
 def _jpeg(rng):
@@ -55,9 +59,10 @@ def _batches(
   cfg, kind, *, train_steps=2, start_step=3, source=None, split='test', pixels_on_device=True
 ):
   """Training batches from `start_step` (process 1 of 2), then one pass of evaluation."""
-  cfg = _cfg(**{**cfg, 'worker_type': kind})
+  cfg = _cfg(**cfg)
   it = ip.train_iterator(
     cfg,
+    **_workers(kind),
     batch_size=4,
     seed=5,
     start_step=start_step,
@@ -71,6 +76,7 @@ def _batches(
   ev = list(
     ip.eval_iterator(
       cfg,
+      **_workers(kind),
       split=split,
       batch_size=3,
       process_index=0,
@@ -154,7 +160,12 @@ def _first_error(kind):
   with pytest.raises(Exception) as info:
     list(
       ip.eval_iterator(
-        _cfg(worker_type=kind), batch_size=2, process_index=0, process_count=1, source=_BadFrames()
+        _cfg(),
+        **_workers(kind),
+        batch_size=2,
+        process_index=0,
+        process_count=1,
+        source=_BadFrames(),
       )
     )
   return info.value
@@ -179,14 +190,17 @@ class _Dies:
 
 def test_a_dead_worker_is_reported_with_what_to_do():
   it = ip.train_iterator(
-    _cfg(worker_type='process'),
+    _cfg(),
+    **_workers('process'),
     batch_size=2,
     seed=0,
     process_index=0,
     process_count=1,
     source=_Dies(),
   )
-  with pytest.raises(RuntimeError, match=r"worker process died.*__main__.*worker_type='thread'"):
+  with pytest.raises(
+    RuntimeError, match=r"worker process died.*__main__.*config\.perf\.worker_type='thread'"
+  ):
     next(it)
 
 
@@ -209,7 +223,8 @@ def test_workers_do_not_claim_the_accelerator(monkeypatch):
   # as on a GPU host: the worker inherits no platform choice (tests/conftest.py sets cpu)
   monkeypatch.delenv('JAX_PLATFORMS', raising=False)
   it = ip.train_iterator(
-    _cfg(worker_type='process', num_workers=1),
+    _cfg(),
+    **_workers('process', num_workers=1),
     batch_size=2,
     seed=0,
     process_index=0,
@@ -222,13 +237,27 @@ def test_workers_do_not_claim_the_accelerator(monkeypatch):
     it.close()
 
 
-def test_worker_type_is_validated():
-  with pytest.raises(config_lib.ConfigError, match='data.worker_type'):
-    config_lib.validate_data(_cfg(worker_type='processes'))
-  with pytest.raises(ValueError, match='config.data.worker_type'):
+@pytest.mark.parametrize(
+  'key, value, match',
+  [
+    ('worker_type', 'processes', r'config\.perf\.worker_type: must be one of'),
+    ('num_workers', 0, r'config\.perf\.num_workers: must be an integer >= 1'),
+    ('prefetch', -1, r'config\.perf\.prefetch: must be an integer >= 0'),
+  ],
+)
+def test_the_worker_keys_are_validated_in_perf(key, value, match):
+  config = config_testutil.recipe()
+  config.perf[key] = value
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate_perf(config.perf, dtype=config.model.dtype)
+
+
+def test_worker_type_is_checked_by_the_iterators():
+  with pytest.raises(ValueError, match=r'config\.perf\.worker_type'):
     next(
       ip.eval_iterator(
-        _cfg(worker_type='fork'),
+        _cfg(),
+        worker_type='fork',
         batch_size=2,
         process_index=0,
         process_count=1,
@@ -241,19 +270,30 @@ def test_worker_type_is_validated():
 def test_the_iterator_state_resumes_at_the_next_batch(kind):
   """Grain's iterator state (what a checkpoint would keep) restores the very next batch."""
   src = _examples(6)
-  cfg = _cfg(worker_type=kind)
-  it = ip.train_iterator(cfg, batch_size=2, seed=1, process_index=0, process_count=1, source=src)
+  cfg, workers = _cfg(), _workers(kind)
+  it = ip.train_iterator(
+    cfg, **workers, batch_size=2, seed=1, process_index=0, process_count=1, source=src
+  )
   next(it)
   state = it.get_state()
   want = [next(it) for _ in range(2)]
   it.close()
-  again = ip.train_iterator(cfg, batch_size=2, seed=1, process_index=0, process_count=1, source=src)
+  again = ip.train_iterator(
+    cfg, **workers, batch_size=2, seed=1, process_index=0, process_count=1, source=src
+  )
   again.set_state(state)
   _assert_same(want, [next(again) for _ in range(2)])
   again.close()
   # the same batches as a fresh iterator started at step 1
   start = ip.train_iterator(
-    _cfg(), batch_size=2, seed=1, start_step=1, process_index=0, process_count=1, source=src
+    _cfg(),
+    **_workers('thread'),
+    batch_size=2,
+    seed=1,
+    start_step=1,
+    process_index=0,
+    process_count=1,
+    source=src,
   )
   _assert_same(want, [next(start) for _ in range(2)])
   start.close()
