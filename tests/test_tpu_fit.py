@@ -201,7 +201,7 @@ def test_the_paper_recipe_per_tpu_uses_the_fewest_micro_batches_that_fit():
   assert tpu_topology.paper_recipe('TPU v5 lite', 4) == (128, True, 1)  # v5e-4: 32 per chip
   assert tpu_topology.paper_recipe('TPU v2', 8) == (128, True, 1)  # v2-8: 16 per core
   assert tpu_topology.paper_recipe('TPU v6 lite', 1) == (128, True, 2)  # v6e-1: 64 per micro-batch
-  assert tpu_topology.paper_recipe('TPU v4', 4) == (128, False, 1)  # v4-8: 32 per chip
+  assert tpu_topology.paper_recipe('TPU v4', 4) == (128, True, 1)  # v4-8: 32 per chip, remat
   assert tpu_topology.paper_recipe('TPU v2', 8, batch=256) == (256, True, 2)
   assert tpu_topology.paper_recipe('TPU v7x', 1) is None  # never compiled for
   for kind, (remat, per_device) in tpu_topology.PAPER_RECIPE_FITS.items():
