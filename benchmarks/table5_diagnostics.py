@@ -48,10 +48,7 @@ def _single_stream(config, run, graphdef, state, split: str, stream: str) -> flo
     split=split,
     batch_size=config.eval.batch_size,
     stream=stream,
-    pixels_on_device=config.perf.pixels_on_device,
-    worker_type=config.perf.worker_type,
-    num_workers=config.perf.num_workers,
-    prefetch=config.perf.prefetch,
+    **input_pipeline.perf_options(config.perf),
   )
   probs, labels = evaluate.run_eval(
     graphdef,
@@ -89,10 +86,7 @@ def _paired(config, run, graphdef, state) -> float:
       config.data,
       batch_size=config.eval.batch_size,
       stream=s,
-      pixels_on_device=config.perf.pixels_on_device,
-      worker_type=config.perf.worker_type,
-      num_workers=config.perf.num_workers,
-      prefetch=config.perf.prefetch,
+      **input_pipeline.perf_options(config.perf),
     )
     for s in ('clean', 'foggy')
   ]

@@ -305,6 +305,17 @@ def _loader(
   return Batches(iter(ds), kind)
 
 
+def perf_options(perf) -> dict:
+  """The iterators' keyword arguments from a config's ``perf`` block: where the per-pixel
+  work runs and the workers that read ahead."""
+  return dict(
+    pixels_on_device=perf.pixels_on_device,
+    worker_type=perf.worker_type,
+    num_workers=perf.num_workers,
+    prefetch=perf.prefetch,
+  )
+
+
 def train_iterator(
   data_cfg,
   *,

@@ -340,10 +340,7 @@ def _evaluate(config, run: Run, graphdef, state, output_dir: str) -> dict:
     config.data,
     batch_size=sharding.local_batch_size(config.eval.batch_size),
     stream=config.eval.stream,
-    pixels_on_device=config.perf.pixels_on_device,
-    worker_type=config.perf.worker_type,
-    num_workers=config.perf.num_workers,
-    prefetch=config.perf.prefetch,
+    **input_pipeline.perf_options(config.perf),
   )
   results = evaluate.evaluate_state(
     config,
@@ -390,10 +387,7 @@ def train_and_evaluate(
       batch_size=local_batch,
       seed=config.seed,
       start_step=start_step,
-      pixels_on_device=config.perf.pixels_on_device,
-      worker_type=config.perf.worker_type,
-      num_workers=config.perf.num_workers,
-      prefetch=config.perf.prefetch,
+      **input_pipeline.perf_options(config.perf),
     )
 
   graphdef, state, last = train.train(

@@ -170,10 +170,7 @@ def eval_batches(
     batch_size=sharding.local_batch_size(config.eval.batch_size),
     source=source,
     stream='foggy',
-    pixels_on_device=config.perf.pixels_on_device,
-    worker_type=config.perf.worker_type,
-    num_workers=config.perf.num_workers,
-    prefetch=config.perf.prefetch,
+    **input_pipeline.perf_options(config.perf),
   )
 
 
