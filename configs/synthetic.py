@@ -9,7 +9,7 @@ builds `synthetic_fog_act` with TFDS; later runs reuse it):
 No downloads. This is the paper's regime at a small scale: the paper fine-tunes CLIP, towers
 pretrained on clean web images, on paired clean / foggy FogAct clips; here the towers are
 `pretrained/synthetic_tiny_clip/`, a CLIP of the 'tiny' architecture (patch 8 on 64x64 frames,
-the byte-level tokenizer) pretrained on 5600 clean generated clips that are not in this
+the byte-level tokenizer) pretrained on 16,800 clean generated clips that are not in this
 benchmark (configs/synthetic_pretrain.py; pretrained/README.md has the command and its
 figures). FAS, ME, CSA and the losses are the paper's. What differs from the paper's recipe is
 what a 2-core CPU allows: 4 frames of 64x64, light augmentation, a short run at a higher

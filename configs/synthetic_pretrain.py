@@ -2,7 +2,7 @@ r"""Clean pretraining of the small CLIP that configs/synthetic.py fine-tunes (th
 CLIP's web pretraining at this scale).
 
 ActionCLIP-style video-text contrastive training (ActionCLIP's KL loss, mean-fused frames, one
-tower) on the CLEAN stream only of `synthetic_fog_act/pretrain`: 5600 generated clips with
+tower) on the CLEAN stream only of `synthetic_fog_act/pretrain`: 16800 generated clips with
 their own generation seed, so none of them is a train or test clip of the Table 5 split
 (`synthetic_fog_act/default`). No foggy frame is read. Then:
 
@@ -35,7 +35,10 @@ def get_config(arg=None):
   config = synthetic.get_config('scratch,baseline,train=clean,test=clean')
   config.data.dataset = 'synthetic_fog_act/pretrain'
   config.train.batch_size = 32
-  config.train.num_train_steps = 8000
+  config.train.num_train_steps = 20000
+  # No flips: once the clip-mean frame is subtracted, a flipped front view of `wave_left` looks
+  # like a back view of `wave_left` but carries the label `wave_right` (pretrained/README.md).
+  config.data.augment.flip = False
   config.train.learning_rate = 2e-3
   config.train.warmup_epochs = 1.0
   config.train.checkpoint_every_steps = 1000
