@@ -59,7 +59,7 @@ GIB = 2**30
 # TPU host, from tpu_fit's compiles (benchmarks/RESULTS.md, "TPU"): per device kind,
 # (remat, clips per device per micro-batch) that compiled within the HBM with room to spare.
 PAPER_RECIPE_FITS = {
-  'TPU v2': (True, 16),  # v2-8: 8 cores of 8 GiB; 6.4 GB per core
+  'TPU v2': (True, 16),  # v2-8: 8 cores of 8 GiB; 6.95 GB per core
   'TPU v5 lite': (True, 32),  # v5e: 16 GiB; 13.6 GB (v5e-1, 4 micro-batches), 11.6 (v5e-4)
   'TPU v6 lite': (True, 64),  # v6e: 32 GiB; 23.5 GB (v6e-1, 2 micro-batches)
   'TPU v4': (True, 32),  # v4 megacore: 32 GiB; 13.47 GB (v4-8); without remat at most 20
