@@ -150,7 +150,7 @@ class SyntheticFogAct(common.DualFormatMixin, tfds.core.GeneratorBasedBuilder):
     'pairs that differed only in time order or direction, so fog rather than time '
     'order is the difficulty. Mirror pairs: wave and point, left / right.',
     '1.4.0': '`pretrain`: 300 clips per (class, perspective) group (16800 training clips, '
-    'was 5600; the first 5600 are 1.3.0\'s). The other configs\' clips are unchanged.',
+    "was 5600; the first 5600 are 1.3.0's). The other configs' clips are unchanged.",
   }
   BUILDER_CONFIGS = [
     SyntheticFogActConfig(
