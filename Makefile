@@ -14,6 +14,8 @@ WORKDIR ?= workdir/demo
 # which would print libtpu's start-up lines and cost a second in every CPU run.
 LIBTPU_VERSION ?= 0.0.42.1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# TensorFlow 2.21 on AVX-512 CPUs logs a oneDNN line at import that the level above does not hide.
+export TF_ENABLE_ONEDNN_OPTS ?= 0
 # The demo's host allocator: glibc's transparent huge pages for large buffers (1.2x the demo's
 # steps/s on 2 CPU cores; docs/training.md, "Host memory: huge pages"). glibc before 2.35 and
 # other C libraries ignore it; `make demo DEMO_GLIBC_TUNABLES=` runs with glibc's defaults.

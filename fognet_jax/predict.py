@@ -37,6 +37,8 @@ from typing import Optional
 from typing import Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow 2.21 on AVX-512 CPUs logs a oneDNN line at import that TF_CPP_MIN_LOG_LEVEL does not hide.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import jax
 import ml_collections

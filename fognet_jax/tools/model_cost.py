@@ -35,6 +35,8 @@ import sys
 from typing import Any
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow 2.21 on AVX-512 CPUs logs a oneDNN line at import that TF_CPP_MIN_LOG_LEVEL does not hide.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
